@@ -1,0 +1,271 @@
+//! Where CPUID values come from: the [`CpuidSource`] trait, the live CPU
+//! ([`LiveCpuid`], through the `x86` crate) and recorded dumps ([`RecordedCpuid`],
+//! parsed from the `cpuid -r` line format without allocating).
+//!
+//! A recorded dump and the live CPU are one trait, so every piece of logic above
+//! this module runs the same on both (raw-cpuid's `CpuIdReader` is the model).
+
+use core::fmt;
+
+/// The four registers one CPUID query returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CpuidResult {
+    /// EAX after CPUID.
+    pub eax: u32,
+    /// EBX after CPUID.
+    pub ebx: u32,
+    /// ECX after CPUID.
+    pub ecx: u32,
+    /// EDX after CPUID.
+    pub edx: u32,
+}
+
+/// Anything that answers CPUID queries: the live CPU, a recorded dump, a
+/// hypervisor's synthesized table.
+pub trait CpuidSource {
+    /// The registers for `leaf`, `subleaf`. A source that has no entry answers
+    /// all zeros, as a CPU does for a subleaf it does not define.
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult;
+}
+
+impl<T: CpuidSource + ?Sized> CpuidSource for &T {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        (**self).cpuid(leaf, subleaf)
+    }
+}
+
+/// The CPU this code runs on, queried through the `x86` crate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveCpuid;
+
+cfg_if::cfg_if! {
+    if #[cfg(all(target_arch = "x86_64", not(target_env = "sgx")))] {
+        impl CpuidSource for LiveCpuid {
+            #[inline]
+            fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+                let r = x86::cpuid::native_cpuid::cpuid_count(leaf, subleaf);
+                CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+            }
+        }
+    } else {
+        impl CpuidSource for LiveCpuid {
+            /// No CPUID instruction on this target: every leaf reads as zero,
+            /// which enumeration refuses (legacy components missing).
+            fn cpuid(&self, _leaf: u32, _subleaf: u32) -> CpuidResult {
+                CpuidResult::default()
+            }
+        }
+    }
+}
+
+/// Why a recorded dump was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// A line that is neither a comment, a `CPU:` header nor a register line.
+    BadLine {
+        /// 1-based line number.
+        line: u32,
+    },
+    /// A register line whose `0x...` number does not parse as a `u32`.
+    BadNumber {
+        /// 1-based line number.
+        line: u32,
+    },
+    /// The same leaf and subleaf twice with different values.
+    Conflict {
+        /// 1-based line number of the second entry.
+        line: u32,
+        /// The leaf.
+        leaf: u32,
+        /// The subleaf.
+        subleaf: u32,
+    },
+    /// More leaf 0xD (or leaf 1/6/7) entries than [`RecordedCpuid::CAPACITY`].
+    TooManyEntries {
+        /// 1-based line number of the first entry that did not fit.
+        line: u32,
+    },
+    /// No leaf 0xD entry at all.
+    NoLeafD,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BadLine { line } => write!(
+                f,
+                "line {line}: expected `0xLEAF 0xSUB: eax=0x.. ebx=0x.. ecx=0x.. edx=0x..`"
+            ),
+            Self::BadNumber { line } => write!(f, "line {line}: a number is not a 32-bit hex value"),
+            Self::Conflict { line, leaf, subleaf } => write!(
+                f,
+                "line {line}: leaf {leaf:#x} subleaf {subleaf:#x} appears twice with different values"
+            ),
+            Self::TooManyEntries { line } => write!(
+                f,
+                "line {line}: more than {} kept entries",
+                RecordedCpuid::CAPACITY
+            ),
+            Self::NoLeafD => write!(f, "no CPUID leaf 0xd entry in the dump"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Entry {
+    leaf: u32,
+    subleaf: u32,
+    regs: CpuidResult,
+}
+
+/// A CPUID dump in the `cpuid -r` line format, parsed into a fixed table.
+///
+/// Lines look like `0x0000000d 0x01: eax=0x0000000f ebx=0x000009a8 ecx=0x00001800 edx=0x00000000`,
+/// with optional leading blanks. `#` comments, blank lines and `CPU:` / `CPU 0:` headers
+/// are skipped; in a dump of several CPUs (`cpuid -r` without `-1`), only the first is
+/// read. Leaves 1, 6, 7 and 0xD are kept (the ones XSAVE enumeration reads); every
+/// other leaf is checked for syntax and dropped.
+#[derive(Clone, Debug)]
+pub struct RecordedCpuid {
+    entries: [Entry; Self::CAPACITY],
+    len: usize,
+}
+
+/// The leaves a recorded dump keeps.
+const KEPT_LEAVES: [u32; 4] = [0x1, 0x6, 0x7, 0xd];
+
+impl RecordedCpuid {
+    /// How many kept entries a dump may hold: leaf 0xD has at most 64 subleaves.
+    pub const CAPACITY: usize = 80;
+
+    /// Parse a dump.
+    ///
+    /// # Errors
+    /// [`ParseError`] naming the first bad line, or [`ParseError::NoLeafD`].
+    ///
+    /// ```
+    /// use xstate::cpuid::{CpuidSource, RecordedCpuid};
+    /// let dump = "CPU:\n   0x0000000d 0x00: eax=0x00000007 ebx=0x00000340 ecx=0x00000340 edx=0x00000000\n";
+    /// let cpu = RecordedCpuid::parse(dump).unwrap();
+    /// assert_eq!(cpu.cpuid(0xd, 0).eax, 7);
+    /// assert_eq!(cpu.cpuid(0xd, 5).eax, 0); // absent subleaf reads as zero
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let mut out = Self { entries: [Entry::default(); Self::CAPACITY], len: 0 };
+        let mut cpus_seen = 0u32;
+        for (n, raw) in text.lines().enumerate() {
+            let line = u32::try_from(n + 1).unwrap_or(u32::MAX);
+            let t = raw.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            if t.starts_with("CPU") && t.ends_with(':') {
+                cpus_seen += 1;
+                if cpus_seen > 1 {
+                    break;
+                }
+                continue;
+            }
+            let e = parse_line(t, line)?;
+            if !KEPT_LEAVES.contains(&e.leaf) {
+                continue;
+            }
+            match out.find(e.leaf, e.subleaf) {
+                Some(prev) if prev == e.regs => continue,
+                Some(_) => {
+                    return Err(ParseError::Conflict { line, leaf: e.leaf, subleaf: e.subleaf });
+                }
+                None => {}
+            }
+            let slot = out.entries.get_mut(out.len).ok_or(ParseError::TooManyEntries { line })?;
+            *slot = e;
+            out.len += 1;
+        }
+        if !out.entries[..out.len].iter().any(|e| e.leaf == 0xd) {
+            return Err(ParseError::NoLeafD);
+        }
+        Ok(out)
+    }
+
+    fn find(&self, leaf: u32, subleaf: u32) -> Option<CpuidResult> {
+        self.entries[..self.len]
+            .iter()
+            .find(|e| e.leaf == leaf && e.subleaf == subleaf)
+            .map(|e| e.regs)
+    }
+
+    /// Whether the dump has an entry for `leaf` at all (dumps of only leaf 0xD
+    /// cannot answer feature-flag questions).
+    pub fn has_leaf(&self, leaf: u32) -> bool {
+        self.entries[..self.len].iter().any(|e| e.leaf == leaf)
+    }
+}
+
+impl CpuidSource for RecordedCpuid {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        self.find(leaf, subleaf).unwrap_or_default()
+    }
+}
+
+fn hex(s: &str, line: u32) -> Result<u32, ParseError> {
+    let digits = s.strip_prefix("0x").ok_or(ParseError::BadLine { line })?;
+    if digits.is_empty() || digits.len() > 8 {
+        return Err(ParseError::BadNumber { line });
+    }
+    u32::from_str_radix(digits, 16).map_err(|_| ParseError::BadNumber { line })
+}
+
+fn parse_line(t: &str, line: u32) -> Result<Entry, ParseError> {
+    let bad = ParseError::BadLine { line };
+    let mut words = t.split_ascii_whitespace();
+    let leaf = hex(words.next().ok_or(bad)?, line)?;
+    let sub = words.next().ok_or(bad)?.strip_suffix(':').ok_or(bad)?;
+    let subleaf = hex(sub, line)?;
+    let mut regs = [0u32; 4];
+    for (i, name) in ["eax=", "ebx=", "ecx=", "edx="].iter().enumerate() {
+        let w = words.next().ok_or(bad)?;
+        regs[i] = hex(w.strip_prefix(name).ok_or(bad)?, line)?;
+    }
+    if words.next().is_some() {
+        return Err(bad);
+    }
+    let [eax, ebx, ecx, edx] = regs;
+    Ok(Entry { leaf, subleaf, regs: CpuidResult { eax, ebx, ecx, edx } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_first_cpu_and_wanted_leaves() {
+        let text = "CPU 0:\n   0x00000000 0x00: eax=0x0000001c ebx=0x68747541 ecx=0x444d4163 edx=0x69746e65\n   0x0000000d 0x00: eax=0x000000e7 ebx=0x00000980 ecx=0x00000980 edx=0x00000000\nCPU 1:\n   0x0000000d 0x00: eax=0x00000003 ebx=0x00000980 ecx=0x00000980 edx=0x00000000\n";
+        let c = RecordedCpuid::parse(text).unwrap();
+        assert_eq!(c.cpuid(0xd, 0).eax, 0xe7);
+        assert_eq!(c.cpuid(0, 0), CpuidResult::default());
+        assert!(!c.has_leaf(0));
+    }
+
+    #[test]
+    fn refuses_garbage_with_line_numbers() {
+        let ok = "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4";
+        assert!(RecordedCpuid::parse(ok).is_ok());
+        let cases = [
+            ("# c\nnonsense", ParseError::BadLine { line: 2 }),
+            ("0x0000000d 0x00 eax=0x1 ebx=0x2 ecx=0x3 edx=0x4", ParseError::BadLine { line: 1 }),
+            ("0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3", ParseError::BadLine { line: 1 }),
+            ("0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4 x", ParseError::BadLine { line: 1 }),
+            ("0x0000000d 0x00: eax=0x1ffffffff ebx=0x2 ecx=0x3 edx=0x4", ParseError::BadNumber { line: 1 }),
+            ("0x0000000d 0x00: eax=0xg ebx=0x2 ecx=0x3 edx=0x4", ParseError::BadNumber { line: 1 }),
+            ("0x00000001 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4", ParseError::NoLeafD),
+            (
+                "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4\n0x0000000d 0x00: eax=0x3 ebx=0x2 ecx=0x3 edx=0x4",
+                ParseError::Conflict { line: 2, leaf: 0xd, subleaf: 0 },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(RecordedCpuid::parse(text).unwrap_err(), want, "{text}");
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! CPUID leaf 0xD enumeration (SDM vol. 1 13.2, vol. 2A CPUID), validated.
+//!
+//! A guest kernel reads CPUID from a hypervisor that may be buggy or hostile, and
+//! every buffer size in the system follows from what it reads here. So nothing is
+//! trusted: each inconsistency is refused with its own [`EnumError`], computed with
+//! checked arithmetic, before any layout is derived.
+
+use core::fmt;
+
+use crate::cpuid::CpuidSource;
+use crate::feature::XFeatures;
+
+/// Size of the legacy region (x87 + SSE), SDM vol. 1 13.4.1.
+pub const LEGACY_SIZE: u32 = 512;
+/// Size of the XSAVE header.
+pub const HEADER_SIZE: u32 = 64;
+/// Where the extended region starts, in both forms.
+pub const EXTENDED_START: u32 = LEGACY_SIZE + HEADER_SIZE;
+/// Largest size accepted for one component. The largest defined today is AMX
+/// TILEDATA, 8 KiB; anything past 1 MiB is a lie meant to overflow something.
+pub const MAX_COMPONENT_SIZE: u32 = 1 << 20;
+
+/// One component as CPUID(0xD, i) describes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Component {
+    /// Size in bytes (EAX).
+    pub size: u32,
+    /// Offset in the standard form (EBX); meaningless (0) for supervisor components.
+    pub std_offset: u32,
+    /// ECX[0]: managed through IA32_XSS.
+    pub supervisor: bool,
+    /// ECX[1]: 64-byte aligned in the compacted form.
+    pub align64: bool,
+    /// ECX[2]: XFD can arm it.
+    pub xfd: bool,
+}
+
+/// Which CPUID size report a check concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeReport {
+    /// CPUID(0xD,0).ECX: standard size of every supported user component.
+    MaxStandard,
+    /// CPUID(0xD,0).EBX: standard size for the current XCR0.
+    CurrentStandard,
+    /// CPUID(0xD,1).EBX: compacted size for the current XCR0 | IA32_XSS.
+    CurrentCompacted,
+}
+
+impl fmt::Display for SizeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::MaxStandard => "CPUID(0xD,0).ECX",
+            Self::CurrentStandard => "CPUID(0xD,0).EBX",
+            Self::CurrentCompacted => "CPUID(0xD,1).EBX",
+        })
+    }
+}
+
+/// Why a CPUID leaf 0xD was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EnumError {
+    /// XCR0 bits 0 (x87) and 1 (SSE) must both be supported.
+    LegacyMissing {
+        /// The supported XCR0 mask.
+        xcr0: u64,
+    },
+    /// Bit 63 (or a legacy bit in XSS) claimed as a component.
+    ReservedBit {
+        /// The offending component number.
+        index: u32,
+    },
+    /// A component claimed in both the XCR0 and the XSS masks.
+    InBothMasks {
+        /// The component number.
+        index: u32,
+    },
+    /// ECX[0] (supervisor) disagrees with the mask that lists the component.
+    SupervisorMismatch {
+        /// The component number.
+        index: u32,
+        /// Whether the component is listed in the XSS mask.
+        in_xss: bool,
+    },
+    /// A supported component of size 0.
+    ZeroSize {
+        /// The component number.
+        index: u32,
+    },
+    /// A supported component larger than [`MAX_COMPONENT_SIZE`].
+    AbsurdSize {
+        /// The component number.
+        index: u32,
+        /// The size CPUID reported.
+        size: u32,
+    },
+    /// A user component whose standard offset lies in the legacy area or header.
+    OffsetInLegacy {
+        /// The component number.
+        index: u32,
+        /// The offset CPUID reported.
+        offset: u32,
+    },
+    /// A user component whose standard end does not fit in `u32`.
+    EndOverflows {
+        /// The component number.
+        index: u32,
+    },
+    /// A user component ending past CPUID(0xD,0).ECX.
+    BeyondMaxSize {
+        /// The component number.
+        index: u32,
+        /// Its end offset.
+        end: u32,
+        /// CPUID(0xD,0).ECX.
+        max: u32,
+    },
+    /// Two supported user components overlap in the standard form.
+    Overlap {
+        /// The lower-offset component.
+        a: u32,
+        /// The component that starts inside it.
+        b: u32,
+    },
+    /// The compacted size of all supported components does not fit in `u32`.
+    CompactedTooLarge,
+    /// CPUID reports a smaller size than the components need: a buffer sized by it
+    /// would overflow.
+    ReportedTooSmall {
+        /// Which report.
+        report: SizeReport,
+        /// What CPUID says.
+        reported: u32,
+        /// What the components need.
+        computed: u32,
+    },
+    /// A mask given for a live cross-check has components the CPU does not support.
+    NotSupported {
+        /// The unsupported bits.
+        mask: u64,
+    },
+}
+
+impl fmt::Display for EnumError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::LegacyMissing { xcr0 } => {
+                write!(f, "CPUID(0xD,0) XCR0 mask {xcr0:#x} lacks x87 or SSE")
+            }
+            Self::ReservedBit { index } => write!(f, "component bit {index} is reserved"),
+            Self::InBothMasks { index } => {
+                write!(f, "component {index} is claimed in both the XCR0 and the XSS masks")
+            }
+            Self::SupervisorMismatch { index, in_xss } => write!(
+                f,
+                "component {index} is in the {} mask but CPUID(0xD,{index}).ECX[0] says {}",
+                if in_xss { "XSS" } else { "XCR0" },
+                if in_xss { "user" } else { "supervisor" }
+            ),
+            Self::ZeroSize { index } => write!(f, "component {index} is supported with size 0"),
+            Self::AbsurdSize { index, size } => write!(
+                f,
+                "component {index} claims {size} bytes (limit {MAX_COMPONENT_SIZE})"
+            ),
+            Self::OffsetInLegacy { index, offset } => write!(
+                f,
+                "component {index} has standard offset {offset}, inside the legacy area or header"
+            ),
+            Self::EndOverflows { index } => {
+                write!(f, "component {index}: offset + size overflows 32 bits")
+            }
+            Self::BeyondMaxSize { index, end, max } => write!(
+                f,
+                "component {index} ends at {end}, past CPUID(0xD,0).ECX = {max}"
+            ),
+            Self::Overlap { a, b } => {
+                write!(f, "components {a} and {b} overlap in the standard form")
+            }
+            Self::CompactedTooLarge => write!(f, "compacted size overflows 32 bits"),
+            Self::ReportedTooSmall { report, reported, computed } => write!(
+                f,
+                "{report} reports {reported} bytes but the components need {computed}"
+            ),
+            Self::NotSupported { mask } => write!(f, "mask bits {mask:#x} are not supported"),
+        }
+    }
+}
+
+/// The XSAVE facts of one CPU, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enumeration {
+    xcr0_supported: XFeatures,
+    xss_supported: XFeatures,
+    comps: [Component; 64],
+    reported_max_standard: u32,
+    standard_max_size: u32,
+    compacted_max_size: u32,
+    /// CPUID(0xD,1).EAX[0]: XSAVEOPT.
+    pub xsaveopt: bool,
+    /// CPUID(0xD,1).EAX[1]: XSAVEC and the compacted form.
+    pub xsavec: bool,
+    /// CPUID(0xD,1).EAX[2]: XGETBV with ECX = 1 (XINUSE).
+    pub xgetbv1: bool,
+    /// CPUID(0xD,1).EAX[3]: XSAVES/XRSTORS and IA32_XSS.
+    pub xsaves: bool,
+    /// CPUID(0xD,1).EAX[4]: extended feature disable (XFD).
+    pub xfd: bool,
+}
+
+/// The facts of the legacy components, fixed by the SDM (Linux uses the same).
+const LEGACY_COMPONENTS: [Component; 2] = [
+    Component { size: 160, std_offset: 0, supervisor: false, align64: false, xfd: false },
+    Component { size: 256, std_offset: 160, supervisor: false, align64: false, xfd: false },
+];
+
+impl Enumeration {
+    /// Read and validate CPUID leaf 0xD.
+    ///
+    /// # Errors
+    /// An [`EnumError`] naming the first inconsistency found.
+    ///
+    /// ```
+    /// use xstate::cpuid::RecordedCpuid;
+    /// use xstate::enumerate::Enumeration;
+    /// use xstate::XFeatures;
+    /// let dump = "\
+    /// 0x0000000d 0x00: eax=0x00000007 ebx=0x00000340 ecx=0x00000340 edx=0x00000000
+    /// 0x0000000d 0x01: eax=0x0000000f ebx=0x00000340 ecx=0x00000000 edx=0x00000000
+    /// 0x0000000d 0x02: eax=0x00000100 ebx=0x00000240 ecx=0x00000000 edx=0x00000000";
+    /// let e = Enumeration::from_cpuid(&RecordedCpuid::parse(dump).unwrap()).unwrap();
+    /// assert_eq!(e.xcr0_supported(), XFeatures::X87 | XFeatures::SSE | XFeatures::AVX);
+    /// assert_eq!(e.component(2).unwrap().std_offset, 576);
+    /// assert_eq!(e.standard_max_size(), 832);
+    /// ```
+    pub fn from_cpuid(src: &impl CpuidSource) -> Result<Self, EnumError> {
+        let s0 = src.cpuid(0xd, 0);
+        let s1 = src.cpuid(0xd, 1);
+        let xcr0 = (u64::from(s0.edx) << 32) | u64::from(s0.eax);
+        let xss = (u64::from(s1.edx) << 32) | u64::from(s1.ecx);
+        if xcr0 & 3 != 3 {
+            return Err(EnumError::LegacyMissing { xcr0 });
+        }
+        for (mask, lowest) in [(xcr0, 63), (xss, 63)] {
+            if mask >> lowest != 0 {
+                return Err(EnumError::ReservedBit { index: 63 });
+            }
+        }
+        if xss & 3 != 0 {
+            return Err(EnumError::ReservedBit { index: (xss & 3).trailing_zeros() });
+        }
+        if xcr0 & xss != 0 {
+            return Err(EnumError::InBothMasks { index: (xcr0 & xss).trailing_zeros() });
+        }
+        let mut comps = [Component::default(); 64];
+        comps[..2].copy_from_slice(&LEGACY_COMPONENTS);
+        let supported = XFeatures::from_bits_retain(xcr0 | xss);
+        for i in supported.indices().filter(|&i| i >= 2) {
+            let r = src.cpuid(0xd, i);
+            let c = Component {
+                size: r.eax,
+                std_offset: r.ebx,
+                supervisor: r.ecx & 1 != 0,
+                align64: r.ecx & 2 != 0,
+                xfd: r.ecx & 4 != 0,
+            };
+            let in_xss = xss & (1 << i) != 0;
+            if c.supervisor != in_xss {
+                return Err(EnumError::SupervisorMismatch { index: i, in_xss });
+            }
+            if c.size == 0 {
+                return Err(EnumError::ZeroSize { index: i });
+            }
+            if c.size > MAX_COMPONENT_SIZE {
+                return Err(EnumError::AbsurdSize { index: i, size: c.size });
+            }
+            if !in_xss {
+                if c.std_offset < EXTENDED_START {
+                    return Err(EnumError::OffsetInLegacy { index: i, offset: c.std_offset });
+                }
+                let end = c.std_offset.checked_add(c.size).ok_or(EnumError::EndOverflows { index: i })?;
+                if end > s0.ecx {
+                    return Err(EnumError::BeyondMaxSize { index: i, end, max: s0.ecx });
+                }
+            }
+            comps[i as usize] = c;
+        }
+        let user = XFeatures::from_bits_retain(xcr0);
+        check_overlaps(&comps, user)?;
+        let standard_max_size = standard_end(&comps, user);
+        // Every supported component, compacted: the largest area XSAVES can write.
+        let compacted_max_size =
+            compacted_end(&comps, supported).ok_or(EnumError::CompactedTooLarge)?;
+        if s0.ecx < standard_max_size {
+            return Err(EnumError::ReportedTooSmall {
+                report: SizeReport::MaxStandard,
+                reported: s0.ecx,
+                computed: standard_max_size,
+            });
+        }
+        Ok(Self {
+            xcr0_supported: user,
+            xss_supported: XFeatures::from_bits_retain(xss),
+            comps,
+            reported_max_standard: s0.ecx,
+            standard_max_size,
+            compacted_max_size,
+            xsaveopt: s1.eax & 1 != 0,
+            xsavec: s1.eax & 2 != 0,
+            xgetbv1: s1.eax & 4 != 0,
+            xsaves: s1.eax & 8 != 0,
+            xfd: s1.eax & 16 != 0,
+        })
+    }
+
+    /// Cross-check the live size reports, which depend on the XCR0 and IA32_XSS in
+    /// force when CPUID ran: CPUID(0xD,0).EBX against the standard size of `xcr0`,
+    /// and CPUID(0xD,1).EBX against the compacted size of `xcr0 | xss` (when the CPU
+    /// has XSAVES or XSAVEC, which define it). Reports larger than needed are
+    /// accepted; [`SizeCheck`] shows the excess.
+    ///
+    /// # Errors
+    /// [`EnumError::NotSupported`] for masks outside the enumeration,
+    /// [`EnumError::ReportedTooSmall`] where CPUID under-reports.
+    pub fn check_live_sizes(
+        &self,
+        src: &impl CpuidSource,
+        xcr0: XFeatures,
+        xss: XFeatures,
+    ) -> Result<SizeCheck, EnumError> {
+        let bad = (xcr0 - self.xcr0_supported) | (xss - self.xss_supported);
+        if !bad.is_empty() {
+            return Err(EnumError::NotSupported { mask: bad.bits() });
+        }
+        let std_computed = standard_end(&self.comps, xcr0);
+        let std_reported = src.cpuid(0xd, 0).ebx;
+        if std_reported < std_computed {
+            return Err(EnumError::ReportedTooSmall {
+                report: SizeReport::CurrentStandard,
+                reported: std_reported,
+                computed: std_computed,
+            });
+        }
+        let cmp_computed = compacted_end(&self.comps, xcr0 | xss).ok_or(EnumError::CompactedTooLarge)?;
+        let cmp_reported = src.cpuid(0xd, 1).ebx;
+        if (self.xsaves || self.xsavec) && cmp_reported < cmp_computed {
+            return Err(EnumError::ReportedTooSmall {
+                report: SizeReport::CurrentCompacted,
+                reported: cmp_reported,
+                computed: cmp_computed,
+            });
+        }
+        Ok(SizeCheck {
+            standard_excess: std_reported - std_computed,
+            compacted_excess: cmp_reported.saturating_sub(cmp_computed),
+        })
+    }
+
+    /// Components the CPU supports in XCR0 (CPUID(0xD,0) EDX:EAX).
+    #[inline]
+    pub const fn xcr0_supported(&self) -> XFeatures {
+        self.xcr0_supported
+    }
+
+    /// Components the CPU supports in IA32_XSS (CPUID(0xD,1) EDX:ECX).
+    #[inline]
+    pub const fn xss_supported(&self) -> XFeatures {
+        self.xss_supported
+    }
+
+    /// Every supported component.
+    #[inline]
+    pub const fn supported(&self) -> XFeatures {
+        self.xcr0_supported.union(self.xss_supported)
+    }
+
+    /// The facts of component `index`, if supported.
+    #[inline]
+    pub fn component(&self, index: u32) -> Option<&Component> {
+        if self.supported().has_index(index) { self.comps.get(index as usize) } else { None }
+    }
+
+    /// The raw per-component table, indexed by component number (zeros where unsupported).
+    #[inline]
+    pub const fn components(&self) -> &[Component; 64] {
+        &self.comps
+    }
+
+    /// Standard size of every supported user component (what CPUID(0xD,0).ECX should say).
+    #[inline]
+    pub const fn standard_max_size(&self) -> u32 {
+        self.standard_max_size
+    }
+
+    /// Compacted size of every supported component, user and supervisor.
+    #[inline]
+    pub const fn compacted_max_size(&self) -> u32 {
+        self.compacted_max_size
+    }
+
+    /// What CPUID(0xD,0).ECX reported; may exceed [`Self::standard_max_size`].
+    #[inline]
+    pub const fn reported_max_standard(&self) -> u32 {
+        self.reported_max_standard
+    }
+
+    /// Standard-form size for `mask`'s user components (at least the legacy area and header).
+    pub fn standard_size(&self, mask: XFeatures) -> u32 {
+        standard_end(&self.comps, mask & self.xcr0_supported)
+    }
+
+    /// Compacted size for `mask`'s supported components.
+    pub fn compacted_size(&self, mask: XFeatures) -> u32 {
+        // Cannot overflow: the full supported mask was summed at construction.
+        compacted_end(&self.comps, mask & self.supported()).unwrap_or(u32::MAX)
+    }
+}
+
+/// The result of a live cross-check: how many bytes CPUID over-reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SizeCheck {
+    /// CPUID(0xD,0).EBX minus the computed standard size.
+    pub standard_excess: u32,
+    /// CPUID(0xD,1).EBX minus the computed compacted size (0 without XSAVEC/XSAVES).
+    pub compacted_excess: u32,
+}
+
+fn standard_end(comps: &[Component; 64], user: XFeatures) -> u32 {
+    user.indices()
+        .filter(|&i| i >= 2)
+        .map(|i| comps[i as usize].std_offset + comps[i as usize].size)
+        .fold(EXTENDED_START, u32::max)
+}
+
+/// The compacted-form end of `mask` (SDM vol. 1 13.4.3), or `None` on overflow.
+pub(crate) fn compacted_end(comps: &[Component; 64], mask: XFeatures) -> Option<u32> {
+    let mut end = u64::from(EXTENDED_START);
+    for i in mask.indices().filter(|&i| i >= 2) {
+        let c = &comps[i as usize];
+        if c.align64 {
+            end = (end + 63) & !63;
+        }
+        end += u64::from(c.size);
+    }
+    u32::try_from(end).ok()
+}
+
+fn check_overlaps(comps: &[Component; 64], user: XFeatures) -> Result<(), EnumError> {
+    // At most 62 extended user components: a quadratic scan is cheap and obvious.
+    for a in user.indices().filter(|&i| i >= 2) {
+        for b in user.indices().filter(|&i| i > a) {
+            let (ca, cb) = (&comps[a as usize], &comps[b as usize]);
+            // Ends were checked not to overflow.
+            if ca.std_offset < cb.std_offset + cb.size && cb.std_offset < ca.std_offset + ca.size {
+                let (lo, hi) = if ca.std_offset <= cb.std_offset { (a, b) } else { (b, a) };
+                return Err(EnumError::Overlap { a: lo, b: hi });
+            }
+        }
+    }
+    Ok(())
+}
