@@ -9,7 +9,8 @@
 //! 2. [`feature`]: the component catalog and the [`XFeatures`] mask type;
 //! 3. [`enumerate`]: CPUID leaf 0xD read and validated (hostile CPUID is refused);
 //! 4. [`layout`]: standard and compacted layouts, O(1) queries;
-//! 5. [`insn`]: the only `unsafe` code, one wrapper per XSAVE-family instruction.
+//! 5. [`config`]: a [`config::Policy`] turned into kernel, user and guest configs;
+//! 6. [`insn`]: the only `unsafe` code, one wrapper per XSAVE-family instruction.
 //!
 //! ```
 //! use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, layout::Layout, XFeatures};
@@ -31,6 +32,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod config;
 pub mod cpuid;
 pub mod enumerate;
 pub mod feature;
@@ -39,6 +41,7 @@ pub mod layout;
 
 pub use feature::{XCOMP_BV_COMPACTED, XFeature, XFeatures};
 
+impl core::error::Error for config::ConfigError {}
 impl core::error::Error for cpuid::ParseError {}
 impl core::error::Error for enumerate::EnumError {}
 impl core::error::Error for layout::LayoutError {}
