@@ -8,7 +8,6 @@
 //! Off x86-64 the instruction wrappers do not exist; the rest of the crate builds
 //! and its pure parts (catalog, enumeration of recorded dumps, layouts, model) work.
 
-#[cfg(target_arch = "x86_64")]
 use crate::feature::XFeatures;
 
 cfg_if::cfg_if! {
@@ -164,5 +163,135 @@ cfg_if::cfg_if! {
         restore_insn!(
             /// XRSTORS: load `rfbm & (XCR0 | IA32_XSS)` from a compacted area.
             xrstors, "xrstors64", "- CPL 0 (otherwise #GP); XCOMP_BV bit 63 set.");
+    }
+}
+
+/// A fault an XSAVE-family instruction raises instead of completing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// #GP(0): misaligned area, malformed header, reserved MXCSR bits, CPL > 0 for
+    /// XSAVES/XRSTORS, a mask outside XCR0 | IA32_XSS.
+    Gp,
+    /// #NM: a restore would load a component that XFD has armed.
+    Nm,
+    /// #UD: the instruction is not enabled (CR4.OSXSAVE clear, or not enumerated).
+    Ud,
+}
+
+/// Which instruction an [`XsaveUnit`] executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Insn {
+    /// XSAVE (standard form).
+    Xsave,
+    /// XSAVEOPT (standard form, init and modified optimisations).
+    Xsaveopt,
+    /// XSAVEC (compacted form, init optimisation, user components).
+    Xsavec,
+    /// XSAVES (compacted form, supervisor components, CPL 0).
+    Xsaves,
+    /// XRSTOR (either form).
+    Xrstor,
+    /// XRSTORS (compacted form, supervisor components, CPL 0).
+    Xrstors,
+}
+
+impl Insn {
+    /// Whether the instruction writes the area (a save) rather than reading it.
+    #[inline]
+    pub const fn is_save(self) -> bool {
+        !matches!(self, Self::Xrstor | Self::Xrstors)
+    }
+}
+
+/// Something that executes XSAVE-family instructions on byte buffers: the real CPU
+/// ([`Cpu`]) or the software model ([`crate::model::XsaveMachine`]). Fpstate
+/// save/restore is written once against this trait, so the model can stand in for
+/// ring 0 in user-space tests.
+pub trait XsaveUnit {
+    /// Save (XSAVE, XSAVEOPT, XSAVEC, XSAVES) the components in `rfbm` into `area`.
+    ///
+    /// # Errors
+    /// The [`Fault`] the instruction raises (the model reports it; the real CPU
+    /// never returns one, because a fault there does not return).
+    fn save(&mut self, insn: Insn, area: &mut [u8], rfbm: XFeatures) -> Result<(), Fault>;
+
+    /// Restore (XRSTOR, XRSTORS) the components in `rfbm` from `area`.
+    ///
+    /// # Errors
+    /// As for [`XsaveUnit::save`].
+    fn restore(&mut self, insn: Insn, area: &[u8], rfbm: XFeatures) -> Result<(), Fault>;
+}
+
+/// The CPU this code runs on, as an [`XsaveUnit`].
+///
+/// Constructing one is the `unsafe` step: it asserts that the instructions it will
+/// run are usable here. Its methods check what can be checked locally (alignment,
+/// size, the instruction's class) and refuse with [`Fault`] instead of faulting.
+#[derive(Debug)]
+pub struct Cpu {
+    supervisor: bool,
+}
+
+impl Cpu {
+    /// A unit for user mode: XSAVE, XSAVEOPT, XSAVEC and XRSTOR.
+    ///
+    /// # Safety
+    /// CR4.OSXSAVE is set and the CPU enumerates XSAVEOPT and XSAVEC if they are
+    /// used; every area passed later is large enough for the `rfbm` given with it
+    /// in its form (the methods check the slice length against the header only
+    /// where the form fixes it); restores replace register state the compiler may
+    /// rely on, so they run only where no compiler-held vector values are live.
+    pub const unsafe fn user() -> Self {
+        Self { supervisor: false }
+    }
+
+    /// A unit for ring 0: additionally XSAVES and XRSTORS.
+    ///
+    /// # Safety
+    /// As for [`Cpu::user`], plus: the code runs at CPL 0 and the CPU enumerates
+    /// XSAVES.
+    pub const unsafe fn supervisor() -> Self {
+        Self { supervisor: true }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl XsaveUnit for Cpu {
+    fn save(&mut self, insn: Insn, area: &mut [u8], rfbm: XFeatures) -> Result<(), Fault> {
+        if area.as_ptr() as usize % 64 != 0 || area.len() < 576 {
+            return Err(Fault::Gp);
+        }
+        let p = area.as_mut_ptr();
+        match insn {
+            // SAFETY: `Cpu::user`'s contract covers OSXSAVE and the area size;
+            // alignment was checked above.
+            Insn::Xsave => unsafe { xsave(p, rfbm) },
+            // SAFETY: as above.
+            Insn::Xsaveopt => unsafe { xsaveopt(p, rfbm) },
+            // SAFETY: as above.
+            Insn::Xsavec => unsafe { xsavec(p, rfbm) },
+            // SAFETY: `Cpu::supervisor`'s contract covers CPL 0 and XSAVES.
+            Insn::Xsaves if self.supervisor => unsafe { xsaves(p, rfbm) },
+            Insn::Xsaves => return Err(Fault::Gp),
+            Insn::Xrstor | Insn::Xrstors => return Err(Fault::Ud),
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, insn: Insn, area: &[u8], rfbm: XFeatures) -> Result<(), Fault> {
+        if area.as_ptr() as usize % 64 != 0 || area.len() < 576 {
+            return Err(Fault::Gp);
+        }
+        let p = area.as_ptr();
+        match insn {
+            // SAFETY: `Cpu::user`'s contract covers OSXSAVE, size and live state;
+            // alignment was checked above.
+            Insn::Xrstor => unsafe { xrstor(p, rfbm) },
+            // SAFETY: `Cpu::supervisor`'s contract covers CPL 0 and XSAVES.
+            Insn::Xrstors if self.supervisor => unsafe { xrstors(p, rfbm) },
+            Insn::Xrstors => return Err(Fault::Gp),
+            _ => return Err(Fault::Ud),
+        }
+        Ok(())
     }
 }
