@@ -38,6 +38,7 @@ pub mod enumerate;
 pub mod feature;
 pub mod insn;
 pub mod layout;
+pub mod perm;
 
 pub use feature::{XCOMP_BV_COMPACTED, XFeature, XFeatures};
 
@@ -45,3 +46,4 @@ impl core::error::Error for config::ConfigError {}
 impl core::error::Error for cpuid::ParseError {}
 impl core::error::Error for enumerate::EnumError {}
 impl core::error::Error for layout::LayoutError {}
+impl core::error::Error for perm::PermError {}

@@ -1,0 +1,199 @@
+//! Per-process permission sets for dynamic components, like Linux's
+//! `ARCH_GET/REQ_XCOMP_PERM` (tasks) and `ARCH_GET/REQ_XCOMP_GUEST_PERM` (guests).
+//!
+//! A process starts permitted its config's default features. A request names one
+//! dynamic component; once granted, the process's fpstates may grow to hold it (on
+//! the first-use XFD fault). Guest-only components are in the guest set from the
+//! start and can never enter the task set.
+
+use core::fmt;
+
+use crate::config::Configs;
+use crate::enumerate::Enumeration;
+use crate::feature::XFeatures;
+use crate::layout::Form;
+
+/// Why a permission request was refused. [`PermError::errno`] gives Linux's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PermError {
+    /// Not a component number (64 and above, or 63).
+    Invalid {
+        /// The number asked for.
+        index: u32,
+    },
+    /// The component is not enabled by the configs (CPU or policy lacks it).
+    Unsupported {
+        /// The component.
+        index: u32,
+    },
+    /// The component is enabled but not dynamic: it is either always permitted or
+    /// (guest-only, independent, supervisor) never grantable to this set.
+    NotDynamic {
+        /// The component.
+        index: u32,
+    },
+    /// A guest fpstate already exists: the guest set is locked (Linux: EBUSY).
+    Locked,
+    /// The caller's check refused the new user-ABI size: the signal stack is too
+    /// small for the frames the task would then need (Linux: ENOSPC).
+    SigStackTooSmall {
+        /// The user (standard-form) size the grant would need.
+        user_size: u32,
+    },
+}
+
+impl PermError {
+    /// The Linux errno (positive) a kernel returns for this error.
+    pub const fn errno(self) -> i32 {
+        match self {
+            Self::Invalid { .. } => 22,        // EINVAL
+            Self::Unsupported { .. } => 95,    // EOPNOTSUPP
+            Self::NotDynamic { .. } => 95,     // EOPNOTSUPP
+            Self::Locked => 16,                // EBUSY
+            Self::SigStackTooSmall { .. } => 28, // ENOSPC
+        }
+    }
+}
+
+impl fmt::Display for PermError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Invalid { index } => write!(f, "{index} is not an XSAVE component number"),
+            Self::Unsupported { index } => write!(f, "component {index} is not enabled"),
+            Self::NotDynamic { index } => {
+                write!(f, "component {index} is not a dynamic component of this set")
+            }
+            Self::Locked => write!(f, "guest permissions are locked: a guest fpstate exists"),
+            Self::SigStackTooSmall { user_size } => {
+                write!(f, "signal stack too small for a {user_size}-byte XSAVE area")
+            }
+        }
+    }
+}
+
+/// One permission set and the buffer sizes it implies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PermSet {
+    /// Components fpstates of this set may hold.
+    pub features: XFeatures,
+    /// Kernel buffer size for `features`.
+    pub size: u32,
+    /// User-ABI (standard-form) size for the user part of `features`.
+    pub user_size: u32,
+}
+
+/// Which of a process's two sets a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PermKind {
+    /// Host tasks (`ARCH_REQ_XCOMP_PERM`).
+    Task,
+    /// Guests the process runs (`ARCH_REQ_XCOMP_GUEST_PERM`).
+    Guest,
+}
+
+/// A process's task and guest permission sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessPerms {
+    task: PermSet,
+    guest: PermSet,
+    guest_locked: bool,
+}
+
+impl ProcessPerms {
+    /// The permissions of a new process: each set holds its config's defaults.
+    pub fn new(cfg: &Configs) -> Self {
+        let set = |c: &crate::config::FpuConfig| PermSet {
+            features: c.default_features,
+            size: c.default_size,
+            user_size: cfg.user.default_size,
+        };
+        Self { task: set(&cfg.kernel), guest: set(&cfg.guest), guest_locked: false }
+    }
+
+    /// The current set of one kind (`ARCH_GET_XCOMP_PERM` returns its features).
+    #[inline]
+    pub const fn get(&self, kind: PermKind) -> &PermSet {
+        match kind {
+            PermKind::Task => &self.task,
+            PermKind::Guest => &self.guest,
+        }
+    }
+
+    /// Whether the guest set is locked.
+    #[inline]
+    pub const fn guest_locked(&self) -> bool {
+        self.guest_locked
+    }
+
+    /// Lock the guest set; a hypervisor calls this when it creates the process's
+    /// first guest fpstate (Linux does it on vCPU creation), because guest buffers
+    /// are sized from the set and must not change under a running vCPU.
+    pub fn lock_guest(&mut self) {
+        self.guest_locked = true;
+    }
+
+    /// Request component `index` for the set `kind`.
+    ///
+    /// `sigstack_ok` is asked, for task requests that would enlarge the user-ABI
+    /// size, whether the process's signal stacks can hold frames of the new size;
+    /// returning `false` refuses the request. Requests that change nothing succeed
+    /// without asking (Linux returns 0 for an already permitted component).
+    ///
+    /// On error the sets are unchanged.
+    ///
+    /// # Errors
+    /// [`PermError`]: see its variants.
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}};
+    /// # use xstate::perm::{PermError, PermKind, ProcessPerms};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
+    /// let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    /// let mut p = ProcessPerms::new(&cfg);
+    /// let grant = p.request(&e, &cfg, PermKind::Task, 18, |_| true).unwrap();
+    /// assert_eq!(grant.size, cfg.kernel.max_size);
+    /// assert_eq!(p.request(&e, &cfg, PermKind::Task, 12, |_| true), Err(PermError::NotDynamic { index: 12 }));
+    /// ```
+    pub fn request(
+        &mut self,
+        e: &Enumeration,
+        cfg: &Configs,
+        kind: PermKind,
+        index: u32,
+        sigstack_ok: impl FnOnce(u32) -> bool,
+    ) -> Result<PermSet, PermError> {
+        let bit = XFeatures::from_index(index).ok_or(PermError::Invalid { index })?;
+        let (set, max) = match kind {
+            PermKind::Task => (&self.task, cfg.kernel.max_features),
+            PermKind::Guest => (&self.guest, cfg.guest.max_features),
+        };
+        if !max.contains(bit) {
+            return Err(PermError::Unsupported { index });
+        }
+        if set.features.contains(bit) {
+            return Ok(*set);
+        }
+        if !cfg.policy.dynamic.contains(bit) {
+            return Err(PermError::NotDynamic { index });
+        }
+        if kind == PermKind::Guest && self.guest_locked {
+            return Err(PermError::Locked);
+        }
+        let features = set.features | bit;
+        let size = match cfg.kernel.form {
+            Form::Compacted => e.compacted_size(features),
+            Form::Standard => e.standard_size(features),
+        };
+        let user_size = e.standard_size(features & cfg.user.max_features);
+        if kind == PermKind::Task && user_size > set.user_size && !sigstack_ok(user_size) {
+            return Err(PermError::SigStackTooSmall { user_size });
+        }
+        let new = PermSet { features, size, user_size };
+        match kind {
+            PermKind::Task => self.task = new,
+            PermKind::Guest => self.guest = new,
+        }
+        Ok(new)
+    }
+}
