@@ -36,6 +36,7 @@ pub mod config;
 pub mod cpuid;
 pub mod enumerate;
 pub mod feature;
+pub mod fpstate;
 pub mod insn;
 pub mod layout;
 pub mod perm;
@@ -45,5 +46,6 @@ pub use feature::{XCOMP_BV_COMPACTED, XFeature, XFeatures};
 impl core::error::Error for config::ConfigError {}
 impl core::error::Error for cpuid::ParseError {}
 impl core::error::Error for enumerate::EnumError {}
+impl core::error::Error for fpstate::FpstateError {}
 impl core::error::Error for layout::LayoutError {}
 impl core::error::Error for perm::PermError {}

@@ -1,0 +1,549 @@
+//! Fpstates: a header describing what a buffer holds plus a 64-byte aligned XSAVE
+//! area, created in init state, saved and restored through an
+//! [`XsaveUnit`](crate::insn::XsaveUnit), grown on the first XFD fault, and swapped
+//! between host and guest.
+//!
+//! The "lesser dynamic" rule lives here: host fpstates never get space for the
+//! guest-only components (CET_S), yet every restore uses the configs' full RFBM, so
+//! restoring a host fpstate right after a guest puts CET_S in its init state.
+
+use core::fmt;
+use core::mem::size_of;
+
+use memoffset::offset_of;
+use static_assertions::const_assert_eq;
+
+use crate::config::Configs;
+use crate::enumerate::Enumeration;
+use crate::feature::XFeatures;
+use crate::insn::{Fault, Insn, XsaveUnit};
+use crate::layout::{Form, Layout, LayoutError, XSAVE_ALIGN};
+use crate::perm::{PermKind, ProcessPerms};
+
+/// The legacy region (FXSAVE image), bytes 0..512 of every XSAVE area.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LegacyRegion {
+    /// x87 control word.
+    pub fcw: u16,
+    /// x87 status word.
+    pub fsw: u16,
+    /// Abridged x87 tag word.
+    pub ftw: u8,
+    /// Reserved.
+    pub reserved0: u8,
+    /// Last x87 opcode.
+    pub fop: u16,
+    /// Last x87 instruction pointer (64-bit format).
+    pub fip: u64,
+    /// Last x87 data pointer (64-bit format).
+    pub fdp: u64,
+    /// SSE control and status.
+    pub mxcsr: u32,
+    /// Which MXCSR bits the CPU supports.
+    pub mxcsr_mask: u32,
+    /// ST0-ST7 / MM0-MM7, 16 bytes each.
+    pub st: [u8; 128],
+    /// XMM0-XMM15.
+    pub xmm: [u8; 256],
+    /// Reserved; bytes 464..512 are available to software.
+    pub reserved1: [u8; 96],
+}
+
+/// The XSAVE header, bytes 512..576.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XsaveHeader {
+    /// Components whose saved state is not init.
+    pub xstate_bv: u64,
+    /// Bit 63: compacted form; bits 62:0: the components with space.
+    pub xcomp_bv: u64,
+    /// Must be zero.
+    pub reserved: [u64; 6],
+}
+
+/// The fixed prefix every XSAVE area starts with.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+pub struct XsaveArea {
+    /// The legacy region.
+    pub legacy: LegacyRegion,
+    /// The header.
+    pub header: XsaveHeader,
+}
+
+const_assert_eq!(size_of::<LegacyRegion>(), 512);
+const_assert_eq!(size_of::<XsaveHeader>(), 64);
+const_assert_eq!(size_of::<XsaveArea>(), 576);
+
+/// Offset of MXCSR in any XSAVE area.
+pub const MXCSR_OFFSET: usize = offset_of!(LegacyRegion, mxcsr);
+/// Offset of MXCSR_MASK.
+pub const MXCSR_MASK_OFFSET: usize = offset_of!(LegacyRegion, mxcsr_mask);
+/// Offset of XSTATE_BV.
+pub const XSTATE_BV_OFFSET: usize = offset_of!(XsaveArea, header);
+/// Offset of XCOMP_BV.
+pub const XCOMP_BV_OFFSET: usize = XSTATE_BV_OFFSET + offset_of!(XsaveHeader, xcomp_bv);
+const FCW_OFFSET: usize = offset_of!(LegacyRegion, fcw);
+const_assert_eq!(XSTATE_BV_OFFSET, 512);
+const_assert_eq!(MXCSR_OFFSET, 24);
+
+/// MXCSR after reset and in the SSE init state.
+pub const MXCSR_DEFAULT: u32 = 0x1f80;
+/// FCW in the x87 init state (what FNINIT loads).
+pub const FCW_DEFAULT: u16 = 0x037f;
+
+/// Why an fpstate operation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FpstateError {
+    /// The storage is smaller than the buffer needs.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: u32,
+        /// Bytes given.
+        got: usize,
+    },
+    /// The storage does not start on a 64-byte boundary.
+    Misaligned {
+        /// The address modulo 64.
+        misalignment: usize,
+    },
+    /// The first use of component `index` faulted and the process has no permission
+    /// for it (a kernel sends SIGILL).
+    NotPermitted {
+        /// The component.
+        index: u32,
+    },
+    /// The fpstate already holds everything it is permitted.
+    NothingToGrow,
+    /// A user-mode unit cannot save supervisor components (XSAVEC ignores them).
+    NeedsSupervisor {
+        /// The supervisor components the fpstate holds.
+        mask: u64,
+    },
+    /// The instruction faulted (reported by the model; the CPU does not return).
+    Fault(Fault),
+    /// A layout could not be made for the features.
+    Layout(LayoutError),
+}
+
+impl fmt::Display for FpstateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BufferTooSmall { needed, got } => {
+                write!(f, "buffer of {got} bytes, {needed} needed")
+            }
+            Self::Misaligned { misalignment } => {
+                write!(f, "buffer is {misalignment} bytes past a 64-byte boundary")
+            }
+            Self::NotPermitted { index } => {
+                write!(f, "no permission for component {index} (SIGILL)")
+            }
+            Self::NothingToGrow => write!(f, "fpstate already holds every permitted component"),
+            Self::NeedsSupervisor { mask } => {
+                write!(f, "supervisor components {mask:#x} need XSAVES/XRSTORS")
+            }
+            Self::Fault(x) => write!(f, "instruction fault {x:?}"),
+            Self::Layout(e) => write!(f, "layout: {e}"),
+        }
+    }
+}
+
+impl From<LayoutError> for FpstateError {
+    fn from(e: LayoutError) -> Self {
+        Self::Layout(e)
+    }
+}
+
+impl From<Fault> for FpstateError {
+    fn from(f: Fault) -> Self {
+        Self::Fault(f)
+    }
+}
+
+/// Where an fpstate's bytes live.
+pub trait Storage {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+    /// The bytes, writable.
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl Storage for &mut [u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use boxed::BoxedArea;
+
+#[cfg(feature = "alloc")]
+mod boxed {
+    use alloc::boxed::Box;
+    use alloc::vec;
+
+    /// One 64-byte, 64-aligned block: a slice of them is an aligned area.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct Block([u8; 64]);
+
+    /// A zeroed, 64-byte aligned heap area, exactly as large as asked (rounded up to
+    /// 64 bytes): no over-allocation to find an aligned start.
+    pub struct BoxedArea {
+        blocks: Box<[Block]>,
+        len: usize,
+    }
+
+    impl core::fmt::Debug for BoxedArea {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.debug_struct("BoxedArea").field("len", &self.len).finish()
+        }
+    }
+
+    impl BoxedArea {
+        /// A zeroed area of `len` bytes.
+        pub fn zeroed(len: usize) -> Self {
+            Self { blocks: vec![Block([0; 64]); len.div_ceil(64)].into_boxed_slice(), len }
+        }
+
+        /// Bytes actually allocated (a multiple of 64).
+        pub fn allocated(&self) -> usize {
+            self.blocks.len() * 64
+        }
+    }
+
+    impl super::Storage for BoxedArea {
+        fn bytes(&self) -> &[u8] {
+            let p = self.blocks.as_ptr().cast::<u8>();
+            // SAFETY: `Block` is `repr(C)` around `[u8; 64]` with no padding (size 64,
+            // checked by the compiler: align 64 = size), so `blocks` is
+            // `blocks.len() * 64` initialised bytes, and `len <= blocks.len() * 64`.
+            unsafe { core::slice::from_raw_parts(p, self.len) }
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            let p = self.blocks.as_mut_ptr().cast::<u8>();
+            // SAFETY: as in `bytes`, and `&mut self` makes the borrow unique.
+            unsafe { core::slice::from_raw_parts_mut(p, self.len) }
+        }
+    }
+
+    static_assertions::const_assert_eq!(core::mem::size_of::<Block>(), 64);
+}
+
+/// Host task or guest vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// A host task: never holds guest-only components.
+    Host,
+    /// A guest: holds the guest-only components from the start.
+    Guest,
+}
+
+/// How save/restore reach the hardware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Ring 0: XSAVES/XRSTORS, supervisor components included.
+    Supervisor,
+    /// User mode: XSAVEC (or XSAVEOPT in standard form) and XRSTOR, user
+    /// components only.
+    User,
+}
+
+/// What an fpstate holds, like the header of Linux's `struct fpstate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FpstateInfo {
+    /// Components with space in the buffer (XCOMP_BV without bit 63).
+    pub features: XFeatures,
+    /// The user components among them (what the user ABI exposes).
+    pub user_features: XFeatures,
+    /// Dynamic components without space: XFD stays armed for them.
+    pub xfd: XFeatures,
+    /// Buffer size in bytes.
+    pub size: u32,
+    /// User-ABI (standard form) size for `user_features`.
+    pub user_size: u32,
+    /// Buffer form.
+    pub form: Form,
+    /// Host or guest.
+    pub owner: Owner,
+}
+
+/// An fpstate: [`FpstateInfo`] plus its XSAVE area in `S`.
+#[derive(Debug)]
+pub struct Fpstate<S: Storage> {
+    info: FpstateInfo,
+    storage: S,
+}
+
+impl<S: Storage> Fpstate<S> {
+    /// A fresh fpstate in `storage`, holding the owner's default features (host:
+    /// the kernel config's; guest: the guest config's, guest-only ones included).
+    /// The area is put in init state: zeroed, XSTATE_BV = 0, XCOMP_BV = bit 63 |
+    /// features (compacted form), MXCSR = 0x1f80, FCW = 0x37f.
+    ///
+    /// # Errors
+    /// [`FpstateError::BufferTooSmall`] or [`FpstateError::Misaligned`]; the
+    /// storage is not written then.
+    pub fn new_in(e: &Enumeration, cfg: &Configs, owner: Owner, storage: S) -> Result<Self, FpstateError> {
+        let features = match owner {
+            Owner::Host => cfg.kernel.default_features,
+            Owner::Guest => cfg.guest.default_features,
+        };
+        Self::with_features(e, cfg, owner, features, storage)
+    }
+
+    fn with_features(
+        e: &Enumeration,
+        cfg: &Configs,
+        owner: Owner,
+        features: XFeatures,
+        mut storage: S,
+    ) -> Result<Self, FpstateError> {
+        let form = cfg.kernel.form;
+        let size = match form {
+            Form::Compacted => e.compacted_size(features),
+            Form::Standard => e.standard_size(features),
+        };
+        check_storage(storage.bytes(), size)?;
+        let user_features = features & cfg.user.max_features;
+        let info = FpstateInfo {
+            features,
+            user_features,
+            xfd: cfg.policy.dynamic - features,
+            size,
+            user_size: e.standard_size(user_features),
+            form,
+            owner,
+        };
+        let area = &mut storage.bytes_mut()[..size as usize];
+        area.fill(0);
+        put_u16(area, FCW_OFFSET, FCW_DEFAULT);
+        put_u32(area, MXCSR_OFFSET, MXCSR_DEFAULT);
+        if form == Form::Compacted {
+            put_u64(area, XCOMP_BV_OFFSET, crate::XCOMP_BV_COMPACTED | features.bits());
+        }
+        Ok(Self { info, storage })
+    }
+
+    /// What the fpstate holds.
+    #[inline]
+    pub const fn info(&self) -> &FpstateInfo {
+        &self.info
+    }
+
+    /// The XSAVE area (exactly `info().size` bytes).
+    #[inline]
+    pub fn area(&self) -> &[u8] {
+        &self.storage.bytes()[..self.info.size as usize]
+    }
+
+    #[inline]
+    pub(crate) fn area_mut(&mut self) -> &mut [u8] {
+        &mut self.storage.bytes_mut()[..self.info.size as usize]
+    }
+
+    /// XSTATE_BV from the header.
+    #[inline]
+    pub fn xstate_bv(&self) -> XFeatures {
+        XFeatures::from_bits_retain(get_u64(self.area(), XSTATE_BV_OFFSET))
+    }
+
+    /// XCOMP_BV from the header (bit 63 included).
+    #[inline]
+    pub fn xcomp_bv(&self) -> u64 {
+        get_u64(self.area(), XCOMP_BV_OFFSET)
+    }
+
+    /// Give the storage back.
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// Save the registers into this fpstate: XSAVES (supervisor mode) or XSAVEC
+    /// (user mode; XSAVEOPT for a standard-form config), with RFBM = the features
+    /// this buffer has space for. A host fpstate thus never receives CET_S bytes.
+    ///
+    /// # Errors
+    /// [`FpstateError::NeedsSupervisor`] in user mode for an fpstate holding
+    /// supervisor components; [`FpstateError::Fault`] if the unit faults.
+    #[inline]
+    pub fn save(&mut self, unit: &mut impl XsaveUnit, cfg: &Configs, mode: Mode) -> Result<(), FpstateError> {
+        let insn = self.insn(cfg, mode, true)?;
+        let rfbm = self.info.features;
+        unit.save(insn, self.area_mut(), rfbm)?;
+        Ok(())
+    }
+
+    /// Load the registers from this fpstate: XRSTORS (supervisor) or XRSTOR (user),
+    /// with RFBM = every fpstate component of the configs ([`Configs::rfbm`]).
+    /// Components without space here (a host fpstate's CET_S, a task's unallocated
+    /// AMX state) are put in their init state: no other owner's value survives.
+    ///
+    /// # Errors
+    /// As for [`Fpstate::save`].
+    #[inline]
+    pub fn restore(&self, unit: &mut impl XsaveUnit, cfg: &Configs, mode: Mode) -> Result<(), FpstateError> {
+        let insn = self.insn(cfg, mode, false)?;
+        let rfbm = match mode {
+            Mode::Supervisor => cfg.rfbm(),
+            Mode::User => cfg.rfbm() & cfg.xcr0,
+        };
+        unit.restore(insn, self.area(), rfbm)?;
+        Ok(())
+    }
+
+    #[inline]
+    fn insn(&self, cfg: &Configs, mode: Mode, save: bool) -> Result<Insn, FpstateError> {
+        Ok(match (mode, self.info.form, save) {
+            (Mode::Supervisor, _, true) => Insn::Xsaves,
+            (Mode::Supervisor, _, false) => Insn::Xrstors,
+            (Mode::User, _, _) if !(self.info.features & cfg.xss).is_empty() => {
+                return Err(FpstateError::NeedsSupervisor { mask: (self.info.features & cfg.xss).bits() });
+            }
+            (Mode::User, Form::Compacted, true) => Insn::Xsavec,
+            (Mode::User, Form::Standard, true) => Insn::Xsaveopt,
+            (Mode::User, _, false) => Insn::Xrstor,
+        })
+    }
+
+    fn perm_kind(&self) -> PermKind {
+        match self.info.owner {
+            Owner::Host => PermKind::Task,
+            Owner::Guest => PermKind::Guest,
+        }
+    }
+
+    /// Grow after the first-use XFD fault on component `index`: a new fpstate in
+    /// `storage` with every dynamic component the owner's permission set grants,
+    /// the saved state carried over component by component, and XFD disarmed for
+    /// the new components. The caller saves the registers into `self` first.
+    ///
+    /// # Errors
+    /// [`FpstateError::NotPermitted`] if the permission set lacks `index` (the
+    /// kernel sends SIGILL), [`FpstateError::NothingToGrow`], or the storage errors
+    /// of [`Fpstate::new_in`].
+    pub fn grow<T: Storage>(
+        &self,
+        e: &Enumeration,
+        cfg: &Configs,
+        perms: &ProcessPerms,
+        index: u32,
+        storage: T,
+    ) -> Result<Fpstate<T>, FpstateError> {
+        let permitted = perms.get(self.perm_kind()).features;
+        if !permitted.has_index(index) {
+            return Err(FpstateError::NotPermitted { index });
+        }
+        let features = self.info.features | (permitted & cfg.policy.dynamic);
+        if features == self.info.features {
+            return Err(FpstateError::NothingToGrow);
+        }
+        let mut new = Fpstate::with_features(e, cfg, self.info.owner, features, storage)?;
+        let (old_l, new_l) = match self.info.form {
+            Form::Compacted => (Layout::compacted(e, self.info.features)?, Layout::compacted(e, features)?),
+            Form::Standard => (Layout::standard(e, self.info.features)?, Layout::standard(e, features)?),
+        };
+        let xstate_bv = self.xstate_bv();
+        let src = self.area();
+        let dst = new.area_mut();
+        dst[..XSTATE_BV_OFFSET].copy_from_slice(&src[..XSTATE_BV_OFFSET]);
+        put_u64(dst, XSTATE_BV_OFFSET, xstate_bv.bits());
+        for i in (xstate_bv & self.info.features).indices().filter(|&i| i >= 2) {
+            if let (Some(s), Some(d)) = (old_l.range_of(i), new_l.range_of(i)) {
+                dst[d].copy_from_slice(&src[s]);
+            }
+        }
+        Ok(new)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Fpstate<BoxedArea> {
+    /// A fresh fpstate on the heap, exactly as large as its config says.
+    ///
+    /// # Errors
+    /// [`FpstateError::BufferTooSmall`] only if `cfg` was derived from another
+    /// enumeration than `e`.
+    pub fn new_boxed(e: &Enumeration, cfg: &Configs, owner: Owner) -> Result<Self, FpstateError> {
+        let size = match owner {
+            Owner::Host => cfg.kernel.default_size,
+            Owner::Guest => cfg.guest.default_size,
+        };
+        Self::new_in(e, cfg, owner, BoxedArea::zeroed(size as usize))
+    }
+
+    /// [`Fpstate::grow`] into a fresh heap area.
+    ///
+    /// # Errors
+    /// As for [`Fpstate::grow`].
+    pub fn grow_boxed(
+        &self,
+        e: &Enumeration,
+        cfg: &Configs,
+        perms: &ProcessPerms,
+        index: u32,
+    ) -> Result<Self, FpstateError> {
+        let features = self.info.features | (perms.get(self.perm_kind()).features & cfg.policy.dynamic);
+        let size = match self.info.form {
+            Form::Compacted => e.compacted_size(features),
+            Form::Standard => e.standard_size(features),
+        };
+        self.grow(e, cfg, perms, index, BoxedArea::zeroed(size as usize))
+    }
+}
+
+/// Switch registers from `out` to `inc`, like Linux's `fpu_swap_kvm_fpstate`:
+/// save into `out` (with its own features as RFBM), restore from `inc` (with the
+/// full RFBM). Going guest -> host puts the guest-only CET_S back in init state.
+///
+/// # Errors
+/// As for [`Fpstate::save`] and [`Fpstate::restore`]; on a save error nothing was
+/// restored.
+pub fn swap<A: Storage, B: Storage>(
+    unit: &mut impl XsaveUnit,
+    cfg: &Configs,
+    mode: Mode,
+    out: &mut Fpstate<A>,
+    inc: &Fpstate<B>,
+) -> Result<(), FpstateError> {
+    out.save(unit, cfg, mode)?;
+    inc.restore(unit, cfg, mode)
+}
+
+fn check_storage(bytes: &[u8], size: u32) -> Result<(), FpstateError> {
+    let misalignment = bytes.as_ptr() as usize % XSAVE_ALIGN;
+    if misalignment != 0 {
+        return Err(FpstateError::Misaligned { misalignment });
+    }
+    if bytes.len() < size as usize {
+        return Err(FpstateError::BufferTooSmall { needed: size, got: bytes.len() });
+    }
+    Ok(())
+}
+
+#[inline]
+pub(crate) fn get_u64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+#[inline]
+pub(crate) fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+#[inline]
+pub(crate) fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[inline]
+fn put_u16(b: &mut [u8], off: usize, v: u16) {
+    b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+}
