@@ -1,0 +1,328 @@
+//! Configs, permission sets and fpstate allocation over every dump in `layouts/`.
+//! Expected sizes are computed here from the SDM's compaction rule, independently
+//! of the crate's `Layout`.
+
+use std::fs;
+use std::path::PathBuf;
+
+use xstate::XFeatures;
+use xstate::config::{ConfigError, Configs, Policy};
+use xstate::cpuid::RecordedCpuid;
+use xstate::enumerate::Enumeration;
+use xstate::fpstate::{Fpstate, FpstateError, MXCSR_DEFAULT, Owner};
+use xstate::layout::Form;
+use xstate::perm::{PermError, PermKind, ProcessPerms};
+
+fn dumps() -> Vec<(String, Enumeration)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts");
+    let mut v: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let text = fs::read_to_string(&p).unwrap();
+            let e = Enumeration::from_cpuid(&RecordedCpuid::parse(&text).unwrap()).unwrap();
+            (name, e)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// SDM vol. 1 13.4.3, written out again: the compacted size of `mask`.
+fn sdm_compacted_size(e: &Enumeration, mask: XFeatures) -> u32 {
+    let mut end = 576u32;
+    for i in 2..63u32 {
+        if mask.has_index(i) {
+            let c = e.component(i).unwrap();
+            if c.align64 {
+                end = end.div_ceil(64) * 64;
+            }
+            end += c.size;
+        }
+    }
+    end
+}
+
+fn dump(name: &str) -> Enumeration {
+    dumps().into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn lesser_dynamic_cet_s_on_every_dump() {
+    let (mut with_cet, mut free, mut paid) = (0, 0, 0);
+    for (name, e) in dumps() {
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+        assert!(
+            !cfg.kernel.max_features.contains(XFeatures::CET_S),
+            "{name}"
+        );
+        assert!(
+            !cfg.kernel.default_features.contains(XFeatures::CET_S),
+            "{name}"
+        );
+        let size = |m| match cfg.kernel.form {
+            Form::Compacted => sdm_compacted_size(&e, m),
+            Form::Standard => e.standard_size(m),
+        };
+        assert_eq!(
+            cfg.kernel.default_size,
+            size(cfg.kernel.default_features),
+            "{name}"
+        );
+        assert_eq!(cfg.kernel.max_size, size(cfg.kernel.max_features), "{name}");
+        if !(e.xsaves && e.xss_supported().contains(XFeatures::CET_S)) {
+            assert_eq!(
+                cfg.guest.default_features, cfg.kernel.default_features,
+                "{name}"
+            );
+            continue;
+        }
+        with_cet += 1;
+        let host = cfg.kernel.default_features;
+        assert_eq!(
+            cfg.guest.default_features,
+            host | XFeatures::CET_S,
+            "{name}"
+        );
+        let want = sdm_compacted_size(&e, host | XFeatures::CET_S);
+        assert_eq!(cfg.guest.default_size, want, "{name}");
+        assert!(
+            cfg.rfbm().contains(XFeatures::CET_S),
+            "{name}: restores must init CET_S"
+        );
+        let extra = cfg.guest.default_size - cfg.kernel.default_size;
+        println!(
+            "{name}: host {} guest {} (+{extra})",
+            cfg.kernel.default_size, cfg.guest.default_size
+        );
+        if extra == 0 {
+            free += 1;
+        } else {
+            assert_eq!(extra, 24, "{name}");
+            paid += 1;
+        }
+    }
+    // Both kinds of CPU must be covered: CET_S in the padding before the aligned
+    // AMX TILECFG (Sapphire Rapids), and CET_S as 24 extra bytes (most others).
+    assert!(
+        with_cet >= 5 && free >= 1 && paid >= 1,
+        "cet {with_cet} free {free} paid {paid}"
+    );
+}
+
+#[test]
+fn user_config_is_the_standard_abi() {
+    let e = dump("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    assert_eq!(cfg.user.form, Form::Standard);
+    assert_eq!(cfg.user.max_features, e.xcr0_supported());
+    assert_eq!(cfg.user.max_size, e.standard_max_size());
+    assert_eq!(
+        cfg.user.default_features,
+        e.xcr0_supported() - XFeatures::XTILE_DATA
+    );
+    // TILEDATA is the last standard component, so the default ABI size stops at TILECFG's end.
+    let cfg_end = e.component(17).unwrap().std_offset + 64;
+    assert_eq!(cfg.user.default_size, cfg_end);
+    assert!(cfg.kernel.max_features.contains(XFeatures::XTILE_DATA));
+    assert!(!cfg.kernel.default_features.contains(XFeatures::XTILE_DATA));
+    assert!(
+        !cfg.kernel.max_features.contains(XFeatures::LBR),
+        "LBR is independent"
+    );
+    assert!(cfg.xss.contains(XFeatures::LBR), "but IA32_XSS enables it");
+}
+
+#[test]
+fn policies_the_cpu_cannot_serve_are_refused() {
+    let e = dump("amd-zen4-ryzen-9-7950x.txt");
+    let p = Policy::linux(&e);
+    let amx = Policy {
+        enabled: p.enabled | XFeatures::XTILE,
+        ..p
+    };
+    assert_eq!(
+        Configs::new(&e, &amx),
+        Err(ConfigError::Unsupported {
+            mask: XFeatures::XTILE.bits()
+        })
+    );
+    let no_sse = Policy {
+        enabled: p.enabled - XFeatures::SSE,
+        ..p
+    };
+    assert_eq!(Configs::new(&e, &no_sse), Err(ConfigError::LegacyDisabled));
+    let avx_dyn = Policy {
+        dynamic: XFeatures::AVX,
+        ..p
+    };
+    assert_eq!(
+        Configs::new(&e, &avx_dyn),
+        Err(ConfigError::BadDynamic {
+            mask: XFeatures::AVX.bits()
+        })
+    );
+    let both = Policy {
+        independent: XFeatures::CET_S,
+        ..p
+    };
+    assert!(matches!(
+        Configs::new(&e, &both),
+        Err(ConfigError::BadSupervisorGroup { .. })
+    ));
+    let haswell = dump("intel-haswell-core-i7-4770.txt");
+    let p = Policy::linux(&haswell);
+    assert_eq!(
+        Configs::new(&haswell, &p).unwrap().kernel.form,
+        Form::Standard,
+        "no XSAVEC: standard buffers"
+    );
+}
+
+#[test]
+fn permission_requests_follow_linux() {
+    let e = dump("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let mut p = ProcessPerms::new(&cfg);
+    assert_eq!(p.get(PermKind::Task).features, cfg.kernel.default_features);
+    assert!(p.get(PermKind::Guest).features.contains(XFeatures::CET_S));
+    let before = p;
+    assert_eq!(
+        p.request(&e, &cfg, PermKind::Task, 64, |_| true),
+        Err(PermError::Invalid { index: 64 })
+    );
+    assert_eq!(
+        p.request(&e, &cfg, PermKind::Task, 63, |_| true),
+        Err(PermError::Invalid { index: 63 })
+    );
+    assert_eq!(
+        p.request(&e, &cfg, PermKind::Task, 19, |_| true),
+        Err(PermError::Unsupported { index: 19 })
+    );
+    assert_eq!(
+        p.request(&e, &cfg, PermKind::Task, 12, |_| true),
+        Err(PermError::Unsupported { index: 12 })
+    );
+    assert_eq!(
+        p.request(&e, &cfg, PermKind::Task, 15, |_| true),
+        Err(PermError::Unsupported { index: 15 })
+    );
+    assert_eq!(
+        p.request(&e, &cfg, PermKind::Task, 2, |_| panic!("no size change"))
+            .unwrap()
+            .features,
+        before.get(PermKind::Task).features
+    );
+    // The signal stack check sees the new ABI size and can refuse.
+    let mut seen = 0;
+    let r = p.request(&e, &cfg, PermKind::Task, 18, |sz| {
+        seen = sz;
+        false
+    });
+    assert_eq!(
+        r,
+        Err(PermError::SigStackTooSmall {
+            user_size: cfg.user.max_size
+        })
+    );
+    assert_eq!(seen, cfg.user.max_size);
+    assert_eq!(r.unwrap_err().errno(), 28);
+    assert_eq!(p, before, "refused requests change nothing");
+    let g = p.request(&e, &cfg, PermKind::Task, 18, |_| true).unwrap();
+    assert_eq!(
+        (g.features, g.size, g.user_size),
+        (
+            cfg.kernel.max_features,
+            cfg.kernel.max_size,
+            cfg.user.max_size
+        )
+    );
+    assert!(
+        !p.get(PermKind::Guest)
+            .features
+            .contains(XFeatures::XTILE_DATA),
+        "sets are separate"
+    );
+    p.lock_guest();
+    assert_eq!(
+        p.request(&e, &cfg, PermKind::Guest, 18, |_| true),
+        Err(PermError::Locked)
+    );
+    assert_eq!(PermError::Locked.errno(), 16);
+    let mut q = ProcessPerms::new(&cfg);
+    let g = q
+        .request(&e, &cfg, PermKind::Guest, 18, |_| {
+            panic!("guests have no signal stack")
+        })
+        .unwrap();
+    assert_eq!(g.features, cfg.guest.max_features);
+    assert_eq!(g.size, sdm_compacted_size(&e, cfg.guest.max_features));
+}
+
+#[repr(C, align(64))]
+struct Aligned([u8; 16384]);
+
+#[test]
+fn fresh_fpstates_are_init_and_storage_is_checked() {
+    let e = dump("amd-zen4-ryzen-9-7950x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let mut buf = Box::new(Aligned([0xa5; 16384]));
+    let n = cfg.kernel.default_size as usize;
+    let short = &mut buf.0[..n - 1];
+    assert_eq!(
+        Fpstate::new_in(&e, &cfg, Owner::Host, short).unwrap_err(),
+        FpstateError::BufferTooSmall {
+            needed: n as u32,
+            got: n - 1
+        }
+    );
+    let mis = &mut buf.0[8..8 + n];
+    assert_eq!(
+        Fpstate::new_in(&e, &cfg, Owner::Host, mis).unwrap_err(),
+        FpstateError::Misaligned { misalignment: 8 }
+    );
+    assert!(
+        buf.0.iter().all(|&b| b == 0xa5),
+        "refused storage is not written"
+    );
+    let f = Fpstate::new_in(&e, &cfg, Owner::Host, &mut buf.0[..]).unwrap();
+    assert_eq!(f.info().size as usize, n);
+    assert_eq!(f.xstate_bv(), XFeatures::empty());
+    assert_eq!(f.xcomp_bv(), 1 << 63 | cfg.kernel.default_features.bits());
+    assert_eq!(
+        u32::from_le_bytes(f.area()[24..28].try_into().unwrap()),
+        MXCSR_DEFAULT
+    );
+    assert!(f.area()[576..].iter().all(|&b| b == 0));
+    let g = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
+    assert_eq!(g.xcomp_bv(), 1 << 63 | cfg.guest.default_features.bits());
+    assert_eq!(g.info().size, cfg.kernel.default_size + 24);
+    assert_eq!(g.area().as_ptr() as usize % 64, 0);
+}
+
+#[test]
+fn xfd_growth_needs_permission_and_carries_state() {
+    let e = dump("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let mut perms = ProcessPerms::new(&cfg);
+    let f = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
+    assert_eq!(f.info().xfd, XFeatures::XTILE_DATA);
+    assert_eq!(
+        f.grow_boxed(&e, &cfg, &perms, 18).unwrap_err(),
+        FpstateError::NotPermitted { index: 18 }
+    );
+    perms
+        .request(&e, &cfg, PermKind::Task, 18, |_| true)
+        .unwrap();
+    let g = f.grow_boxed(&e, &cfg, &perms, 18).unwrap();
+    assert_eq!(g.info().features, cfg.kernel.max_features);
+    assert_eq!(g.info().xfd, XFeatures::empty());
+    assert_eq!(g.info().size, cfg.kernel.max_size);
+    assert_eq!(g.xcomp_bv(), 1 << 63 | cfg.kernel.max_features.bits());
+    assert_eq!(
+        g.grow_boxed(&e, &cfg, &perms, 18).unwrap_err(),
+        FpstateError::NothingToGrow
+    );
+}
