@@ -139,6 +139,12 @@ pub struct Configs {
     pub xcr0: XFeatures,
     /// The value to load into IA32_XSS (fpstate components and independent ones).
     pub xss: XFeatures,
+    /// MXCSR bits the CPU supports (what FXSAVE reports as MXCSR_MASK). CPUID does
+    /// not tell; every CPU with XSAVE has DAZ, so the default is 0xffff. A kernel
+    /// that read a different value at boot sets it here.
+    pub mxcsr_mask: u32,
+    /// Kernel-form layouts of host default, host max, guest default, guest max.
+    layouts: [Layout; 4],
 }
 
 impl Configs {
@@ -196,6 +202,16 @@ impl Configs {
             form,
         };
         let std_size = |m: XFeatures| e.standard_size(m);
+        let layout = |m: XFeatures| match form {
+            Form::Compacted => Layout::compacted(e, m),
+            Form::Standard => Layout::standard(e, m & e.xcr0_supported()),
+        };
+        let layouts = [
+            layout(host_default).map_err(|_| ConfigError::Unsupported { mask: host_default.bits() })?,
+            layout(host_max).map_err(|_| ConfigError::Unsupported { mask: host_max.bits() })?,
+            layout(guest_default).map_err(|_| ConfigError::Unsupported { mask: guest_default.bits() })?,
+            layout(guest_max).map_err(|_| ConfigError::Unsupported { mask: guest_max.bits() })?,
+        ];
         Ok(Self {
             kernel: cfg(host_max, host_default, form, &size),
             user: cfg(user_max, user_max - p.dynamic, Form::Standard, &std_size),
@@ -203,6 +219,8 @@ impl Configs {
             policy: *p,
             xcr0: user_max,
             xss: sup,
+            mxcsr_mask: 0xffff,
+            layouts,
         })
     }
 
@@ -215,18 +233,11 @@ impl Configs {
         self.guest.max_features
     }
 
-    /// The precomputed layout of a buffer holding `features` in the kernel's form.
-    ///
-    /// # Errors
-    /// [`crate::layout::LayoutError`] if `features` is outside the guest config's max.
-    pub fn layout(&self, e: &Enumeration, features: XFeatures) -> Result<Layout, crate::layout::LayoutError> {
-        let bad = features - self.guest.max_features;
-        if !bad.is_empty() {
-            return Err(crate::layout::LayoutError::Unsupported { mask: bad.bits() });
-        }
-        match self.kernel.form {
-            Form::Compacted => Layout::compacted(e, features),
-            Form::Standard => Layout::standard(e, features),
-        }
+    /// The precomputed kernel-form layout for an fpstate holding `features`, if
+    /// `features` is one of the four sets fpstates have under this config (host or
+    /// guest, default or max). Four comparisons, no component loop.
+    #[inline]
+    pub fn layout_of(&self, features: XFeatures) -> Option<&Layout> {
+        self.layouts.iter().find(|l| l.mask() == features)
     }
 }

@@ -84,7 +84,7 @@ pub const MXCSR_MASK_OFFSET: usize = offset_of!(LegacyRegion, mxcsr_mask);
 pub const XSTATE_BV_OFFSET: usize = offset_of!(XsaveArea, header);
 /// Offset of XCOMP_BV.
 pub const XCOMP_BV_OFFSET: usize = XSTATE_BV_OFFSET + offset_of!(XsaveHeader, xcomp_bv);
-const FCW_OFFSET: usize = offset_of!(LegacyRegion, fcw);
+pub(crate) const FCW_OFFSET: usize = offset_of!(LegacyRegion, fcw);
 const_assert_eq!(XSTATE_BV_OFFSET, 512);
 const_assert_eq!(MXCSR_OFFSET, 24);
 
@@ -541,6 +541,13 @@ pub(crate) fn put_u64(b: &mut [u8], off: usize, v: u64) {
 #[inline]
 pub(crate) fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[inline]
+pub(crate) fn get_u32(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[off..off + 4]);
+    u32::from_le_bytes(a)
 }
 
 #[inline]

@@ -40,6 +40,7 @@ pub mod fpstate;
 pub mod insn;
 pub mod layout;
 pub mod perm;
+pub mod uabi;
 
 pub use feature::{XCOMP_BV_COMPACTED, XFeature, XFeatures};
 
@@ -49,3 +50,4 @@ impl core::error::Error for enumerate::EnumError {}
 impl core::error::Error for fpstate::FpstateError {}
 impl core::error::Error for layout::LayoutError {}
 impl core::error::Error for perm::PermError {}
+impl core::error::Error for uabi::UabiError {}

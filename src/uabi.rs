@@ -1,0 +1,346 @@
+//! The user ABI: the standard (non-compacted) XSAVE format that signal frames,
+//! ptrace's `NT_X86_XSTATE` and `KVM_GET/SET_XSAVE` carry, converted to and from
+//! an fpstate's kernel buffer.
+//!
+//! Import is where untrusted bytes enter the kernel, so it validates the whole
+//! buffer first, exactly as Linux does (`validate_user_xstate_header`, the MXCSR
+//! check of `copy_uabi_to_xstate`, `check_xstate_in_sigframe`), and writes the
+//! fpstate only after every check passed: a refused buffer leaves it unchanged.
+//! Export never lets a stale byte out: gaps and init components are written as
+//! zeros (every extended component's init state is all zeros).
+
+use core::fmt;
+
+use crate::config::Configs;
+use crate::enumerate::{Enumeration, EXTENDED_START};
+use crate::feature::XFeatures;
+use crate::fpstate::{
+    FCW_OFFSET, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Storage, XCOMP_BV_OFFSET,
+    XSTATE_BV_OFFSET, get_u32, get_u64, put_u32, put_u64,
+};
+use crate::layout::{Form, Layout, LayoutError};
+
+/// `fx_sw_reserved.magic1`: the frame carries an extended XSAVE area.
+pub const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+/// The word right after the XSAVE area in a signal frame.
+pub const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+/// Where the software-reserved bytes (`struct _fpx_sw_bytes`) start.
+pub const SW_BYTES_OFFSET: usize = 464;
+
+const X87_END: usize = 160;
+const SSE_RANGE: core::ops::Range<usize> = 160..416;
+/// Bytes 0..24 of the legacy region: the x87 control state before MXCSR.
+const X87_HEAD: usize = MXCSR_OFFSET;
+
+/// Why an import or export was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UabiError {
+    /// The user buffer is smaller than the format needs.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// XSTATE_BV has bits the fpstate cannot take from user space: unknown,
+    /// supervisor, or dynamic ones not granted (no space in the buffer).
+    FeaturesNotPermitted {
+        /// The offending bits.
+        mask: u64,
+    },
+    /// XCOMP_BV is not zero: user space must use the standard form.
+    CompactedForm {
+        /// The XCOMP_BV given.
+        xcomp_bv: u64,
+    },
+    /// Header bytes 16..64 are not all zero.
+    ReservedHeader,
+    /// MXCSR has bits outside the CPU's MXCSR mask while the header makes it live.
+    InvalidMxcsr {
+        /// The MXCSR given.
+        value: u32,
+        /// The CPU's MXCSR mask.
+        mask: u32,
+    },
+    /// Signal frame: `fx_sw_reserved.magic1` is wrong.
+    BadMagic1 {
+        /// The value found.
+        value: u32,
+    },
+    /// Signal frame: the word after the area is not `FP_XSTATE_MAGIC2`.
+    BadMagic2 {
+        /// The value found.
+        value: u32,
+    },
+    /// Signal frame: `xstate_size` / `extended_size` are inconsistent or out of range.
+    BadFrameSize {
+        /// `fx_sw_reserved.xstate_size`.
+        xstate_size: u32,
+        /// `fx_sw_reserved.extended_size`.
+        extended_size: u32,
+    },
+    /// The fpstate's features have no layout under this enumeration (the fpstate
+    /// was made from another CPU's configs).
+    Layout(LayoutError),
+}
+
+impl UabiError {
+    /// The Linux errno (positive) a kernel returns for this error.
+    pub const fn errno(self) -> i32 {
+        match self {
+            Self::BufferTooSmall { .. } => 14, // EFAULT: the copy would run past the buffer
+            _ => 22,                           // EINVAL
+        }
+    }
+}
+
+impl fmt::Display for UabiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BufferTooSmall { needed, got } => write!(f, "buffer of {got} bytes, {needed} needed"),
+            Self::FeaturesNotPermitted { mask } => {
+                write!(f, "XSTATE_BV bits {mask:#x} are not permitted user features of this fpstate")
+            }
+            Self::CompactedForm { xcomp_bv } => {
+                write!(f, "XCOMP_BV {xcomp_bv:#x}: user buffers must be in the standard form")
+            }
+            Self::ReservedHeader => write!(f, "reserved XSAVE header bytes are not zero"),
+            Self::InvalidMxcsr { value, mask } => {
+                write!(f, "MXCSR {value:#x} has bits outside the supported mask {mask:#x}")
+            }
+            Self::BadMagic1 { value } => write!(f, "signal frame magic1 {value:#x} is wrong"),
+            Self::BadMagic2 { value } => write!(f, "signal frame magic2 {value:#x} is wrong"),
+            Self::BadFrameSize { xstate_size, extended_size } => write!(
+                f,
+                "signal frame sizes xstate_size {xstate_size} / extended_size {extended_size} are invalid"
+            ),
+            Self::Layout(e) => write!(f, "fpstate layout: {e}"),
+        }
+    }
+}
+
+/// The kernel-form layout of `fp`: precomputed in the configs for the usual sets,
+/// computed (once, off the fast path) for anything else.
+fn kernel_layout<'a, S: Storage>(
+    e: &Enumeration,
+    cfg: &'a Configs,
+    fp: &Fpstate<S>,
+    spare: &'a mut Option<Layout>,
+) -> Result<&'a Layout, UabiError> {
+    let features = fp.info().features;
+    if let Some(l) = cfg.layout_of(features) {
+        return Ok(l);
+    }
+    let l = match fp.info().form {
+        Form::Compacted => Layout::compacted(e, features),
+        Form::Standard => Layout::standard(e, features),
+    };
+    Ok(spare.insert(l.map_err(UabiError::Layout)?))
+}
+
+/// Export `fp` into `out` in the standard form, for the user features in `mask`
+/// (intersected with the fpstate's user features). Returns the bytes written:
+/// the standard size of that mask. Everything in that range is written: state,
+/// init values, zeroed gaps; `out` beyond it is untouched.
+///
+/// # Errors
+/// [`UabiError::BufferTooSmall`] (nothing is written then).
+pub fn export<S: Storage>(
+    e: &Enumeration,
+    cfg: &Configs,
+    fp: &Fpstate<S>,
+    mask: XFeatures,
+    out: &mut [u8],
+) -> Result<usize, UabiError> {
+    let user = mask & fp.info().user_features;
+    let size = e.standard_size(user) as usize;
+    let got = out.len();
+    let out = out.get_mut(..size).ok_or(UabiError::BufferTooSmall { needed: size, got })?;
+    let mut spare = None;
+    let layout = kernel_layout(e, cfg, fp, &mut spare)?;
+    let src = fp.area();
+    let xstate_bv = fp.xstate_bv() & user;
+
+    // Legacy region, as Linux builds it: x87 state from the buffer or its init
+    // values, MXCSR live with SSE or AVX, XMM registers with SSE.
+    if xstate_bv.contains(XFeatures::X87) {
+        out[..X87_HEAD].copy_from_slice(&src[..X87_HEAD]);
+        out[32..X87_END].copy_from_slice(&src[32..X87_END]);
+    } else {
+        out[..X87_END].fill(0);
+        out[FCW_OFFSET..FCW_OFFSET + 2].copy_from_slice(&crate::fpstate::FCW_DEFAULT.to_le_bytes());
+    }
+    let mxcsr_live = xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX);
+    let mxcsr = if mxcsr_live { get_u32(src, MXCSR_OFFSET) } else { MXCSR_DEFAULT };
+    put_u32(out, MXCSR_OFFSET, mxcsr);
+    put_u32(out, MXCSR_MASK_OFFSET, cfg.mxcsr_mask);
+    if xstate_bv.contains(XFeatures::SSE) {
+        out[SSE_RANGE].copy_from_slice(&src[SSE_RANGE]);
+    } else {
+        out[SSE_RANGE].fill(0);
+    }
+    out[SSE_RANGE.end..XSTATE_BV_OFFSET].fill(0);
+    out[XSTATE_BV_OFFSET..EXTENDED_START as usize].fill(0);
+    put_u64(out, XSTATE_BV_OFFSET, xstate_bv.bits());
+
+    // Extended region: walk the standard offsets in order, zeroing every byte
+    // that is not live state (gaps, components in init state).
+    let comps = e.components();
+    let mut zero_from = EXTENDED_START as usize;
+    let mut live = xstate_bv.bits() >> 2 << 2;
+    while live != 0 {
+        let i = live.trailing_zeros();
+        live &= live - 1;
+        let (Some(s), c) = (layout.range_of(i), &comps[i as usize]) else { continue };
+        let d = c.std_offset as usize;
+        if zero_from < d {
+            out[zero_from..d].fill(0);
+        }
+        out[d..d + s.len()].copy_from_slice(&src[s]);
+        zero_from = zero_from.max(d + c.size as usize);
+    }
+    if zero_from < size {
+        out[zero_from..].fill(0);
+    }
+    Ok(size)
+}
+
+/// Export into a signal frame: [`export`] plus the software bytes Linux writes
+/// (`FP_XSTATE_MAGIC1`, `extended_size`, `xfeatures`, `xstate_size` at byte 464)
+/// and `FP_XSTATE_MAGIC2` right after the area. Returns the frame's XSAVE part
+/// size including the trailing magic.
+///
+/// # Errors
+/// [`UabiError::BufferTooSmall`] (nothing is written then).
+pub fn export_sigframe<S: Storage>(
+    e: &Enumeration,
+    cfg: &Configs,
+    fp: &Fpstate<S>,
+    mask: XFeatures,
+    out: &mut [u8],
+) -> Result<usize, UabiError> {
+    let user = mask & fp.info().user_features;
+    let size = e.standard_size(user) as usize;
+    if out.len() < size + 4 {
+        return Err(UabiError::BufferTooSmall { needed: size + 4, got: out.len() });
+    }
+    export(e, cfg, fp, mask, out)?;
+    let sw = SW_BYTES_OFFSET;
+    put_u32(out, sw, FP_XSTATE_MAGIC1);
+    put_u32(out, sw + 4, (size + 4) as u32);
+    put_u64(out, sw + 8, user.bits());
+    put_u32(out, sw + 16, size as u32);
+    put_u32(out, size, FP_XSTATE_MAGIC2);
+    Ok(size + 4)
+}
+
+/// Import a standard-form user buffer into `fp`, with every check Linux makes.
+///
+/// Accepted: XSTATE_BV within the fpstate's user features, XCOMP_BV zero,
+/// reserved header bytes zero, MXCSR within the CPU's mask whenever x87, SSE or
+/// AVX is set. The fpstate's XCOMP_BV and its supervisor state (a guest's CET_S)
+/// are kept; its user XSTATE_BV bits become the buffer's.
+///
+/// # Errors
+/// A [`UabiError`] for the first check that fails; `fp` is unchanged then.
+pub fn import<S: Storage>(e: &Enumeration, cfg: &Configs, fp: &mut Fpstate<S>, buf: &[u8]) -> Result<XFeatures, UabiError> {
+    let hdr = validate(e, cfg, fp, buf)?;
+    let mut spare = None;
+    let layout = kernel_layout(e, cfg, fp, &mut spare)?;
+    write_validated(e, layout, fp, buf, hdr);
+    Ok(hdr)
+}
+
+/// Import a signal frame's XSAVE part: the software bytes and the trailing
+/// `FP_XSTATE_MAGIC2` are checked (as Linux's `check_xstate_in_sigframe`), then
+/// the area as in [`import`].
+///
+/// # Errors
+/// A [`UabiError`]; `fp` is unchanged then.
+pub fn import_sigframe<S: Storage>(
+    e: &Enumeration,
+    cfg: &Configs,
+    fp: &mut Fpstate<S>,
+    buf: &[u8],
+) -> Result<XFeatures, UabiError> {
+    let needed = EXTENDED_START as usize;
+    if buf.len() < needed {
+        return Err(UabiError::BufferTooSmall { needed, got: buf.len() });
+    }
+    let magic1 = get_u32(buf, SW_BYTES_OFFSET);
+    if magic1 != FP_XSTATE_MAGIC1 {
+        return Err(UabiError::BadMagic1 { value: magic1 });
+    }
+    let extended_size = get_u32(buf, SW_BYTES_OFFSET + 4);
+    let xstate_size = get_u32(buf, SW_BYTES_OFFSET + 16);
+    if xstate_size < EXTENDED_START || xstate_size > fp.info().user_size || xstate_size > extended_size {
+        return Err(UabiError::BadFrameSize { xstate_size, extended_size });
+    }
+    let end = xstate_size as usize + 4;
+    if buf.len() < end {
+        return Err(UabiError::BufferTooSmall { needed: end, got: buf.len() });
+    }
+    let magic2 = get_u32(buf, xstate_size as usize);
+    if magic2 != FP_XSTATE_MAGIC2 {
+        return Err(UabiError::BadMagic2 { value: magic2 });
+    }
+    import(e, cfg, fp, &buf[..xstate_size as usize])
+}
+
+fn validate<S: Storage>(e: &Enumeration, cfg: &Configs, fp: &Fpstate<S>, buf: &[u8]) -> Result<XFeatures, UabiError> {
+    let header_end = EXTENDED_START as usize;
+    if buf.len() < header_end {
+        return Err(UabiError::BufferTooSmall { needed: header_end, got: buf.len() });
+    }
+    let xstate_bv = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET));
+    let bad = xstate_bv - fp.info().user_features;
+    if !bad.is_empty() {
+        return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
+    }
+    let xcomp_bv = get_u64(buf, XCOMP_BV_OFFSET);
+    if xcomp_bv != 0 {
+        return Err(UabiError::CompactedForm { xcomp_bv });
+    }
+    if buf[XSTATE_BV_OFFSET + 16..header_end].iter().any(|&b| b != 0) {
+        return Err(UabiError::ReservedHeader);
+    }
+    if xstate_bv.intersects(XFeatures::X87 | XFeatures::SSE | XFeatures::AVX) {
+        let value = get_u32(buf, MXCSR_OFFSET);
+        if value & !cfg.mxcsr_mask != 0 {
+            return Err(UabiError::InvalidMxcsr { value, mask: cfg.mxcsr_mask });
+        }
+    }
+    // Every component the header claims must be inside the buffer.
+    let needed = e.standard_size(xstate_bv) as usize;
+    if buf.len() < needed {
+        return Err(UabiError::BufferTooSmall { needed, got: buf.len() });
+    }
+    Ok(xstate_bv)
+}
+
+fn write_validated<S: Storage>(e: &Enumeration, layout: &Layout, fp: &mut Fpstate<S>, buf: &[u8], hdr: XFeatures) {
+    let old_bv = fp.xstate_bv();
+    let user_max = fp.info().user_features;
+    let dst = fp.area_mut();
+    if hdr.contains(XFeatures::X87) {
+        // Like Linux: component 0 is bytes 0..160, MXCSR and its mask included.
+        dst[..X87_END].copy_from_slice(&buf[..X87_END]);
+    }
+    if hdr.intersects(XFeatures::SSE | XFeatures::AVX) {
+        dst[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4].copy_from_slice(&buf[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]);
+    }
+    if hdr.contains(XFeatures::SSE) {
+        dst[SSE_RANGE].copy_from_slice(&buf[SSE_RANGE]);
+    }
+    let comps = e.components();
+    for i in hdr.indices().filter(|&i| i >= 2) {
+        if let Some(d) = layout.range_of(i) {
+            let s = comps[i as usize].std_offset as usize;
+            dst[d.clone()].copy_from_slice(&buf[s..s + d.len()]);
+        }
+    }
+    // Supervisor state and anything else not user-visible keeps its bits.
+    let new_bv = (old_bv - user_max) | hdr;
+    put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
+}
