@@ -240,10 +240,9 @@ impl Enumeration {
         if xcr0 & 3 != 3 {
             return Err(EnumError::LegacyMissing { xcr0 });
         }
-        for (mask, lowest) in [(xcr0, 63), (xss, 63)] {
-            if mask >> lowest != 0 {
-                return Err(EnumError::ReservedBit { index: 63 });
-            }
+        // Bit 63 is XCOMP_BV's format flag, never a component.
+        if (xcr0 | xss) >> 63 != 0 {
+            return Err(EnumError::ReservedBit { index: 63 });
         }
         if xss & 3 != 0 {
             return Err(EnumError::ReservedBit { index: (xss & 3).trailing_zeros() });
