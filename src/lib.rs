@@ -37,6 +37,7 @@ pub mod cpuid;
 pub mod enumerate;
 pub mod feature;
 pub mod fpstate;
+pub mod guest;
 pub mod insn;
 pub mod layout;
 pub mod perm;
@@ -48,6 +49,7 @@ impl core::error::Error for config::ConfigError {}
 impl core::error::Error for cpuid::ParseError {}
 impl core::error::Error for enumerate::EnumError {}
 impl core::error::Error for fpstate::FpstateError {}
+impl core::error::Error for guest::GuestError {}
 impl core::error::Error for layout::LayoutError {}
 impl core::error::Error for perm::PermError {}
 impl core::error::Error for uabi::UabiError {}

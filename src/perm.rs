@@ -153,7 +153,7 @@ impl ProcessPerms {
     /// let mut p = ProcessPerms::new(&cfg);
     /// let grant = p.request(&e, &cfg, PermKind::Task, 18, |_| true).unwrap();
     /// assert_eq!(grant.size, cfg.kernel.max_size);
-    /// assert_eq!(p.request(&e, &cfg, PermKind::Task, 12, |_| true), Err(PermError::NotDynamic { index: 12 }));
+    /// assert_eq!(p.request(&e, &cfg, PermKind::Task, 12, |_| true), Err(PermError::Unsupported { index: 12 }));
     /// ```
     pub fn request(
         &mut self,

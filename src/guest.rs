@@ -1,0 +1,792 @@
+//! What a hypervisor needs on top of the host's enumeration: the CPUID leaf 0xD a
+//! guest sees ([`GuestXsave`], what KVM builds by hand in `arch/x86/kvm/cpuid.c` and
+//! a VMM installs with `KVM_SET_CPUID2`), the guest's XSETBV and `WRMSR IA32_XSS`
+//! rules with the size reports they move, and the checks a live migration or a
+//! snapshot restore needs ([`compatible`], [`translate`], [`required_size`]).
+//!
+//! Everything here is pure: the host's facts come in as an [`Enumeration`], the
+//! process's guest permissions as a [`PermSet`]; nothing touches the hardware.
+
+use core::fmt;
+
+use bitflags::bitflags;
+
+use crate::cpuid::{CpuidResult, CpuidSource};
+use crate::enumerate::{EXTENDED_START, Enumeration};
+use crate::feature::XFeatures;
+use crate::fpstate::{XCOMP_BV_OFFSET, XSTATE_BV_OFFSET, get_u64};
+use crate::perm::PermSet;
+
+bitflags! {
+    /// The XSAVE instruction-set extensions CPUID(0xD,1).EAX enumerates: which a
+    /// guest is shown.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct XsaveFlags: u32 {
+        /// EAX[0]: XSAVEOPT.
+        const XSAVEOPT = 1 << 0;
+        /// EAX[1]: XSAVEC and the compacted form.
+        const XSAVEC = 1 << 1;
+        /// EAX[2]: XGETBV with ECX = 1 (XINUSE).
+        const XGETBV1 = 1 << 2;
+        /// EAX[3]: XSAVES/XRSTORS and IA32_XSS.
+        const XSAVES = 1 << 3;
+        /// EAX[4]: extended feature disable (IA32_XFD, IA32_XFD_ERR).
+        const XFD = 1 << 4;
+    }
+}
+
+impl XsaveFlags {
+    /// The extensions a host enumerates: the most a guest can be shown.
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, guest::XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-haswell-core-i7-4770.txt")).unwrap()).unwrap();
+    /// assert_eq!(XsaveFlags::of(&e), XsaveFlags::XSAVEOPT); // Haswell: no XSAVEC/XSAVES yet
+    /// ```
+    pub const fn of(e: &Enumeration) -> Self {
+        let mut f = Self::empty();
+        if e.xsaveopt {
+            f = f.union(Self::XSAVEOPT);
+        }
+        if e.xsavec {
+            f = f.union(Self::XSAVEC);
+        }
+        if e.xgetbv1 {
+            f = f.union(Self::XGETBV1);
+        }
+        if e.xsaves {
+            f = f.union(Self::XSAVES);
+        }
+        if e.xfd {
+            f = f.union(Self::XFD);
+        }
+        f
+    }
+}
+
+/// Why a guest leaf, an XCR0 or IA32_XSS value, or a migration was refused.
+/// [`GuestError::errno`] gives the code KVM returns for the same refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// Supervisor components (the host enumerates them in IA32_XSS) in an XCR0 mask.
+    SupervisorInXcr0 {
+        /// The offending bits.
+        mask: u64,
+    },
+    /// User components (x87, SSE or anything the host enumerates in XCR0) in an
+    /// IA32_XSS mask.
+    UserInXss {
+        /// The offending bits.
+        mask: u64,
+    },
+    /// Components the CPU does not support.
+    Unsupported {
+        /// The unsupported bits.
+        mask: u64,
+    },
+    /// Components outside the process's guest permission set (for AMX: no
+    /// `ARCH_REQ_XCOMP_GUEST_PERM` yet).
+    NotPermitted {
+        /// The bits without permission.
+        mask: u64,
+    },
+    /// An allowed XCR0 mask without x87 or SSE: every XSAVE CPU enumerates both.
+    LegacyMissing {
+        /// The mask.
+        xcr0: u64,
+    },
+    /// Extensions the host does not have.
+    FlagsUnsupported {
+        /// The extensions asked for.
+        flags: XsaveFlags,
+        /// The host's.
+        host: XsaveFlags,
+    },
+    /// Supervisor components exposed without XSAVES, the only way to reach them.
+    XssWithoutXsaves {
+        /// The IA32_XSS mask.
+        xss: u64,
+    },
+    /// XSETBV: bits outside what the guest's CPUID allows (#GP).
+    Xcr0NotAllowed {
+        /// The value written.
+        xcr0: u64,
+        /// The allowed mask (CPUID(0xD,0) EDX:EAX).
+        allowed: u64,
+    },
+    /// XSETBV: `XCR0[0]` (x87) is clear (#GP).
+    X87Disabled {
+        /// The value written.
+        xcr0: u64,
+    },
+    /// XSETBV: `XCR0[2]` (AVX) set with `XCR0[1]` (SSE) clear (#GP).
+    AvxWithoutSse {
+        /// The value written.
+        xcr0: u64,
+    },
+    /// XSETBV: AVX-512 state enabled with `XCR0[2]` (AVX) clear (#GP).
+    Avx512WithoutAvx {
+        /// The value written.
+        xcr0: u64,
+    },
+    /// XSETBV: only part of a group that is enabled as a whole: MPX (bits 3-4, as
+    /// KVM enforces), AVX-512 (5-7) or AMX (17-18) (#GP).
+    PartialGroup {
+        /// The value written.
+        xcr0: u64,
+        /// The group's bits.
+        group: u64,
+    },
+    /// `WRMSR IA32_XSS`: bits outside what the guest's CPUID allows (#GP).
+    XssNotAllowed {
+        /// The value written.
+        xss: u64,
+        /// The allowed mask (CPUID(0xD,1) EDX:ECX).
+        allowed: u64,
+    },
+    /// Migration: components of the guest's state the source CPU cannot hold,
+    /// so the state or XCR0 did not come from it.
+    NotOnSource {
+        /// The offending bits.
+        mask: u64,
+    },
+    /// Migration: components of the guest's state the destination cannot hold.
+    NotOnDestination {
+        /// The missing bits.
+        mask: u64,
+    },
+    /// Migration: a component has a different size on the two CPUs.
+    SizeMismatch {
+        /// The component.
+        index: u32,
+        /// Its size on the source.
+        src: u32,
+        /// Its size on the destination.
+        dst: u32,
+    },
+    /// A buffer is smaller than its XSTATE_BV (or the format) needs.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// XCOMP_BV is not zero: migration buffers are in the standard form.
+    CompactedForm {
+        /// The XCOMP_BV found.
+        xcomp_bv: u64,
+    },
+    /// Header bytes 16..64 are not all zero (XRSTOR and KVM_SET_XSAVE refuse them).
+    ReservedHeader,
+    /// XSTATE_BV has components XCR0 does not enable.
+    NotInXcr0 {
+        /// The XSTATE_BV.
+        xstate_bv: u64,
+        /// The XCR0.
+        xcr0: u64,
+    },
+}
+
+impl GuestError {
+    /// The Linux errno (positive) KVM returns for the same refusal: EPERM for a
+    /// missing guest permission (`fpu_enable_guest_xfd_features`), EOPNOTSUPP for
+    /// what the CPU lacks, EFAULT for a short buffer, EINVAL otherwise.
+    pub const fn errno(self) -> i32 {
+        match self {
+            Self::NotPermitted { .. } => 1,      // EPERM
+            Self::Unsupported { .. } => 95,      // EOPNOTSUPP
+            Self::FlagsUnsupported { .. } => 95, // EOPNOTSUPP
+            Self::NotOnDestination { .. } => 95, // EOPNOTSUPP
+            Self::BufferTooSmall { .. } => 14,   // EFAULT
+            _ => 22,                             // EINVAL
+        }
+    }
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::SupervisorInXcr0 { mask } => {
+                write!(
+                    f,
+                    "supervisor components {mask:#x} cannot be enabled in XCR0"
+                )
+            }
+            Self::UserInXss { mask } => {
+                write!(f, "user components {mask:#x} cannot be enabled in IA32_XSS")
+            }
+            Self::Unsupported { mask } => {
+                write!(f, "components {mask:#x} are not supported by the CPU")
+            }
+            Self::NotPermitted { mask } => {
+                write!(
+                    f,
+                    "components {mask:#x} are not in the process's guest permissions"
+                )
+            }
+            Self::LegacyMissing { xcr0 } => write!(f, "XCR0 mask {xcr0:#x} lacks x87 or SSE"),
+            Self::FlagsUnsupported { flags, host } => write!(
+                f,
+                "XSAVE extensions {:#x} asked, the host has only {:#x}",
+                flags.bits(),
+                host.bits()
+            ),
+            Self::XssWithoutXsaves { xss } => {
+                write!(f, "IA32_XSS mask {xss:#x} exposed without XSAVES")
+            }
+            Self::Xcr0NotAllowed { xcr0, allowed } => {
+                write!(
+                    f,
+                    "XCR0 {xcr0:#x} has bits outside the allowed {allowed:#x}"
+                )
+            }
+            Self::X87Disabled { xcr0 } => write!(f, "XCR0 {xcr0:#x} clears bit 0 (x87)"),
+            Self::AvxWithoutSse { xcr0 } => write!(f, "XCR0 {xcr0:#x} sets AVX without SSE"),
+            Self::Avx512WithoutAvx { xcr0 } => write!(f, "XCR0 {xcr0:#x} sets AVX-512 without AVX"),
+            Self::PartialGroup { xcr0, group } => {
+                write!(
+                    f,
+                    "XCR0 {xcr0:#x} enables only part of the group {group:#x}"
+                )
+            }
+            Self::XssNotAllowed { xss, allowed } => {
+                write!(
+                    f,
+                    "IA32_XSS {xss:#x} has bits outside the allowed {allowed:#x}"
+                )
+            }
+            Self::NotOnSource { mask } => {
+                write!(
+                    f,
+                    "components {mask:#x} are not supported by the source CPU"
+                )
+            }
+            Self::NotOnDestination { mask } => {
+                write!(f, "components {mask:#x} cannot be held by the destination")
+            }
+            Self::SizeMismatch { index, src, dst } => write!(
+                f,
+                "component {index} is {src} bytes on the source and {dst} on the destination"
+            ),
+            Self::BufferTooSmall { needed, got } => {
+                write!(f, "buffer of {got} bytes, {needed} needed")
+            }
+            Self::CompactedForm { xcomp_bv } => {
+                write!(
+                    f,
+                    "XCOMP_BV {xcomp_bv:#x}: migration buffers must be in the standard form"
+                )
+            }
+            Self::ReservedHeader => write!(f, "reserved XSAVE header bytes are not zero"),
+            Self::NotInXcr0 { xstate_bv, xcr0 } => {
+                write!(
+                    f,
+                    "XSTATE_BV {xstate_bv:#x} has components outside XCR0 {xcr0:#x}"
+                )
+            }
+        }
+    }
+}
+
+/// The groups XSETBV enables all or nothing of.
+const GROUPS: [XFeatures; 3] = [
+    XFeatures::BNDREGS.union(XFeatures::BNDCSR),
+    XFeatures::AVX512,
+    XFeatures::XTILE,
+];
+
+/// The XSETBV rules (SDM vol. 2C XSETBV, "#GP(0)"; KVM's `__kvm_set_xcr` in the
+/// same order, MPX pairing included).
+fn check_xcr0(xcr0: XFeatures, allowed: XFeatures) -> Result<(), GuestError> {
+    let v = xcr0.bits();
+    if !xcr0.contains(XFeatures::X87) {
+        return Err(GuestError::X87Disabled { xcr0: v });
+    }
+    if xcr0.contains(XFeatures::AVX) && !xcr0.contains(XFeatures::SSE) {
+        return Err(GuestError::AvxWithoutSse { xcr0: v });
+    }
+    if !allowed.contains(xcr0) {
+        return Err(GuestError::Xcr0NotAllowed {
+            xcr0: v,
+            allowed: allowed.bits(),
+        });
+    }
+    if xcr0.intersects(XFeatures::AVX512) && !xcr0.contains(XFeatures::AVX) {
+        return Err(GuestError::Avx512WithoutAvx { xcr0: v });
+    }
+    for group in GROUPS {
+        if xcr0.intersects(group) && !xcr0.contains(group) {
+            return Err(GuestError::PartialGroup {
+                xcr0: v,
+                group: group.bits(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The CPUID leaf 0xD one guest sees, and the guest's current XCR0 and IA32_XSS.
+///
+/// It answers like a CPU would: the size reports of subleaves 0 and 1 follow the
+/// guest's XCR0 and IA32_XSS (KVM's `kvm_update_cpuid_runtime`), every other
+/// register is fixed at construction from the host's facts. A fresh guest is in
+/// the reset state: XCR0 = x87 only, IA32_XSS = 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestXsave {
+    host: Enumeration,
+    xcr0_allowed: XFeatures,
+    xss_allowed: XFeatures,
+    flags: XsaveFlags,
+    xcr0: XFeatures,
+    xss: XFeatures,
+    max_standard: u32,
+    standard_size: u32,
+    compacted_size: u32,
+}
+
+impl GuestXsave {
+    /// The leaf for a guest allowed `xcr0_allowed` and `xss_allowed`, shown the
+    /// extensions `flags`, in a process whose guest permission set is `perms`.
+    ///
+    /// # Errors
+    /// [`GuestError::SupervisorInXcr0`] / [`GuestError::UserInXss`] for a
+    /// component in the wrong mask, [`GuestError::Unsupported`] for components the
+    /// host lacks, [`GuestError::NotPermitted`] for components outside `perms`,
+    /// [`GuestError::LegacyMissing`], the XSETBV errors if `xcr0_allowed` is not
+    /// itself a valid XCR0 (a half-enabled group), [`GuestError::FlagsUnsupported`]
+    /// and [`GuestError::XssWithoutXsaves`].
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}, XFeatures};
+    /// # use xstate::perm::{PermKind, ProcessPerms};
+    /// use xstate::guest::{GuestError, GuestXsave, XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
+    /// let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    /// let perms = ProcessPerms::new(&cfg);
+    /// let guest_perm = perms.get(PermKind::Guest);
+    /// // AMX tile data needs ARCH_REQ_XCOMP_GUEST_PERM first.
+    /// let err = GuestXsave::new(&e, guest_perm, e.xcr0_supported(), XFeatures::empty(), XsaveFlags::of(&e));
+    /// assert_eq!(err.unwrap_err(), GuestError::NotPermitted { mask: XFeatures::XTILE_DATA.bits() });
+    /// let g = GuestXsave::new(&e, guest_perm, e.xcr0_supported() - XFeatures::XTILE, XFeatures::CET_U, XsaveFlags::of(&e)).unwrap();
+    /// assert_eq!(g.xcr0(), XFeatures::X87);
+    /// ```
+    pub fn new(
+        host: &Enumeration,
+        perms: &PermSet,
+        xcr0_allowed: XFeatures,
+        xss_allowed: XFeatures,
+        flags: XsaveFlags,
+    ) -> Result<Self, GuestError> {
+        let bad = xcr0_allowed & host.xss_supported();
+        if !bad.is_empty() {
+            return Err(GuestError::SupervisorInXcr0 { mask: bad.bits() });
+        }
+        let bad = xss_allowed & (host.xcr0_supported() | XFeatures::LEGACY);
+        if !bad.is_empty() {
+            return Err(GuestError::UserInXss { mask: bad.bits() });
+        }
+        let bad = (xcr0_allowed - host.xcr0_supported()) | (xss_allowed - host.xss_supported());
+        if !bad.is_empty() {
+            return Err(GuestError::Unsupported { mask: bad.bits() });
+        }
+        let bad = (xcr0_allowed | xss_allowed) - perms.features;
+        if !bad.is_empty() {
+            return Err(GuestError::NotPermitted { mask: bad.bits() });
+        }
+        if !xcr0_allowed.contains(XFeatures::LEGACY) {
+            return Err(GuestError::LegacyMissing {
+                xcr0: xcr0_allowed.bits(),
+            });
+        }
+        // The guest must be able to enable everything it is shown.
+        check_xcr0(xcr0_allowed, xcr0_allowed)?;
+        let host_flags = XsaveFlags::of(host);
+        if !host_flags.contains(flags) {
+            return Err(GuestError::FlagsUnsupported {
+                flags,
+                host: host_flags,
+            });
+        }
+        if !xss_allowed.is_empty() && !flags.contains(XsaveFlags::XSAVES) {
+            return Err(GuestError::XssWithoutXsaves {
+                xss: xss_allowed.bits(),
+            });
+        }
+        let mut g = Self {
+            host: host.clone(),
+            xcr0_allowed,
+            xss_allowed,
+            flags,
+            xcr0: XFeatures::X87,
+            xss: XFeatures::empty(),
+            max_standard: host.standard_size(xcr0_allowed),
+            standard_size: 0,
+            compacted_size: 0,
+        };
+        g.update_sizes();
+        Ok(g)
+    }
+
+    fn update_sizes(&mut self) {
+        self.standard_size = self.host.standard_size(self.xcr0);
+        self.compacted_size = if self
+            .flags
+            .intersects(XsaveFlags::XSAVEC | XsaveFlags::XSAVES)
+        {
+            self.host.compacted_size(self.xcr0 | self.xss)
+        } else {
+            0
+        };
+    }
+
+    /// The guest executes XSETBV with ECX = 0: accept `xcr0` by the SDM's rules
+    /// and recompute the size reports. On error (the guest gets #GP) nothing changes.
+    ///
+    /// # Errors
+    /// [`GuestError::X87Disabled`], [`GuestError::AvxWithoutSse`],
+    /// [`GuestError::Xcr0NotAllowed`], [`GuestError::Avx512WithoutAvx`],
+    /// [`GuestError::PartialGroup`].
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+    /// # use xstate::guest::{GuestError, GuestXsave, XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+    /// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
+    /// let mut g = GuestXsave::new(&e, &all, e.xcr0_supported(), e.xss_supported(), XsaveFlags::of(&e))?;
+    /// let bad = XFeatures::LEGACY | XFeatures::AVX | XFeatures::OPMASK;
+    /// assert_eq!(g.set_xcr0(bad), Err(GuestError::PartialGroup { xcr0: bad.bits(), group: XFeatures::AVX512.bits() }));
+    /// g.set_xcr0(XFeatures::LEGACY | XFeatures::AVX)?;
+    /// assert_eq!(g.leaf(0).ebx, 832);
+    /// # Ok::<(), GuestError>(())
+    /// ```
+    pub fn set_xcr0(&mut self, xcr0: XFeatures) -> Result<(), GuestError> {
+        check_xcr0(xcr0, self.xcr0_allowed)?;
+        self.xcr0 = xcr0;
+        self.update_sizes();
+        Ok(())
+    }
+
+    /// The guest writes IA32_XSS: accept `xss` if the guest's CPUID allows every
+    /// bit, and recompute the compacted size. On error nothing changes.
+    ///
+    /// # Errors
+    /// [`GuestError::XssNotAllowed`].
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+    /// # use xstate::guest::{GuestError, GuestXsave, XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+    /// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
+    /// let mut g = GuestXsave::new(&e, &all, e.xcr0_supported(), XFeatures::CET_U, XsaveFlags::of(&e))?;
+    /// assert_eq!(g.leaf(1).ebx, 576);
+    /// g.set_xss(XFeatures::CET_U)?;
+    /// assert_eq!(g.leaf(1).ebx, 576 + 16);
+    /// assert!(g.set_xss(XFeatures::CET_S).is_err());
+    /// # Ok::<(), GuestError>(())
+    /// ```
+    pub fn set_xss(&mut self, xss: XFeatures) -> Result<(), GuestError> {
+        if !self.xss_allowed.contains(xss) {
+            return Err(GuestError::XssNotAllowed {
+                xss: xss.bits(),
+                allowed: self.xss_allowed.bits(),
+            });
+        }
+        self.xss = xss;
+        self.update_sizes();
+        Ok(())
+    }
+
+    /// CPUID(0xD, `subleaf`) as the guest sees it. Subleaf 0: the allowed XCR0 mask
+    /// (EDX:EAX), the standard size for the current XCR0 (EBX) and for the whole
+    /// mask (ECX). Subleaf 1: the extensions (EAX), the compacted size for the
+    /// current XCR0 | IA32_XSS when XSAVEC or XSAVES is shown, else 0 (EBX), the
+    /// allowed IA32_XSS mask (EDX:ECX). Subleaves 2..=62 of allowed components: the
+    /// host's size, offset and `ECX[2:0]`; every other subleaf: zeros.
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+    /// # use xstate::guest::{GuestXsave, XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+    /// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
+    /// let g = GuestXsave::new(&e, &all, XFeatures::LEGACY | XFeatures::AVX | XFeatures::PKRU, XFeatures::empty(), XsaveFlags::XSAVEOPT).unwrap();
+    /// assert_eq!(g.leaf(0).eax, 0x207);
+    /// assert_eq!(g.leaf(0).ecx, 0x988); // PKRU at AMD's 0x980
+    /// assert_eq!(g.leaf(1).ebx, 0); // no XSAVEC, no XSAVES
+    /// assert_eq!((g.leaf(9).eax, g.leaf(9).ebx), (8, 0x980));
+    /// assert_eq!(g.leaf(5).eax, 0); // AVX-512 hidden
+    /// ```
+    pub fn leaf(&self, subleaf: u32) -> CpuidResult {
+        match subleaf {
+            0 => CpuidResult {
+                eax: self.xcr0_allowed.bits() as u32,
+                ebx: self.standard_size,
+                ecx: self.max_standard,
+                edx: (self.xcr0_allowed.bits() >> 32) as u32,
+            },
+            1 => CpuidResult {
+                eax: self.flags.bits(),
+                ebx: self.compacted_size,
+                ecx: self.xss_allowed.bits() as u32,
+                edx: (self.xss_allowed.bits() >> 32) as u32,
+            },
+            i if self.allowed().has_index(i) => match self.host.component(i) {
+                Some(c) => CpuidResult {
+                    eax: c.size,
+                    ebx: c.std_offset,
+                    ecx: u32::from(c.supervisor)
+                        | u32::from(c.align64) << 1
+                        | u32::from(c.xfd) << 2,
+                    edx: 0,
+                },
+                None => CpuidResult::default(),
+            },
+            _ => CpuidResult::default(),
+        }
+    }
+
+    /// The subleaves a VMM puts in its `KVM_SET_CPUID2` table, in order: 0, 1 and
+    /// one per allowed component from 2 up (KVM's own list has the same entries).
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+    /// # use xstate::guest::{GuestXsave, XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+    /// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
+    /// let g = GuestXsave::new(&e, &all, XFeatures::LEGACY | XFeatures::AVX, XFeatures::CET_U, XsaveFlags::of(&e)).unwrap();
+    /// let subs: Vec<u32> = g.subleaves().map(|(i, _)| i).collect();
+    /// assert_eq!(subs, [0, 1, 2, 11]);
+    /// ```
+    pub fn subleaves(&self) -> impl Iterator<Item = (u32, CpuidResult)> + '_ {
+        let extended = self.allowed().indices().filter(|&i| i >= 2);
+        [0, 1]
+            .into_iter()
+            .chain(extended)
+            .map(|i| (i, self.leaf(i)))
+    }
+
+    fn allowed(&self) -> XFeatures {
+        self.xcr0_allowed | self.xss_allowed
+    }
+
+    /// The guest's current XCR0.
+    #[inline]
+    pub const fn xcr0(&self) -> XFeatures {
+        self.xcr0
+    }
+
+    /// The guest's current IA32_XSS.
+    #[inline]
+    pub const fn xss(&self) -> XFeatures {
+        self.xss
+    }
+
+    /// The XCR0 mask the guest is shown (CPUID(0xD,0) EDX:EAX).
+    #[inline]
+    pub const fn xcr0_allowed(&self) -> XFeatures {
+        self.xcr0_allowed
+    }
+
+    /// The IA32_XSS mask the guest is shown (CPUID(0xD,1) EDX:ECX).
+    #[inline]
+    pub const fn xss_allowed(&self) -> XFeatures {
+        self.xss_allowed
+    }
+
+    /// The extensions the guest is shown (CPUID(0xD,1).EAX).
+    #[inline]
+    pub const fn flags(&self) -> XsaveFlags {
+        self.flags
+    }
+
+    /// The standard size of every allowed user component: the largest
+    /// `KVM_GET_XSAVE` payload this guest can produce (CPUID(0xD,0).ECX).
+    #[inline]
+    pub const fn max_standard_size(&self) -> u32 {
+        self.max_standard
+    }
+}
+
+/// Only leaf 0xD is answered (every other leaf reads as zero), so
+/// [`Enumeration::from_cpuid`] reads back exactly what the guest would.
+impl CpuidSource for GuestXsave {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        if leaf == 0xd {
+            self.leaf(subleaf)
+        } else {
+            CpuidResult::default()
+        }
+    }
+}
+
+fn check_sizes(src: &Enumeration, dst: &Enumeration, mask: XFeatures) -> Result<(), GuestError> {
+    for index in mask.indices().filter(|&i| i >= 2) {
+        let s = src.component(index).map_or(0, |c| c.size);
+        let d = dst.component(index).map_or(0, |c| c.size);
+        if s != d {
+            return Err(GuestError::SizeMismatch {
+                index,
+                src: s,
+                dst: d,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Can a guest running with XCR0 = `src_xcr0` on the CPU `src` move to the CPU
+/// `dst`, where guests may enable `dst_xcr0_allowed`? Every component of the
+/// guest's XCR0 must be allowed there and have the same size (standard offsets may
+/// differ: [`translate`] moves the bytes).
+///
+/// # Errors
+/// The XSETBV errors if `src_xcr0` is not a valid XCR0 on `src`,
+/// [`GuestError::Unsupported`] if `dst_xcr0_allowed` has components `dst` lacks,
+/// [`GuestError::NotOnDestination`], [`GuestError::SizeMismatch`].
+///
+/// ```
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, XFeatures};
+/// # use xstate::guest::{compatible, GuestError};
+/// # let spr = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
+/// # let tgl = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-tiger-lake-core-i7-1165g7.txt")).unwrap()).unwrap();
+/// assert_eq!(compatible(&tgl, tgl.xcr0_supported(), &spr, spr.xcr0_supported()), Ok(()));
+/// assert_eq!(
+///     compatible(&spr, spr.xcr0_supported(), &tgl, tgl.xcr0_supported()),
+///     Err(GuestError::NotOnDestination { mask: XFeatures::XTILE.bits() })
+/// );
+/// ```
+pub fn compatible(
+    src: &Enumeration,
+    src_xcr0: XFeatures,
+    dst: &Enumeration,
+    dst_xcr0_allowed: XFeatures,
+) -> Result<(), GuestError> {
+    check_xcr0(src_xcr0, src.xcr0_supported())?;
+    let bad = dst_xcr0_allowed - dst.xcr0_supported();
+    if !bad.is_empty() {
+        return Err(GuestError::Unsupported { mask: bad.bits() });
+    }
+    let missing = src_xcr0 - dst_xcr0_allowed;
+    if !missing.is_empty() {
+        return Err(GuestError::NotOnDestination {
+            mask: missing.bits(),
+        });
+    }
+    check_sizes(src, dst, src_xcr0)
+}
+
+/// Move a standard-format XSAVE buffer (`KVM_GET_XSAVE`, a signal frame, a
+/// snapshot) from `src`'s layout to `dst`'s: the legacy region and header are
+/// copied, each component in XSTATE_BV moves from its `src` offset to its `dst`
+/// offset, every other byte up to the returned size is zero. Returns that size,
+/// `dst`'s standard size for XSTATE_BV; `out` beyond it is untouched.
+///
+/// # Errors
+/// [`GuestError::BufferTooSmall`], [`GuestError::CompactedForm`],
+/// [`GuestError::ReservedHeader`], [`GuestError::NotOnSource`],
+/// [`GuestError::NotOnDestination`], [`GuestError::SizeMismatch`]. `out` is not
+/// written then.
+///
+/// ```
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, XFeatures};
+/// # use xstate::guest::translate;
+/// # let amd = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+/// # let intel = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-tiger-lake-core-i7-1165g7.txt")).unwrap()).unwrap();
+/// let mut a = vec![0u8; 0x988];
+/// a[512..520].copy_from_slice(&(XFeatures::LEGACY | XFeatures::PKRU).bits().to_le_bytes());
+/// a[0x980..0x984].copy_from_slice(&0x5555_5554u32.to_le_bytes()); // PKRU at AMD's offset
+/// let mut b = vec![0u8; 4096];
+/// assert_eq!(translate(&amd, &intel, &a, &mut b), Ok(0xa88));
+/// assert_eq!(b[0xa80..0xa84], 0x5555_5554u32.to_le_bytes()); // at Intel's
+/// ```
+pub fn translate(
+    src: &Enumeration,
+    dst: &Enumeration,
+    buf_src: &[u8],
+    out: &mut [u8],
+) -> Result<usize, GuestError> {
+    let head = EXTENDED_START as usize;
+    let header = buf_src.get(..head).ok_or(GuestError::BufferTooSmall {
+        needed: head,
+        got: buf_src.len(),
+    })?;
+    let xstate_bv = XFeatures::from_bits_retain(get_u64(header, XSTATE_BV_OFFSET));
+    let xcomp_bv = get_u64(header, XCOMP_BV_OFFSET);
+    if xcomp_bv != 0 {
+        return Err(GuestError::CompactedForm { xcomp_bv });
+    }
+    if header[XCOMP_BV_OFFSET + 8..].iter().any(|&b| b != 0) {
+        return Err(GuestError::ReservedHeader);
+    }
+    let bad = xstate_bv - src.xcr0_supported();
+    if !bad.is_empty() {
+        return Err(GuestError::NotOnSource { mask: bad.bits() });
+    }
+    let bad = xstate_bv - dst.xcr0_supported();
+    if !bad.is_empty() {
+        return Err(GuestError::NotOnDestination { mask: bad.bits() });
+    }
+    check_sizes(src, dst, xstate_bv)?;
+    let needed = src.standard_size(xstate_bv) as usize;
+    let buf_src = buf_src.get(..needed).ok_or(GuestError::BufferTooSmall {
+        needed,
+        got: buf_src.len(),
+    })?;
+    let size = dst.standard_size(xstate_bv) as usize;
+    let got = out.len();
+    let out = out
+        .get_mut(..size)
+        .ok_or(GuestError::BufferTooSmall { needed: size, got })?;
+
+    out[..head].copy_from_slice(header);
+    out[head..].fill(0);
+    for i in xstate_bv.indices().filter(|&i| i >= 2) {
+        // Both enumerations checked every component to end inside its standard
+        // size, and the sizes are equal (checked above): the ranges are in bounds.
+        let (Some(s), Some(d)) = (src.component(i), dst.component(i)) else {
+            continue;
+        };
+        let (s, d, len) = (
+            s.std_offset as usize,
+            d.std_offset as usize,
+            s.size as usize,
+        );
+        if let (Some(from), Some(to)) = (buf_src.get(s..s + len), out.get_mut(d..d + len)) {
+            to.copy_from_slice(from);
+        }
+    }
+    Ok(size)
+}
+
+/// The exact standard-format buffer size XRSTOR (and `KVM_SET_XSAVE`) reads for
+/// XSTATE_BV = `xstate_bv` under XCR0 = `xcr0` on the CPU `e`: the end of the last
+/// component in XSTATE_BV, at least the legacy region and header. Components of
+/// XCR0 outside XSTATE_BV are put in their init state without being read.
+///
+/// # Errors
+/// The XSETBV errors if `xcr0` is not a valid XCR0 on `e`,
+/// [`GuestError::NotInXcr0`] if `xstate_bv` is not within `xcr0`.
+///
+/// ```
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, XFeatures};
+/// # use xstate::guest::required_size;
+/// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-tiger-lake-core-i7-1165g7.txt")).unwrap()).unwrap();
+/// let xcr0 = e.xcr0_supported();
+/// assert_eq!(required_size(&e, xcr0, XFeatures::LEGACY), Ok(576));
+/// assert_eq!(required_size(&e, xcr0, XFeatures::LEGACY | XFeatures::PKRU), Ok(0xa88));
+/// assert!(required_size(&e, XFeatures::LEGACY, XFeatures::PKRU).is_err());
+/// ```
+pub fn required_size(
+    e: &Enumeration,
+    xcr0: XFeatures,
+    xstate_bv: XFeatures,
+) -> Result<u32, GuestError> {
+    check_xcr0(xcr0, e.xcr0_supported())?;
+    if !xcr0.contains(xstate_bv) {
+        return Err(GuestError::NotInXcr0 {
+            xstate_bv: xstate_bv.bits(),
+            xcr0: xcr0.bits(),
+        });
+    }
+    Ok(e.standard_size(xstate_bv))
+}
