@@ -32,8 +32,9 @@ pub const LINUX_USER: XFeatures = XFeatures::LEGACY
     .union(XFeatures::XTILE)
     .union(XFeatures::APX);
 /// The supervisor components Linux keeps in fpstates (Linux 6.18+: CET_S guest-only).
-pub const LINUX_SUPERVISOR: XFeatures =
-    XFeatures::PASID.union(XFeatures::CET_U).union(XFeatures::CET_S);
+pub const LINUX_SUPERVISOR: XFeatures = XFeatures::PASID
+    .union(XFeatures::CET_U)
+    .union(XFeatures::CET_S);
 
 impl Policy {
     /// Current Linux's policy for this CPU: every component Linux knows that the CPU
@@ -55,7 +56,10 @@ impl Policy {
     /// Like [`Policy::linux`] but without the guest-only scheme: CET_S, where
     /// supported, sits in every fpstate ("eat the 24 bytes").
     pub fn linux_without_guest_only(e: &Enumeration) -> Self {
-        Self { guest_only: XFeatures::empty(), ..Self::linux(e) }
+        Self {
+            guest_only: XFeatures::empty(),
+            ..Self::linux(e)
+        }
     }
 }
 
@@ -91,9 +95,14 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::Unsupported { mask } => write!(f, "policy enables unsupported components {mask:#x}"),
+            Self::Unsupported { mask } => {
+                write!(f, "policy enables unsupported components {mask:#x}")
+            }
             Self::NoXsaves { mask } => {
-                write!(f, "supervisor components {mask:#x} need XSAVES, which the CPU lacks")
+                write!(
+                    f,
+                    "supervisor components {mask:#x} need XSAVES, which the CPU lacks"
+                )
             }
             Self::LegacyDisabled => write!(f, "policy must enable x87 and SSE"),
             Self::BadDynamic { mask } => write!(
@@ -174,7 +183,10 @@ impl Configs {
             return Err(ConfigError::LegacyDisabled);
         }
         let xfd_capable = XFeatures::from_bits_retain(
-            e.xcr0_supported().indices().filter(|&i| e.components()[i as usize].xfd).fold(0, |m, i| m | 1 << i),
+            e.xcr0_supported()
+                .indices()
+                .filter(|&i| e.components()[i as usize].xfd)
+                .fold(0, |m, i| m | 1 << i),
         );
         let bad = p.dynamic - (p.enabled & xfd_capable);
         if !bad.is_empty() {
@@ -184,7 +196,11 @@ impl Configs {
         if !bad.is_empty() {
             return Err(ConfigError::BadSupervisorGroup { mask: bad.bits() });
         }
-        let form = if e.xsavec || e.xsaves { Form::Compacted } else { Form::Standard };
+        let form = if e.xsavec || e.xsaves {
+            Form::Compacted
+        } else {
+            Form::Standard
+        };
         let size = |mask: XFeatures| match form {
             Form::Compacted => e.compacted_size(mask),
             Form::Standard => e.standard_size(mask),
@@ -207,10 +223,18 @@ impl Configs {
             Form::Standard => Layout::standard(e, m & e.xcr0_supported()),
         };
         let layouts = [
-            layout(host_default).map_err(|_| ConfigError::Unsupported { mask: host_default.bits() })?,
-            layout(host_max).map_err(|_| ConfigError::Unsupported { mask: host_max.bits() })?,
-            layout(guest_default).map_err(|_| ConfigError::Unsupported { mask: guest_default.bits() })?,
-            layout(guest_max).map_err(|_| ConfigError::Unsupported { mask: guest_max.bits() })?,
+            layout(host_default).map_err(|_| ConfigError::Unsupported {
+                mask: host_default.bits(),
+            })?,
+            layout(host_max).map_err(|_| ConfigError::Unsupported {
+                mask: host_max.bits(),
+            })?,
+            layout(guest_default).map_err(|_| ConfigError::Unsupported {
+                mask: guest_default.bits(),
+            })?,
+            layout(guest_max).map_err(|_| ConfigError::Unsupported {
+                mask: guest_max.bits(),
+            })?,
         ];
         Ok(Self {
             kernel: cfg(host_max, host_default, form, &size),

@@ -97,8 +97,14 @@ impl fmt::Display for ParseError {
                 f,
                 "line {line}: expected `0xLEAF 0xSUB: eax=0x.. ebx=0x.. ecx=0x.. edx=0x..`"
             ),
-            Self::BadNumber { line } => write!(f, "line {line}: a number is not a 32-bit hex value"),
-            Self::Conflict { line, leaf, subleaf } => write!(
+            Self::BadNumber { line } => {
+                write!(f, "line {line}: a number is not a 32-bit hex value")
+            }
+            Self::Conflict {
+                line,
+                leaf,
+                subleaf,
+            } => write!(
                 f,
                 "line {line}: leaf {leaf:#x} subleaf {subleaf:#x} appears twice with different values"
             ),
@@ -152,7 +158,10 @@ impl RecordedCpuid {
     /// assert_eq!(cpu.cpuid(0xd, 5).eax, 0); // absent subleaf reads as zero
     /// ```
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let mut out = Self { entries: [Entry::default(); Self::CAPACITY], len: 0 };
+        let mut out = Self {
+            entries: [Entry::default(); Self::CAPACITY],
+            len: 0,
+        };
         let mut cpus_seen = 0u32;
         for (n, raw) in text.lines().enumerate() {
             let line = u32::try_from(n + 1).unwrap_or(u32::MAX);
@@ -174,11 +183,18 @@ impl RecordedCpuid {
             match out.find(e.leaf, e.subleaf) {
                 Some(prev) if prev == e.regs => continue,
                 Some(_) => {
-                    return Err(ParseError::Conflict { line, leaf: e.leaf, subleaf: e.subleaf });
+                    return Err(ParseError::Conflict {
+                        line,
+                        leaf: e.leaf,
+                        subleaf: e.subleaf,
+                    });
                 }
                 None => {}
             }
-            let slot = out.entries.get_mut(out.len).ok_or(ParseError::TooManyEntries { line })?;
+            let slot = out
+                .entries
+                .get_mut(out.len)
+                .ok_or(ParseError::TooManyEntries { line })?;
             *slot = e;
             out.len += 1;
         }
@@ -231,7 +247,11 @@ fn parse_line(t: &str, line: u32) -> Result<Entry, ParseError> {
         return Err(bad);
     }
     let [eax, ebx, ecx, edx] = regs;
-    Ok(Entry { leaf, subleaf, regs: CpuidResult { eax, ebx, ecx, edx } })
+    Ok(Entry {
+        leaf,
+        subleaf,
+        regs: CpuidResult { eax, ebx, ecx, edx },
+    })
 }
 
 #[cfg(test)]
@@ -253,15 +273,37 @@ mod tests {
         assert!(RecordedCpuid::parse(ok).is_ok());
         let cases = [
             ("# c\nnonsense", ParseError::BadLine { line: 2 }),
-            ("0x0000000d 0x00 eax=0x1 ebx=0x2 ecx=0x3 edx=0x4", ParseError::BadLine { line: 1 }),
-            ("0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3", ParseError::BadLine { line: 1 }),
-            ("0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4 x", ParseError::BadLine { line: 1 }),
-            ("0x0000000d 0x00: eax=0x1ffffffff ebx=0x2 ecx=0x3 edx=0x4", ParseError::BadNumber { line: 1 }),
-            ("0x0000000d 0x00: eax=0xg ebx=0x2 ecx=0x3 edx=0x4", ParseError::BadNumber { line: 1 }),
-            ("0x00000001 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4", ParseError::NoLeafD),
+            (
+                "0x0000000d 0x00 eax=0x1 ebx=0x2 ecx=0x3 edx=0x4",
+                ParseError::BadLine { line: 1 },
+            ),
+            (
+                "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3",
+                ParseError::BadLine { line: 1 },
+            ),
+            (
+                "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4 x",
+                ParseError::BadLine { line: 1 },
+            ),
+            (
+                "0x0000000d 0x00: eax=0x1ffffffff ebx=0x2 ecx=0x3 edx=0x4",
+                ParseError::BadNumber { line: 1 },
+            ),
+            (
+                "0x0000000d 0x00: eax=0xg ebx=0x2 ecx=0x3 edx=0x4",
+                ParseError::BadNumber { line: 1 },
+            ),
+            (
+                "0x00000001 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4",
+                ParseError::NoLeafD,
+            ),
             (
                 "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4\n0x0000000d 0x00: eax=0x3 ebx=0x2 ecx=0x3 edx=0x4",
-                ParseError::Conflict { line: 2, leaf: 0xd, subleaf: 0 },
+                ParseError::Conflict {
+                    line: 2,
+                    leaf: 0xd,
+                    subleaf: 0,
+                },
             ),
         ];
         for (text, want) in cases {

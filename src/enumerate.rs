@@ -149,7 +149,10 @@ impl fmt::Display for EnumError {
             }
             Self::ReservedBit { index } => write!(f, "component bit {index} is reserved"),
             Self::InBothMasks { index } => {
-                write!(f, "component {index} is claimed in both the XCR0 and the XSS masks")
+                write!(
+                    f,
+                    "component {index} is claimed in both the XCR0 and the XSS masks"
+                )
             }
             Self::SupervisorMismatch { index, in_xss } => write!(
                 f,
@@ -177,7 +180,11 @@ impl fmt::Display for EnumError {
                 write!(f, "components {a} and {b} overlap in the standard form")
             }
             Self::CompactedTooLarge => write!(f, "compacted size overflows 32 bits"),
-            Self::ReportedTooSmall { report, reported, computed } => write!(
+            Self::ReportedTooSmall {
+                report,
+                reported,
+                computed,
+            } => write!(
                 f,
                 "{report} reports {reported} bytes but the components need {computed}"
             ),
@@ -209,8 +216,20 @@ pub struct Enumeration {
 
 /// The facts of the legacy components, fixed by the SDM (Linux uses the same).
 const LEGACY_COMPONENTS: [Component; 2] = [
-    Component { size: 160, std_offset: 0, supervisor: false, align64: false, xfd: false },
-    Component { size: 256, std_offset: 160, supervisor: false, align64: false, xfd: false },
+    Component {
+        size: 160,
+        std_offset: 0,
+        supervisor: false,
+        align64: false,
+        xfd: false,
+    },
+    Component {
+        size: 256,
+        std_offset: 160,
+        supervisor: false,
+        align64: false,
+        xfd: false,
+    },
 ];
 
 impl Enumeration {
@@ -245,10 +264,14 @@ impl Enumeration {
             return Err(EnumError::ReservedBit { index: 63 });
         }
         if xss & 3 != 0 {
-            return Err(EnumError::ReservedBit { index: (xss & 3).trailing_zeros() });
+            return Err(EnumError::ReservedBit {
+                index: (xss & 3).trailing_zeros(),
+            });
         }
         if xcr0 & xss != 0 {
-            return Err(EnumError::InBothMasks { index: (xcr0 & xss).trailing_zeros() });
+            return Err(EnumError::InBothMasks {
+                index: (xcr0 & xss).trailing_zeros(),
+            });
         }
         let mut comps = [Component::default(); 64];
         comps[..2].copy_from_slice(&LEGACY_COMPONENTS);
@@ -270,15 +293,28 @@ impl Enumeration {
                 return Err(EnumError::ZeroSize { index: i });
             }
             if c.size > MAX_COMPONENT_SIZE {
-                return Err(EnumError::AbsurdSize { index: i, size: c.size });
+                return Err(EnumError::AbsurdSize {
+                    index: i,
+                    size: c.size,
+                });
             }
             if !in_xss {
                 if c.std_offset < EXTENDED_START {
-                    return Err(EnumError::OffsetInLegacy { index: i, offset: c.std_offset });
+                    return Err(EnumError::OffsetInLegacy {
+                        index: i,
+                        offset: c.std_offset,
+                    });
                 }
-                let end = c.std_offset.checked_add(c.size).ok_or(EnumError::EndOverflows { index: i })?;
+                let end = c
+                    .std_offset
+                    .checked_add(c.size)
+                    .ok_or(EnumError::EndOverflows { index: i })?;
                 if end > s0.ecx {
-                    return Err(EnumError::BeyondMaxSize { index: i, end, max: s0.ecx });
+                    return Err(EnumError::BeyondMaxSize {
+                        index: i,
+                        end,
+                        max: s0.ecx,
+                    });
                 }
             }
             comps[i as usize] = c;
@@ -339,7 +375,8 @@ impl Enumeration {
                 computed: std_computed,
             });
         }
-        let cmp_computed = compacted_end(&self.comps, xcr0 | xss).ok_or(EnumError::CompactedTooLarge)?;
+        let cmp_computed =
+            compacted_end(&self.comps, xcr0 | xss).ok_or(EnumError::CompactedTooLarge)?;
         let cmp_reported = src.cpuid(0xd, 1).ebx;
         if (self.xsaves || self.xsavec) && cmp_reported < cmp_computed {
             return Err(EnumError::ReportedTooSmall {
@@ -375,7 +412,11 @@ impl Enumeration {
     /// The facts of component `index`, if supported.
     #[inline]
     pub fn component(&self, index: u32) -> Option<&Component> {
-        if self.supported().has_index(index) { self.comps.get(index as usize) } else { None }
+        if self.supported().has_index(index) {
+            self.comps.get(index as usize)
+        } else {
+            None
+        }
     }
 
     /// The raw per-component table, indexed by component number (zeros where unsupported).
@@ -450,7 +491,11 @@ fn check_overlaps(comps: &[Component; 64], user: XFeatures) -> Result<(), EnumEr
             let (ca, cb) = (&comps[a as usize], &comps[b as usize]);
             // Ends were checked not to overflow.
             if ca.std_offset < cb.std_offset + cb.size && cb.std_offset < ca.std_offset + ca.size {
-                let (lo, hi) = if ca.std_offset <= cb.std_offset { (a, b) } else { (b, a) };
+                let (lo, hi) = if ca.std_offset <= cb.std_offset {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
                 return Err(EnumError::Overlap { a: lo, b: hi });
             }
         }

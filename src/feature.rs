@@ -227,46 +227,226 @@ macro_rules! info {
 
 /// The catalog, indexed by component number.
 pub const CATALOG: [FeatureInfo; 20] = [
-    info!(X87, "x87", "XFEATURE_FP", "x87 floating point registers", User,
-          "CPUID.01H:EDX.FPU[bit 0]", Some(160), false, "Vol. 1 13.4.1"),
-    info!(Sse, "SSE", "XFEATURE_SSE", "SSE registers", User,
-          "CPUID.01H:EDX.SSE[bit 25]", Some(256), false, "Vol. 1 13.4.1"),
-    info!(Avx, "AVX", "XFEATURE_YMM", "AVX registers", User,
-          "CPUID.01H:ECX.AVX[bit 28]", Some(256), false, "Vol. 1 13.5.3"),
-    info!(BndRegs, "MPX_BNDREGS", "XFEATURE_BNDREGS", "MPX bounds registers", User,
-          "CPUID.(EAX=07H,ECX=0):EBX.MPX[bit 14]", Some(64), false, "Vol. 1 13.5.4"),
-    info!(BndCsr, "MPX_BNDCSR", "XFEATURE_BNDCSR", "MPX CSR", User,
-          "CPUID.(EAX=07H,ECX=0):EBX.MPX[bit 14]", Some(16), false, "Vol. 1 13.5.4"),
-    info!(Opmask, "AVX512_OPMASK", "XFEATURE_OPMASK", "AVX-512 opmask", User,
-          "CPUID.(EAX=07H,ECX=0):EBX.AVX512F[bit 16]", Some(64), false, "Vol. 1 13.5.5"),
-    info!(ZmmHi256, "AVX512_ZMM_HI256", "XFEATURE_ZMM_Hi256", "AVX-512 Hi256", User,
-          "CPUID.(EAX=07H,ECX=0):EBX.AVX512F[bit 16]", Some(512), false, "Vol. 1 13.5.5"),
-    info!(Hi16Zmm, "AVX512_HI16_ZMM", "XFEATURE_Hi16_ZMM", "AVX-512 ZMM_Hi256", User,
-          "CPUID.(EAX=07H,ECX=0):EBX.AVX512F[bit 16]", Some(1024), false, "Vol. 1 13.5.5"),
-    info!(Pt, "PT", "XFEATURE_PT_UNIMPLEMENTED_SO_FAR", "Processor Trace (unused)", Supervisor,
-          "CPUID.(EAX=07H,ECX=0):EBX.PT[bit 25]", None, false, "Vol. 1 13.5.6"),
-    info!(Pkru, "PKRU", "XFEATURE_PKRU", "Protection Keys User registers", User,
-          "CPUID.(EAX=07H,ECX=0):ECX.PKU[bit 3]", Some(8), false, "Vol. 1 13.5.7"),
-    info!(Pasid, "PASID", "XFEATURE_PASID", "PASID state", Supervisor,
-          "CPUID.(EAX=07H,ECX=0):ECX.ENQCMD[bit 29]", Some(8), false, "Vol. 1 13.5.8"),
-    info!(CetU, "CET_U", "XFEATURE_CET_USER", "Control-flow User registers", Supervisor,
-          "CPUID.(EAX=07H,ECX=0):ECX.CET_SS[bit 7]", Some(16), false, "Vol. 1 13.5.9"),
-    info!(CetS, "CET_S", "XFEATURE_CET_KERNEL", "Control-flow Kernel registers (KVM only)", Supervisor,
-          "CPUID.(EAX=07H,ECX=0):ECX.CET_SS[bit 7]", Some(24), false, "Vol. 1 13.5.9"),
-    info!(Hdc, "HDC", "XFEATURE_RSRVD_COMP_13", "unknown xstate feature", Supervisor,
-          "CPUID.06H:EAX.HDC[bit 13]", Some(8), false, "Vol. 1 13.5.10"),
-    info!(Uintr, "UINTR", "XFEATURE_RSRVD_COMP_14", "unknown xstate feature", Supervisor,
-          "CPUID.(EAX=07H,ECX=0):EDX.UINTR[bit 5]", Some(48), false, "Vol. 1 13.5.11"),
-    info!(Lbr, "LBR", "XFEATURE_LBR", "unknown xstate feature", Supervisor,
-          "CPUID.(EAX=07H,ECX=0):EDX.ARCH_LBR[bit 19]", None, false, "Vol. 1 13.5.12"),
-    info!(Hwp, "HWP", "XFEATURE_RSRVD_COMP_16", "unknown xstate feature", Supervisor,
-          "CPUID.06H:EAX.HWP[bit 7]", Some(8), false, "Vol. 1 13.5.13"),
-    info!(XtileCfg, "AMX_TILECFG", "XFEATURE_XTILE_CFG", "AMX Tile config", User,
-          "CPUID.(EAX=07H,ECX=0):EDX.AMX-TILE[bit 24]", Some(64), false, "Vol. 1 13.5.14"),
-    info!(XtileData, "AMX_TILEDATA", "XFEATURE_XTILE_DATA", "AMX Tile Data", User,
-          "CPUID.(EAX=07H,ECX=0):EDX.AMX-TILE[bit 24]", Some(8192), true, "Vol. 1 13.5.14"),
-    info!(Apx, "APX", "XFEATURE_APX", "APX registers", User,
-          "CPUID.(EAX=07H,ECX=1):EDX.APX_F[bit 21]", Some(128), false, "Vol. 1 13.5.15"),
+    info!(
+        X87,
+        "x87",
+        "XFEATURE_FP",
+        "x87 floating point registers",
+        User,
+        "CPUID.01H:EDX.FPU[bit 0]",
+        Some(160),
+        false,
+        "Vol. 1 13.4.1"
+    ),
+    info!(
+        Sse,
+        "SSE",
+        "XFEATURE_SSE",
+        "SSE registers",
+        User,
+        "CPUID.01H:EDX.SSE[bit 25]",
+        Some(256),
+        false,
+        "Vol. 1 13.4.1"
+    ),
+    info!(
+        Avx,
+        "AVX",
+        "XFEATURE_YMM",
+        "AVX registers",
+        User,
+        "CPUID.01H:ECX.AVX[bit 28]",
+        Some(256),
+        false,
+        "Vol. 1 13.5.3"
+    ),
+    info!(
+        BndRegs,
+        "MPX_BNDREGS",
+        "XFEATURE_BNDREGS",
+        "MPX bounds registers",
+        User,
+        "CPUID.(EAX=07H,ECX=0):EBX.MPX[bit 14]",
+        Some(64),
+        false,
+        "Vol. 1 13.5.4"
+    ),
+    info!(
+        BndCsr,
+        "MPX_BNDCSR",
+        "XFEATURE_BNDCSR",
+        "MPX CSR",
+        User,
+        "CPUID.(EAX=07H,ECX=0):EBX.MPX[bit 14]",
+        Some(16),
+        false,
+        "Vol. 1 13.5.4"
+    ),
+    info!(
+        Opmask,
+        "AVX512_OPMASK",
+        "XFEATURE_OPMASK",
+        "AVX-512 opmask",
+        User,
+        "CPUID.(EAX=07H,ECX=0):EBX.AVX512F[bit 16]",
+        Some(64),
+        false,
+        "Vol. 1 13.5.5"
+    ),
+    info!(
+        ZmmHi256,
+        "AVX512_ZMM_HI256",
+        "XFEATURE_ZMM_Hi256",
+        "AVX-512 Hi256",
+        User,
+        "CPUID.(EAX=07H,ECX=0):EBX.AVX512F[bit 16]",
+        Some(512),
+        false,
+        "Vol. 1 13.5.5"
+    ),
+    info!(
+        Hi16Zmm,
+        "AVX512_HI16_ZMM",
+        "XFEATURE_Hi16_ZMM",
+        "AVX-512 ZMM_Hi256",
+        User,
+        "CPUID.(EAX=07H,ECX=0):EBX.AVX512F[bit 16]",
+        Some(1024),
+        false,
+        "Vol. 1 13.5.5"
+    ),
+    info!(
+        Pt,
+        "PT",
+        "XFEATURE_PT_UNIMPLEMENTED_SO_FAR",
+        "Processor Trace (unused)",
+        Supervisor,
+        "CPUID.(EAX=07H,ECX=0):EBX.PT[bit 25]",
+        None,
+        false,
+        "Vol. 1 13.5.6"
+    ),
+    info!(
+        Pkru,
+        "PKRU",
+        "XFEATURE_PKRU",
+        "Protection Keys User registers",
+        User,
+        "CPUID.(EAX=07H,ECX=0):ECX.PKU[bit 3]",
+        Some(8),
+        false,
+        "Vol. 1 13.5.7"
+    ),
+    info!(
+        Pasid,
+        "PASID",
+        "XFEATURE_PASID",
+        "PASID state",
+        Supervisor,
+        "CPUID.(EAX=07H,ECX=0):ECX.ENQCMD[bit 29]",
+        Some(8),
+        false,
+        "Vol. 1 13.5.8"
+    ),
+    info!(
+        CetU,
+        "CET_U",
+        "XFEATURE_CET_USER",
+        "Control-flow User registers",
+        Supervisor,
+        "CPUID.(EAX=07H,ECX=0):ECX.CET_SS[bit 7]",
+        Some(16),
+        false,
+        "Vol. 1 13.5.9"
+    ),
+    info!(
+        CetS,
+        "CET_S",
+        "XFEATURE_CET_KERNEL",
+        "Control-flow Kernel registers (KVM only)",
+        Supervisor,
+        "CPUID.(EAX=07H,ECX=0):ECX.CET_SS[bit 7]",
+        Some(24),
+        false,
+        "Vol. 1 13.5.9"
+    ),
+    info!(
+        Hdc,
+        "HDC",
+        "XFEATURE_RSRVD_COMP_13",
+        "unknown xstate feature",
+        Supervisor,
+        "CPUID.06H:EAX.HDC[bit 13]",
+        Some(8),
+        false,
+        "Vol. 1 13.5.10"
+    ),
+    info!(
+        Uintr,
+        "UINTR",
+        "XFEATURE_RSRVD_COMP_14",
+        "unknown xstate feature",
+        Supervisor,
+        "CPUID.(EAX=07H,ECX=0):EDX.UINTR[bit 5]",
+        Some(48),
+        false,
+        "Vol. 1 13.5.11"
+    ),
+    info!(
+        Lbr,
+        "LBR",
+        "XFEATURE_LBR",
+        "unknown xstate feature",
+        Supervisor,
+        "CPUID.(EAX=07H,ECX=0):EDX.ARCH_LBR[bit 19]",
+        None,
+        false,
+        "Vol. 1 13.5.12"
+    ),
+    info!(
+        Hwp,
+        "HWP",
+        "XFEATURE_RSRVD_COMP_16",
+        "unknown xstate feature",
+        Supervisor,
+        "CPUID.06H:EAX.HWP[bit 7]",
+        Some(8),
+        false,
+        "Vol. 1 13.5.13"
+    ),
+    info!(
+        XtileCfg,
+        "AMX_TILECFG",
+        "XFEATURE_XTILE_CFG",
+        "AMX Tile config",
+        User,
+        "CPUID.(EAX=07H,ECX=0):EDX.AMX-TILE[bit 24]",
+        Some(64),
+        false,
+        "Vol. 1 13.5.14"
+    ),
+    info!(
+        XtileData,
+        "AMX_TILEDATA",
+        "XFEATURE_XTILE_DATA",
+        "AMX Tile Data",
+        User,
+        "CPUID.(EAX=07H,ECX=0):EDX.AMX-TILE[bit 24]",
+        Some(8192),
+        true,
+        "Vol. 1 13.5.14"
+    ),
+    info!(
+        Apx,
+        "APX",
+        "XFEATURE_APX",
+        "APX registers",
+        User,
+        "CPUID.(EAX=07H,ECX=1):EDX.APX_F[bit 21]",
+        Some(128),
+        false,
+        "Vol. 1 13.5.15"
+    ),
 ];
 
 impl XFeature {
@@ -343,10 +523,17 @@ mod tests {
                 "{}",
                 info.name
             );
-            assert_eq!(XFeatures::SUPERVISOR.contains(m), info.domain == Domain::Supervisor);
+            assert_eq!(
+                XFeatures::SUPERVISOR.contains(m),
+                info.domain == Domain::Supervisor
+            );
             assert_eq!(XFeatures::DYNAMIC.contains(m), info.xfd_capable);
         }
-        assert!(XFeatures::USER.intersection(XFeatures::SUPERVISOR).is_empty());
+        assert!(
+            XFeatures::USER
+                .intersection(XFeatures::SUPERVISOR)
+                .is_empty()
+        );
         assert!(XFeatures::SUPERVISOR.contains(XFeatures::GUEST_ONLY | XFeatures::INDEPENDENT));
     }
 

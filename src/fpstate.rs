@@ -208,7 +208,10 @@ mod boxed {
     impl BoxedArea {
         /// A zeroed area of `len` bytes.
         pub fn zeroed(len: usize) -> Self {
-            Self { blocks: vec![Block([0; 64]); len.div_ceil(64)].into_boxed_slice(), len }
+            Self {
+                blocks: vec![Block([0; 64]); len.div_ceil(64)].into_boxed_slice(),
+                len,
+            }
         }
 
         /// Bytes actually allocated (a multiple of 64).
@@ -289,7 +292,12 @@ impl<S: Storage> Fpstate<S> {
     /// # Errors
     /// [`FpstateError::BufferTooSmall`] or [`FpstateError::Misaligned`]; the
     /// storage is not written then.
-    pub fn new_in(e: &Enumeration, cfg: &Configs, owner: Owner, storage: S) -> Result<Self, FpstateError> {
+    pub fn new_in(
+        e: &Enumeration,
+        cfg: &Configs,
+        owner: Owner,
+        storage: S,
+    ) -> Result<Self, FpstateError> {
         let features = match owner {
             Owner::Host => cfg.kernel.default_features,
             Owner::Guest => cfg.guest.default_features,
@@ -325,7 +333,11 @@ impl<S: Storage> Fpstate<S> {
         put_u16(area, FCW_OFFSET, FCW_DEFAULT);
         put_u32(area, MXCSR_OFFSET, MXCSR_DEFAULT);
         if form == Form::Compacted {
-            put_u64(area, XCOMP_BV_OFFSET, crate::XCOMP_BV_COMPACTED | features.bits());
+            put_u64(
+                area,
+                XCOMP_BV_OFFSET,
+                crate::XCOMP_BV_COMPACTED | features.bits(),
+            );
         }
         Ok(Self { info, storage })
     }
@@ -372,7 +384,12 @@ impl<S: Storage> Fpstate<S> {
     /// [`FpstateError::NeedsSupervisor`] in user mode for an fpstate holding
     /// supervisor components; [`FpstateError::Fault`] if the unit faults.
     #[inline]
-    pub fn save(&mut self, unit: &mut impl XsaveUnit, cfg: &Configs, mode: Mode) -> Result<(), FpstateError> {
+    pub fn save(
+        &mut self,
+        unit: &mut impl XsaveUnit,
+        cfg: &Configs,
+        mode: Mode,
+    ) -> Result<(), FpstateError> {
         let insn = self.insn(cfg, mode, true)?;
         let rfbm = self.info.features;
         unit.save(insn, self.area_mut(), rfbm)?;
@@ -387,7 +404,12 @@ impl<S: Storage> Fpstate<S> {
     /// # Errors
     /// As for [`Fpstate::save`].
     #[inline]
-    pub fn restore(&self, unit: &mut impl XsaveUnit, cfg: &Configs, mode: Mode) -> Result<(), FpstateError> {
+    pub fn restore(
+        &self,
+        unit: &mut impl XsaveUnit,
+        cfg: &Configs,
+        mode: Mode,
+    ) -> Result<(), FpstateError> {
         let insn = self.insn(cfg, mode, false)?;
         let rfbm = match mode {
             Mode::Supervisor => cfg.rfbm(),
@@ -403,7 +425,9 @@ impl<S: Storage> Fpstate<S> {
             (Mode::Supervisor, _, true) => Insn::Xsaves,
             (Mode::Supervisor, _, false) => Insn::Xrstors,
             (Mode::User, _, _) if !(self.info.features & cfg.xss).is_empty() => {
-                return Err(FpstateError::NeedsSupervisor { mask: (self.info.features & cfg.xss).bits() });
+                return Err(FpstateError::NeedsSupervisor {
+                    mask: (self.info.features & cfg.xss).bits(),
+                });
             }
             (Mode::User, Form::Compacted, true) => Insn::Xsavec,
             (Mode::User, Form::Standard, true) => Insn::Xsaveopt,
@@ -445,15 +469,24 @@ impl<S: Storage> Fpstate<S> {
         }
         let mut new = Fpstate::with_features(e, cfg, self.info.owner, features, storage)?;
         let (old_l, new_l) = match self.info.form {
-            Form::Compacted => (Layout::compacted(e, self.info.features)?, Layout::compacted(e, features)?),
-            Form::Standard => (Layout::standard(e, self.info.features)?, Layout::standard(e, features)?),
+            Form::Compacted => (
+                Layout::compacted(e, self.info.features)?,
+                Layout::compacted(e, features)?,
+            ),
+            Form::Standard => (
+                Layout::standard(e, self.info.features)?,
+                Layout::standard(e, features)?,
+            ),
         };
         let xstate_bv = self.xstate_bv();
         let src = self.area();
         let dst = new.area_mut();
         dst[..XSTATE_BV_OFFSET].copy_from_slice(&src[..XSTATE_BV_OFFSET]);
         put_u64(dst, XSTATE_BV_OFFSET, xstate_bv.bits());
-        for i in (xstate_bv & self.info.features).indices().filter(|&i| i >= 2) {
+        for i in (xstate_bv & self.info.features)
+            .indices()
+            .filter(|&i| i >= 2)
+        {
             if let (Some(s), Some(d)) = (old_l.range_of(i), new_l.range_of(i)) {
                 dst[d].copy_from_slice(&src[s]);
             }
@@ -488,7 +521,8 @@ impl Fpstate<BoxedArea> {
         perms: &ProcessPerms,
         index: u32,
     ) -> Result<Self, FpstateError> {
-        let features = self.info.features | (perms.get(self.perm_kind()).features & cfg.policy.dynamic);
+        let features =
+            self.info.features | (perms.get(self.perm_kind()).features & cfg.policy.dynamic);
         let size = match self.info.form {
             Form::Compacted => e.compacted_size(features),
             Form::Standard => e.standard_size(features),
@@ -521,7 +555,10 @@ fn check_storage(bytes: &[u8], size: u32) -> Result<(), FpstateError> {
         return Err(FpstateError::Misaligned { misalignment });
     }
     if bytes.len() < size as usize {
-        return Err(FpstateError::BufferTooSmall { needed: size, got: bytes.len() });
+        return Err(FpstateError::BufferTooSmall {
+            needed: size,
+            got: bytes.len(),
+        });
     }
     Ok(())
 }

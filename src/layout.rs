@@ -126,19 +126,33 @@ impl Layout {
         }
         let mut offsets = [0u32; 64];
         offsets[1] = comps[1].std_offset;
-        Self { form, mask, size: EXTENDED_START, offsets, sizes }
+        Self {
+            form,
+            mask,
+            size: EXTENDED_START,
+            offsets,
+            sizes,
+        }
     }
 
     /// Offset of component `index` in this layout, `None` if it has no space here.
     #[inline]
     pub fn offset_of(&self, index: u32) -> Option<u32> {
-        if self.mask.has_index(index) { Some(self.offsets[index as usize]) } else { None }
+        if self.mask.has_index(index) {
+            Some(self.offsets[index as usize])
+        } else {
+            None
+        }
     }
 
     /// Size of component `index`, `None` if it has no space here.
     #[inline]
     pub fn size_of(&self, index: u32) -> Option<u32> {
-        if self.mask.has_index(index) { Some(self.sizes[index as usize]) } else { None }
+        if self.mask.has_index(index) {
+            Some(self.sizes[index as usize])
+        } else {
+            None
+        }
     }
 
     /// Byte range of component `index` in the area.
@@ -178,5 +192,9 @@ impl Layout {
 
 fn check_supported(e: &Enumeration, mask: XFeatures) -> Result<(), LayoutError> {
     let bad = mask - e.supported();
-    if bad.is_empty() { Ok(()) } else { Err(LayoutError::Unsupported { mask: bad.bits() }) }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(LayoutError::Unsupported { mask: bad.bits() })
+    }
 }

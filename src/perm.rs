@@ -47,10 +47,10 @@ impl PermError {
     /// The Linux errno (positive) a kernel returns for this error.
     pub const fn errno(self) -> i32 {
         match self {
-            Self::Invalid { .. } => 22,        // EINVAL
-            Self::Unsupported { .. } => 95,    // EOPNOTSUPP
-            Self::NotDynamic { .. } => 95,     // EOPNOTSUPP
-            Self::Locked => 16,                // EBUSY
+            Self::Invalid { .. } => 22,          // EINVAL
+            Self::Unsupported { .. } => 95,      // EOPNOTSUPP
+            Self::NotDynamic { .. } => 95,       // EOPNOTSUPP
+            Self::Locked => 16,                  // EBUSY
             Self::SigStackTooSmall { .. } => 28, // ENOSPC
         }
     }
@@ -62,11 +62,17 @@ impl fmt::Display for PermError {
             Self::Invalid { index } => write!(f, "{index} is not an XSAVE component number"),
             Self::Unsupported { index } => write!(f, "component {index} is not enabled"),
             Self::NotDynamic { index } => {
-                write!(f, "component {index} is not a dynamic component of this set")
+                write!(
+                    f,
+                    "component {index} is not a dynamic component of this set"
+                )
             }
             Self::Locked => write!(f, "guest permissions are locked: a guest fpstate exists"),
             Self::SigStackTooSmall { user_size } => {
-                write!(f, "signal stack too small for a {user_size}-byte XSAVE area")
+                write!(
+                    f,
+                    "signal stack too small for a {user_size}-byte XSAVE area"
+                )
             }
         }
     }
@@ -108,7 +114,11 @@ impl ProcessPerms {
             size: c.default_size,
             user_size: cfg.user.default_size,
         };
-        Self { task: set(&cfg.kernel), guest: set(&cfg.guest), guest_locked: false }
+        Self {
+            task: set(&cfg.kernel),
+            guest: set(&cfg.guest),
+            guest_locked: false,
+        }
     }
 
     /// The current set of one kind (`ARCH_GET_XCOMP_PERM` returns its features).
@@ -189,7 +199,11 @@ impl ProcessPerms {
         if kind == PermKind::Task && user_size > set.user_size && !sigstack_ok(user_size) {
             return Err(PermError::SigStackTooSmall { user_size });
         }
-        let new = PermSet { features, size, user_size };
+        let new = PermSet {
+            features,
+            size,
+            user_size,
+        };
         match kind {
             PermKind::Task => self.task = new,
             PermKind::Guest => self.guest = new,

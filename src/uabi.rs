@@ -12,7 +12,7 @@
 use core::fmt;
 
 use crate::config::Configs;
-use crate::enumerate::{Enumeration, EXTENDED_START};
+use crate::enumerate::{EXTENDED_START, Enumeration};
 use crate::feature::XFeatures;
 use crate::fpstate::{
     FCW_OFFSET, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Storage, XCOMP_BV_OFFSET,
@@ -98,20 +98,34 @@ impl UabiError {
 impl fmt::Display for UabiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::BufferTooSmall { needed, got } => write!(f, "buffer of {got} bytes, {needed} needed"),
+            Self::BufferTooSmall { needed, got } => {
+                write!(f, "buffer of {got} bytes, {needed} needed")
+            }
             Self::FeaturesNotPermitted { mask } => {
-                write!(f, "XSTATE_BV bits {mask:#x} are not permitted user features of this fpstate")
+                write!(
+                    f,
+                    "XSTATE_BV bits {mask:#x} are not permitted user features of this fpstate"
+                )
             }
             Self::CompactedForm { xcomp_bv } => {
-                write!(f, "XCOMP_BV {xcomp_bv:#x}: user buffers must be in the standard form")
+                write!(
+                    f,
+                    "XCOMP_BV {xcomp_bv:#x}: user buffers must be in the standard form"
+                )
             }
             Self::ReservedHeader => write!(f, "reserved XSAVE header bytes are not zero"),
             Self::InvalidMxcsr { value, mask } => {
-                write!(f, "MXCSR {value:#x} has bits outside the supported mask {mask:#x}")
+                write!(
+                    f,
+                    "MXCSR {value:#x} has bits outside the supported mask {mask:#x}"
+                )
             }
             Self::BadMagic1 { value } => write!(f, "signal frame magic1 {value:#x} is wrong"),
             Self::BadMagic2 { value } => write!(f, "signal frame magic2 {value:#x} is wrong"),
-            Self::BadFrameSize { xstate_size, extended_size } => write!(
+            Self::BadFrameSize {
+                xstate_size,
+                extended_size,
+            } => write!(
                 f,
                 "signal frame sizes xstate_size {xstate_size} / extended_size {extended_size} are invalid"
             ),
@@ -156,7 +170,9 @@ pub fn export<S: Storage>(
     let user = mask & fp.info().user_features;
     let size = e.standard_size(user) as usize;
     let got = out.len();
-    let out = out.get_mut(..size).ok_or(UabiError::BufferTooSmall { needed: size, got })?;
+    let out = out
+        .get_mut(..size)
+        .ok_or(UabiError::BufferTooSmall { needed: size, got })?;
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     let src = fp.area();
@@ -172,7 +188,11 @@ pub fn export<S: Storage>(
         out[FCW_OFFSET..FCW_OFFSET + 2].copy_from_slice(&crate::fpstate::FCW_DEFAULT.to_le_bytes());
     }
     let mxcsr_live = xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX);
-    let mxcsr = if mxcsr_live { get_u32(src, MXCSR_OFFSET) } else { MXCSR_DEFAULT };
+    let mxcsr = if mxcsr_live {
+        get_u32(src, MXCSR_OFFSET)
+    } else {
+        MXCSR_DEFAULT
+    };
     put_u32(out, MXCSR_OFFSET, mxcsr);
     put_u32(out, MXCSR_MASK_OFFSET, cfg.mxcsr_mask);
     if xstate_bv.contains(XFeatures::SSE) {
@@ -192,7 +212,9 @@ pub fn export<S: Storage>(
     while live != 0 {
         let i = live.trailing_zeros();
         live &= live - 1;
-        let (Some(s), c) = (layout.range_of(i), &comps[i as usize]) else { continue };
+        let (Some(s), c) = (layout.range_of(i), &comps[i as usize]) else {
+            continue;
+        };
         let d = c.std_offset as usize;
         if zero_from < d {
             out[zero_from..d].fill(0);
@@ -223,7 +245,10 @@ pub fn export_sigframe<S: Storage>(
     let user = mask & fp.info().user_features;
     let size = e.standard_size(user) as usize;
     if out.len() < size + 4 {
-        return Err(UabiError::BufferTooSmall { needed: size + 4, got: out.len() });
+        return Err(UabiError::BufferTooSmall {
+            needed: size + 4,
+            got: out.len(),
+        });
     }
     export(e, cfg, fp, mask, out)?;
     let sw = SW_BYTES_OFFSET;
@@ -244,7 +269,12 @@ pub fn export_sigframe<S: Storage>(
 ///
 /// # Errors
 /// A [`UabiError`] for the first check that fails; `fp` is unchanged then.
-pub fn import<S: Storage>(e: &Enumeration, cfg: &Configs, fp: &mut Fpstate<S>, buf: &[u8]) -> Result<XFeatures, UabiError> {
+pub fn import<S: Storage>(
+    e: &Enumeration,
+    cfg: &Configs,
+    fp: &mut Fpstate<S>,
+    buf: &[u8],
+) -> Result<XFeatures, UabiError> {
     let hdr = validate(e, cfg, fp, buf)?;
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
@@ -266,7 +296,10 @@ pub fn import_sigframe<S: Storage>(
 ) -> Result<XFeatures, UabiError> {
     let needed = EXTENDED_START as usize;
     if buf.len() < needed {
-        return Err(UabiError::BufferTooSmall { needed, got: buf.len() });
+        return Err(UabiError::BufferTooSmall {
+            needed,
+            got: buf.len(),
+        });
     }
     let magic1 = get_u32(buf, SW_BYTES_OFFSET);
     if magic1 != FP_XSTATE_MAGIC1 {
@@ -274,12 +307,21 @@ pub fn import_sigframe<S: Storage>(
     }
     let extended_size = get_u32(buf, SW_BYTES_OFFSET + 4);
     let xstate_size = get_u32(buf, SW_BYTES_OFFSET + 16);
-    if xstate_size < EXTENDED_START || xstate_size > fp.info().user_size || xstate_size > extended_size {
-        return Err(UabiError::BadFrameSize { xstate_size, extended_size });
+    if xstate_size < EXTENDED_START
+        || xstate_size > fp.info().user_size
+        || xstate_size > extended_size
+    {
+        return Err(UabiError::BadFrameSize {
+            xstate_size,
+            extended_size,
+        });
     }
     let end = xstate_size as usize + 4;
     if buf.len() < end {
-        return Err(UabiError::BufferTooSmall { needed: end, got: buf.len() });
+        return Err(UabiError::BufferTooSmall {
+            needed: end,
+            got: buf.len(),
+        });
     }
     let magic2 = get_u32(buf, xstate_size as usize);
     if magic2 != FP_XSTATE_MAGIC2 {
@@ -288,10 +330,18 @@ pub fn import_sigframe<S: Storage>(
     import(e, cfg, fp, &buf[..xstate_size as usize])
 }
 
-fn validate<S: Storage>(e: &Enumeration, cfg: &Configs, fp: &Fpstate<S>, buf: &[u8]) -> Result<XFeatures, UabiError> {
+fn validate<S: Storage>(
+    e: &Enumeration,
+    cfg: &Configs,
+    fp: &Fpstate<S>,
+    buf: &[u8],
+) -> Result<XFeatures, UabiError> {
     let header_end = EXTENDED_START as usize;
     if buf.len() < header_end {
-        return Err(UabiError::BufferTooSmall { needed: header_end, got: buf.len() });
+        return Err(UabiError::BufferTooSmall {
+            needed: header_end,
+            got: buf.len(),
+        });
     }
     let xstate_bv = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET));
     let bad = xstate_bv - fp.info().user_features;
@@ -302,24 +352,39 @@ fn validate<S: Storage>(e: &Enumeration, cfg: &Configs, fp: &Fpstate<S>, buf: &[
     if xcomp_bv != 0 {
         return Err(UabiError::CompactedForm { xcomp_bv });
     }
-    if buf[XSTATE_BV_OFFSET + 16..header_end].iter().any(|&b| b != 0) {
+    if buf[XSTATE_BV_OFFSET + 16..header_end]
+        .iter()
+        .any(|&b| b != 0)
+    {
         return Err(UabiError::ReservedHeader);
     }
     if xstate_bv.intersects(XFeatures::X87 | XFeatures::SSE | XFeatures::AVX) {
         let value = get_u32(buf, MXCSR_OFFSET);
         if value & !cfg.mxcsr_mask != 0 {
-            return Err(UabiError::InvalidMxcsr { value, mask: cfg.mxcsr_mask });
+            return Err(UabiError::InvalidMxcsr {
+                value,
+                mask: cfg.mxcsr_mask,
+            });
         }
     }
     // Every component the header claims must be inside the buffer.
     let needed = e.standard_size(xstate_bv) as usize;
     if buf.len() < needed {
-        return Err(UabiError::BufferTooSmall { needed, got: buf.len() });
+        return Err(UabiError::BufferTooSmall {
+            needed,
+            got: buf.len(),
+        });
     }
     Ok(xstate_bv)
 }
 
-fn write_validated<S: Storage>(e: &Enumeration, layout: &Layout, fp: &mut Fpstate<S>, buf: &[u8], hdr: XFeatures) {
+fn write_validated<S: Storage>(
+    e: &Enumeration,
+    layout: &Layout,
+    fp: &mut Fpstate<S>,
+    buf: &[u8],
+    hdr: XFeatures,
+) {
     let old_bv = fp.xstate_bv();
     let user_max = fp.info().user_features;
     let dst = fp.area_mut();
@@ -328,7 +393,8 @@ fn write_validated<S: Storage>(e: &Enumeration, layout: &Layout, fp: &mut Fpstat
         dst[..X87_END].copy_from_slice(&buf[..X87_END]);
     }
     if hdr.intersects(XFeatures::SSE | XFeatures::AVX) {
-        dst[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4].copy_from_slice(&buf[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]);
+        dst[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]
+            .copy_from_slice(&buf[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]);
     }
     if hdr.contains(XFeatures::SSE) {
         dst[SSE_RANGE].copy_from_slice(&buf[SSE_RANGE]);
