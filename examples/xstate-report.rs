@@ -549,8 +549,8 @@ fn dmesg(r: &Report) -> Result<String, String> {
     }
     let c = Configs::new(e, &p).map_err(|err| format!("Linux policy refused: {err}"))?;
     let mask = c.guest.max_features;
-    let l = Layout::compacted(e, mask)
-        .map_err(|err| format!("layout of {:#x}: {err}", mask.bits()))?;
+    let l =
+        Layout::compacted(e, mask).map_err(|err| format!("layout of {:#x}: {err}", mask.bits()))?;
     let mut o = String::new();
     for i in mask.indices() {
         let desc = CATALOG
