@@ -40,6 +40,8 @@ pub mod fpstate;
 pub mod guest;
 pub mod insn;
 pub mod layout;
+#[cfg(feature = "alloc")]
+pub mod model;
 pub mod perm;
 pub mod uabi;
 
