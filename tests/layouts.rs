@@ -1,17 +1,31 @@
-//! Every dump in `layouts/` through enumeration, validation and both layouts.
-//! A new file dropped into `layouts/` is tested with no code change.
+//! Every dump in `layouts/` through enumeration, validation and both layouts, each
+//! checked against the raw CPUID leaf 0xD and an independent reference written here
+//! from the SDM. A new file dropped into `layouts/` is tested with no code change.
+//!
+//! Also: the `cpuid` tool's view of this CPU against [`LiveCpuid`], and the dump of
+//! this build host recorded by `cargo run --example xstate-report -- --record`.
 
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
 
 use xstate::XFeatures;
-use xstate::cpuid::{CpuidSource, RecordedCpuid};
+use xstate::cpuid::{CpuidSource, LiveCpuid, RecordedCpuid};
 use xstate::enumerate::Enumeration;
-use xstate::layout::Layout;
+use xstate::layout::{Form, Layout, LayoutError};
+
+/// Start of the extended region (SDM vol. 1 13.4: 512-byte legacy region + 64-byte header).
+const EXTENDED: u32 = 576;
+
+/// The dump of this build host, recorded by `xstate-report --record`.
+const THIS_HOST: &str = "amd-zen4-epyc-kvm-guest-this-build-host.txt";
+
+fn layouts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts")
+}
 
 fn dumps() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts");
-    let mut v: Vec<_> = fs::read_dir(&dir)
+    let mut v: Vec<_> = fs::read_dir(layouts_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
@@ -26,26 +40,294 @@ fn dumps() -> Vec<(String, String)> {
     v
 }
 
-#[test]
-fn every_dump_enumerates() {
-    let d = dumps();
-    assert!(d.len() >= 21, "layouts/ holds {} dumps", d.len());
-    for (name, text) in d {
-        let cpu = RecordedCpuid::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let e = Enumeration::from_cpuid(&cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let l = Layout::compacted(&e, e.supported()).unwrap();
-        println!(
-            "{name}: xcr0 {:#x} xss {:#x} std {} compacted {}",
-            e.xcr0_supported().bits(),
-            e.xss_supported().bits(),
-            e.standard_max_size(),
-            l.size()
-        );
-        let _ = cpu.cpuid(0xd, 0);
+/// Every dump, parsed and enumerated.
+fn enumerated() -> Vec<(String, RecordedCpuid, Enumeration)> {
+    dumps()
+        .into_iter()
+        .map(|(name, text)| {
+            let cpu = RecordedCpuid::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let e = Enumeration::from_cpuid(&cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, cpu, e)
+        })
+        .collect()
+}
+
+/// The raw supported masks, straight from CPUID: (XCR0 bitmap, IA32_XSS bitmap).
+fn raw_masks(cpu: &impl CpuidSource) -> (u64, u64) {
+    let s0 = cpu.cpuid(0xd, 0);
+    let s1 = cpu.cpuid(0xd, 1);
+    (
+        (u64::from(s0.edx) << 32) | u64::from(s0.eax),
+        (u64::from(s1.edx) << 32) | u64::from(s1.ecx),
+    )
+}
+
+/// SDM vol. 1 13.4.3, compacted format, read literally off CPUID: the extended
+/// region starts at 576; each component i >= 2 of XCOMP_BV, in index order, sits
+/// right after the previous one, or at the next 64-byte boundary if
+/// CPUID(0xD,i).ECX[1]. Returns (offset of each component in the mask, total size).
+fn reference_compacted(cpu: &impl CpuidSource, mask: u64) -> (Vec<(u32, u32)>, u32) {
+    let mut offsets = Vec::new();
+    let mut next = EXTENDED;
+    for i in 2..63u32 {
+        if mask & (1 << i) == 0 {
+            continue;
+        }
+        let r = cpu.cpuid(0xd, i);
+        let at = if r.ecx & 2 != 0 {
+            next.div_ceil(64) * 64
+        } else {
+            next
+        };
+        offsets.push((i, at));
+        next = at + r.eax;
+    }
+    (offsets, next)
+}
+
+/// Deterministic PRNG (splitmix64), so a failure reproduces exactly.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 
 #[test]
-fn smoke() {
-    let _ = XFeatures::USER;
+fn every_dump_enumerates() {
+    let d = enumerated();
+    assert!(d.len() >= 21, "layouts/ holds {} dumps", d.len());
+    for (name, cpu, e) in &d {
+        let (xcr0, xss) = raw_masks(cpu);
+        assert_eq!(e.xcr0_supported().bits(), xcr0, "{name}");
+        assert_eq!(e.xss_supported().bits(), xss, "{name}");
+        let l = Layout::compacted(e, e.supported()).unwrap();
+        println!(
+            "{name}: xcr0 {xcr0:#x} xss {xss:#x} std {} (CPUID says {}) compacted {}",
+            e.standard_max_size(),
+            cpu.cpuid(0xd, 0).ecx,
+            l.size()
+        );
+    }
+}
+
+/// (a) Standard offsets are CPUID's EBX for every user subleaf.
+#[test]
+fn standard_offsets_are_cpuid_ebx() {
+    for (name, cpu, e) in enumerated() {
+        let (xcr0, _) = raw_masks(&cpu);
+        let l = Layout::standard(&e, e.xcr0_supported()).unwrap();
+        assert_eq!(l.form(), Form::Standard);
+        assert_eq!(l.xcomp_bv(), 0, "{name}");
+        // The legacy region is fixed (SDM 13.4.1): x87 from byte 0, XMM0 at 160.
+        assert_eq!(l.offset_of(0), Some(0), "{name}");
+        assert_eq!(l.offset_of(1), Some(160), "{name}");
+        let mut n = 0;
+        for i in 2..63u32 {
+            let r = cpu.cpuid(0xd, i);
+            if xcr0 & (1 << i) != 0 {
+                assert_eq!(l.offset_of(i), Some(r.ebx), "{name}: component {i} offset");
+                assert_eq!(l.size_of(i), Some(r.eax), "{name}: component {i} size");
+                let range = l.range_of(i).unwrap();
+                assert_eq!(range, r.ebx as usize..(r.ebx + r.eax) as usize);
+                n += 1;
+            } else {
+                assert_eq!(l.offset_of(i), None, "{name}: component {i} not in XCR0");
+            }
+        }
+        println!("{name}: {n} user subleaves, offsets = CPUID EBX");
+    }
+}
+
+/// (b) Compacted offsets and size equal the naive SDM reference, for the whole
+/// supported mask and 200 pseudo-random subsets per dump.
+#[test]
+fn compacted_matches_the_sdm_reference() {
+    let mut rng = SplitMix(0x5eed_0d0d_c0ff_ee00);
+    let mut checked = 0u32;
+    for (name, cpu, e) in enumerated() {
+        let (xcr0, xss) = raw_masks(&cpu);
+        let all = xcr0 | xss;
+        let mut masks = vec![all, 0, 3];
+        masks.extend((0..200).map(|_| rng.next() & all));
+        for mask in masks {
+            let l = Layout::compacted(&e, XFeatures::from_bits_retain(mask))
+                .unwrap_or_else(|err| panic!("{name}: {mask:#x}: {err}"));
+            let (offsets, size) = reference_compacted(&cpu, mask);
+            assert_eq!(l.form(), Form::Compacted);
+            assert_eq!(l.mask().bits(), mask, "{name}");
+            assert_eq!(l.xcomp_bv(), mask | 1 << 63, "{name}");
+            assert_eq!(l.size(), size, "{name}: size for XCOMP_BV {mask:#x}");
+            for &(i, at) in &offsets {
+                assert_eq!(
+                    l.offset_of(i),
+                    Some(at),
+                    "{name}: component {i} for XCOMP_BV {mask:#x}"
+                );
+                assert_eq!(l.size_of(i), Some(cpu.cpuid(0xd, i).eax), "{name}: {i}");
+            }
+            for i in 2..64u32 {
+                if mask & (1 << i) == 0 {
+                    assert_eq!(l.offset_of(i), None, "{name}: {i} absent from {mask:#x}");
+                }
+            }
+            assert_eq!(e.compacted_size(XFeatures::from_bits_retain(mask)), size);
+            checked += 1;
+        }
+        let (_, full) = reference_compacted(&cpu, all);
+        assert_eq!(e.compacted_max_size(), full, "{name}");
+        println!("{name}: compacted size {full} for {all:#x}, 203 masks match the SDM rule");
+    }
+    println!("{checked} compacted layouts checked");
+}
+
+/// (c) The standard size is the end of the last included component, within
+/// CPUID(0xD,0).ECX, for every supported XCR0 and random user subsets.
+#[test]
+fn standard_size_is_the_max_end() {
+    let mut rng = SplitMix(0x57a2_da2d);
+    for (name, cpu, e) in enumerated() {
+        let (xcr0, _) = raw_masks(&cpu);
+        let max = cpu.cpuid(0xd, 0).ecx;
+        let mut masks = vec![xcr0, 3];
+        masks.extend((0..50).map(|_| rng.next() & xcr0));
+        for mask in masks {
+            let l = Layout::standard(&e, XFeatures::from_bits_retain(mask)).unwrap();
+            let end = (2..63u32)
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| {
+                    let r = cpu.cpuid(0xd, i);
+                    r.ebx + r.eax
+                })
+                .fold(EXTENDED, u32::max);
+            assert_eq!(l.size(), end, "{name}: standard size for {mask:#x}");
+            assert!(l.size() <= max, "{name}: {} > CPUID ECX {max}", l.size());
+            assert_eq!(e.standard_size(XFeatures::from_bits_retain(mask)), end);
+        }
+        assert_eq!(e.reported_max_standard(), max, "{name}");
+        println!(
+            "{name}: standard size {} for XCR0 {xcr0:#x}, CPUID(0xD,0).ECX {max}",
+            e.standard_max_size()
+        );
+    }
+}
+
+/// (d) A mask with a bit the CPU lacks gets no layout; supervisor bits get no standard one.
+#[test]
+fn unsupported_bits_are_refused() {
+    let mut rng = SplitMix(0xbad_b175);
+    for (name, cpu, e) in enumerated() {
+        let (xcr0, xss) = raw_masks(&cpu);
+        let all = xcr0 | xss;
+        let lacking = !all & !(1 << 63);
+        assert_ne!(lacking, 0, "{name}");
+        let mut bits = vec![lacking.trailing_zeros(), 63 - (lacking.leading_zeros())];
+        bits.extend((0..20).map(|_| {
+            let r = rng.next() & lacking;
+            if r == 0 {
+                lacking.trailing_zeros()
+            } else {
+                r.trailing_zeros()
+            }
+        }));
+        for b in bits {
+            let bad = 1u64 << b;
+            assert_eq!(bad & all, 0);
+            let m = XFeatures::from_bits_retain(all | bad);
+            assert_eq!(
+                Layout::compacted(&e, m),
+                Err(LayoutError::Unsupported { mask: bad }),
+                "{name}: compacted with bit {b}"
+            );
+            let m = XFeatures::from_bits_retain(xcr0 | bad);
+            assert_eq!(
+                Layout::standard(&e, m),
+                Err(LayoutError::Unsupported { mask: bad }),
+                "{name}: standard with bit {b}"
+            );
+        }
+        if xss != 0 {
+            assert_eq!(
+                Layout::standard(&e, XFeatures::from_bits_retain(xcr0 | xss)),
+                Err(LayoutError::SupervisorInStandard { mask: xss }),
+                "{name}"
+            );
+        }
+    }
+}
+
+/// The `cpuid` tool (Debian package `cpuid`) reads this CPU independently of the
+/// `x86` crate; its `-r -1` dump must enumerate exactly as [`LiveCpuid`] does.
+#[test]
+fn cpuid_tool() {
+    let out = match Command::new("cpuid").args(["-r", "-1"]).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIP cpuid_tool: cpuid binary not installed");
+            return;
+        }
+        Err(e) => panic!("running cpuid -r -1: {e}"),
+    };
+    assert!(out.status.success(), "cpuid -r -1: {:?}", out.status);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let tool = RecordedCpuid::parse(&text).unwrap_or_else(|e| panic!("cpuid -r -1 output: {e}"));
+    let from_tool = Enumeration::from_cpuid(&tool).unwrap();
+    let live = Enumeration::from_cpuid(&LiveCpuid).unwrap();
+    assert_eq!(from_tool, live);
+    for i in 0..64 {
+        assert_eq!(tool.cpuid(0xd, i), LiveCpuid.cpuid(0xd, i), "subleaf {i}");
+    }
+    println!(
+        "cpuid -r -1: xcr0 {:#x} xss {:#x} std {} compacted {}, same as LiveCpuid",
+        from_tool.xcr0_supported().bits(),
+        from_tool.xss_supported().bits(),
+        from_tool.standard_max_size(),
+        from_tool.compacted_max_size()
+    );
+}
+
+/// This build host's own dump is in `layouts/` (so every test above covers it), and
+/// when run on that host it matches the live CPU.
+#[test]
+fn this_build_host_is_recorded() {
+    let path = layouts_dir().join(THIS_HOST);
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; record it with `cargo run --example xstate-report -- --record`",
+            path.display()
+        )
+    });
+    assert!(
+        text.contains("xstate-report -- --record"),
+        "{THIS_HOST} was not recorded by xstate-report --record"
+    );
+    let cpu = RecordedCpuid::parse(&text).unwrap();
+    let recorded = Enumeration::from_cpuid(&cpu).unwrap();
+    // Same signature (leaf 1 EAX), hypervisor bit (leaf 1 ECX[31]) and leaf 7.0
+    // feature flags: this is that host, so its leaf 0xD must still be the recorded one.
+    let (rec1, live1) = (cpu.cpuid(1, 0), LiveCpuid.cpuid(1, 0));
+    let same_host = rec1.eax == live1.eax
+        && rec1.ecx >> 31 == live1.ecx >> 31
+        && cpu.cpuid(7, 0) == LiveCpuid.cpuid(7, 0);
+    if !same_host {
+        eprintln!("SKIP this_build_host_is_recorded (live part): running on another CPU");
+        return;
+    }
+    let live = Enumeration::from_cpuid(&LiveCpuid).unwrap();
+    assert_eq!(
+        recorded, live,
+        "{THIS_HOST} no longer matches this host: re-record it with xstate-report --record"
+    );
+    println!(
+        "{THIS_HOST}: matches the live CPU (xcr0 {:#x}, xss {:#x}, std {}, compacted {})",
+        recorded.xcr0_supported().bits(),
+        recorded.xss_supported().bits(),
+        recorded.standard_max_size(),
+        recorded.compacted_max_size()
+    );
 }
