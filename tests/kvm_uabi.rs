@@ -1,0 +1,828 @@
+//! `xstate::uabi` against Linux's own code, reached through KVM.
+//!
+//! `KVM_SET_XSAVE` runs Linux's `fpu_copy_uabi_to_guest_fpstate`: XSTATE_BV
+//! within KVM's supported XCR0, then `copy_uabi_to_xstate` with
+//! `validate_user_xstate_header` (XSTATE_BV within the guest fpstate's
+//! `user_xfeatures`, which KVM sets from the vCPU's CPUID as guest-supported XCR0
+//! | x87 | SSE; XCOMP_BV zero; header bytes 16..64 zero) and the MXCSR check
+//! (reserved bits clear whenever x87, SSE or AVX is in XSTATE_BV). Nothing is
+//! written before every check passed. `KVM_GET_XSAVE2` runs
+//! `__copy_xstate_to_uabi_buf` in its XSAVE mode. Our side is a guest fpstate of
+//! the live CPU with [`import`] and [`export`].
+//!
+//! The tests:
+//! - (a) byte-exact round trips of random valid register states;
+//! - (b) accept/reject verdicts on mutated buffers, state untouched on reject,
+//!   KVM's state equal to our export after every ioctl;
+//! - (c) every accepted buffer restored with a real XRSTOR in a forked child;
+//! - (d) export into canary-filled buffers writes exactly what it must (no KVM).
+//!
+//! Without `/dev/kvm`, (a)-(c) print `SKIP kvm_uabi: /dev/kvm: <err>` on stderr.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Xsave, kvm_xcrs};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use xstate::XFeatures;
+use xstate::config::{Configs, Policy};
+use xstate::cpuid::LiveCpuid;
+use xstate::enumerate::Enumeration;
+use xstate::fpstate::{BoxedArea, Fpstate, Mode, Owner};
+use xstate::insn::{Fault, Insn, XsaveUnit};
+use xstate::layout::Layout;
+use xstate::uabi::{export, import};
+
+/// `struct kvm_xsave` without its flexible tail.
+const REGION: usize = 4096;
+/// The user features this test drives (x87, SSE, AVX, AVX-512).
+const USER: u64 = 0xe7;
+const MXCSR: usize = 24;
+const MXCSR_MASK: usize = 28;
+const XSTATE_BV: usize = 512;
+const XCOMP_BV: usize = 520;
+/// Bits of XSTATE_BV that make MXCSR live in Linux's import (x87, SSE, AVX).
+const MXCSR_USERS: u64 = 0b111;
+
+fn get_u32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn get_u64(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+fn put_u32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut [u8], o: usize, v: u64) {
+    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// xorshift64*: deterministic, seedable, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn fill(&mut self, b: &mut [u8]) {
+        for c in b.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// What FXSAVE reports as MXCSR_MASK on this CPU: the value Linux's
+/// `mxcsr_feature_mask` holds (AMD CPUs add bit 17, MM, to Intel's 0xffff).
+fn hw_mxcsr_mask() -> u32 {
+    #[repr(C, align(16))]
+    struct Fx([u8; 512]);
+    let mut fx = Fx([0; 512]);
+    // SAFETY: FXSAVE writes exactly 512 bytes to a 16-byte aligned address; `fx`
+    // is 512 bytes, 16-byte aligned, and every x86-64 CPU has FXSR.
+    unsafe { core::arch::x86_64::_fxsave64(fx.0.as_mut_ptr()) };
+    match get_u32(&fx.0, MXCSR_MASK) {
+        0 => 0xffbf, // the SDM's rule for CPUs that write no mask
+        m => m,
+    }
+}
+
+/// Our side: the live CPU's configs (with the CPU's MXCSR mask) and a guest fpstate.
+struct Ours {
+    e: Enumeration,
+    cfg: Configs,
+    fp: Fpstate<BoxedArea>,
+}
+
+impl Ours {
+    fn new() -> Self {
+        let e = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
+        let mut cfg = Configs::new(&e, &Policy::linux(&e)).expect("linux configs");
+        cfg.mxcsr_mask = hw_mxcsr_mask();
+        let fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).expect("guest fpstate");
+        Self { e, cfg, fp }
+    }
+    fn user(&self) -> u64 {
+        self.fp.info().user_features.bits()
+    }
+    fn std_size(&self) -> usize {
+        self.fp.info().user_size as usize
+    }
+    fn export(&self, out: &mut [u8]) -> usize {
+        let user = self.fp.info().user_features;
+        export(&self.e, &self.cfg, &self.fp, user, out).expect("export")
+    }
+}
+
+/// A vCPU whose CPUID is KVM's supported table and whose XCR0 is `USER`.
+struct Vcpu {
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpu: VcpuFd,
+    xs: Xsave,
+    /// KVM_CAP_XSAVE2: bytes KVM reads and writes.
+    size: usize,
+    /// Guest-supported XCR0 from the CPUID table we installed.
+    guest_xcr0: u64,
+}
+
+impl Vcpu {
+    fn open() -> Option<Self> {
+        let kvm = match Kvm::new() {
+            Ok(k) => k,
+            Err(err) => {
+                eprintln!("\n******** SKIP kvm_uabi: /dev/kvm: {err} ********\n");
+                return None;
+            }
+        };
+        let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+        let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .expect("KVM_GET_SUPPORTED_CPUID");
+        let d0 = cpuid
+            .as_slice()
+            .iter()
+            .find(|x| x.function == 0xd && x.index == 0)
+            .copied()
+            .unwrap_or_default();
+        let guest_xcr0 = u64::from(d0.edx) << 32 | u64::from(d0.eax);
+        // KVM derives the guest fpstate's user_xfeatures from this table
+        // (kvm_vcpu_after_set_cpuid): without it only x87/SSE are importable.
+        vcpu.set_cpuid2(&cpuid).expect("KVM_SET_CPUID2");
+        let mut x = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        x.xcrs[0].xcr = 0;
+        x.xcrs[0].value = guest_xcr0 & USER;
+        vcpu.set_xcrs(&x).expect("KVM_SET_XCRS");
+        let cap = vm.check_extension_int(Cap::Xsave2);
+        let size = if cap > 0 { cap as usize } else { REGION };
+        assert!(size >= REGION, "KVM_CAP_XSAVE2 = {size}");
+        let xs = Xsave::new((size - REGION).div_ceil(4)).expect("Xsave");
+        Some(Self {
+            _kvm: kvm,
+            _vm: vm,
+            vcpu,
+            xs,
+            size,
+            guest_xcr0,
+        })
+    }
+
+    /// KVM_SET_XSAVE with `buf` (`self.size` bytes); the errno on refusal.
+    fn set(&mut self, buf: &[u8]) -> Result<(), i32> {
+        assert_eq!(buf.len(), self.size);
+        // SAFETY: only the region and the tail slice are written; `len` is untouched.
+        let x = unsafe { self.xs.as_mut_fam_struct() };
+        for (w, c) in x.xsave.region.iter_mut().zip(buf.chunks_exact(4)) {
+            *w = u32::from_le_bytes(c.try_into().unwrap());
+        }
+        for (w, c) in self
+            .xs
+            .as_mut_slice()
+            .iter_mut()
+            .zip(buf[REGION..].chunks_exact(4))
+        {
+            *w = u32::from_le_bytes(c.try_into().unwrap());
+        }
+        // SAFETY: `xs` was allocated for KVM_CAP_XSAVE2 bytes, all KVM_SET_XSAVE
+        // reads on this kernel.
+        unsafe { self.vcpu.set_xsave2(&self.xs) }.map_err(|e| e.errno())
+    }
+
+    /// KVM_GET_XSAVE2 into `out` (`self.size` bytes).
+    fn get(&mut self, out: &mut [u8]) {
+        assert_eq!(out.len(), self.size);
+        // SAFETY: `xs` was allocated for KVM_CAP_XSAVE2 bytes, all KVM_GET_XSAVE2
+        // writes.
+        unsafe { self.vcpu.get_xsave2(&mut self.xs) }.expect("KVM_GET_XSAVE2");
+        let x = self.xs.as_fam_struct_ref();
+        for (w, c) in x.xsave.region.iter().zip(out.chunks_exact_mut(4)) {
+            c.copy_from_slice(&w.to_le_bytes());
+        }
+        for (w, c) in self
+            .xs
+            .as_slice()
+            .iter()
+            .zip(out[REGION..].chunks_exact_mut(4))
+        {
+            c.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+}
+
+/// Open KVM and our side, and check they model the same guest; `None` = skip.
+fn setup() -> Option<(Vcpu, Ours)> {
+    let v = Vcpu::open()?;
+    let ours = Ours::new();
+    let xcr0 = xstate::insn::read_xcr0().expect("OSXSAVE").bits();
+    // KVM's user_xfeatures: guest-supported XCR0 | x87 | SSE (kvm_vcpu_after_set_cpuid).
+    let kvm_user = v.guest_xcr0 | 0b11;
+    if kvm_user != ours.user() || ours.user() != USER || xcr0 & USER != USER {
+        eprintln!(
+            "\n******** SKIP kvm_uabi: guest XCR0 {:#x}, host XCR0 {xcr0:#x}, our guest user features {:#x}: \
+             this test drives exactly {USER:#x} ********\n",
+            v.guest_xcr0,
+            ours.user()
+        );
+        return None;
+    }
+    Some((v, ours))
+}
+
+/// What Linux's export adds to ours, known from outside our code.
+struct Linux {
+    /// `mxcsr_feature_mask`, what init_fpstate's MXCSR_MASK holds (FXSAVE).
+    hw_mask: u32,
+    /// `xstate_fx_sw_bytes[0]`: Linux stores its user XCR0 there for ptrace and
+    /// core dumps (`update_regset_xstate_info`); the other five words are zero.
+    sw_xcr0: u64,
+}
+
+impl Linux {
+    fn new() -> Self {
+        let xcr0 = xstate::insn::read_xcr0().expect("OSXSAVE").bits();
+        Self {
+            hw_mask: hw_mxcsr_mask(),
+            // XCR0 holds only user bits; Linux's fpu_user_cfg.max_features is all of it.
+            sw_xcr0: xcr0,
+        }
+    }
+}
+
+/// KVM's `GET_XSAVE2` (`kvm`) against our export (`ours`, same length, zero past
+/// the standard size) with the differences Linux's `__copy_xstate_to_uabi_buf`
+/// makes on purpose, each checked exactly rather than skipped:
+///
+/// - bytes 28..32 (MXCSR_MASK): Linux copies MXCSR and MXCSR_MASK as one 8-byte
+///   unit, from the fpstate when SSE or AVX is in XSTATE_BV (so whatever the last
+///   import wrote there: `kvm_mask`) and from init_fpstate otherwise (the CPU's
+///   mask). Ours always writes the configured CPU mask: the only MXCSR_MASK
+///   FXSAVE/XSAVE can produce, and no user byte echoed back.
+/// - bytes 464..512 (`sw_reserved`): Linux writes `xstate_fx_sw_bytes` (user
+///   XCR0, then zeros); ours writes zeros, like the rest of the legacy padding.
+/// - KVM zeroes everything from the standard size to the end of its buffer.
+fn compare(l: &Linux, kvm: &[u8], ours: &[u8], size: usize, kvm_mask: u32) -> Result<(), String> {
+    if get_u32(ours, MXCSR_MASK) != l.hw_mask {
+        return Err(format!(
+            "our MXCSR_MASK {:#x}, CPU {:#x}",
+            get_u32(ours, MXCSR_MASK),
+            l.hw_mask
+        ));
+    }
+    if get_u32(kvm, MXCSR_MASK) != kvm_mask {
+        return Err(format!(
+            "KVM MXCSR_MASK {:#x}, model {kvm_mask:#x}",
+            get_u32(kvm, MXCSR_MASK)
+        ));
+    }
+    if ours[464..512].iter().any(|&b| b != 0) {
+        return Err("our bytes 464..512 are not zero".into());
+    }
+    if get_u64(kvm, 464) != l.sw_xcr0 || kvm[472..512].iter().any(|&b| b != 0) {
+        return Err(format!(
+            "KVM sw_reserved {:02x?}, model XCR0 {:#x} then zeros",
+            &kvm[464..512],
+            l.sw_xcr0
+        ));
+    }
+    if let Some(i) = kvm[size..].iter().position(|&b| b != 0) {
+        return Err(format!(
+            "KVM byte {} past the standard size is not zero",
+            size + i
+        ));
+    }
+    let skip = |i: usize| (MXCSR_MASK..MXCSR_MASK + 4).contains(&i) || (464..512).contains(&i);
+    if let Some(i) = (0..size).find(|&i| !skip(i) && kvm[i] != ours[i]) {
+        let end = (i + 16).min(size);
+        return Err(format!(
+            "first difference at byte {i}: KVM {:02x?} ours {:02x?}",
+            &kvm[i..end],
+            &ours[i..end]
+        ));
+    }
+    Ok(())
+}
+
+/// A random valid user buffer: every byte random (legacy leftovers, padding,
+/// software bytes, components, past the end), then XSTATE_BV ⊆ `USER`,
+/// XCOMP_BV and the reserved header zero, MXCSR within the CPU's mask.
+fn valid_buffer(rng: &mut Rng, len: usize, hw_mask: u32) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    rng.fill(&mut b);
+    put_u64(&mut b, XSTATE_BV, rng.next() & USER);
+    b[XCOMP_BV..576].fill(0);
+    put_u32(&mut b, MXCSR, rng.next() as u32 & hw_mask);
+    b
+}
+
+/// The MXCSR_MASK a KVM export shows after accepting `buf` (see [`compare`]).
+fn kvm_mask_after(buf: &[u8], hw_mask: u32) -> u32 {
+    if get_u64(buf, XSTATE_BV) & 0b110 != 0 {
+        get_u32(buf, MXCSR_MASK)
+    } else {
+        hw_mask
+    }
+}
+
+/// A 64-byte aligned XSAVE image for XRSTOR.
+#[repr(C, align(64))]
+#[derive(Clone)]
+struct Aligned([u8; REGION]);
+
+impl Aligned {
+    fn from(b: &[u8]) -> Self {
+        let mut a = Self([0; REGION]);
+        a.0.copy_from_slice(&b[..REGION]);
+        a
+    }
+}
+
+/// Whether XRSTOR with RFBM ⊇ SSE can take `buf` as is. The SDM loads MXCSR from
+/// the area whenever RFBM[1] or RFBM[2] is set, whatever XSTATE_BV says, and
+/// #GPs on reserved bits; Linux (and we) check MXCSR only when x87, SSE or AVX
+/// is in XSTATE_BV, because the kernel never restores the user buffer itself:
+/// its own copy keeps the previous, valid MXCSR. Such buffers are restored
+/// through our export (what the kernel copy holds) instead.
+fn raw_restorable(buf: &[u8], hw_mask: u32) -> bool {
+    get_u32(buf, MXCSR) & !hw_mask == 0
+}
+
+/// Restore every image with a real XRSTOR (RFBM `USER`) in a forked child,
+/// each followed by a restore of the init state. Returns how many were restored;
+/// a #GP (SIGSEGV) or any other death names the image.
+fn xrstor_in_child(images: &[Aligned]) -> Result<usize, String> {
+    if images.is_empty() {
+        return Ok(0);
+    }
+    let mut clean = Aligned([0; REGION]);
+    put_u32(&mut clean.0, 0, 0x037f); // FCW after FNINIT
+    put_u32(&mut clean.0, MXCSR, 0x1f80);
+    // SAFETY: an anonymous shared mapping of one page; arguments are valid.
+    let page = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "mmap");
+    // SAFETY: `page` is a fresh, page-aligned, zeroed, writable mapping that
+    // outlives every use below (unmapped at the end), shared with the child.
+    let progress = unsafe { AtomicU64::from_ptr(page.cast::<u64>()) };
+    // SAFETY: the child only executes XRSTOR on memory it already owns, atomic
+    // stores and `_exit`: no allocation, no locks another thread could hold.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        child_restores(images, &clean, progress);
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is a valid out pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid");
+    let at = progress.load(Ordering::SeqCst) as usize;
+    // SAFETY: `page` is the 4096-byte mapping made above, no longer used.
+    unsafe { libc::munmap(page, 4096) };
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        return Ok(images.len());
+    }
+    let img = &images[at.min(images.len() - 1)].0;
+    Err(format!(
+        "child status {status:#x} (signal {}) at image {at}: XSTATE_BV {:#x} XCOMP_BV {:#x} MXCSR {:#x} header {:02x?}",
+        if libc::WIFSIGNALED(status) {
+            libc::WTERMSIG(status)
+        } else {
+            0
+        },
+        get_u64(img, XSTATE_BV),
+        get_u64(img, XCOMP_BV),
+        get_u32(img, MXCSR),
+        &img[512..576]
+    ))
+}
+
+#[inline(never)]
+fn child_restores(images: &[Aligned], clean: &Aligned, progress: &AtomicU64) -> ! {
+    let rfbm = XFeatures::from_bits_retain(USER);
+    for (i, img) in images.iter().enumerate() {
+        progress.store(i as u64, Ordering::SeqCst);
+        // SAFETY: OSXSAVE is set (XCR0 was read), `img` is 64-byte aligned and
+        // 4096 bytes (more than the standard size of `USER`), and the loop holds
+        // no vector values: a bad header is exactly what this test looks for.
+        unsafe { xstate::insn::xrstor(img.0.as_ptr(), rfbm) };
+        // SAFETY: as above; `clean` is the init state with the default MXCSR,
+        // so no pending x87 or SSE exception survives into the next iteration.
+        unsafe { xstate::insn::xrstor(clean.0.as_ptr(), rfbm) };
+    }
+    // SAFETY: `_exit` ends the forked child without running the parent's atexit
+    // handlers or touching its stdio buffers.
+    unsafe { libc::_exit(0) }
+}
+
+/// Images waiting for (c), restored in batches so memory stays bounded.
+struct Restorer {
+    batch: Vec<Aligned>,
+    restored: usize,
+    raw: usize,
+    via_export: usize,
+}
+
+impl Restorer {
+    fn new() -> Self {
+        Self {
+            batch: Vec::new(),
+            restored: 0,
+            raw: 0,
+            via_export: 0,
+        }
+    }
+    /// An accepted buffer and our export of the state it produced.
+    fn push(&mut self, accepted: &[u8], exported: &[u8], hw_mask: u32) {
+        if raw_restorable(accepted, hw_mask) {
+            self.batch.push(Aligned::from(accepted));
+            self.raw += 1;
+        } else {
+            self.via_export += 1;
+        }
+        self.batch.push(Aligned::from(exported));
+        if self.batch.len() >= 4096 {
+            self.flush();
+        }
+    }
+    fn flush(&mut self) {
+        match xrstor_in_child(&self.batch) {
+            Ok(n) => self.restored += n,
+            Err(e) => panic!("XRSTOR faulted on an accepted buffer: {e}"),
+        }
+        self.batch.clear();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (a) byte-exact round trips
+// ---------------------------------------------------------------------------
+
+#[test]
+fn requires_kvm_roundtrip_is_byte_exact() {
+    let Some((mut v, mut ours)) = setup() else {
+        return;
+    };
+    let l = Linux::new();
+    let size = ours.std_size();
+    let mut kvm = vec![0u8; v.size];
+    let mut mine = vec![0u8; v.size];
+    let mut restorer = Restorer::new();
+
+    // The fresh vCPU against the fresh fpstate.
+    v.get(&mut kvm);
+    ours.export(&mut mine);
+    compare(&l, &kvm, &mine, size, l.hw_mask).unwrap_or_else(|e| panic!("fresh state: {e}"));
+
+    let mut rng = Rng(0x6b76_6d5f_7561_6269);
+    let n = 2000;
+    for i in 0..n {
+        let buf = valid_buffer(&mut rng, v.size, l.hw_mask);
+        let hdr = get_u64(&buf, XSTATE_BV);
+        v.set(&buf).unwrap_or_else(|e| {
+            panic!("#{i}: KVM refused a valid buffer (errno {e}), XSTATE_BV {hdr:#x}")
+        });
+        let got = import(&ours.e, &ours.cfg, &mut ours.fp, &buf)
+            .unwrap_or_else(|e| panic!("#{i}: import refused a valid buffer: {e}"));
+        assert_eq!(got.bits(), hdr);
+        v.get(&mut kvm);
+        mine.fill(0);
+        assert_eq!(ours.export(&mut mine), size);
+        compare(&l, &kvm, &mine, size, kvm_mask_after(&buf, l.hw_mask))
+            .unwrap_or_else(|e| panic!("#{i}: XSTATE_BV {hdr:#x}: {e}"));
+        restorer.push(&buf, &mine, l.hw_mask);
+    }
+    restorer.flush();
+    println!(
+        "kvm round trip: {n} random valid states byte-exact over {size} bytes \
+         (MXCSR_MASK and sw_reserved modelled, see compare())"
+    );
+    println!(
+        "xrstor: {} images restored, 0 faults ({} accepted buffers as is, {} only through our export: dead MXCSR)",
+        restorer.restored, restorer.raw, restorer.via_export
+    );
+}
+
+// ---------------------------------------------------------------------------
+// (b) verdicts on mutated buffers
+// ---------------------------------------------------------------------------
+
+/// Apply one to three random mutations of the kinds Linux's checks look at.
+fn mutate(rng: &mut Rng, b: &mut [u8]) {
+    for _ in 0..=rng.below(3) {
+        match rng.below(10) {
+            // A bit of XSTATE_BV, mostly among the known components.
+            0 => {
+                let bit = if rng.below(4) == 0 {
+                    rng.below(64)
+                } else {
+                    rng.below(20)
+                };
+                b[XSTATE_BV + (bit / 8) as usize] ^= 1 << (bit % 8);
+            }
+            // Supervisor, unsupported or dynamic components, or bit 63.
+            1 => {
+                const BITS: [u64; 14] = [3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 63];
+                let bit = BITS[rng.below(BITS.len() as u64) as usize];
+                put_u64(b, XSTATE_BV, get_u64(b, XSTATE_BV) | 1 << bit);
+            }
+            // XCOMP_BV: any bit, bit 63 (compacted) most often.
+            2 => {
+                let bit = if rng.below(2) == 0 { 63 } else { rng.below(64) };
+                b[XCOMP_BV + (bit / 8) as usize] ^= 1 << (bit % 8);
+            }
+            // Header reserved bytes 16..64.
+            3 => {
+                let bit = rng.below(48 * 8) as usize;
+                b[528 + bit / 8] ^= 1 << (bit % 8);
+            }
+            // MXCSR: one bit, or a random value.
+            4 => {
+                let v = if rng.below(2) == 0 {
+                    get_u32(b, MXCSR) ^ 1 << rng.below(32)
+                } else {
+                    rng.next() as u32
+                };
+                put_u32(b, MXCSR, v);
+            }
+            // MXCSR dead: no x87, SSE or AVX in XSTATE_BV.
+            5 => put_u64(b, XSTATE_BV, get_u64(b, XSTATE_BV) & !MXCSR_USERS),
+            // MXCSR_MASK, which Linux stores but never checks.
+            6 => put_u32(b, MXCSR_MASK, rng.next() as u32),
+            // Any bit in the header.
+            7 => {
+                let bit = rng.below(64 * 8) as usize;
+                b[XSTATE_BV + bit / 8] ^= 1 << (bit % 8);
+            }
+            // Any bit anywhere.
+            _ => {
+                let bit = rng.below(b.len() as u64 * 8) as usize;
+                b[bit / 8] ^= 1 << (bit % 8);
+            }
+        }
+    }
+}
+
+#[test]
+fn requires_kvm_verdicts_agree() {
+    let Some((mut v, mut ours)) = setup() else {
+        return;
+    };
+    let l = Linux::new();
+    let size = ours.std_size();
+    let mut kvm = vec![0u8; v.size];
+    let mut mine = vec![0u8; v.size];
+    let mut restorer = Restorer::new();
+    let mut rng = Rng(0x7665_7264_6963_7473);
+    let mut kvm_mask = l.hw_mask;
+    let (mut agree, mut disagree, mut accepted) = (0usize, 0usize, 0usize);
+    let mut shown = Vec::new();
+    let n = 100_000;
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        let mut buf = valid_buffer(&mut rng, v.size, l.hw_mask);
+        mutate(&mut rng, &mut buf);
+        let before = ours.fp.area().to_vec();
+        let k = v.set(&buf);
+        let o = import(&ours.e, &ours.cfg, &mut ours.fp, &buf);
+        if k.is_ok() == o.is_ok() {
+            agree += 1;
+        } else {
+            disagree += 1;
+            if shown.len() < 8 {
+                shown.push(format!(
+                    "#{i}: KVM {k:?}, ours {o:?}: XSTATE_BV {:#x} XCOMP_BV {:#x} MXCSR {:#x} header {:02x?}",
+                    get_u64(&buf, XSTATE_BV),
+                    get_u64(&buf, XCOMP_BV),
+                    get_u32(&buf, MXCSR),
+                    &buf[512..576]
+                ));
+            }
+        }
+        match (k, o) {
+            (Ok(()), Ok(hdr)) => {
+                accepted += 1;
+                assert_eq!(hdr.bits(), get_u64(&buf, XSTATE_BV), "#{i}");
+                kvm_mask = kvm_mask_after(&buf, l.hw_mask);
+            }
+            (Err(errno), Err(e)) => {
+                assert_eq!(errno, e.errno(), "#{i}: errno for {e}");
+                assert!(
+                    ours.fp.area() == &before[..],
+                    "#{i}: refused import ({e}) changed the fpstate"
+                );
+            }
+            _ => {
+                // Put both sides back in one known state so the run goes on and
+                // counts every disagreement.
+                let sync = valid_buffer(&mut rng, v.size, l.hw_mask);
+                v.set(&sync).expect("KVM refused a valid buffer");
+                import(&ours.e, &ours.cfg, &mut ours.fp, &sync).expect("valid buffer");
+                kvm_mask = kvm_mask_after(&sync, l.hw_mask);
+                continue;
+            }
+        }
+        // After every ioctl, refused ones included: the two states are the same.
+        v.get(&mut kvm);
+        mine.fill(0);
+        ours.export(&mut mine);
+        compare(&l, &kvm, &mine, size, kvm_mask).unwrap_or_else(|e| {
+            panic!(
+                "#{i} ({}): states differ: {e}",
+                if k.is_ok() { "accepted" } else { "refused" }
+            )
+        });
+        if k.is_ok() {
+            restorer.push(&buf, &mine, l.hw_mask);
+        }
+    }
+    restorer.flush();
+    println!(
+        "kvm conformance: {n} buffers, {agree} agree, {disagree} disagree \
+         ({accepted} accepted by both, {:.1} s)",
+        start.elapsed().as_secs_f64()
+    );
+    println!(
+        "xrstor: {} images restored, 0 faults ({} accepted buffers as is, {} only through our export: dead MXCSR)",
+        restorer.restored, restorer.raw, restorer.via_export
+    );
+    for s in &shown {
+        eprintln!("disagreement {s}");
+    }
+    assert_eq!(disagree, 0, "KVM and import disagree");
+    assert!(
+        accepted > n / 20,
+        "too few accepted buffers ({accepted}) to mean much"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// (d) export into canary-filled buffers (no KVM needed)
+// ---------------------------------------------------------------------------
+
+/// An [`XsaveUnit`] that "saves" a fixed pattern into the guest-only CET_S
+/// component and marks it in XSTATE_BV: supervisor state a user-mode test can
+/// otherwise not put into an fpstate.
+struct Painter {
+    range: core::ops::Range<usize>,
+    pattern: Vec<u8>,
+}
+
+impl XsaveUnit for Painter {
+    fn save(&mut self, _: Insn, area: &mut [u8], _: XFeatures) -> Result<(), Fault> {
+        area[self.range.clone()].copy_from_slice(&self.pattern);
+        let bv = get_u64(area, XSTATE_BV) | XFeatures::CET_S.bits();
+        put_u64(area, XSTATE_BV, bv);
+        Ok(())
+    }
+    fn restore(&mut self, _: Insn, _: &[u8], _: XFeatures) -> Result<(), Fault> {
+        Err(Fault::Ud)
+    }
+}
+
+#[test]
+fn export_writes_every_byte_of_its_range_and_nothing_else() {
+    let mut ours = Ours::new();
+    let hw_mask = ours.cfg.mxcsr_mask;
+    let features = ours.fp.info().features;
+    let mut pattern = vec![0u8; 0];
+    if features.contains(XFeatures::CET_S) {
+        let range = Layout::compacted(&ours.e, features)
+            .unwrap()
+            .range_of(12)
+            .unwrap();
+        pattern = (0..range.len()).map(|i| 0xc0 ^ (i as u8 * 7)).collect();
+        let mut p = Painter {
+            range,
+            pattern: pattern.clone(),
+        };
+        ours.fp.save(&mut p, &ours.cfg, Mode::Supervisor).unwrap();
+    } else {
+        eprintln!(
+            "SKIP kvm_uabi canary: no CET_S in the guest fpstate, supervisor-leak check not run"
+        );
+    }
+    let user = ours.user();
+    let mut rng = Rng(0x6361_6e61_7279);
+    let n = 2000;
+    for i in 0..n {
+        let buf = valid_buffer(&mut rng, REGION, hw_mask);
+        let hdr = import(&ours.e, &ours.cfg, &mut ours.fp, &buf)
+            .unwrap()
+            .bits();
+        let mask = if rng.below(4) == 0 { rng.next() } else { user };
+        let out_features = mask & user;
+        let live = hdr & out_features;
+        let size = ours
+            .e
+            .standard_size(XFeatures::from_bits_retain(out_features)) as usize;
+        let run = |fill: u8| {
+            let mut out = vec![fill; size + 512];
+            let n = export(
+                &ours.e,
+                &ours.cfg,
+                &ours.fp,
+                XFeatures::from_bits_retain(mask),
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(n, size, "#{i}: export size");
+            out
+        };
+        let a = run(0xa5);
+        let b = run(0x5a);
+        // Every byte in range is written (it does not depend on the old contents),
+        // none past it is.
+        if let Some(j) = (0..size).find(|&j| a[j] != b[j]) {
+            panic!("#{i}: byte {j} of {size} keeps the canary ({:#x})", a[j]);
+        }
+        assert!(
+            a[size..].iter().all(|&x| x == 0xa5),
+            "#{i}: wrote past {size}"
+        );
+        assert!(
+            b[size..].iter().all(|&x| x == 0x5a),
+            "#{i}: wrote past {size}"
+        );
+        // Legacy region: state where live, init values elsewhere, zero padding.
+        if live & 1 != 0 {
+            assert_eq!(a[..24], buf[..24], "#{i}: x87 control state");
+            assert_eq!(a[32..160], buf[32..160], "#{i}: x87 registers");
+        } else {
+            assert_eq!(get_u32(&a, 0), 0x037f, "#{i}: init FCW/FSW");
+            assert!(a[4..24].iter().all(|&x| x == 0), "#{i}: init x87");
+            assert!(a[32..160].iter().all(|&x| x == 0), "#{i}: init ST");
+        }
+        let want_mxcsr = if live & 0b110 != 0 {
+            get_u32(&buf, MXCSR)
+        } else {
+            0x1f80
+        };
+        assert_eq!(get_u32(&a, MXCSR), want_mxcsr, "#{i}: MXCSR");
+        assert_eq!(get_u32(&a, MXCSR_MASK), hw_mask, "#{i}: MXCSR_MASK");
+        if live & 2 != 0 {
+            assert_eq!(a[160..416], buf[160..416], "#{i}: XMM");
+        } else {
+            assert!(a[160..416].iter().all(|&x| x == 0), "#{i}: init XMM");
+        }
+        assert!(a[416..512].iter().all(|&x| x == 0), "#{i}: legacy padding");
+        assert_eq!(get_u64(&a, XSTATE_BV), live, "#{i}: XSTATE_BV");
+        assert!(a[520..576].iter().all(|&x| x == 0), "#{i}: header rest");
+        // Extended region: live components equal the imported bytes; every other
+        // byte (init components, components outside the mask, gaps) is zero.
+        let mut owned = vec![false; size];
+        for c in (2..64).filter(|c| live & 1 << c != 0) {
+            // Offsets and sizes straight from CPUID, not from our enumeration.
+            let r = core::arch::x86_64::__cpuid_count(0xd, c);
+            let (o, s) = (r.ebx as usize, r.eax as usize);
+            assert_eq!(a[o..o + s], buf[o..o + s], "#{i}: component {c}");
+            owned[o..o + s].fill(true);
+        }
+        if let Some(j) = (576..size).find(|&j| !owned[j] && a[j] != 0) {
+            panic!("#{i}: byte {j} is neither live state nor zero (XSTATE_BV {live:#x})");
+        }
+        // The guest-only supervisor state never leaves, and survives imports.
+        if !pattern.is_empty() {
+            assert!(
+                !a.windows(pattern.len()).any(|w| w == &pattern[..]),
+                "#{i}: CET_S bytes leaked into the export"
+            );
+            let r = Layout::compacted(&ours.e, features)
+                .unwrap()
+                .range_of(12)
+                .unwrap();
+            assert_eq!(
+                ours.fp.area()[r],
+                pattern[..],
+                "#{i}: CET_S bytes after import"
+            );
+            assert!(
+                ours.fp.xstate_bv().contains(XFeatures::CET_S),
+                "#{i}: XSTATE_BV[12]"
+            );
+        }
+    }
+    println!(
+        "canary: {n} exports (random masks) write every byte below the size, none past it, \
+         zeros outside live state{}",
+        if pattern.is_empty() {
+            ""
+        } else {
+            ", CET_S never exported and kept by import"
+        }
+    );
+}
