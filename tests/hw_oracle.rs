@@ -20,12 +20,22 @@
 
 use std::arch::asm;
 use std::ops::Range;
+use std::sync::Once;
 
 use xstate::XFeatures;
 use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::insn::{read_xcr0, xrstor, xsave, xsavec};
 use xstate::layout::{Form, Layout};
+
+/// A line on the real stderr: `eprintln!` is captured by the test harness and
+/// shown only on failure, and SKIP lines and figures must be seen on success too.
+macro_rules! loud {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 /// Two canaries, each run once per mask: a header bit that the CPU writes as 1
 /// is only observed where the canary had it 0, and these two are complements.
@@ -272,10 +282,14 @@ fn loaded_byte(i: u32, k: usize) -> u8 {
     fixed_byte(i, k).unwrap_or_else(|| pattern(i, k))
 }
 
-fn request_amx_permission(xcr0: XFeatures) -> bool {
+/// Ask Linux for permission to use AMX TILEDATA (components 17 and 18 need it
+/// before first use, or the first XRSTOR of them is a SIGILL), if XCR0 has it.
+///
+/// # Errors
+/// Why AMX is not exercised, for the SKIP line.
+fn request_amx_permission(xcr0: XFeatures) -> Result<(), String> {
     if !xcr0.has_index(XTILE_DATA) {
-        eprintln!("\n*** SKIP hw_oracle: AMX TILECFG/TILEDATA (17, 18): not in XCR0 ***");
-        return false;
+        return Err("AMX TILECFG/TILEDATA (17, 18): not in XCR0".into());
     }
     // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, 18) only asks the kernel to permit
     // the component for this process; it touches no memory of ours.
@@ -288,12 +302,41 @@ fn request_amx_permission(xcr0: XFeatures) -> bool {
     };
     if r != 0 {
         let err = std::io::Error::last_os_error();
-        eprintln!(
-            "\n*** SKIP hw_oracle: AMX (17, 18): in XCR0 but ARCH_REQ_XCOMP_PERM failed: {err} ***"
-        );
-        return false;
+        return Err(format!(
+            "AMX (17, 18): in XCR0 but ARCH_REQ_XCOMP_PERM failed: {err}"
+        ));
     }
-    true
+    Ok(())
+}
+
+/// The SKIP lines for what XCR0 lacks or this test leaves alone, once per run.
+fn report_skips(xcr0: XFeatures, exercised: XFeatures, amx: &Result<(), String>) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(why) = amx {
+            loud!("*** SKIP hw_oracle: {why} ***");
+        }
+        if !xcr0.contains(XFeatures::PKRU) {
+            loud!("*** SKIP hw_oracle: PKRU (9): not in XCR0 ***");
+        }
+        for (name, bit) in [("MPX BNDREGS", 3), ("MPX BNDCSR", 4)] {
+            if xcr0.has_index(bit) {
+                loud!(
+                    "*** SKIP hw_oracle: {name} ({bit}): in XCR0 but not exercised (bound registers change bounds checking) ***"
+                );
+            } else {
+                loud!("*** SKIP hw_oracle: {name} ({bit}): not in XCR0 ***");
+            }
+        }
+        for i in (xcr0 - exercised - XFeatures::XTILE)
+            .indices()
+            .filter(|&i| i != 3 && i != 4)
+        {
+            loud!(
+                "*** SKIP hw_oracle: component {i}: in XCR0 but this test has no pattern for it ***"
+            );
+        }
+    });
 }
 
 impl Live {
@@ -318,29 +361,11 @@ impl Live {
         .into_iter()
         .fold(0u64, |m, i| m | 1 << i);
         let mut exercised = xcr0 & XFeatures::from_bits_retain(known);
-        if !request_amx_permission(xcr0) {
+        let amx = request_amx_permission(xcr0);
+        if amx.is_err() {
             exercised -= XFeatures::XTILE;
         }
-        if !xcr0.contains(XFeatures::PKRU) {
-            eprintln!("*** SKIP hw_oracle: PKRU (9): not in XCR0 ***");
-        }
-        for (name, bit) in [("MPX BNDREGS", 3), ("MPX BNDCSR", 4)] {
-            if xcr0.has_index(bit) {
-                eprintln!(
-                    "*** SKIP hw_oracle: {name} ({bit}): in XCR0 but not exercised (bound registers change bounds checking) ***"
-                );
-            } else {
-                eprintln!("*** SKIP hw_oracle: {name} ({bit}): not in XCR0 ***");
-            }
-        }
-        for i in (xcr0 - exercised - XFeatures::XTILE)
-            .indices()
-            .filter(|&i| i != 3 && i != 4)
-        {
-            eprintln!(
-                "*** SKIP hw_oracle: component {i}: in XCR0 but this test has no pattern for it ***"
-            );
-        }
+        report_skips(xcr0, exercised, &amx);
 
         let mxcsr_mask = mxcsr_mask_of_cpu();
         // All exceptions masked (no fault whatever the flags), some flags set,
@@ -592,6 +617,23 @@ fn xsavec_and_xsave_put_every_component_where_layout_says() {
                 &exp,
                 canary,
             );
+            // SDM 13.7: XSAVE writes the XSTATE_BV bits in RFBM only and never
+            // XCOMP_BV (a standard area must already hold 0 there).
+            let word = u64::from_le_bytes([canary; 8]);
+            let xstate_bv = u64::from_le_bytes(got[512..520].try_into().unwrap());
+            let xcomp_bv = u64::from_le_bytes(got[520..528].try_into().unwrap());
+            assert_eq!(
+                xcomp_bv,
+                word,
+                "XSAVE rfbm {:#x} wrote XCOMP_BV",
+                rfbm.bits()
+            );
+            assert_eq!(xstate_bv & rfbm.bits(), rfbm.bits(), "XSTATE_BV in RFBM");
+            assert_eq!(
+                xstate_bv & !rfbm.bits(),
+                word & !rfbm.bits(),
+                "XSTATE_BV outside RFBM"
+            );
             if let Some(top) = rfbm
                 .indices()
                 .filter(|&i| i >= 2)
@@ -607,12 +649,31 @@ fn xsavec_and_xsave_put_every_component_where_layout_says() {
             }
             placements += rfbm.bits().count_ones() as usize;
         }
+        // As a standard-form user would: header zeroed first. XCOMP_BV stays 0 and
+        // XSTATE_BV is exactly RFBM (every component non-init).
+        let mut out = Area::new(size + TAIL, CANARIES[0]);
+        out.bytes_mut()[512..576].fill(0);
+        let mut harness = Area::new(harness_len, 0);
+        // SAFETY: as above.
+        unsafe { load_then_xsave(harness.ptr(), load, out.ptr(), full.bits(), rfbm.bits()) };
+        let got = out.bytes();
+        assert_eq!(
+            got[520..528],
+            [0; 8],
+            "XCOMP_BV after XSAVE into a zeroed header"
+        );
+        assert_eq!(
+            got[512..520],
+            rfbm.bits().to_le_bytes(),
+            "XSTATE_BV after XSAVE"
+        );
+        assert!(got[528..576].iter().all(|&b| b == 0), "header bytes 16..63");
         n_xsave += 1;
     }
 
     let n_sub = 1usize << full.bits().count_ones();
     assert_eq!((n_xsavec, n_xsave), (n_sub, n_sub));
-    eprintln!(
+    loud!(
         "hw oracle: XCR0 {:#x}, exercised {:#x}: {n_xsavec} XSAVEC masks, {n_xsave} XSAVE masks, \
          {placements} component placements checked ({} canaries each)",
         live.xcr0.bits(),
@@ -642,8 +703,8 @@ fn crate_wrappers_back_to_back_match_the_asm_block() {
         // SAFETY: the same contract.
         unsafe { wrappers_then_xsavec(h2.ptr(), load, b.ptr(), full.bits(), rfbm.bits()) };
         let (ga, gb) = (a.bytes(), b.bytes());
-        // The x87 error pointers record the last x87 instruction, which differs
-        // between the two code paths only if one ran x87 code; compare all bytes.
+        // Every byte, x87 error pointers and reserved bytes included: both paths
+        // load and save the same state.
         if ga != gb {
             let first = (0..ga.len()).find(|&i| ga[i] != gb[i]).unwrap();
             panic!(
@@ -653,5 +714,5 @@ fn crate_wrappers_back_to_back_match_the_asm_block() {
         }
         n += 1;
     }
-    eprintln!("hw oracle: crate wrappers agree with the asm block on {n} XSAVEC masks");
+    loud!("hw oracle: crate wrappers agree with the asm block on {n} XSAVEC masks");
 }
