@@ -278,7 +278,7 @@ pub const CATALOG: [FeatureInfo; 20] = [
         "MPX CSR",
         User,
         "CPUID.(EAX=07H,ECX=0):EBX.MPX[bit 14]",
-        Some(16),
+        Some(64),
         false,
         "Vol. 1 13.5.4"
     ),
@@ -429,7 +429,7 @@ pub const CATALOG: [FeatureInfo; 20] = [
         XtileData,
         "AMX_TILEDATA",
         "XFEATURE_XTILE_DATA",
-        "AMX Tile Data",
+        "AMX Tile data",
         User,
         "CPUID.(EAX=07H,ECX=0):EDX.AMX-TILE[bit 24]",
         Some(8192),

@@ -55,9 +55,11 @@ pub struct Quirks {
     /// XRSTOR(S) loading a component whose bytes are its init values tracks it
     /// as init (XINUSE\[i\] = 0), instead of as in use.
     pub init_by_value: bool,
-    /// XINUSE\[1\] also covers MXCSR: SSE is init only while MXCSR = 0x1f80, and
-    /// XSAVEC does not write MXCSR while SSE is init. (The SDM has XINUSE\[1\]
-    /// cover only the XMM registers.)
+    /// A non-default MXCSR makes SSE count as in use for XGETBV(1) and XSAVEC
+    /// (XSTATE_BV\[1\] = 1, XMM and MXCSR written), while XSAVE's and
+    /// XSAVEOPT's XSTATE_BV\[1\] follow the XMM registers alone; and XSAVEC writes MXCSR
+    /// only when it writes SSE. (The SDM: XINUSE\[1\] covers only the XMM
+    /// registers, and XSAVEC always writes MXCSR when RFBM\[1\] is set.)
     pub mxcsr_in_sse_init: bool,
     /// XSAVE* write FOP, FIP and FDP only while FSW.ES is set, zeros otherwise
     /// (AMD's behaviour; Linux's `X86_BUG_FXSAVE_LEAK`).
@@ -235,7 +237,18 @@ impl XsaveMachine {
 
     /// What XGETBV(1) returns: XINUSE & XCR0.
     pub fn xgetbv1(&self) -> XFeatures {
-        self.xinuse & self.xcr0
+        let mut v = self.xinuse;
+        if self.mxcsr_makes_sse_used() {
+            v |= XFeatures::SSE;
+        }
+        v & self.xcr0
+    }
+
+    /// With [`Quirks::mxcsr_in_sse_init`], a non-default MXCSR makes SSE count
+    /// as in use for XGETBV(1) and the init optimization of XSAVEC/XSAVES (not
+    /// for XSAVE's and XSAVEOPT's XSTATE_BV, which follow the XMM registers).
+    fn mxcsr_makes_sse_used(&self) -> bool {
+        self.quirks.mxcsr_in_sse_init && self.mxcsr != MXCSR_DEFAULT
     }
 
     /// MXCSR.
@@ -360,10 +373,6 @@ impl XsaveMachine {
                 u16::from_le_bytes([img[0], img[1]]) == FCW_DEFAULT
                     && img[2..].iter().all(|&b| b == 0)
             }
-            1 => {
-                img.iter().all(|&b| b == 0)
-                    && (!self.quirks.mxcsr_in_sse_init || self.mxcsr == MXCSR_DEFAULT)
-            }
             _ => img.iter().all(|&b| b == 0),
         }
     }
@@ -423,7 +432,10 @@ impl XsaveMachine {
             rfbm & self.xcr0
         };
         // XFD-armed components are saved as if in their init state (SDM 13.14).
-        let inuse = self.xinuse - self.xfd;
+        let mut inuse = self.xinuse - self.xfd;
+        if compacted && self.mxcsr_makes_sse_used() {
+            inuse |= XFeatures::SSE;
+        }
         let layout = if compacted {
             Some(Layout::compacted(&self.e, rfbm).map_err(|_| Fault::Gp)?)
         } else {
@@ -452,7 +464,7 @@ impl XsaveMachine {
             let bit = bit(i);
             match insn {
                 Insn::Xsave => true,
-                _ => inuse.contains(bit) && !(skip_unmodified && !self.xmodified.contains(bit)),
+                _ => inuse.contains(bit) && (!skip_unmodified || self.xmodified.contains(bit)),
             }
         };
 
@@ -541,7 +553,13 @@ impl XsaveMachine {
             u64::from_le_bytes(b)
         };
         let (xstate_bv, xcomp_bv) = (word(0), word(1));
-        let reserved_clear = header[16..].iter().all(|&b| b == 0);
+        // The standard form checks header bytes 8..24 (XCOMP_BV and the first
+        // reserved quadword), the compacted form bytes 16..64.
+        let reserved_clear = if xcomp_bv & XCOMP_BV_COMPACTED != 0 {
+            header[16..].iter().all(|&b| b == 0)
+        } else {
+            header[16..24].iter().all(|&b| b == 0)
+        };
         let compacted = xcomp_bv & XCOMP_BV_COMPACTED != 0;
         if supervisor && !compacted {
             return Err(Fault::Gp);
@@ -622,14 +640,9 @@ impl XsaveMachine {
                 self.xinuse |= bit;
             }
         }
-        if self.quirks.mxcsr_in_sse_init && rfbm.intersects(XFeatures::SSE | XFeatures::AVX) {
-            if self.is_init(1) {
-                self.xinuse -= XFeatures::SSE;
-            } else {
-                self.xinuse |= XFeatures::SSE;
-            }
-        }
-        self.xmodified -= rfbm;
+        // Components outside RFBM count as modified: only what this restore
+        // loaded is known to match the buffer.
+        self.xmodified = XFeatures::all() - rfbm;
         self.last_restore = Some(RestoreInfo {
             addr,
             xcomp_bv: if compacted { xcomp_bv } else { 0 },
