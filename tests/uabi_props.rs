@@ -1,0 +1,392 @@
+//! Properties of `xstate::uabi` over every recorded CPU in `layouts/` (AMX and
+//! PKRU ones included) and the live CPU, for host, guest and AMX-grown guest
+//! fpstates:
+//!
+//! - import never panics, whatever the bytes and the length, and a refused
+//!   buffer leaves the fpstate byte-identical;
+//! - XCOMP_BV and the guest-only supervisor state (CET_S) never come from the
+//!   caller: they are the same after every import, accepted or not;
+//! - an accepted buffer's export is a fixed point after one round: importing
+//!   it is accepted and exporting again gives the same bytes;
+//! - signal frames: `export_sigframe` then `import_sigframe` into a fresh
+//!   fpstate gives the same state; `import_sigframe` never panics either.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use xstate::XFeatures;
+use xstate::config::{Configs, Policy};
+use xstate::cpuid::{CpuidSource, LiveCpuid, RecordedCpuid};
+use xstate::enumerate::Enumeration;
+use xstate::fpstate::{BoxedArea, Fpstate, Mode, Owner};
+use xstate::insn::{Fault, Insn, XsaveUnit};
+use xstate::layout::Layout;
+use xstate::perm::{PermKind, ProcessPerms};
+use xstate::uabi::{
+    FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET, export, export_sigframe, import,
+    import_sigframe,
+};
+
+const XSTATE_BV: usize = 512;
+const XCOMP_BV: usize = 520;
+const MXCSR: usize = 24;
+
+fn get_u32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn get_u64(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+fn put_u64(b: &mut [u8], o: usize, v: u64) {
+    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// One CPU: its name, enumeration and Linux configs.
+struct Cpu {
+    name: String,
+    /// Where CPUID answers come from (the dump, or the live CPU).
+    src: Box<dyn CpuidSource + Send + Sync>,
+    e: Enumeration,
+    cfg: Configs,
+}
+
+/// Every dump in `layouts/` plus the live CPU, enumerated once.
+fn cpus() -> &'static [Cpu] {
+    static CPUS: OnceLock<Vec<Cpu>> = OnceLock::new();
+    CPUS.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts");
+        let mut paths: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+            .collect();
+        paths.sort();
+        let mut v: Vec<Cpu> = paths
+            .iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let cpu = RecordedCpuid::parse(&fs::read_to_string(p).unwrap())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let e = Enumeration::from_cpuid(&cpu).unwrap_or_else(|x| panic!("{name}: {x}"));
+                let cfg =
+                    Configs::new(&e, &Policy::linux(&e)).unwrap_or_else(|x| panic!("{name}: {x}"));
+                Cpu {
+                    name,
+                    src: Box::new(cpu),
+                    e,
+                    cfg,
+                }
+            })
+            .collect();
+        let e = Enumeration::from_cpuid(&LiveCpuid).expect("live CPU");
+        let cfg = Configs::new(&e, &Policy::linux(&e)).expect("live configs");
+        v.push(Cpu {
+            name: "live CPU".into(),
+            src: Box::new(LiveCpuid),
+            e,
+            cfg,
+        });
+        let amx = v
+            .iter()
+            .filter(|c| c.cfg.policy.dynamic.contains(XFeatures::XTILE_DATA))
+            .count();
+        let pkru = v
+            .iter()
+            .filter(|c| c.cfg.user.max_features.contains(XFeatures::PKRU))
+            .count();
+        let cet_s = v
+            .iter()
+            .filter(|c| c.cfg.guest.default_features.contains(XFeatures::CET_S))
+            .count();
+        assert!(
+            amx > 0 && pkru > 0 && cet_s > 0,
+            "the dumps no longer cover AMX ({amx}), PKRU ({pkru}) and CET_S ({cet_s})"
+        );
+        v
+    })
+}
+
+/// Which fpstate a case works on.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Host,
+    Guest,
+    /// A guest grown to hold AMX TILEDATA (guest default where there is none).
+    GuestAmx,
+}
+
+/// An [`XsaveUnit`] that "saves" a pattern into the guest-only CET_S component
+/// and marks it in XSTATE_BV: supervisor state a user-mode test cannot otherwise
+/// put into an fpstate.
+struct Painter {
+    range: core::ops::Range<usize>,
+    pattern: Vec<u8>,
+}
+
+impl XsaveUnit for Painter {
+    fn save(&mut self, _: Insn, area: &mut [u8], _: XFeatures) -> Result<(), Fault> {
+        area[self.range.clone()].copy_from_slice(&self.pattern);
+        let bv = get_u64(area, XSTATE_BV) | XFeatures::CET_S.bits();
+        put_u64(area, XSTATE_BV, bv);
+        Ok(())
+    }
+    fn restore(&mut self, _: Insn, _: &[u8], _: XFeatures) -> Result<(), Fault> {
+        Err(Fault::Ud)
+    }
+}
+
+/// A fresh fpstate of `kind`, with CET_S painted where it has space. Returns the
+/// fpstate and where its CET_S bytes are (with their pattern), if any.
+fn fresh(c: &Cpu, kind: Kind) -> (Fpstate<BoxedArea>, Option<core::ops::Range<usize>>) {
+    let owner = match kind {
+        Kind::Host => Owner::Host,
+        Kind::Guest | Kind::GuestAmx => Owner::Guest,
+    };
+    let mut fp = Fpstate::new_boxed(&c.e, &c.cfg, owner).unwrap();
+    if matches!(kind, Kind::GuestAmx) && c.cfg.policy.dynamic.contains(XFeatures::XTILE_DATA) {
+        let mut perms = ProcessPerms::new(&c.cfg);
+        perms
+            .request(&c.e, &c.cfg, PermKind::Guest, 18, |_| true)
+            .unwrap();
+        fp = fp.grow_boxed(&c.e, &c.cfg, &perms, 18).unwrap();
+        assert!(fp.info().user_features.contains(XFeatures::XTILE_DATA));
+    }
+    let features = fp.info().features;
+    if !features.contains(XFeatures::CET_S) {
+        return (fp, None);
+    }
+    let range = Layout::compacted(&c.e, features)
+        .unwrap()
+        .range_of(12)
+        .unwrap();
+    let mut p = Painter {
+        range: range.clone(),
+        pattern: pattern(range.len()),
+    };
+    fp.save(&mut p, &c.cfg, Mode::Supervisor).unwrap();
+    (fp, Some(range))
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| 0xc3 ^ (i as u8).wrapping_mul(29))
+        .collect()
+}
+
+/// What must never change through an import: XCOMP_BV, the supervisor bits of
+/// XSTATE_BV and the CET_S bytes.
+fn invariant(
+    fp: &Fpstate<BoxedArea>,
+    cet: &Option<core::ops::Range<usize>>,
+) -> (u64, u64, Vec<u8>) {
+    let sup = fp.xstate_bv() - fp.info().user_features;
+    let cet = cet.clone().map_or(Vec::new(), |r| fp.area()[r].to_vec());
+    (fp.xcomp_bv(), sup.bits(), cet)
+}
+
+fn export_all(c: &Cpu, fp: &Fpstate<BoxedArea>) -> Vec<u8> {
+    let mut out = vec![0u8; fp.info().user_size as usize];
+    let n = export(&c.e, &c.cfg, fp, fp.info().user_features, &mut out).unwrap();
+    assert_eq!(n, out.len());
+    out
+}
+
+/// Shape raw bytes into a mostly plausible buffer, as `knobs` says: a header
+/// with XSTATE_BV from `bv` (within the user features, or with stray bits),
+/// zero XCOMP_BV and reserved bytes, a valid MXCSR. Each knob off leaves the
+/// random bytes there.
+fn shape(c: &Cpu, fp: &Fpstate<BoxedArea>, mut b: Vec<u8>, bv: u64, knobs: u8) -> Vec<u8> {
+    if knobs & 16 != 0 {
+        // Long enough for every component the header may claim.
+        let need = fp.info().user_size as usize;
+        if b.len() < need {
+            b.resize(need, 0x5c);
+        }
+    }
+    if b.len() < 576 {
+        return b;
+    }
+    let user = fp.info().user_features.bits();
+    if knobs & 1 != 0 {
+        let v = if knobs & 2 != 0 { bv } else { bv & user };
+        put_u64(&mut b, XSTATE_BV, v);
+    }
+    if knobs & 4 != 0 {
+        b[XCOMP_BV..576].fill(0);
+    }
+    if knobs & 8 != 0 {
+        let m = get_u32(&b, MXCSR) & c.cfg.mxcsr_mask;
+        b[MXCSR..MXCSR + 4].copy_from_slice(&m.to_le_bytes());
+    }
+    b
+}
+
+fn case() -> impl Strategy<Value = (usize, u8, Vec<u8>, u64, u8)> {
+    (
+        0..cpus().len(),
+        0u8..3,
+        prop::collection::vec(any::<u8>(), 0..12_000),
+        any::<u64>(),
+        any::<u8>(),
+    )
+}
+
+fn kind(k: u8) -> Kind {
+    match k {
+        0 => Kind::Host,
+        1 => Kind::Guest,
+        _ => Kind::GuestAmx,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Arbitrary bytes and lengths: no panic; refused means unchanged; the
+    /// caller never sets XCOMP_BV, supervisor bits or CET_S bytes; accepted means
+    /// the header's user bits are exactly the fpstate's new user XSTATE_BV.
+    #[test]
+    fn import_is_total_and_atomic((ci, k, bytes, bv, knobs) in case()) {
+        let c = &cpus()[ci];
+        let (mut fp, cet) = fresh(c, kind(k));
+        let buf = shape(c, &fp, bytes, bv, knobs);
+        let before = fp.area().to_vec();
+        let inv = invariant(&fp, &cet);
+        match import(&c.e, &c.cfg, &mut fp, &buf) {
+            Err(e) => {
+                prop_assert!(fp.area() == &before[..], "{}: refused ({e}) but changed", c.name);
+            }
+            Ok(hdr) => {
+                prop_assert_eq!(hdr.bits(), get_u64(&buf, XSTATE_BV));
+                prop_assert_eq!(fp.xstate_bv() & fp.info().user_features, hdr);
+            }
+        }
+        prop_assert_eq!(invariant(&fp, &cet), inv, "{}: XCOMP_BV/supervisor state moved", &c.name);
+    }
+
+    /// Accepted buffers: export is importable, and a fixed point after one round.
+    #[test]
+    fn export_of_import_is_a_fixed_point((ci, k, bytes, bv, knobs) in case()) {
+        let c = &cpus()[ci];
+        let (mut fp, cet) = fresh(c, kind(k));
+        // Mostly valid: header, XCOMP_BV/reserved and MXCSR fixed, full length.
+        let buf = shape(c, &fp, bytes, bv, (knobs & !2) | 1 | 4 | 8 | 16);
+        let inv = invariant(&fp, &cet);
+        let Ok(_) = import(&c.e, &c.cfg, &mut fp, &buf) else {
+            return Err(TestCaseError::fail(format!("{}: a valid buffer was refused", c.name)));
+        };
+        let x1 = export_all(c, &fp);
+        // The live state comes out where CPUID (not our layout code) puts it.
+        let live = get_u64(&buf, XSTATE_BV);
+        prop_assert_eq!(get_u64(&x1, XSTATE_BV), live);
+        if live & 1 != 0 {
+            prop_assert!(x1[32..160] == buf[32..160], "{}: ST registers", &c.name);
+        }
+        if live & 2 != 0 {
+            prop_assert!(x1[160..416] == buf[160..416], "{}: XMM registers", &c.name);
+        }
+        for i in (2..63).filter(|i| live & 1 << i != 0) {
+            let r = c.src.cpuid(0xd, i);
+            let (o, s) = (r.ebx as usize, r.eax as usize);
+            prop_assert!(x1[o..o + s] == buf[o..o + s], "{}: component {}", &c.name, i);
+        }
+        let r = import(&c.e, &c.cfg, &mut fp, &x1);
+        prop_assert!(r.is_ok(), "{}: our own export refused: {:?}", &c.name, r);
+        let x2 = export_all(c, &fp);
+        prop_assert!(x1 == x2, "{}: export is not a fixed point", &c.name);
+        // Into a fresh fpstate too: the export carries the whole user state.
+        let (mut fp2, _) = fresh(c, kind(k));
+        import(&c.e, &c.cfg, &mut fp2, &x1).unwrap();
+        prop_assert!(export_all(c, &fp2) == x1, "{}: fresh import differs", &c.name);
+        prop_assert_eq!(invariant(&fp, &cet), inv, "{}: XCOMP_BV/supervisor state moved", &c.name);
+        if let Some(r) = cet {
+            prop_assert!(fp.area()[r.clone()] == pattern(r.len())[..]);
+            prop_assert!(fp.xstate_bv().contains(XFeatures::CET_S));
+        }
+    }
+
+    /// Signal frames: export then import into a fresh fpstate restores the same
+    /// user state; the frame's software bytes say what Linux's do.
+    #[test]
+    fn sigframe_round_trip((ci, k, bytes, bv, knobs) in case()) {
+        let c = &cpus()[ci];
+        let (mut fp, _) = fresh(c, kind(k));
+        let buf = shape(c, &fp, bytes, bv, (knobs & !2) | 1 | 4 | 8 | 16);
+        import(&c.e, &c.cfg, &mut fp, &buf).unwrap();
+        let size = fp.info().user_size as usize;
+        let mut frame = vec![0xa5u8; size + 64];
+        let n = export_sigframe(&c.e, &c.cfg, &fp, fp.info().user_features, &mut frame).unwrap();
+        prop_assert_eq!(n, size + 4);
+        prop_assert_eq!(get_u32(&frame, SW_BYTES_OFFSET), FP_XSTATE_MAGIC1);
+        prop_assert_eq!(get_u32(&frame, SW_BYTES_OFFSET + 4) as usize, size + 4);
+        prop_assert_eq!(get_u64(&frame, SW_BYTES_OFFSET + 8), fp.info().user_features.bits());
+        prop_assert_eq!(get_u32(&frame, SW_BYTES_OFFSET + 16) as usize, size);
+        prop_assert_eq!(get_u32(&frame, size), FP_XSTATE_MAGIC2);
+        prop_assert!(frame[size + 4..].iter().all(|&b| b == 0xa5));
+        let (mut fp2, cet2) = fresh(c, kind(k));
+        let inv2 = invariant(&fp2, &cet2);
+        let got = import_sigframe(&c.e, &c.cfg, &mut fp2, &frame[..n]);
+        prop_assert!(got.is_ok(), "{}: own frame refused: {:?}", &c.name, got);
+        prop_assert!(export_all(c, &fp2) == export_all(c, &fp), "{}: frame round trip", &c.name);
+        prop_assert_eq!(invariant(&fp2, &cet2), inv2);
+        // A frame cut before its trailing magic is refused, and changes nothing.
+        let before = fp2.area().to_vec();
+        prop_assert!(import_sigframe(&c.e, &c.cfg, &mut fp2, &frame[..n - 1]).is_err());
+        prop_assert!(fp2.area() == &before[..]);
+    }
+
+    /// `import_sigframe` on arbitrary bytes (with the magic words planted or not):
+    /// no panic, refused means unchanged, never XCOMP_BV or supervisor state.
+    #[test]
+    fn import_sigframe_is_total((ci, k, bytes, bv, knobs) in case(), xsize in any::<u32>()) {
+        let c = &cpus()[ci];
+        let (mut fp, cet) = fresh(c, kind(k));
+        let mut buf = shape(c, &fp, bytes, bv, knobs);
+        if buf.len() >= 576 && knobs & 32 != 0 {
+            let size = if knobs & 64 != 0 {
+                fp.info().user_size
+            } else {
+                xsize % (buf.len() as u32 + 8)
+            };
+            buf[SW_BYTES_OFFSET..SW_BYTES_OFFSET + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+            buf[SW_BYTES_OFFSET + 4..SW_BYTES_OFFSET + 8].copy_from_slice(&(size + 4).to_le_bytes());
+            buf[SW_BYTES_OFFSET + 16..SW_BYTES_OFFSET + 20].copy_from_slice(&size.to_le_bytes());
+            let s = size as usize;
+            if s + 4 <= buf.len() {
+                buf[s..s + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+            }
+        }
+        let before = fp.area().to_vec();
+        let inv = invariant(&fp, &cet);
+        if let Err(e) = import_sigframe(&c.e, &c.cfg, &mut fp, &buf) {
+            prop_assert!(fp.area() == &before[..], "{}: refused ({e}) but changed", c.name);
+        }
+        prop_assert_eq!(invariant(&fp, &cet), inv);
+    }
+}
+
+/// The properties above only mean something if accepted and refused cases both
+/// occur often; count them over a fixed sample of shaped buffers.
+#[test]
+fn shaped_buffers_cover_both_verdicts() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut ok, mut err) = (0usize, 0usize);
+    for _ in 0..2000 {
+        let (ci, k, bytes, bv, knobs) = case().new_tree(&mut runner).unwrap().current();
+        let c = &cpus()[ci];
+        let (mut fp, _) = fresh(c, kind(k));
+        let buf = shape(c, &fp, bytes, bv, knobs);
+        match import(&c.e, &c.cfg, &mut fp, &buf) {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+    }
+    println!(
+        "uabi props: {} CPUs (dumps + live); shaped sample: {ok} accepted, {err} refused",
+        cpus().len()
+    );
+    assert!(ok > 100 && err > 100, "accepted {ok}, refused {err}");
+}
