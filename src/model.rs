@@ -300,7 +300,8 @@ impl XsaveMachine {
 
     /// An instruction zeroes `len` bytes at `offset` of component `index` as a
     /// side effect (a VEX-encoded write clearing the upper bits of a ZMM
-    /// register): the bytes change, XINUSE does not.
+    /// register): the bytes change; XINUSE does not, except that with
+    /// [`Quirks::init_by_value`] a component left all zero becomes init.
     ///
     /// # Errors
     /// As for [`XsaveMachine::write_reg`].
@@ -310,6 +311,11 @@ impl XsaveMachine {
         dst.fill(0);
         if was_used {
             self.xmodified |= bit(index);
+            // With init tracking by value, zeroing the last non-zero bytes of a
+            // component puts it back in its init state (measured on Zen 4).
+            if self.quirks.init_by_value && self.is_init(index) {
+                self.xinuse -= bit(index);
+            }
         }
         Ok(())
     }
