@@ -547,9 +547,6 @@ impl XsaveMachine {
             self.xcr0
         };
         let rfbm = rfbm & enabled;
-        if rfbm.intersects(self.xfd) {
-            return Err(Fault::Nm);
-        }
         let header = area
             .get(XSTATE_BV_OFFSET..EXTENDED_START as usize)
             .ok_or(Fault::Gp)?;
@@ -611,8 +608,11 @@ impl XsaveMachine {
         }
 
         // No fault from here on: load.
-        let load = rfbm & xstate_bv;
-        self.init_components(rfbm - xstate_bv);
+        // An XFD-armed component is put in its init state, never loaded: Linux
+        // relies on it ("the component would stay in or go into init state",
+        // `restore_fpregs_from_fpstate`), so XFD must be set before XRSTORS.
+        let load = (rfbm & xstate_bv) - self.xfd;
+        self.init_components(rfbm - load);
         if load.contains(XFeatures::X87) {
             self.x87_in(area);
         }
