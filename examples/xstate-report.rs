@@ -133,6 +133,16 @@ fn live_xcr0() -> Option<XFeatures> {
     xstate::insn::read_xcr0()
 }
 
+#[cfg(target_arch = "x86_64")]
+fn live_mxcsr_mask() -> Option<u32> {
+    Some(xstate::insn::read_mxcsr_mask())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn live_mxcsr_mask() -> Option<u32> {
+    None
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn live_xcr0() -> Option<XFeatures> {
     None
@@ -182,11 +192,14 @@ fn build(args: &Args) -> Result<Report, String> {
             )
         }
     };
-    let configs = Configs::new(&e, &Policy::linux(&e))
+    let mut configs = Configs::new(&e, &Policy::linux(&e))
         .map_err(|err| format!("Linux policy refused: {err}"))?;
     let xcomp_bv = args.xcomp_bv.unwrap_or(e.supported());
     let compacted = Layout::compacted(&e, xcomp_bv)
         .map_err(|err| format!("--xcomp-bv {:#x}: {err}", xcomp_bv.bits()))?;
+    if let Some(mask) = live_src.then(live_mxcsr_mask).flatten() {
+        configs.mxcsr_mask = mask;
+    }
     let live = live_src.then(|| {
         let xcr0 = live_xcr0();
         let xss = configs.xss;
@@ -365,6 +378,7 @@ fn human(r: &Report) -> String {
             "  IA32_XSS: not readable from user space; assumed {:#x}, what Linux loads",
             live.xss.bits()
         );
+        let _ = writeln!(o, "  MXCSR_MASK (FXSAVE): {:#x}", r.configs.mxcsr_mask);
         match &live.check {
             Some(Ok(c)) => {
                 let _ = writeln!(

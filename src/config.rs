@@ -150,7 +150,8 @@ pub struct Configs {
     pub xss: XFeatures,
     /// MXCSR bits the CPU supports (what FXSAVE reports as MXCSR_MASK). CPUID does
     /// not tell; every CPU with XSAVE has DAZ, so the default is 0xffff. A kernel
-    /// that read a different value at boot sets it here.
+    /// sets what it read at boot ([`crate::insn::read_mxcsr_mask`]): AMD CPUs
+    /// report 0x2ffff, and with the default Linux-valid MXCSR values are refused.
     pub mxcsr_mask: u32,
     /// Kernel-form layouts of host default, host max, guest default, guest max.
     layouts: [Layout; 4],

@@ -66,6 +66,24 @@ cfg_if::cfg_if! {
             Some(XFeatures::from_bits_retain(v))
         }
 
+        /// MXCSR_MASK as FXSAVE reports it: the MXCSR bits this CPU implements
+        /// (0xffff on Intel, 0x2ffff on AMD CPUs with misaligned-SSE mode). Linux
+        /// checks user MXCSR values against it; put it in
+        /// [`crate::config::Configs::mxcsr_mask`]. An FXSAVE that reports 0 means
+        /// the architectural default 0xffbf.
+        pub fn read_mxcsr_mask() -> u32 {
+            #[repr(C, align(16))]
+            struct Fx([u8; 512]);
+            let mut fx = Fx([0; 512]);
+            // SAFETY: FXSAVE is part of the x86-64 baseline; `fx` is 512 bytes,
+            // 16-byte aligned and writable; it reads no flags and touches no stack.
+            unsafe {
+                asm!("fxsave64 [{p}]", p = in(reg) fx.0.as_mut_ptr(), options(nostack, preserves_flags));
+            }
+            let mask = u32::from_le_bytes([fx.0[28], fx.0[29], fx.0[30], fx.0[31]]);
+            if mask == 0 { 0xffbf } else { mask }
+        }
+
         fn os_xsave_enabled() -> bool {
             x86::cpuid::native_cpuid::cpuid_count(1, 0).ecx & (1 << 27) != 0
         }
