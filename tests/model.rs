@@ -1,0 +1,210 @@
+//! The model's ring-0 and XFD rules, which user space cannot check on silicon
+//! (`tests/model_vs_hw.rs` proves the user-mode instructions against the CPU).
+
+use xstate::XFeatures;
+use xstate::cpuid::RecordedCpuid;
+use xstate::enumerate::Enumeration;
+use xstate::insn::{Fault, Insn, XsaveUnit};
+use xstate::layout::Layout;
+use xstate::model::{Quirks, XsaveMachine};
+
+#[repr(C, align(64))]
+struct Area([u8; 16384]);
+
+fn area() -> Box<Area> {
+    Box::new(Area([0; 16384]))
+}
+
+fn zen4() -> Enumeration {
+    let text = include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt");
+    Enumeration::from_cpuid(&RecordedCpuid::parse(text).unwrap()).unwrap()
+}
+
+fn spr() -> Enumeration {
+    let text = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
+    Enumeration::from_cpuid(&RecordedCpuid::parse(text).unwrap()).unwrap()
+}
+
+fn set_u64(a: &mut [u8], off: usize, v: u64) {
+    a[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u64(a: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(a[off..off + 8].try_into().unwrap())
+}
+
+#[test]
+fn supervisor_instructions_need_cpl0() {
+    let e = zen4();
+    let mut m = XsaveMachine::new(&e, Quirks::AMD_ZEN);
+    let mut a = area();
+    m.set_cpl0(false);
+    assert_eq!(
+        m.save(Insn::Xsaves, &mut a.0, XFeatures::all()),
+        Err(Fault::Gp)
+    );
+    assert_eq!(
+        m.restore(Insn::Xrstors, &a.0, XFeatures::all()),
+        Err(Fault::Gp)
+    );
+    assert_eq!(m.set_xss(XFeatures::empty()), Err(Fault::Gp));
+    m.set_cpl0(true);
+    assert_eq!(m.save(Insn::Xsaves, &mut a.0, XFeatures::all()), Ok(()));
+    assert_eq!(m.restore(Insn::Xrstors, &a.0, XFeatures::all()), Ok(()));
+}
+
+#[test]
+fn xsaves_puts_cet_s_where_the_compacted_layout_says() {
+    let e = zen4();
+    let mut m = XsaveMachine::new(&e, Quirks::AMD_ZEN);
+    m.write_reg(12, 0, &[0xc5; 24]).unwrap();
+    let mut a = area();
+    let rfbm = e.supported();
+    m.save(Insn::Xsaves, &mut a.0, rfbm).unwrap();
+    let l = Layout::compacted(&e, rfbm).unwrap();
+    let r = l.range_of(12).unwrap();
+    assert!(a.0[r].iter().all(|&b| b == 0xc5));
+    assert_eq!(get_u64(&a.0, 520), xstate::XCOMP_BV_COMPACTED | rfbm.bits());
+    assert_eq!(get_u64(&a.0, 512), XFeatures::CET_S.bits());
+    // XSAVEC never saves supervisor state, whatever the mask says.
+    let mut c = area();
+    m.save(Insn::Xsavec, &mut c.0, XFeatures::all()).unwrap();
+    assert_eq!(get_u64(&c.0, 520) & XFeatures::CET_S.bits(), 0);
+}
+
+#[test]
+fn xrstors_of_a_buffer_without_cet_s_inits_it() {
+    let e = zen4();
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    m.write_reg(12, 0, &[0x77; 24]).unwrap();
+    // A host fpstate: XCOMP_BV without bit 12, XSTATE_BV without bit 12.
+    let mut a = area();
+    set_u64(&mut a.0, 520, xstate::XCOMP_BV_COMPACTED | 0x7);
+    a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    m.restore(Insn::Xrstors, &a.0, e.supported()).unwrap();
+    assert!(m.reg(12).unwrap().iter().all(|&b| b == 0));
+    assert!(!m.xinuse().contains(XFeatures::CET_S));
+    // With RFBM lacking CET_S, the value would have survived: RFBM is the point.
+    m.write_reg(12, 0, &[0x77; 24]).unwrap();
+    m.restore(Insn::Xrstors, &a.0, e.supported() - XFeatures::CET_S)
+        .unwrap();
+    assert!(m.reg(12).unwrap().iter().all(|&b| b == 0x77));
+}
+
+#[test]
+fn header_rules() {
+    let e = zen4();
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    let sup = e.supported().bits();
+    let compacted = |xstate_bv: u64, xcomp: u64| {
+        let mut a = area();
+        set_u64(&mut a.0, 512, xstate_bv);
+        set_u64(&mut a.0, 520, xcomp);
+        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        a
+    };
+    let c = xstate::XCOMP_BV_COMPACTED;
+    // XRSTORS needs the compacted form.
+    assert_eq!(
+        m.restore(Insn::Xrstors, &compacted(0, 0).0, XFeatures::all()),
+        Err(Fault::Gp)
+    );
+    // XSTATE_BV must be within XCOMP_BV, even outside RFBM.
+    assert_eq!(
+        m.restore(Insn::Xrstors, &compacted(0x4, c | 0x3).0, XFeatures::X87),
+        Err(Fault::Gp)
+    );
+    // XCOMP_BV within XCR0 | XSS (XRSTORS) or XCR0 (XRSTOR).
+    assert_eq!(
+        m.restore(
+            Insn::Xrstors,
+            &compacted(0, c | 1 << 40).0,
+            XFeatures::all()
+        ),
+        Err(Fault::Gp)
+    );
+    assert_eq!(
+        m.restore(Insn::Xrstor, &compacted(0, c | 1 << 12).0, XFeatures::all()),
+        Err(Fault::Gp)
+    );
+    assert_eq!(
+        m.restore(
+            Insn::Xrstors,
+            &compacted(1 << 12, c | sup).0,
+            XFeatures::all()
+        ),
+        Ok(())
+    );
+    // Reserved header bytes 16..64 in the compacted form.
+    let mut a = compacted(0, c | 0x3);
+    a.0[512 + 40] = 1;
+    assert_eq!(
+        m.restore(Insn::Xrstors, &a.0, XFeatures::all()),
+        Err(Fault::Gp)
+    );
+    // MXCSR is checked only when SSE is loaded from the area (compacted form).
+    let mut a = compacted(0, c | 0x3);
+    a.0[24..28].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+    assert_eq!(m.restore(Insn::Xrstors, &a.0, XFeatures::all()), Ok(()));
+    set_u64(&mut a.0, 512, 0x2);
+    assert_eq!(
+        m.restore(Insn::Xrstors, &a.0, XFeatures::all()),
+        Err(Fault::Gp)
+    );
+    // Misalignment.
+    let b = area();
+    assert_eq!(
+        m.restore(Insn::Xrstor, &b.0[8..4104], XFeatures::all()),
+        Err(Fault::Gp)
+    );
+}
+
+#[test]
+fn xfd_arms_first_use_and_restores_init() {
+    let e = spr();
+    assert!(e.component(18).unwrap().xfd);
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    assert_eq!(
+        m.set_xfd(XFeatures::AVX),
+        Err(Fault::Gp),
+        "AVX is not XFD-capable"
+    );
+    m.write_reg(18, 0, &[1; 64]).unwrap();
+    let mut a = area();
+    m.save(Insn::Xsaves, &mut a.0, e.supported()).unwrap();
+    m.set_xfd(XFeatures::XTILE_DATA).unwrap();
+    assert_eq!(m.write_reg(18, 0, &[2; 64]), Err(Fault::Nm));
+    // Saves treat an armed component as init; restores put it in init state.
+    let mut b = area();
+    m.save(Insn::Xsaves, &mut b.0, e.supported()).unwrap();
+    assert_eq!(get_u64(&b.0, 512) & XFeatures::XTILE_DATA.bits(), 0);
+    m.restore(Insn::Xrstors, &a.0, e.supported()).unwrap();
+    assert!(m.reg(18).unwrap().iter().all(|&x| x == 0));
+    m.set_xfd(XFeatures::empty()).unwrap();
+    m.restore(Insn::Xrstors, &a.0, e.supported()).unwrap();
+    assert!(m.reg(18).unwrap()[..64].iter().all(|&x| x == 1));
+}
+
+#[test]
+fn xsaves_modified_optimization() {
+    let e = zen4();
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    let rfbm = e.supported();
+    m.write_reg(2, 0, &[9; 16]).unwrap();
+    m.write_reg(12, 0, &[3; 24]).unwrap();
+    let mut a = area();
+    m.save(Insn::Xsaves, &mut a.0, rfbm).unwrap();
+    m.restore(Insn::Xrstors, &a.0, rfbm).unwrap();
+    let l = Layout::compacted(&e, rfbm).unwrap();
+    let (avx, cet) = (l.range_of(2).unwrap(), l.range_of(12).unwrap());
+    // Scribble on the buffer: unmodified components are not written back...
+    a.0[avx.start] = 0xee;
+    a.0[cet.start] = 0xee;
+    m.write_reg(12, 0, &[4; 24]).unwrap();
+    m.save(Insn::Xsaves, &mut a.0, rfbm).unwrap();
+    assert_eq!(a.0[avx.start], 0xee, "AVX unmodified: skipped");
+    assert_eq!(a.0[cet.start], 4, "CET_S modified: written");
+    // ...but XSAVEC never uses the modified optimization.
+    m.save(Insn::Xsavec, &mut a.0, rfbm & m.xcr0()).unwrap();
+    assert_eq!(a.0[avx.start], 9);
+}
