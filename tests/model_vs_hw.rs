@@ -611,7 +611,11 @@ fn model_matches_this_cpu() {
     let mut probe = Box::new(Aligned([0; BUF + 64]));
     unsafe { xstate::insn::xsave(probe.0.as_mut_ptr(), XFeatures::SSE) };
     let mxcsr_mask = u32::from_le_bytes(probe.0[28..32].try_into().unwrap());
-    assert_eq!(xstate::insn::read_mxcsr_mask(), mxcsr_mask, "FXSAVE and XSAVE disagree");
+    assert_eq!(
+        xstate::insn::read_mxcsr_mask(),
+        mxcsr_mask,
+        "FXSAVE and XSAVE disagree"
+    );
     let quirks = quirks_for_this_cpu(mxcsr_mask);
     eprintln!("model quirks for this CPU: {quirks:x?}");
 
