@@ -201,6 +201,9 @@ pub fn export<S: Storage>(
         out[SSE_RANGE].fill(0);
     }
     out[SSE_RANGE.end..XSTATE_BV_OFFSET].fill(0);
+    // The software-reserved bytes carry the user feature mask, as ptrace's
+    // NT_X86_XSTATE and KVM_GET_XSAVE do (Linux's USER_XSTATE_XCR0_WORD).
+    put_u64(out, SW_BYTES_OFFSET, cfg.user.max_features.bits());
     out[XSTATE_BV_OFFSET..EXTENDED_START as usize].fill(0);
     put_u64(out, XSTATE_BV_OFFSET, xstate_bv.bits());
 

@@ -265,8 +265,8 @@ impl Linux {
 ///   import wrote there: `kvm_mask`) and from init_fpstate otherwise (the CPU's
 ///   mask). Ours always writes the configured CPU mask: the only MXCSR_MASK
 ///   FXSAVE/XSAVE can produce, and no user byte echoed back.
-/// - bytes 464..512 (`sw_reserved`): Linux writes `xstate_fx_sw_bytes` (user
-///   XCR0, then zeros); ours writes zeros, like the rest of the legacy padding.
+/// - bytes 464..512 (`sw_reserved`): both write the user XCR0 word, then zeros
+///   (checked exactly).
 /// - KVM zeroes everything from the standard size to the end of its buffer.
 fn compare(l: &Linux, kvm: &[u8], ours: &[u8], size: usize, kvm_mask: u32) -> Result<(), String> {
     if get_u32(ours, MXCSR_MASK) != l.hw_mask {
@@ -282,8 +282,8 @@ fn compare(l: &Linux, kvm: &[u8], ours: &[u8], size: usize, kvm_mask: u32) -> Re
             get_u32(kvm, MXCSR_MASK)
         ));
     }
-    if ours[464..512].iter().any(|&b| b != 0) {
-        return Err("our bytes 464..512 are not zero".into());
+    if get_u64(ours, 464) != l.sw_xcr0 || ours[472..512].iter().any(|&b| b != 0) {
+        return Err(format!("our sw_reserved {:02x?}", &ours[464..512]));
     }
     if get_u64(kvm, 464) != l.sw_xcr0 || kvm[472..512].iter().any(|&b| b != 0) {
         return Err(format!(
@@ -298,7 +298,7 @@ fn compare(l: &Linux, kvm: &[u8], ours: &[u8], size: usize, kvm_mask: u32) -> Re
             size + i
         ));
     }
-    let skip = |i: usize| (MXCSR_MASK..MXCSR_MASK + 4).contains(&i) || (464..512).contains(&i);
+    let skip = |i: usize| (MXCSR_MASK..MXCSR_MASK + 4).contains(&i);
     if let Some(i) = (0..size).find(|&i| !skip(i) && kvm[i] != ours[i]) {
         let end = (i + 16).min(size);
         return Err(format!(
@@ -779,7 +779,16 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
         } else {
             assert!(a[160..416].iter().all(|&x| x == 0), "#{i}: init XMM");
         }
-        assert!(a[416..512].iter().all(|&x| x == 0), "#{i}: legacy padding");
+        assert!(a[416..464].iter().all(|&x| x == 0), "#{i}: legacy padding");
+        assert_eq!(
+            get_u64(&a, 464),
+            ours.cfg.user.max_features.bits(),
+            "#{i}: USER_XSTATE_XCR0_WORD"
+        );
+        assert!(
+            a[472..512].iter().all(|&x| x == 0),
+            "#{i}: sw_reserved rest"
+        );
         assert_eq!(get_u64(&a, XSTATE_BV), live, "#{i}: XSTATE_BV");
         assert!(a[520..576].iter().all(|&x| x == 0), "#{i}: header rest");
         // Extended region: live components equal the imported bytes; every other
