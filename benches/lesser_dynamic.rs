@@ -1,0 +1,177 @@
+//! The lesser dynamic cost, measured on silicon.
+//!
+//! CET_S (component 12, 24 bytes) is a supervisor component: user space cannot
+//! XRSTORS it. Its stand-in here is the AVX-512 opmask (component 5, 64 bytes), a
+//! user component of similar size that XRSTOR can load. For a base set of other
+//! components (all of them dirty), XRSTOR with RFBM = base | opmask from a
+//! compacted buffer where the opmask is:
+//! - `a-absent`: absent from XCOMP_BV, yet in RFBM: what a host fpstate is under
+//!   the lesser dynamic scheme (XRSTOR puts the component in init state);
+//! - `b-init-in-buffer`: present in XCOMP_BV with its XSTATE_BV bit clear: the
+//!   "eat the 24 bytes" scheme for a task that never uses it (also init state);
+//! - `c-in-use`: present and in use (loaded from the buffer).
+//!
+//! Bases: `avx512` (x87, SSE, AVX, ZMM_Hi256, Hi16_ZMM: 0xc7) and `legacy` (x87,
+//! SSE: 0x3). Before every XRSTOR of every variant, a `kmovq k1` puts the opmask in
+//! use (as a guest's CET_S is when the host state comes back); that instruction is
+//! in all three loops alike. After each batch, outside the timing, an XSAVEC
+//! checks the opmask ended where the variant says (init for a and b, loaded for
+//! c); a mismatch prints `WARN`.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use xstate::XFeatures;
+use xstate::cpuid::LiveCpuid;
+use xstate::enumerate::Enumeration;
+use xstate::fpstate::{BoxedArea, Storage};
+use xstate::insn;
+use xstate::layout::Layout;
+
+const XSTATE_BV: usize = 512;
+const XCOMP_BV: usize = 520;
+const OPMASK: XFeatures = XFeatures::OPMASK;
+/// The bases: name and mask.
+const BASES: [(&str, u64); 2] = [("avx512", 0xc7), ("legacy", 0x3)];
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+fn put(b: &mut [u8], off: usize, v: &[u8]) {
+    b[off..off + v.len()].copy_from_slice(v);
+}
+
+/// A compacted image of `layout` with every component dirty, then XSTATE_BV set
+/// to `xstate_bv`.
+fn image(layout: &Layout, xstate_bv: XFeatures) -> BoxedArea {
+    let mut a = BoxedArea::zeroed(layout.size() as usize);
+    let b = a.bytes_mut();
+    put(b, 0, &0x027fu16.to_le_bytes());
+    b[4] = 0x01;
+    put(b, 32, &0x8000_0000_0000_0000u64.to_le_bytes());
+    put(b, 40, &0x3fffu16.to_le_bytes());
+    put(b, 24, &0x1f80u32.to_le_bytes());
+    for (k, x) in b[160..416].iter_mut().enumerate() {
+        *x = (k as u8).wrapping_mul(13) | 1;
+    }
+    for i in layout.mask().indices().filter(|&i| i >= 2) {
+        let r = layout.range_of(i).expect("component in mask");
+        for (k, x) in b[r].iter_mut().enumerate() {
+            *x = (k as u8).wrapping_mul(37).wrapping_add(i as u8) | 1;
+        }
+    }
+    put(b, XSTATE_BV, &xstate_bv.bits().to_le_bytes());
+    put(b, XCOMP_BV, &layout.xcomp_bv().to_le_bytes());
+    a
+}
+
+/// Put the opmask in use (k1 = a non-zero value).
+///
+/// # Safety
+/// The CPU has AVX-512F enabled in XCR0 (opmask state usable).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn dirty_opmask() {
+    // SAFETY: the caller guarantees AVX-512F; k1 is declared clobbered.
+    unsafe {
+        core::arch::asm!("mov {t}, 0x5a5a5a5a5a5a5a5a", "kmovq k1, {t}", t = out(reg) _,
+                         out("k1") _, options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// `n` times: opmask in use, then XRSTOR from `img` with `rfbm`.
+///
+/// # Safety
+/// As for [`dirty_opmask`], and `img` is a well-formed, 64-byte aligned compacted
+/// area for `rfbm`.
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn restore_loop(img: &[u8], rfbm: XFeatures, n: u64) -> Duration {
+    let p = img.as_ptr();
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { dirty_opmask() };
+        // SAFETY: the caller guarantees the area; no compiler value lives in
+        // vector registers inside this loop.
+        unsafe { insn::xrstor(p, rfbm) };
+    }
+    start.elapsed()
+}
+
+static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn benches(c: &mut Criterion) {
+    let xcr0 = insn::read_xcr0().expect("OSXSAVE is not enabled");
+    let e = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
+    if !xcr0.contains(XFeatures::AVX512 | XFeatures::AVX) || !e.xsavec {
+        eprintln!(
+            "\n******** SKIP bench lesser_dynamic: needs AVX-512 in XCR0 ({:#x}) and XSAVEC ********\n",
+            xcr0.bits()
+        );
+        return;
+    }
+    let mut init = BoxedArea::zeroed(e.standard_max_size() as usize);
+    put(init.bytes_mut(), 24, &0x1f80u32.to_le_bytes());
+    let full = xcr0 & (XFeatures::LEGACY | XFeatures::AVX | XFeatures::AVX512);
+    let mut check = BoxedArea::zeroed(e.compacted_size(full) as usize);
+
+    let mut g = c.benchmark_group("lesser_dynamic");
+    for (name, base) in BASES {
+        let base = XFeatures::from_bits_retain(base);
+        let rfbm = base | OPMASK;
+        let without = Layout::compacted(&e, base).expect("layout");
+        let with = Layout::compacted(&e, rfbm).expect("layout");
+        let variants = [
+            ("a-absent", image(&without, base), false),
+            ("b-init-in-buffer", image(&with, base), false),
+            ("c-in-use", image(&with, rfbm), true),
+        ];
+        for (variant, img, loaded) in &variants {
+            let label = format!("lesser_dynamic/{variant}/{name}");
+            g.bench_function(BenchmarkId::new(*variant, name), |b| {
+                b.iter_custom(|n| {
+                    // SAFETY: AVX-512 is in XCR0 (checked above); `img` was built
+                    // from the compacted layout of its XCOMP_BV, with XSTATE_BV
+                    // within it and a zero header otherwise.
+                    let d = unsafe { restore_loop(img.bytes(), rfbm, n) };
+                    let p = check.bytes_mut().as_mut_ptr();
+                    // SAFETY: `check` is zeroed, aligned and sized for `full`.
+                    unsafe { insn::xsavec(p, full) };
+                    // SAFETY: `init` is a standard-form image with XSTATE_BV = 0.
+                    unsafe { insn::xrstor(init.bytes().as_ptr(), full) };
+                    let xbv = u64::from_le_bytes(
+                        check.bytes()[XSTATE_BV..XSTATE_BV + 8]
+                            .try_into()
+                            .expect("8 bytes"),
+                    );
+                    let opmask_in_use = xbv & OPMASK.bits() != 0;
+                    if opmask_in_use != *loaded
+                        && WARNED.lock().expect("lock").insert(label.clone())
+                    {
+                        eprintln!(
+                            "\n******** WARN bench {label}: after XRSTOR the opmask is {} \
+                             (XSTATE_BV {xbv:#x}) ********\n",
+                            if opmask_in_use { "in use" } else { "init" }
+                        );
+                    }
+                    d
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = lesser_dynamic;
+    config = config();
+    targets = benches
+}
+criterion_main!(lesser_dynamic);
