@@ -640,7 +640,7 @@ fn sigframe_matches_kernel() {
             continue;
         }
         for how in [Raise::Ud2, Raise::Tgkill] {
-            let o = run_pattern(&e, &cfg, p, full, size, mxcsr_mask, &mut harness, how);
+            let o = run_pattern(&e, &cfg, p, full, size, &mut harness, how);
             loud!(
                 "sigframe/{}/{how:?}: XSTATE_BV kernel {:#x} crate {:#x}; {} bytes equal, {} unwritten by the kernel, modelled: [{}]",
                 p.name,
@@ -674,12 +674,11 @@ fn run_pattern(
     p: &Pattern,
     full: XFeatures,
     size: usize,
-    mxcsr_mask: u32,
     harness: &mut Area,
     how: Raise,
 ) -> Outcome {
     let name = format!("{}/{how:?}", p.name);
-    let img = image(e, p, mxcsr_mask, size);
+    let img = image(e, p, cfg.mxcsr_mask, size);
 
     // Kernel path, under both canaries.
     let k = CANARIES.map(|c| kernel_frame(&img, full, harness, c, how));
