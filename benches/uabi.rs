@@ -22,7 +22,7 @@ use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::{LiveCpuid, RecordedCpuid};
 use xstate::enumerate::Enumeration;
-use xstate::fpstate::{BoxedArea, Fpstate, Owner};
+use xstate::fpstate::{BoxedArea, Fpstate, Owner, Storage};
 use xstate::layout::Layout;
 use xstate::uabi::{export, import};
 
@@ -96,7 +96,9 @@ struct Case {
     cfg: Configs,
     fp: Fpstate<BoxedArea>,
     user: XFeatures,
-    buf: Vec<u8>,
+    /// The user buffer, 64-byte aligned like the fpstate (so memcpy and our
+    /// copies see the same alignment).
+    buf: BoxedArea,
 }
 
 impl Case {
@@ -107,13 +109,15 @@ impl Case {
         }
         let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Host).expect("fpstate");
         let user = fp.info().user_features;
-        let mut buf = user_buffer(&e, user);
-        assert_eq!(buf.len(), fp.info().user_size as usize);
-        let got = import(&e, &cfg, &mut fp, &buf).expect("import of the dirty buffer");
+        let v = user_buffer(&e, user);
+        assert_eq!(v.len(), fp.info().user_size as usize);
+        let mut buf = BoxedArea::zeroed(v.len());
+        buf.bytes_mut().copy_from_slice(&v);
+        let got = import(&e, &cfg, &mut fp, buf.bytes()).expect("import of the dirty buffer");
         assert_eq!(got, user);
         // From here on the buffer is what export writes (MXCSR_MASK, software
         // bytes included), so import and export move the same bytes.
-        export(&e, &cfg, &fp, user, &mut buf).expect("export");
+        export(&e, &cfg, &fp, user, buf.bytes_mut()).expect("export");
         Self {
             name,
             e,
@@ -218,8 +222,8 @@ fn benches(c: &mut Criterion) {
     ];
     let mut g = c.benchmark_group("uabi");
     for case in &mut cases {
-        let size = case.buf.len();
-        let mut out = vec![0u8; size];
+        let size = case.buf.bytes().len();
+        let mut out = BoxedArea::zeroed(size);
         let Case {
             name,
             e,
@@ -235,24 +239,33 @@ fn benches(c: &mut Criterion) {
                     cfg,
                     black_box(&*fp),
                     *user,
-                    black_box(&mut out),
+                    black_box(out.bytes_mut()),
                 )
                 .expect("export")
             })
         });
-        assert!(out == *buf, "export gives back what was imported");
+        assert!(
+            out.bytes() == buf.bytes(),
+            "export gives back what was imported"
+        );
         g.bench_function(BenchmarkId::new("import", *name), |b| {
             b.iter(|| {
-                import(black_box(e), cfg, black_box(&mut *fp), black_box(&buf[..])).expect("import")
+                import(
+                    black_box(e),
+                    cfg,
+                    black_box(&mut *fp),
+                    black_box(buf.bytes()),
+                )
+                .expect("import")
             })
         });
         g.bench_function(BenchmarkId::new("memcpy", *name), |b| {
-            b.iter(|| black_box(&mut out[..]).copy_from_slice(black_box(&buf[..])))
+            b.iter(|| black_box(out.bytes_mut()).copy_from_slice(black_box(buf.bytes())))
         });
     }
     let avx = &cases[0];
     let xcr0 = xstate::insn::read_xcr0().expect("OSXSAVE").bits() & avx.user.bits();
-    match Vcpu::open(xcr0, &avx.buf) {
+    match Vcpu::open(xcr0, avx.buf.bytes()) {
         Ok(mut v) => {
             g.bench_function(BenchmarkId::new("kvm-get-set", avx.name), |b| {
                 b.iter(|| v.round_trip())
