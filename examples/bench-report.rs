@@ -464,7 +464,8 @@ fn layout(out: &mut String, r: &BTreeMap<String, Est>) -> Vec<String> {
         let _ = writeln!(
             out,
             "\nPrecomputed queries (`{cpu}`): {} to {} ns over all features and masks (max / min \
-             {:.2}: one array load behind a bit test, the spread is timer and loop noise). Goal \
+             {:.2}: `offset_of` is a bit test plus one array load, about twice `size`, a single \
+             field load; neither grows with the feature index or the number of features). Goal \
              \"a few ns, flat\": **{}**.\n",
             ns(min),
             ns(max),
@@ -573,7 +574,7 @@ fn uabi(
             out,
             "Why the missed copies miss: `export` is not one copy but several (x87 head and tail, \
              MXCSR, XMM, header fields, then one copy per component at its standard offset with the \
-             gaps zero-filled), each a separate `memcpy`/`memset` call with its own start-up cost; \
+             gaps zero-filled); \
              `import` first validates the header and MXCSR, then does the same per-component walk \
              into the compacted buffer. Each piece is a separate `memcpy`/`memset` call with its \
              own start-up cost, where the baseline is one call over the whole range. A fix (not \
@@ -731,7 +732,7 @@ fn main() {
     let _ = writeln!(
         out,
         "Written by `examples/bench-report.rs` from criterion's `estimates.json` files; do not \
-         edit by hand. To reproduce (about 6 minutes on 2 cores):\n\n```sh\n{COMMAND}\n```\n\n\
+         edit by hand. To reproduce (about 4 minutes on 2 cores, build included):\n\n```sh\n{COMMAND}\n```\n\n\
          Each section names the bench that produced its table. Criterion's results are read from \
          `$CARGO_TARGET_DIR/criterion` (default `target/criterion`).\n"
     );
