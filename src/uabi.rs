@@ -233,8 +233,11 @@ pub fn export<S: Storage>(
 
 /// Export into a signal frame: [`export`] plus the software bytes Linux writes
 /// (`FP_XSTATE_MAGIC1`, `extended_size`, `xfeatures`, `xstate_size` at byte 464)
-/// and `FP_XSTATE_MAGIC2` right after the area. Returns the frame's XSAVE part
-/// size including the trailing magic.
+/// and `FP_XSTATE_MAGIC2` right after the area. Like Linux's
+/// `save_xstate_epilog`, the frame's XSTATE_BV always has x87 and SSE set (their
+/// bytes are the init values when they are not in use), so a handler that edits
+/// only the legacy region gets its edits loaded by sigreturn. Returns the
+/// frame's XSAVE part size including the trailing magic.
 ///
 /// # Errors
 /// [`UabiError::BufferTooSmall`] (nothing is written then).
@@ -260,6 +263,8 @@ pub fn export_sigframe<S: Storage>(
     put_u64(out, sw + 8, user.bits());
     put_u32(out, sw + 16, size as u32);
     put_u32(out, size, FP_XSTATE_MAGIC2);
+    let bv = get_u64(out, XSTATE_BV_OFFSET) | (XFeatures::X87 | XFeatures::SSE).bits();
+    put_u64(out, XSTATE_BV_OFFSET, bv);
     Ok(size + 4)
 }
 
@@ -285,25 +290,151 @@ pub fn import<S: Storage>(
     Ok(hdr)
 }
 
-/// Import a signal frame's XSAVE part: the software bytes and the trailing
-/// `FP_XSTATE_MAGIC2` are checked (as Linux's `check_xstate_in_sigframe`), then
-/// the area as in [`import`].
+/// How [`import_sigframe`] took a signal frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigframeImport {
+    /// The user features now in use in the fpstate (its XSTATE_BV's user bits).
+    pub features: XFeatures,
+    /// `None`: an XSAVE frame, restored with RFBM = its software `xfeatures`.
+    /// `Some(why)`: the software bytes or the trailing magic are not those of an
+    /// XSAVE frame ([`UabiError::BadMagic1`], [`UabiError::BadFrameSize`] or
+    /// [`UabiError::BadMagic2`]), so, as Linux does for frames written without
+    /// XSAVE, only the legacy FXSAVE region was taken and every other user
+    /// component is in its init state. A kernel that wants to be stricter than
+    /// Linux refuses the frame itself when this is `Some`.
+    pub fx_only: Option<UabiError>,
+}
+
+/// Import a signal frame's XSAVE part the way Linux's sigreturn loads it
+/// (`__fpu_restore_sig` with `check_xstate_in_sigframe`, 64-bit frames):
+///
+/// - the software bytes at byte 464 are checked: `FP_XSTATE_MAGIC1`, an
+///   `xstate_size` of at least 576, within the fpstate's user size and within
+///   `extended_size`, and `FP_XSTATE_MAGIC2` at `xstate_size`. If any of that
+///   fails the frame is "fx only" (see [`SigframeImport::fx_only`]);
+/// - otherwise the restore mask is the frame's software `xfeatures`: components
+///   in it take the frame's state where its XSTATE_BV says so (bits outside it
+///   are ignored, like XRSTOR's RFBM ignores them), every other user component
+///   is put in its init state. MXCSR is checked whenever the mask has SSE or
+///   AVX, and taken from the frame when it has SSE; else it is 0x1f80 (Linux's
+///   second XRSTOR, of the init state, resets it: measured against Linux 6.18's
+///   sigreturn in `tests/sigframe.rs`);
+/// - what the hardware would refuse is refused: XSTATE_BV bits outside the
+///   user features the kernel enables, XCOMP_BV not zero or header bytes 16..24
+///   set (bytes 24..64 are not checked by a standard-form XRSTOR, nor here),
+///   MXCSR reserved bits, and state for a component the task may not use.
+///   Components are read up to their standard end even past `xstate_size`,
+///   as XRSTOR reads them; a `buf` too short for that is refused.
+///
+/// The fpstate's XCOMP_BV and supervisor state are kept.
 ///
 /// # Errors
-/// A [`UabiError`]; `fp` is unchanged then.
+/// A [`UabiError`] (where Linux's sigreturn fails with SIGSEGV); `fp` is
+/// unchanged then.
 pub fn import_sigframe<S: Storage>(
     e: &Enumeration,
     cfg: &Configs,
     fp: &mut Fpstate<S>,
     buf: &[u8],
-) -> Result<XFeatures, UabiError> {
-    let needed = EXTENDED_START as usize;
-    if buf.len() < needed {
+) -> Result<SigframeImport, UabiError> {
+    let legacy = SW_BYTES_OFFSET + 48;
+    if buf.len() < legacy {
         return Err(UabiError::BufferTooSmall {
-            needed,
+            needed: legacy,
             got: buf.len(),
         });
     }
+    let fpsse = XFeatures::X87 | XFeatures::SSE;
+    let user_max = fp.info().user_features;
+    let fx_only = match check_sw_bytes(fp, buf) {
+        Ok(()) => None,
+        // Reading magic2 would run past the frame: sigreturn faults on that.
+        Err(x @ UabiError::BufferTooSmall { .. }) => return Err(x),
+        Err(why) => Some(why),
+    };
+    let (load, mxcsr_checked, mxcsr_loaded) = match fx_only {
+        Some(_) => (fpsse, true, true),
+        None => {
+            let enabled = cfg.user.max_features;
+            let rfbm = XFeatures::from_bits_retain(get_u64(buf, SW_BYTES_OFFSET + 8)) & enabled;
+            let xstate_bv = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET));
+            let bad = xstate_bv - enabled;
+            if !bad.is_empty() {
+                return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
+            }
+            let xcomp_bv = get_u64(buf, XCOMP_BV_OFFSET);
+            if xcomp_bv != 0 {
+                return Err(UabiError::CompactedForm { xcomp_bv });
+            }
+            if get_u64(buf, XCOMP_BV_OFFSET + 8) != 0 {
+                return Err(UabiError::ReservedHeader);
+            }
+            let load = xstate_bv & rfbm;
+            let bad = load - user_max;
+            if !bad.is_empty() {
+                return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
+            }
+            let needed = e.standard_size(load) as usize;
+            if buf.len() < needed {
+                return Err(UabiError::BufferTooSmall {
+                    needed,
+                    got: buf.len(),
+                });
+            }
+            (
+                load,
+                rfbm.intersects(XFeatures::SSE | XFeatures::AVX),
+                rfbm.contains(XFeatures::SSE),
+            )
+        }
+    };
+    let value = get_u32(buf, MXCSR_OFFSET);
+    if mxcsr_checked && value & !cfg.mxcsr_mask != 0 {
+        return Err(UabiError::InvalidMxcsr {
+            value,
+            mask: cfg.mxcsr_mask,
+        });
+    }
+    let mxcsr = if mxcsr_loaded { value } else { MXCSR_DEFAULT };
+    let mut spare = None;
+    let layout = kernel_layout(e, cfg, fp, &mut spare)?;
+
+    // Checked: now write. A non-default MXCSR counts as SSE state in use, so
+    // the fpstate's XSTATE_BV never claims init while MXCSR is not.
+    let mut features = load;
+    if mxcsr != MXCSR_DEFAULT {
+        features |= XFeatures::SSE;
+    }
+    let old_bv = fp.xstate_bv();
+    let dst = fp.area_mut();
+    if load.contains(XFeatures::X87) {
+        dst[..X87_HEAD].copy_from_slice(&buf[..X87_HEAD]);
+        dst[32..X87_END].copy_from_slice(&buf[32..X87_END]);
+    }
+    put_u32(dst, MXCSR_OFFSET, mxcsr);
+    put_u32(dst, MXCSR_MASK_OFFSET, cfg.mxcsr_mask);
+    if load.contains(XFeatures::SSE) {
+        dst[SSE_RANGE].copy_from_slice(&buf[SSE_RANGE]);
+    } else if features.contains(XFeatures::SSE) {
+        dst[SSE_RANGE].fill(0);
+    }
+    let comps = e.components();
+    for i in load.indices().filter(|&i| i >= 2) {
+        if let Some(d) = layout.range_of(i) {
+            let s = comps[i as usize].std_offset as usize;
+            dst[d.clone()].copy_from_slice(&buf[s..s + d.len()]);
+        }
+    }
+    put_u64(
+        dst,
+        XSTATE_BV_OFFSET,
+        ((old_bv - user_max) | features).bits(),
+    );
+    Ok(SigframeImport { features, fx_only })
+}
+
+/// Linux's `check_xstate_in_sigframe`: is this an XSAVE frame of this task?
+fn check_sw_bytes<S: Storage>(fp: &Fpstate<S>, buf: &[u8]) -> Result<(), UabiError> {
     let magic1 = get_u32(buf, SW_BYTES_OFFSET);
     if magic1 != FP_XSTATE_MAGIC1 {
         return Err(UabiError::BadMagic1 { value: magic1 });
@@ -319,18 +450,20 @@ pub fn import_sigframe<S: Storage>(
             extended_size,
         });
     }
-    let end = xstate_size as usize + 4;
-    if buf.len() < end {
-        return Err(UabiError::BufferTooSmall {
-            needed: end,
-            got: buf.len(),
-        });
-    }
-    let magic2 = get_u32(buf, xstate_size as usize);
+    let at = xstate_size as usize;
+    let magic2 = match buf.get(at..at + 4) {
+        Some(w) => u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+        None => {
+            return Err(UabiError::BufferTooSmall {
+                needed: at + 4,
+                got: buf.len(),
+            });
+        }
+    };
     if magic2 != FP_XSTATE_MAGIC2 {
         return Err(UabiError::BadMagic2 { value: magic2 });
     }
-    import(e, cfg, fp, &buf[..xstate_size as usize])
+    Ok(())
 }
 
 fn validate<S: Storage>(
