@@ -26,14 +26,14 @@
 //! kernel's sigreturn loads it, and an XSAVE right after the `ud2` shows what it
 //! loaded. That must match [`sigreturn_model`] (Linux's rules, written here from
 //! `arch/x86/kernel/fpu/signal.c`), and the crate's `import_sigframe` followed by
-//! `Fpstate::restore` must load the same registers. Where it does not (the frame's
-//! software `xfeatures` limiting the restore, Linux's "fx only" fallback for a
-//! frame with bad magic or sizes, `xstate_size` shorter than the header claims),
-//! the case is listed in `KNOWN_DIVERGENCES` and reported on stderr.
+//! `Fpstate::restore` must load the same registers, with the same "fx only"
+//! verdict, for every crafted frame (the frame's software `xfeatures` limiting
+//! the restore, Linux's "fx only" fallback for bad magic or sizes, an
+//! `xstate_size` shorter than the header claims, header bytes XRSTOR ignores).
 //!
 //! Measured on the AMD Zen 4 KVM guest this was written on (XCR0 0xe7, frame
-//! 2432 + 4 bytes): every byte agrees except (a) XSTATE_BV bits 0 and 1, which
-//! Linux always sets, (b) legacy bytes 416..463, which neither XSAVE nor Linux
+//! 2432 + 4 bytes): every byte agrees except (a) XSTATE_BV bits that differ only
+//! by init tracking, (b) legacy bytes 416..463, which neither XSAVE nor Linux
 //! writes (the frame keeps whatever the stack held; the crate writes zeros), and
 //! (c) with only AVX-512 loaded, the frame written after `ud2` marks AVX (init
 //! value) in use where XSAVEC right after the XRSTOR does not; the `tgkill` path
@@ -571,9 +571,8 @@ struct Outcome {
 /// behaviour. Returns the notes of what was applied.
 ///
 /// 1. `save_xstate_epilog` ORs FP|SSE into the frame's XSTATE_BV "for legacy
-///    compatibility", whether or not x87/SSE were in use. The bytes of these two
-///    components are whatever XSAVE wrote for them (their init values when not in
-///    use), which is what the crate exports for init components too.
+///    compatibility", whether or not x87/SSE were in use; `export_sigframe` does
+///    too, so this must never apply (it is checked).
 /// 2. Init tracking: the kernel's XSAVE ran later than the crate's XSAVEC and
 ///    with the kernel in between; a component whose registers hold their init
 ///    value may be "in use" in one and not the other (AMD tracks init by value;
@@ -589,11 +588,11 @@ fn expected_kernel_frame(
     let mut exp = ours.to_vec();
     let get_bv = |b: &[u8]| u64::from_le_bytes(b[XSTATE_BV..XSTATE_BV + 8].try_into().unwrap());
     let mut bv = get_bv(ours);
-    let forced = 0b11 & !bv;
-    if forced != 0 {
-        notes.push(format!("FP|SSE forced {forced:#x}"));
-        bv |= 0b11;
-    }
+    assert_eq!(
+        bv & 0b11,
+        0b11,
+        "export_sigframe left FP|SSE clear in XSTATE_BV"
+    );
     let kbv = get_bv(kernel);
     for i in XFeatures::from_bits_retain(bv ^ kbv).indices() {
         let r = std_range(e, i);
@@ -940,10 +939,14 @@ fn run_pattern(
 
     // The kernel's frame is a valid signal frame for the crate.
     let mut fp2 = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
-    let hdr = uabi::import_sigframe(e, cfg, &mut fp2, kernel)
+    let got = uabi::import_sigframe(e, cfg, &mut fp2, kernel)
         .unwrap_or_else(|x| panic!("{name}: import_sigframe refused the kernel's frame: {x}"));
     assert_eq!(
-        hdr,
+        got.fx_only, None,
+        "{name}: the kernel's frame taken as fx only"
+    );
+    assert_eq!(
+        got.features,
         kbv & cfg.user.max_features,
         "{name}: imported XSTATE_BV"
     );
@@ -991,6 +994,10 @@ fn put32(b: &mut [u8], o: usize, v: u32) {
     b[o..o + 4].copy_from_slice(&v.to_le_bytes());
 }
 
+fn get32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+
 fn get64(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
@@ -1000,7 +1007,7 @@ fn clear_bv(b: &mut [u8], m: XFeatures) {
     b[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
 }
 
-const CRAFTS: [Craft; 9] = [
+const CRAFTS: [Craft; 13] = [
     Craft {
         name: "valid",
         needs: XFeatures::empty(),
@@ -1051,32 +1058,52 @@ const CRAFTS: [Craft; 9] = [
             put32(b, 576, FP_XSTATE_MAGIC2);
         },
     },
-];
-
-/// Where the crate is known to load something else than sigreturn (see the
-/// module notes at [`sigreturn_model`]); reported loudly, not failed, so the
-/// test keeps checking everything else. A case that stops diverging is reported.
-const KNOWN_DIVERGENCES: [&str; 5] = [
-    "sw-xfeatures-fp-sse",
-    "bad-magic1",
-    "bad-magic2",
-    "xstate-size-too-big",
-    "xstate-size-576",
+    Craft {
+        name: "sw-xfeatures-x87-avx",
+        needs: XFeatures::AVX,
+        mutate: |b, _| {
+            b[SW_BYTES_OFFSET + 8..SW_BYTES_OFFSET + 16].copy_from_slice(&5u64.to_le_bytes())
+        },
+    },
+    Craft {
+        name: "sw-xfeatures-all-ones",
+        needs: XFeatures::empty(),
+        mutate: |b, _| {
+            b[SW_BYTES_OFFSET + 8..SW_BYTES_OFFSET + 16].copy_from_slice(&u64::MAX.to_le_bytes())
+        },
+    },
+    Craft {
+        name: "header-bytes-24-63",
+        needs: XFeatures::empty(),
+        mutate: |b, _| b[XSTATE_BV + 24..XSTATE_BV + 64].fill(0x5a),
+    },
+    Craft {
+        name: "fx-only-sse-bits-clear",
+        needs: XFeatures::empty(),
+        mutate: |b, _| {
+            put32(b, SW_BYTES_OFFSET, 0);
+            clear_bv(b, XFeatures::X87.union(XFeatures::SSE));
+        },
+    },
 ];
 
 /// What Linux's sigreturn loads from a 64-bit frame (`__fpu_restore_sig`,
 /// `check_xstate_in_sigframe`, `__restore_fpregs_from_user`), as the registers
-/// a standard XSAVE of mask `full` then shows (XSTATE_BV left out):
+/// a standard XSAVE of mask `full` then shows (XSTATE_BV left out), and whether
+/// the frame was taken as "fx only":
 /// - magic1 wrong, `xstate_size` below 576, above the task's user size or above
 ///   `extended_size`, or magic2 wrong at `xstate_size`: not an error but an
 ///   "fx only" frame: FXRSTOR of the legacy region, every other component init;
 /// - otherwise XRSTOR with RFBM = the frame's software `xfeatures` (the frame's
 ///   XSTATE_BV decides within it; bytes past `xstate_size` are read if it says
-///   so), and the user components outside that RFBM are put in init state.
+///   so), then an XRSTOR of the init state for the user components outside that
+///   RFBM. MXCSR: the first XRSTOR loads (and checks) it when RFBM has SSE or
+///   AVX, the second puts it back to 0x1f80 when RFBM lacks SSE, so it is the
+///   frame's exactly when RFBM has SSE (the `sw-xfeatures-x87-avx` frame).
 ///
 /// The init values: x87 FCW 0x37f and zeros, XMM and every extended component
 /// zero. MXCSR_MASK is the CPU's in every XSAVE image.
-fn sigreturn_model(l: &Live, frame: &[u8]) -> Vec<u8> {
+fn sigreturn_model(l: &Live, frame: &[u8]) -> (Vec<u8>, bool) {
     let size = l.size;
     let u32_at = |o: usize| u32::from_le_bytes(frame[o..o + 4].try_into().unwrap());
     let xstate_size = u32_at(SW_BYTES_OFFSET + 16) as usize;
@@ -1088,24 +1115,26 @@ fn sigreturn_model(l: &Live, frame: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; size];
     out[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
     put32(&mut out, MXCSR, 0x1f80);
-    put32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
     if fx_only {
-        out[..160].copy_from_slice(&frame[..160]);
-        out[160..416].copy_from_slice(&frame[160..416]);
+        out[..416].copy_from_slice(&frame[..416]);
         put32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
-        return out;
+        return (out, true);
     }
     let rfbm = get64(frame, SW_BYTES_OFFSET + 8) & l.full.bits();
     let bv = get64(frame, XSTATE_BV) & rfbm;
-    if rfbm & 0b110 != 0 {
-        out[MXCSR..MXCSR + 4].copy_from_slice(&frame[MXCSR..MXCSR + 4]);
-    }
     for i in XFeatures::from_bits_retain(bv).indices() {
         let r = std_range(&l.e, i);
         out[r.clone()].copy_from_slice(&frame[r]);
     }
+    // Component 0's standard range covers MXCSR, which is not x87 state.
+    let mxcsr = if rfbm & 0b10 != 0 {
+        get32(frame, MXCSR)
+    } else {
+        0x1f80
+    };
+    put32(&mut out, MXCSR, mxcsr);
     put32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
-    out
+    (out, false)
 }
 
 /// Differences between two XSAVE images, XSTATE_BV excluded (init tracking).
@@ -1157,7 +1186,7 @@ fn sigreturn_matches_import() {
 
     let installed = Installed::new();
     let mut harness = Area::new(size);
-    let (mut agree, mut diverge, mut skipped) = (0, Vec::new(), 0);
+    let (mut agree, mut skipped) = (0, 0);
     for c in &CRAFTS {
         if !full.contains(c.needs) {
             loud!(
@@ -1192,62 +1221,57 @@ fn sigreturn_matches_import() {
         };
         CRAFT_LEN.store(0, Ordering::SeqCst);
         assert_eq!(HITS.load(Ordering::SeqCst), hits + 1, "{name}: no signal");
-        let model = sigreturn_model(&l, &frame);
+        let (model, model_fx_only) = sigreturn_model(&l, &frame);
         let d = image_diff(after_k.bytes(), &model);
         assert!(
             d.is_empty(),
-            "{name}: sigreturn loaded other registers than Linux's rules say, bytes {:?}..",
-            &d[..d.len().min(16)]
+            "{name}: sigreturn loaded other registers than Linux's rules say, bytes {:?}.. (kernel {:02x?}, model {:02x?})",
+            &d[..d.len().min(16)],
+            &after_k.bytes()[d[0]..d[0] + 4],
+            &model[d[0]..d[0] + 4]
         );
 
         // Crate: import_sigframe, Fpstate::restore, the same XSAVE.
         let mut fp = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
-        let verdict = match uabi::import_sigframe(e, cfg, &mut fp, &frame) {
-            Err(x) => format!("import_sigframe refused it ({x}); sigreturn took it"),
-            Ok(_) => {
-                let mut after_c = Area::new(size);
-                let hp = harness.bytes_mut().as_mut_ptr();
-                // SAFETY: `harness` is aligned and standard-size for `full`.
-                unsafe { save_harness(hp, full.bits()) };
-                // SAFETY: OSXSAVE is set; the fpstate's area and header were
-                // written by `new_boxed` and a successful import.
-                let r = fp.restore(&mut unsafe { Cpu::user() }, cfg, Mode::User);
-                // SAFETY: `after_c` is aligned and standard-size; `harness` was
-                // written by `save_harness` just before.
-                unsafe {
-                    save_then_restore_harness(after_c.bytes_mut().as_mut_ptr(), hp, full.bits())
-                };
-                r.expect("Fpstate::restore");
-                let d = image_diff(after_k.bytes(), after_c.bytes());
-                if d.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "import_sigframe + restore loaded other registers: {} bytes, first {:?}",
-                        d.len(),
-                        &d[..d.len().min(8)]
-                    )
-                }
+        let got = uabi::import_sigframe(e, cfg, &mut fp, &frame).unwrap_or_else(|x| {
+            panic!("{name}: import_sigframe refused it ({x}); sigreturn took it")
+        });
+        assert_eq!(
+            got.fx_only.is_some(),
+            model_fx_only,
+            "{name}: fx-only verdict (crate {:?})",
+            got.fx_only
+        );
+        let mut after_c = Area::new(size);
+        let hp = harness.bytes_mut().as_mut_ptr();
+        // SAFETY: `harness` is aligned and standard-size for `full`.
+        unsafe { save_harness(hp, full.bits()) };
+        // SAFETY: OSXSAVE is set; the fpstate's area and header were written by
+        // `new_boxed` and a successful import.
+        let r = fp.restore(&mut unsafe { Cpu::user() }, cfg, Mode::User);
+        // SAFETY: `after_c` is aligned and standard-size; `harness` was written
+        // by `save_harness` just before.
+        unsafe { save_then_restore_harness(after_c.bytes_mut().as_mut_ptr(), hp, full.bits()) };
+        r.expect("Fpstate::restore");
+        let d = image_diff(after_k.bytes(), after_c.bytes());
+        assert!(
+            d.is_empty(),
+            "{name}: import_sigframe + restore loaded other registers than sigreturn: {} bytes, first {:?}",
+            d.len(),
+            &d[..d.len().min(8)]
+        );
+        loud!(
+            "sigreturn/{name}: crate and kernel load the same registers{}",
+            match got.fx_only {
+                Some(why) => format!(" (fx only: {why})"),
+                None => String::new(),
             }
-        };
-        let known = KNOWN_DIVERGENCES.contains(&name);
-        if verdict.is_empty() {
-            loud!("sigreturn/{name}: crate and kernel load the same registers");
-            if known {
-                loud!("sigreturn/{name}: listed in KNOWN_DIVERGENCES but agrees now: remove it");
-            }
-            agree += 1;
-        } else {
-            assert!(known, "{name}: {verdict}");
-            loud!("KNOWN DIVERGENCE sigreturn/{name}: {verdict}");
-            diverge.push(name);
-        }
+        );
+        agree += 1;
     }
     drop(installed);
     loud!(
-        "sigreturn: {} crafted frames, {agree} load the same registers through the crate, {} known divergences {:?}, {skipped} skipped",
-        CRAFTS.len() - skipped,
-        diverge.len(),
-        diverge
+        "sigreturn: {} crafted frames, {agree} load the same registers through the crate, {skipped} skipped",
+        CRAFTS.len() - skipped
     );
 }
