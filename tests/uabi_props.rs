@@ -24,6 +24,7 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, Mode, Owner};
 use xstate::insn::{Fault, Insn, XsaveUnit};
 use xstate::layout::Layout;
+use xstate::model::{Quirks, XsaveMachine};
 use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi::{
     FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET, export, export_sigframe, import,
@@ -187,6 +188,24 @@ fn invariant(
     (fp.xcomp_bv(), sup.bits(), cet)
 }
 
+/// Nothing an import accepts may make the kernel's next restore of the fpstate
+/// fault: the model executes it (XRSTORS where the CPU has it, else XRSTOR),
+/// with the SDM's #GP checks on the header and MXCSR.
+fn restores_cleanly(c: &Cpu, fp: &Fpstate<BoxedArea>) -> Result<(), String> {
+    let quirks = Quirks {
+        mxcsr_mask: c.cfg.mxcsr_mask,
+        ..Quirks::INTEL
+    };
+    let mut m = XsaveMachine::new(&c.e, quirks);
+    let mode = if c.e.xsaves {
+        Mode::Supervisor
+    } else {
+        Mode::User
+    };
+    fp.restore(&mut m, &c.cfg, mode)
+        .map_err(|x| format!("{}: restore of an accepted import: {x}", c.name))
+}
+
 fn export_all(c: &Cpu, fp: &Fpstate<BoxedArea>) -> Vec<u8> {
     let mut out = vec![0u8; fp.info().user_size as usize];
     let n = export(&c.e, &c.cfg, fp, fp.info().user_features, &mut out).unwrap();
@@ -262,6 +281,7 @@ proptest! {
             Ok(hdr) => {
                 prop_assert_eq!(hdr.bits(), get_u64(&buf, XSTATE_BV));
                 prop_assert_eq!(fp.xstate_bv() & fp.info().user_features, hdr);
+                restores_cleanly(c, &fp).map_err(TestCaseError::fail)?;
             }
         }
         prop_assert_eq!(invariant(&fp, &cet), inv, "{}: XCOMP_BV/supervisor state moved", &c.name);
@@ -330,7 +350,17 @@ proptest! {
         let inv2 = invariant(&fp2, &cet2);
         let got = import_sigframe(&c.e, &c.cfg, &mut fp2, &frame[..n]);
         prop_assert!(got.is_ok(), "{}: own frame refused: {:?}", &c.name, got);
-        prop_assert!(export_all(c, &fp2) == export_all(c, &fp), "{}: frame round trip", &c.name);
+        let got = got.unwrap();
+        prop_assert_eq!(got.fx_only, None);
+        // Linux's frames always claim x87 and SSE (their init values when not in
+        // use): after the round trip they are "in use", every byte the same.
+        let fpsse = XFeatures::X87 | XFeatures::SSE;
+        prop_assert_eq!(got.features, (fp.xstate_bv() & fp.info().user_features) | fpsse);
+        let (mut a, mut b) = (export_all(c, &fp2), export_all(c, &fp));
+        prop_assert_eq!(get_u64(&a, 512), get_u64(&b, 512) | fpsse.bits());
+        a[512..520].fill(0);
+        b[512..520].fill(0);
+        prop_assert!(a == b, "{}: frame round trip", &c.name);
         prop_assert_eq!(invariant(&fp2, &cet2), inv2);
         // A frame cut before its trailing magic is refused, and changes nothing.
         let before = fp2.area().to_vec();
@@ -361,8 +391,15 @@ proptest! {
         }
         let before = fp.area().to_vec();
         let inv = invariant(&fp, &cet);
-        if let Err(e) = import_sigframe(&c.e, &c.cfg, &mut fp, &buf) {
-            prop_assert!(fp.area() == &before[..], "{}: refused ({e}) but changed", c.name);
+        match import_sigframe(&c.e, &c.cfg, &mut fp, &buf) {
+            Err(e) => {
+                prop_assert!(fp.area() == &before[..], "{}: refused ({e}) but changed", c.name);
+            }
+            Ok(got) => {
+                prop_assert!(fp.info().user_features.contains(got.features));
+                prop_assert_eq!(fp.xstate_bv() & fp.info().user_features, got.features);
+                restores_cleanly(c, &fp).map_err(TestCaseError::fail)?;
+            }
         }
         prop_assert_eq!(invariant(&fp, &cet), inv);
     }
