@@ -81,7 +81,7 @@ fn check_import(c: &Cpu, data: &[u8], sigframe: bool) {
     let before = fp.area().to_vec();
     let user = fp.info().user_features;
     let r = if sigframe {
-        uabi::import_sigframe(&c.e, &c.cfg, &mut fp, data)
+        uabi::import_sigframe(&c.e, &c.cfg, &mut fp, data).map(|r| r.features)
     } else {
         uabi::import(&c.e, &c.cfg, &mut fp, data)
     };
@@ -122,7 +122,12 @@ fn check_import(c: &Cpu, data: &[u8], sigframe: bool) {
         );
     }
     if hdr.contains(XFeatures::SSE) {
-        assert!(out[160..416] == data[160..416], "XMM did not round-trip");
+        // A signal frame whose restore mask lacks SSE leaves the XMM registers
+        // init; SSE is then "in use" only for a non-default MXCSR.
+        assert!(
+            out[160..416] == data[160..416] || (sigframe && out[160..416].iter().all(|&x| x == 0)),
+            "XMM did not round-trip"
+        );
     }
 
     // export -> import -> export is a fixed point.
