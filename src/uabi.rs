@@ -180,7 +180,11 @@ pub fn export<S: Storage>(
 
     // Legacy region, as Linux builds it: x87 state from the buffer or its init
     // values, MXCSR live with SSE or AVX, XMM registers with SSE.
-    if xstate_bv.contains(XFeatures::X87) {
+    if xstate_bv.contains(XFeatures::X87 | XFeatures::SSE) {
+        // The common case in one copy; MXCSR (live with SSE) and its mask
+        // are rewritten below.
+        out[..SSE_RANGE.end].copy_from_slice(&src[..SSE_RANGE.end]);
+    } else if xstate_bv.contains(XFeatures::X87) {
         out[..X87_HEAD].copy_from_slice(&src[..X87_HEAD]);
         out[32..X87_END].copy_from_slice(&src[32..X87_END]);
     } else {
@@ -195,10 +199,10 @@ pub fn export<S: Storage>(
     };
     put_u32(out, MXCSR_OFFSET, mxcsr);
     put_u32(out, MXCSR_MASK_OFFSET, cfg.mxcsr_mask);
-    if xstate_bv.contains(XFeatures::SSE) {
-        out[SSE_RANGE].copy_from_slice(&src[SSE_RANGE]);
-    } else {
+    if !xstate_bv.contains(XFeatures::SSE) {
         out[SSE_RANGE].fill(0);
+    } else if !xstate_bv.contains(XFeatures::X87) {
+        out[SSE_RANGE].copy_from_slice(&src[SSE_RANGE]);
     }
     out[SSE_RANGE.end..XSTATE_BV_OFFSET].fill(0);
     // The software-reserved bytes carry the user feature mask, as ptrace's
@@ -207,10 +211,12 @@ pub fn export<S: Storage>(
     out[XSTATE_BV_OFFSET..EXTENDED_START as usize].fill(0);
     put_u64(out, XSTATE_BV_OFFSET, xstate_bv.bits());
 
-    // Extended region: walk the standard offsets in order, zeroing every byte
-    // that is not live state (gaps, components in init state).
+    // Extended region: walk the live components in order, zeroing every byte
+    // that is not live state (gaps, components in init state). Components
+    // contiguous in both forms go out in one copy.
     let comps = e.components();
     let mut zero_from = EXTENDED_START as usize;
+    let mut run = Run::default();
     let mut live = xstate_bv.bits() >> 2 << 2;
     while live != 0 {
         let i = live.trailing_zeros();
@@ -219,16 +225,70 @@ pub fn export<S: Storage>(
             continue;
         };
         let d = c.std_offset as usize;
-        if zero_from < d {
-            out[zero_from..d].fill(0);
+        if !run.extend(s.start, d, s.len()) {
+            run.flush(src, out);
+            if zero_from < d {
+                out[zero_from..d].fill(0);
+            }
+            run = Run::new(s.start, d, s.len());
         }
-        out[d..d + s.len()].copy_from_slice(&src[s]);
         zero_from = zero_from.max(d + c.size as usize);
     }
+    run.flush(src, out);
     if zero_from < size {
         out[zero_from..].fill(0);
     }
     Ok(size)
+}
+
+/// Copy the extended components of `mask` from a standard-form `buf` into the
+/// kernel buffer `dst` laid out by `layout`, one copy per contiguous run.
+fn copy_components(e: &Enumeration, layout: &Layout, mask: XFeatures, buf: &[u8], dst: &mut [u8]) {
+    let comps = e.components();
+    let mut run = Run::default();
+    let mut live = mask.bits() >> 2 << 2;
+    while live != 0 {
+        let i = live.trailing_zeros();
+        live &= live - 1;
+        if let Some(d) = layout.range_of(i) {
+            let s = comps[i as usize].std_offset as usize;
+            if !run.extend(s, d.start, d.len()) {
+                run.flush(buf, dst);
+                run = Run::new(s, d.start, d.len());
+            }
+        }
+    }
+    run.flush(buf, dst);
+}
+
+/// A run of components contiguous in both the source and the destination
+/// buffer: copied with one `copy_from_slice` instead of one per component.
+#[derive(Default)]
+struct Run {
+    src: usize,
+    dst: usize,
+    len: usize,
+}
+
+impl Run {
+    const fn new(src: usize, dst: usize, len: usize) -> Self {
+        Self { src, dst, len }
+    }
+
+    /// Append a component if it starts where the run ends on both sides.
+    fn extend(&mut self, src: usize, dst: usize, len: usize) -> bool {
+        let fits = self.len != 0 && self.src + self.len == src && self.dst + self.len == dst;
+        if fits {
+            self.len += len;
+        }
+        fits
+    }
+
+    fn flush(&self, from: &[u8], to: &mut [u8]) {
+        if self.len != 0 {
+            to[self.dst..self.dst + self.len].copy_from_slice(&from[self.src..self.src + self.len]);
+        }
+    }
 }
 
 /// Export into a signal frame: [`export`] plus the software bytes Linux writes
@@ -418,13 +478,7 @@ pub fn import_sigframe<S: Storage>(
     } else if features.contains(XFeatures::SSE) {
         dst[SSE_RANGE].fill(0);
     }
-    let comps = e.components();
-    for i in load.indices().filter(|&i| i >= 2) {
-        if let Some(d) = layout.range_of(i) {
-            let s = comps[i as usize].std_offset as usize;
-            dst[d.clone()].copy_from_slice(&buf[s..s + d.len()]);
-        }
-    }
+    copy_components(e, layout, load, buf, dst);
     put_u64(
         dst,
         XSTATE_BV_OFFSET,
@@ -488,9 +542,9 @@ fn validate<S: Storage>(
     if xcomp_bv != 0 {
         return Err(UabiError::CompactedForm { xcomp_bv });
     }
-    if buf[XSTATE_BV_OFFSET + 16..header_end]
-        .iter()
-        .any(|&b| b != 0)
+    if (XSTATE_BV_OFFSET + 16..header_end)
+        .step_by(8)
+        .any(|o| get_u64(buf, o) != 0)
     {
         return Err(UabiError::ReservedHeader);
     }
@@ -524,24 +578,23 @@ fn write_validated<S: Storage>(
     let old_bv = fp.xstate_bv();
     let user_max = fp.info().user_features;
     let dst = fp.area_mut();
-    if hdr.contains(XFeatures::X87) {
-        // Like Linux: component 0 is bytes 0..160, MXCSR and its mask included.
-        dst[..X87_END].copy_from_slice(&buf[..X87_END]);
-    }
-    if hdr.intersects(XFeatures::SSE | XFeatures::AVX) {
-        dst[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]
-            .copy_from_slice(&buf[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]);
-    }
-    if hdr.contains(XFeatures::SSE) {
-        dst[SSE_RANGE].copy_from_slice(&buf[SSE_RANGE]);
-    }
-    let comps = e.components();
-    for i in hdr.indices().filter(|&i| i >= 2) {
-        if let Some(d) = layout.range_of(i) {
-            let s = comps[i as usize].std_offset as usize;
-            dst[d.clone()].copy_from_slice(&buf[s..s + d.len()]);
+    if hdr.contains(XFeatures::X87 | XFeatures::SSE) {
+        // x87 (bytes 0..160, MXCSR and its mask included, like Linux) and the
+        // XMM registers in one copy.
+        dst[..SSE_RANGE.end].copy_from_slice(&buf[..SSE_RANGE.end]);
+    } else {
+        if hdr.contains(XFeatures::X87) {
+            dst[..X87_END].copy_from_slice(&buf[..X87_END]);
+        }
+        if hdr.intersects(XFeatures::SSE | XFeatures::AVX) {
+            dst[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]
+                .copy_from_slice(&buf[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]);
+        }
+        if hdr.contains(XFeatures::SSE) {
+            dst[SSE_RANGE].copy_from_slice(&buf[SSE_RANGE]);
         }
     }
+    copy_components(e, layout, hdr, buf, dst);
     // Supervisor state and anything else not user-visible keeps its bits.
     let new_bv = (old_bv - user_max) | hdr;
     put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
