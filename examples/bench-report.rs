@@ -572,16 +572,29 @@ fn uabi(
     if !verdicts.is_empty() {
         let _ = writeln!(
             out,
-            "Why the missed copies miss: `export` is not one copy but several (x87 head and tail, \
-             MXCSR, XMM, header fields, then one copy per component at its standard offset with the \
-             gaps zero-filled); \
-             `import` first validates the header and MXCSR, then does the same per-component walk \
-             into the compacted buffer. Each piece is a separate `memcpy`/`memset` call with its \
-             own start-up cost, where the baseline is one call over the whole range. A fix (not \
-             made here): merge runs of components that are contiguous in both forms (on this CPU \
-             AVX..Hi16_ZMM are: compacted and standard offsets coincide) and the legacy region \
-             into single copies.\n"
+            "Why the missed copies miss: `export` and `import` copy each run of components that \
+             are contiguous in both forms with one call (the legacy region, then e.g. \
+             opmask..PKRU, TILECFG+TILEDATA), and `export` zero-fills the gaps between runs \
+             (MPX's hole, the padding before the 64-byte aligned TILECFG) with more. The baseline \
+             is one call over the whole range, and a copy's time is not proportional to its \
+             bytes:"
         );
+        for name in ["avx512-live", "amx-spr"] {
+            let g = |f: &str| r.get(&format!("uabi/{f}/{name}")).copied();
+            if let (Some(m), Some(l), Some(x)) = (g("memcpy"), g("memcpy-largest"), g("export")) {
+                let _ = writeln!(
+                    out,
+                    "- {name}: the largest component copied alone between the two buffers \
+                     (`uabi/memcpy-largest/{name}`) takes {}, {:.0}% of the whole-area memcpy \
+                     ({}); export spends {} on everything else.",
+                    est(l),
+                    100.0 * l.median / m.median,
+                    ns(m.median),
+                    ns(x.median - l.median)
+                );
+            }
+        }
+        let _ = writeln!(out);
     }
     verdicts
 }
