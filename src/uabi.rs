@@ -199,23 +199,21 @@ pub fn export<S: Storage>(
     };
     put_u32(out, MXCSR_OFFSET, mxcsr);
     put_u32(out, MXCSR_MASK_OFFSET, cfg.mxcsr_mask);
-    if !xstate_bv.contains(XFeatures::SSE) {
-        out[SSE_RANGE].fill(0);
-    } else if !xstate_bv.contains(XFeatures::X87) {
-        out[SSE_RANGE].copy_from_slice(&src[SSE_RANGE]);
-    }
-    out[SSE_RANGE.end..XSTATE_BV_OFFSET].fill(0);
-    // The software-reserved bytes carry the user feature mask, as ptrace's
-    // NT_X86_XSTATE and KVM_GET_XSAVE do (Linux's USER_XSTATE_XCR0_WORD).
-    put_u64(out, SW_BYTES_OFFSET, cfg.user.max_features.bits());
-    out[XSTATE_BV_OFFSET..EXTENDED_START as usize].fill(0);
-    put_u64(out, XSTATE_BV_OFFSET, xstate_bv.bits());
+    // From here to the first live extended component everything but a few
+    // header fields is zero: one fill (the component walk below does it).
+    let mut zero_from = if !xstate_bv.contains(XFeatures::SSE) {
+        SSE_RANGE.start
+    } else {
+        if !xstate_bv.contains(XFeatures::X87) {
+            out[SSE_RANGE].copy_from_slice(&src[SSE_RANGE]);
+        }
+        SSE_RANGE.end
+    };
 
     // Extended region: walk the live components in order, zeroing every byte
     // that is not live state (gaps, components in init state). Components
     // contiguous in both forms go out in one copy.
     let comps = e.components();
-    let mut zero_from = EXTENDED_START as usize;
     let mut run = Run::default();
     let mut live = xstate_bv.bits() >> 2 << 2;
     while live != 0 {
@@ -238,6 +236,11 @@ pub fn export<S: Storage>(
     if zero_from < size {
         out[zero_from..].fill(0);
     }
+    // The software-reserved bytes carry the user feature mask, as ptrace's
+    // NT_X86_XSTATE and KVM_GET_XSAVE do (Linux's USER_XSTATE_XCR0_WORD); the
+    // header is zero but XSTATE_BV.
+    put_u64(out, SW_BYTES_OFFSET, cfg.user.max_features.bits());
+    put_u64(out, XSTATE_BV_OFFSET, xstate_bv.bits());
     Ok(size)
 }
 
