@@ -210,29 +210,15 @@ pub fn export<S: Storage>(
         SSE_RANGE.end
     };
 
-    // Extended region: walk the live components in order, zeroing every byte
-    // that is not live state (gaps, components in init state). Components
-    // contiguous in both forms go out in one copy.
-    let comps = e.components();
-    let mut run = Run::default();
-    let mut live = xstate_bv.bits() >> 2 << 2;
-    while live != 0 {
-        let i = live.trailing_zeros();
-        live &= live - 1;
-        let (Some(s), c) = (layout.range_of(i), &comps[i as usize]) else {
-            continue;
-        };
-        let d = c.std_offset as usize;
-        if !run.extend(s.start, d, s.len()) {
-            run.flush(src, out);
-            if zero_from < d {
-                out[zero_from..d].fill(0);
-            }
-            run = Run::new(s.start, d, s.len());
+    // Extended region: the live components in order, every byte that is not
+    // live state (gaps, components in init state) zeroed.
+    for r in runs(e, layout, xstate_bv) {
+        if zero_from < r.std {
+            out[zero_from..r.std].fill(0);
         }
-        zero_from = zero_from.max(d + c.size as usize);
+        out[r.std..r.std + r.len].copy_from_slice(&src[r.kernel..r.kernel + r.len]);
+        zero_from = zero_from.max(r.std + r.len);
     }
-    run.flush(src, out);
     if zero_from < size {
         out[zero_from..].fill(0);
     }
@@ -245,52 +231,71 @@ pub fn export<S: Storage>(
 }
 
 /// Copy the extended components of `mask` from a standard-form `buf` into the
-/// kernel buffer `dst` laid out by `layout`, one copy per contiguous run.
+/// kernel buffer `dst` laid out by `layout`.
 fn copy_components(e: &Enumeration, layout: &Layout, mask: XFeatures, buf: &[u8], dst: &mut [u8]) {
-    let comps = e.components();
-    let mut run = Run::default();
-    let mut live = mask.bits() >> 2 << 2;
-    while live != 0 {
-        let i = live.trailing_zeros();
-        live &= live - 1;
-        if let Some(d) = layout.range_of(i) {
-            let s = comps[i as usize].std_offset as usize;
-            if !run.extend(s, d.start, d.len()) {
-                run.flush(buf, dst);
-                run = Run::new(s, d.start, d.len());
-            }
-        }
+    for r in runs(e, layout, mask) {
+        dst[r.kernel..r.kernel + r.len].copy_from_slice(&buf[r.std..r.std + r.len]);
     }
-    run.flush(buf, dst);
 }
 
-/// A run of components contiguous in both the source and the destination
-/// buffer: copied with one `copy_from_slice` instead of one per component.
-#[derive(Default)]
+/// Components contiguous in both the kernel buffer and the standard form: one
+/// copy instead of one per component.
+#[derive(Clone, Copy)]
 struct Run {
-    src: usize,
-    dst: usize,
+    /// Start in the kernel buffer.
+    kernel: usize,
+    /// Start in the standard form.
+    std: usize,
     len: usize,
 }
 
-impl Run {
-    const fn new(src: usize, dst: usize, len: usize) -> Self {
-        Self { src, dst, len }
+/// The runs of `mask`'s extended components that have space in `layout`, in
+/// component order.
+fn runs<'a>(e: &'a Enumeration, layout: &'a Layout, mask: XFeatures) -> Runs<'a> {
+    Runs {
+        e,
+        layout,
+        left: mask.bits() >> 2 << 2,
+        pending: None,
     }
+}
 
-    /// Append a component if it starts where the run ends on both sides.
-    fn extend(&mut self, src: usize, dst: usize, len: usize) -> bool {
-        let fits = self.len != 0 && self.src + self.len == src && self.dst + self.len == dst;
-        if fits {
-            self.len += len;
-        }
-        fits
-    }
+struct Runs<'a> {
+    e: &'a Enumeration,
+    layout: &'a Layout,
+    /// Components not yet looked at.
+    left: u64,
+    /// The run being grown.
+    pending: Option<Run>,
+}
 
-    fn flush(&self, from: &[u8], to: &mut [u8]) {
-        if self.len != 0 {
-            to[self.dst..self.dst + self.len].copy_from_slice(&from[self.src..self.src + self.len]);
+impl Iterator for Runs<'_> {
+    type Item = Run;
+
+    fn next(&mut self) -> Option<Run> {
+        while self.left != 0 {
+            let i = self.left.trailing_zeros();
+            self.left &= self.left - 1;
+            let Some(k) = self.layout.range_of(i) else {
+                continue;
+            };
+            let c = Run {
+                kernel: k.start,
+                std: self.e.components()[i as usize].std_offset as usize,
+                len: k.len(),
+            };
+            match &mut self.pending {
+                Some(p) if p.kernel + p.len == c.kernel && p.std + p.len == c.std => {
+                    p.len += c.len;
+                }
+                p => {
+                    if let Some(done) = p.replace(c) {
+                        return Some(done);
+                    }
+                }
+            }
         }
+        self.pending.take()
     }
 }
 
@@ -400,10 +405,10 @@ pub fn import_sigframe<S: Storage>(
     fp: &mut Fpstate<S>,
     buf: &[u8],
 ) -> Result<SigframeImport, UabiError> {
-    let legacy = SW_BYTES_OFFSET + 48;
-    if buf.len() < legacy {
+    // The legacy region, software bytes included.
+    if buf.len() < XSTATE_BV_OFFSET {
         return Err(UabiError::BufferTooSmall {
-            needed: legacy,
+            needed: XSTATE_BV_OFFSET,
             got: buf.len(),
         });
     }
@@ -418,20 +423,11 @@ pub fn import_sigframe<S: Storage>(
     let (load, mxcsr_checked, mxcsr_loaded) = match fx_only {
         Some(_) => (fpsse, true, true),
         None => {
+            // XRSTOR's #GP: bits outside XCR0, the compacted form, header
+            // bytes 16..24 (a standard-form XRSTOR does not look further).
             let enabled = cfg.user.max_features;
+            let xstate_bv = check_header(buf, enabled, XCOMP_BV_OFFSET + 16)?;
             let rfbm = XFeatures::from_bits_retain(get_u64(buf, SW_BYTES_OFFSET + 8)) & enabled;
-            let xstate_bv = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET));
-            let bad = xstate_bv - enabled;
-            if !bad.is_empty() {
-                return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
-            }
-            let xcomp_bv = get_u64(buf, XCOMP_BV_OFFSET);
-            if xcomp_bv != 0 {
-                return Err(UabiError::CompactedForm { xcomp_bv });
-            }
-            if get_u64(buf, XCOMP_BV_OFFSET + 8) != 0 {
-                return Err(UabiError::ReservedHeader);
-            }
             let load = xstate_bv & rfbm;
             let bad = load - user_max;
             if !bad.is_empty() {
@@ -452,11 +448,8 @@ pub fn import_sigframe<S: Storage>(
         }
     };
     let value = get_u32(buf, MXCSR_OFFSET);
-    if mxcsr_checked && value & !cfg.mxcsr_mask != 0 {
-        return Err(UabiError::InvalidMxcsr {
-            value,
-            mask: cfg.mxcsr_mask,
-        });
+    if mxcsr_checked {
+        check_mxcsr(cfg, value)?;
     }
     let mxcsr = if mxcsr_loaded { value } else { MXCSR_DEFAULT };
     let mut spare = None;
@@ -523,6 +516,44 @@ fn check_sw_bytes<S: Storage>(fp: &Fpstate<S>, buf: &[u8]) -> Result<(), UabiErr
     Ok(())
 }
 
+/// The standard-form header of `buf` (at least 576 bytes): XSTATE_BV within
+/// `permitted`, XCOMP_BV zero, bytes 16 up to `reserved_end` zero. Returns
+/// XSTATE_BV.
+fn check_header(
+    buf: &[u8],
+    permitted: XFeatures,
+    reserved_end: usize,
+) -> Result<XFeatures, UabiError> {
+    let xstate_bv = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET));
+    let bad = xstate_bv - permitted;
+    if !bad.is_empty() {
+        return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
+    }
+    let xcomp_bv = get_u64(buf, XCOMP_BV_OFFSET);
+    if xcomp_bv != 0 {
+        return Err(UabiError::CompactedForm { xcomp_bv });
+    }
+    if (XCOMP_BV_OFFSET + 8..reserved_end)
+        .step_by(8)
+        .any(|o| get_u64(buf, o) != 0)
+    {
+        return Err(UabiError::ReservedHeader);
+    }
+    Ok(xstate_bv)
+}
+
+/// MXCSR must have no bit outside the CPU's MXCSR mask (XRSTOR's #GP).
+fn check_mxcsr(cfg: &Configs, value: u32) -> Result<(), UabiError> {
+    if value & !cfg.mxcsr_mask == 0 {
+        Ok(())
+    } else {
+        Err(UabiError::InvalidMxcsr {
+            value,
+            mask: cfg.mxcsr_mask,
+        })
+    }
+}
+
 fn validate<S: Storage>(
     e: &Enumeration,
     cfg: &Configs,
@@ -536,29 +567,10 @@ fn validate<S: Storage>(
             got: buf.len(),
         });
     }
-    let xstate_bv = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET));
-    let bad = xstate_bv - fp.info().user_features;
-    if !bad.is_empty() {
-        return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
-    }
-    let xcomp_bv = get_u64(buf, XCOMP_BV_OFFSET);
-    if xcomp_bv != 0 {
-        return Err(UabiError::CompactedForm { xcomp_bv });
-    }
-    if (XSTATE_BV_OFFSET + 16..header_end)
-        .step_by(8)
-        .any(|o| get_u64(buf, o) != 0)
-    {
-        return Err(UabiError::ReservedHeader);
-    }
+    // Linux's `validate_user_xstate_header`: every reserved header byte.
+    let xstate_bv = check_header(buf, fp.info().user_features, header_end)?;
     if xstate_bv.intersects(XFeatures::X87 | XFeatures::SSE | XFeatures::AVX) {
-        let value = get_u32(buf, MXCSR_OFFSET);
-        if value & !cfg.mxcsr_mask != 0 {
-            return Err(UabiError::InvalidMxcsr {
-                value,
-                mask: cfg.mxcsr_mask,
-            });
-        }
+        check_mxcsr(cfg, get_u32(buf, MXCSR_OFFSET))?;
     }
     // Every component the header claims must be inside the buffer.
     let needed = e.standard_size(xstate_bv) as usize;
