@@ -298,7 +298,7 @@ const GROUPS: [XFeatures; 3] = [
 
 /// The XSETBV rules (SDM vol. 2C XSETBV, "#GP(0)"; KVM's `__kvm_set_xcr` in the
 /// same order, MPX pairing included).
-fn check_xcr0(xcr0: XFeatures, allowed: XFeatures) -> Result<(), GuestError> {
+pub(crate) fn check_xcr0(xcr0: XFeatures, allowed: XFeatures) -> Result<(), GuestError> {
     let v = xcr0.bits();
     if !xcr0.contains(XFeatures::X87) {
         return Err(GuestError::X87Disabled { xcr0: v });

@@ -23,6 +23,7 @@ use crate::feature::{XCOMP_BV_COMPACTED, XFeatures};
 use crate::fpstate::{
     FCW_DEFAULT, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, XCOMP_BV_OFFSET, XSTATE_BV_OFFSET,
 };
+use crate::guest::check_xcr0;
 use crate::insn::{Fault, Insn, XsaveUnit};
 use crate::layout::Layout;
 
@@ -158,21 +159,12 @@ impl XsaveMachine {
     /// XSETBV(0): components leaving XCR0 go to their init state.
     ///
     /// # Errors
-    /// [`Fault::Gp`] for a value XSETBV refuses: x87 clear, a bit the CPU does not
-    /// support as a user component, AVX without SSE, AVX-512 bits not all
-    /// together or without AVX, TILECFG and TILEDATA not together; [`Fault::Gp`]
-    /// at CPL > 0.
+    /// [`Fault::Gp`] for a value XSETBV refuses (the rules of
+    /// [`crate::guest::GuestXsave::set_xcr0`]: x87 clear, a bit the CPU does not
+    /// support as a user component, AVX without SSE, AVX-512 without AVX, MPX,
+    /// AVX-512 or AMX groups not whole), or at CPL > 0.
     pub fn set_xcr0(&mut self, xcr0: XFeatures) -> Result<(), Fault> {
-        let avx512 = XFeatures::AVX512;
-        let amx = XFeatures::XTILE;
-        let bad = !self.cpl0
-            || !xcr0.contains(XFeatures::X87)
-            || !self.e.xcr0_supported().contains(xcr0)
-            || (xcr0.contains(XFeatures::AVX) && !xcr0.contains(XFeatures::SSE))
-            || (xcr0.intersects(avx512)
-                && (!xcr0.contains(avx512) || !xcr0.contains(XFeatures::AVX)))
-            || (xcr0.intersects(amx) && !xcr0.contains(amx));
-        if bad {
+        if !self.cpl0 || check_xcr0(xcr0, self.e.xcr0_supported()).is_err() {
             return Err(Fault::Gp);
         }
         self.init_components(self.xcr0 - xcr0);
@@ -665,5 +657,59 @@ impl XsaveUnit for XsaveMachine {
 
     fn restore(&mut self, insn: Insn, area: &[u8], rfbm: XFeatures) -> Result<(), Fault> {
         self.restore_impl(insn, area, rfbm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpuid::RecordedCpuid;
+
+    /// XSETBV on the model refuses exactly what the XSETBV rules refuse, at
+    /// CPL 0, and everything at CPL 3 (a dump with MPX, AVX-512 and AMX).
+    #[test]
+    fn xsetbv_follows_the_xsetbv_rules() {
+        let dump = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
+        let e = Enumeration::from_cpuid(&RecordedCpuid::parse(dump).unwrap()).unwrap();
+        let supported = e.xcr0_supported().bits();
+        let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+        let (mut ok, mut gp) = (0, 0);
+        // Every subset of the low 20 bits plus stray ones.
+        for v in (0..1u64 << 20)
+            .step_by(7)
+            .chain([1 << 40, supported | 1 << 40])
+        {
+            let x = XFeatures::from_bits_retain(v);
+            let want = check_xcr0(x, e.xcr0_supported()).is_ok();
+            assert_eq!(m.set_xcr0(x).is_ok(), want, "XCR0 {v:#x}");
+            if want {
+                assert_eq!(m.xcr0(), x);
+                ok += 1;
+            } else {
+                gp += 1;
+            }
+        }
+        assert!(ok > 0 && gp > 0, "{ok} accepted, {gp} refused");
+        // The rules themselves, on values whose verdict the SDM fixes.
+        for (v, legal) in [
+            (0x3, true),
+            (0x2, false),
+            (0x5, false),
+            (0x7, true),
+            (0xe7, true),
+            (0x67, false),
+            (0xc3, false),
+            (0x20007, false),
+            (0x60007, true),
+            (0xf, false),
+        ] {
+            assert_eq!(
+                m.set_xcr0(XFeatures::from_bits_retain(v)).is_ok(),
+                legal,
+                "XCR0 {v:#x}"
+            );
+        }
+        m.set_cpl0(false);
+        assert_eq!(m.set_xcr0(XFeatures::from_bits_retain(0x3)), Err(Fault::Gp));
     }
 }
