@@ -10,8 +10,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use xstate::XFeatures;
-use xstate::cpuid::{CpuidSource, RecordedCpuid};
+use xstate::cpuid::CpuidSource;
 use xstate::feature::{CATALOG, Domain, FeatureInfo, XFeature};
+
+mod testkit;
 
 /// Every key a file must have, exactly once.
 const KEYS: [&str; 9] = [
@@ -413,30 +415,17 @@ fn groups_follow_the_files() {
     assert_eq!(named.len(), COMPONENTS as usize);
 }
 
-/// The recorded dumps: (file name, parsed CPUID).
-fn dumps() -> Vec<(String, RecordedCpuid)> {
-    entries(&root().join("layouts"))
-        .into_iter()
-        .filter(|(n, _)| n.ends_with(".txt"))
-        .map(|(n, p)| {
-            let text = fs::read_to_string(&p).unwrap();
-            let cpu = RecordedCpuid::parse(&text).unwrap_or_else(|e| panic!("{n}: {e}"));
-            (n, cpu)
-        })
-        .collect()
-}
-
 /// The hardware's word on each file: which bitmap enumerates the component, ECX[0]
 /// (supervisor), ECX[2] (XFD) and EAX (size), raw from CPUID leaf 0xD of every dump.
 #[test]
 fn files_agree_with_every_dump() {
     let map = by_index();
-    let d = dumps();
+    let d = testkit::dumps();
     assert!(!d.is_empty());
     let mut errors = Vec::new();
     // component -> size reported -> dumps reporting it
     let mut sizes: BTreeMap<u32, BTreeMap<u32, Vec<&str>>> = BTreeMap::new();
-    for (name, cpu) in &d {
+    for (name, cpu) in d {
         let s0 = cpu.cpuid(0xd, 0);
         let s1 = cpu.cpuid(0xd, 1);
         for (i, c) in map.range(2..) {
@@ -475,7 +464,7 @@ fn files_agree_with_every_dump() {
                 .or_default()
                 .entry(r.eax)
                 .or_default()
-                .push(name);
+                .push(name.as_str());
         }
     }
     for (i, c) in map.range(2..) {

@@ -3,10 +3,6 @@
 //! file is picked up with no code change), the live CPU, KVM where `/dev/kvm`
 //! exists, and the SDM's rules written here independently of the crate.
 
-use std::fs;
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use proptest::prelude::*;
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
@@ -16,40 +12,18 @@ use xstate::guest::{GuestError, GuestXsave, XsaveFlags, compatible, required_siz
 use xstate::layout::Layout;
 use xstate::perm::{PermKind, PermSet, ProcessPerms};
 
+mod testkit;
+use testkit::{Rng, bits, cmp_size_raw, load, std_size_raw};
+
 // ---------------------------------------------------------------------------
 // Inputs and the independent reference (SDM rules over raw CPUID, no crate code)
 // ---------------------------------------------------------------------------
 
+/// Every dump in `layouts/`.
 fn dumps() -> &'static [(String, RecordedCpuid)] {
-    static DUMPS: OnceLock<Vec<(String, RecordedCpuid)>> = OnceLock::new();
-    DUMPS.get_or_init(read_dumps)
-}
-
-fn read_dumps() -> Vec<(String, RecordedCpuid)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts");
-    let mut v: Vec<_> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let cpu = RecordedCpuid::parse(&fs::read_to_string(&p).unwrap())
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            (name, cpu)
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(v.len() >= 30, "layouts/ holds {} dumps", v.len());
-    v
-}
-
-fn load(name: &str) -> (RecordedCpuid, Enumeration) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("layouts")
-        .join(name);
-    let cpu = RecordedCpuid::parse(&fs::read_to_string(path).unwrap()).unwrap();
-    let e = Enumeration::from_cpuid(&cpu).unwrap();
-    (cpu, e)
+    let d = testkit::dumps();
+    assert!(d.len() >= 30, "layouts/ holds {} dumps", d.len());
+    d
 }
 
 /// A permission set holding everything the CPU has (the host's own view).
@@ -73,10 +47,6 @@ fn host_guest(e: &Enumeration) -> GuestXsave {
     .unwrap()
 }
 
-fn bits(mask: u64) -> impl Iterator<Item = u32> {
-    (0..64).filter(move |i| mask >> i & 1 != 0)
-}
-
 /// Every subset of `mask`, `mask` itself first.
 fn subsets(mask: u64) -> impl Iterator<Item = u64> {
     let mut next = Some(mask);
@@ -84,30 +54,6 @@ fn subsets(mask: u64) -> impl Iterator<Item = u64> {
         let s = next?;
         next = if s == 0 { None } else { Some((s - 1) & mask) };
         Some(s)
-    })
-}
-
-/// Standard size for `mask` from raw subleaves: the end of the last component.
-fn std_size_raw(cpu: &impl CpuidSource, mask: u64) -> u32 {
-    bits(mask)
-        .filter(|&i| i >= 2)
-        .map(|i| {
-            let r = cpu.cpuid(0xd, i);
-            r.ebx + r.eax
-        })
-        .fold(576, u32::max)
-}
-
-/// Compacted size for `mask` from raw subleaves (SDM vol. 1 13.4.3).
-fn cmp_size_raw(cpu: &impl CpuidSource, mask: u64) -> u32 {
-    bits(mask).filter(|&i| i >= 2).fold(576, |end, i| {
-        let r = cpu.cpuid(0xd, i);
-        let start = if r.ecx & 2 != 0 {
-            end.next_multiple_of(64)
-        } else {
-            end
-        };
-        start + r.eax
     })
 }
 
@@ -916,20 +862,6 @@ fn construction_errors() {
 // ---------------------------------------------------------------------------
 // (d) Migration: compatible, translate, required_size
 // ---------------------------------------------------------------------------
-
-/// A tiny deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn byte(&mut self) -> u8 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        b.iter_mut().for_each(|x| *x = self.byte());
-    }
-}
 
 /// A standard-format buffer for `xstate_bv` laid out from the raw dump: random
 /// legacy region and component bytes, header, zero gaps.

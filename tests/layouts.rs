@@ -6,7 +6,6 @@
 //! this build host recorded by `cargo run --example xstate-report -- --record`.
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 
 use xstate::XFeatures;
@@ -14,40 +13,19 @@ use xstate::cpuid::{CpuidSource, LiveCpuid, RecordedCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::layout::{Form, Layout, LayoutError};
 
-/// Start of the extended region (SDM vol. 1 13.4: 512-byte legacy region + 64-byte header).
-const EXTENDED: u32 = 576;
+mod testkit;
+use testkit::{Rng, compacted_raw, layouts_dir, std_size_raw};
 
 /// The dump of this build host, recorded by `xstate-report --record`.
 const THIS_HOST: &str = "amd-zen4-epyc-kvm-guest-this-build-host.txt";
 
-fn layouts_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts")
-}
-
-fn dumps() -> Vec<(String, String)> {
-    let mut v: Vec<_> = fs::read_dir(layouts_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                fs::read_to_string(&p).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// Every dump, parsed and enumerated.
 fn enumerated() -> Vec<(String, RecordedCpuid, Enumeration)> {
-    dumps()
-        .into_iter()
-        .map(|(name, text)| {
-            let cpu = RecordedCpuid::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let e = Enumeration::from_cpuid(&cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
-            (name, cpu, e)
+    testkit::dumps()
+        .iter()
+        .map(|(name, cpu)| {
+            let e = Enumeration::from_cpuid(cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name.clone(), cpu.clone(), e)
         })
         .collect()
 }
@@ -60,42 +38,6 @@ fn raw_masks(cpu: &impl CpuidSource) -> (u64, u64) {
         (u64::from(s0.edx) << 32) | u64::from(s0.eax),
         (u64::from(s1.edx) << 32) | u64::from(s1.ecx),
     )
-}
-
-/// SDM vol. 1 13.4.3, compacted format, read literally off CPUID: the extended
-/// region starts at 576; each component i >= 2 of XCOMP_BV, in index order, sits
-/// right after the previous one, or at the next 64-byte boundary if
-/// CPUID(0xD,i).ECX[1]. Returns (offset of each component in the mask, total size).
-fn reference_compacted(cpu: &impl CpuidSource, mask: u64) -> (Vec<(u32, u32)>, u32) {
-    let mut offsets = Vec::new();
-    let mut next = EXTENDED;
-    for i in 2..63u32 {
-        if mask & (1 << i) == 0 {
-            continue;
-        }
-        let r = cpu.cpuid(0xd, i);
-        let at = if r.ecx & 2 != 0 {
-            next.div_ceil(64) * 64
-        } else {
-            next
-        };
-        offsets.push((i, at));
-        next = at + r.eax;
-    }
-    (offsets, next)
-}
-
-/// Deterministic PRNG (splitmix64), so a failure reproduces exactly.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 #[test]
@@ -148,7 +90,7 @@ fn standard_offsets_are_cpuid_ebx() {
 /// supported mask and 200 pseudo-random subsets per dump.
 #[test]
 fn compacted_matches_the_sdm_reference() {
-    let mut rng = SplitMix(0x5eed_0d0d_c0ff_ee00);
+    let mut rng = Rng(0x5eed_0d0d_c0ff_ee00);
     let mut checked = 0u32;
     for (name, cpu, e) in enumerated() {
         let (xcr0, xss) = raw_masks(&cpu);
@@ -158,7 +100,7 @@ fn compacted_matches_the_sdm_reference() {
         for mask in masks {
             let l = Layout::compacted(&e, XFeatures::from_bits_retain(mask))
                 .unwrap_or_else(|err| panic!("{name}: {mask:#x}: {err}"));
-            let (offsets, size) = reference_compacted(&cpu, mask);
+            let (offsets, size) = compacted_raw(&cpu, mask);
             assert_eq!(l.form(), Form::Compacted);
             assert_eq!(l.mask().bits(), mask, "{name}");
             assert_eq!(l.xcomp_bv(), mask | 1 << 63, "{name}");
@@ -179,7 +121,7 @@ fn compacted_matches_the_sdm_reference() {
             assert_eq!(e.compacted_size(XFeatures::from_bits_retain(mask)), size);
             checked += 1;
         }
-        let (_, full) = reference_compacted(&cpu, all);
+        let (_, full) = compacted_raw(&cpu, all);
         assert_eq!(e.compacted_max_size(), full, "{name}");
         println!("{name}: compacted size {full} for {all:#x}, 203 masks match the SDM rule");
     }
@@ -190,7 +132,7 @@ fn compacted_matches_the_sdm_reference() {
 /// CPUID(0xD,0).ECX, for every supported XCR0 and random user subsets.
 #[test]
 fn standard_size_is_the_max_end() {
-    let mut rng = SplitMix(0x57a2_da2d);
+    let mut rng = Rng(0x57a2_da2d);
     for (name, cpu, e) in enumerated() {
         let (xcr0, _) = raw_masks(&cpu);
         let max = cpu.cpuid(0xd, 0).ecx;
@@ -198,13 +140,7 @@ fn standard_size_is_the_max_end() {
         masks.extend((0..50).map(|_| rng.next() & xcr0));
         for mask in masks {
             let l = Layout::standard(&e, XFeatures::from_bits_retain(mask)).unwrap();
-            let end = (2..63u32)
-                .filter(|i| mask & (1 << i) != 0)
-                .map(|i| {
-                    let r = cpu.cpuid(0xd, i);
-                    r.ebx + r.eax
-                })
-                .fold(EXTENDED, u32::max);
+            let end = std_size_raw(&cpu, mask);
             assert_eq!(l.size(), end, "{name}: standard size for {mask:#x}");
             assert!(l.size() <= max, "{name}: {} > CPUID ECX {max}", l.size());
             assert_eq!(e.standard_size(XFeatures::from_bits_retain(mask)), end);
@@ -220,7 +156,7 @@ fn standard_size_is_the_max_end() {
 /// (d) A mask with a bit the CPU lacks gets no layout; supervisor bits get no standard one.
 #[test]
 fn unsupported_bits_are_refused() {
-    let mut rng = SplitMix(0xbad_b175);
+    let mut rng = Rng(0xbad_b175);
     for (name, cpu, e) in enumerated() {
         let (xcr0, xss) = raw_masks(&cpu);
         let all = xcr0 | xss;
@@ -261,6 +197,17 @@ fn unsupported_bits_are_refused() {
     }
 }
 
+/// Masks and maximum sizes of `e`, for the log.
+fn summary(e: &Enumeration) -> String {
+    format!(
+        "xcr0 {:#x} xss {:#x} std {} compacted {}",
+        e.xcr0_supported().bits(),
+        e.xss_supported().bits(),
+        e.standard_max_size(),
+        e.compacted_max_size()
+    )
+}
+
 /// The `cpuid` tool (Debian package `cpuid`) reads this CPU independently of the
 /// `x86` crate; its `-r -1` dump must enumerate exactly as [`LiveCpuid`] does.
 #[test]
@@ -282,13 +229,7 @@ fn cpuid_tool() {
     for i in 0..64 {
         assert_eq!(tool.cpuid(0xd, i), LiveCpuid.cpuid(0xd, i), "subleaf {i}");
     }
-    println!(
-        "cpuid -r -1: xcr0 {:#x} xss {:#x} std {} compacted {}, same as LiveCpuid",
-        from_tool.xcr0_supported().bits(),
-        from_tool.xss_supported().bits(),
-        from_tool.standard_max_size(),
-        from_tool.compacted_max_size()
-    );
+    println!("cpuid -r -1: {}, same as LiveCpuid", summary(&from_tool));
 }
 
 /// This build host's own dump is in `layouts/` (so every test above covers it), and
@@ -323,11 +264,5 @@ fn this_build_host_is_recorded() {
         recorded, live,
         "{THIS_HOST} no longer matches this host: re-record it with xstate-report --record"
     );
-    println!(
-        "{THIS_HOST}: matches the live CPU (xcr0 {:#x}, xss {:#x}, std {}, compacted {})",
-        recorded.xcr0_supported().bits(),
-        recorded.xss_supported().bits(),
-        recorded.standard_max_size(),
-        recorded.compacted_max_size()
-    );
+    println!("{THIS_HOST}: matches the live CPU ({})", summary(&recorded));
 }

@@ -15,8 +15,7 @@
 //! guest pays 24 bytes, on Sapphire/Emerald/Granite Rapids nothing (CET_S fits in
 //! the padding before the 64-byte aligned AMX TILECFG); both kinds are asserted.
 
-use std::fs;
-use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use xstate::XFeatures;
@@ -28,37 +27,40 @@ use xstate::insn::Fault;
 use xstate::model::{Quirks, XsaveMachine};
 use xstate::perm::{PermKind, ProcessPerms};
 
+mod testkit;
+use testkit::cmp_size_raw;
+
 const CET_S: u32 = 12;
 
 struct Cpu {
-    name: String,
+    name: &'static str,
+    /// The dump itself: the independent reference for sizes.
+    raw: &'static RecordedCpuid,
     e: Enumeration,
     cfg: Configs,
 }
 
-fn cet_s_cpus() -> Vec<Cpu> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts");
-    let mut v = Vec::new();
-    let mut paths: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|d| d.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .collect();
-    paths.sort();
-    for p in paths {
-        let text = fs::read_to_string(&p).unwrap();
-        let e = Enumeration::from_cpuid(&RecordedCpuid::parse(&text).unwrap()).unwrap();
-        if !e.xss_supported().contains(XFeatures::CET_S) {
-            continue;
-        }
-        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-        v.push(Cpu {
-            name: p.file_name().unwrap().to_string_lossy().into_owned(),
-            e,
-            cfg,
-        });
-    }
-    v
+/// Every dump whose CPU has CET_S in IA32_XSS, enumerated once.
+fn cet_s_cpus() -> &'static [Cpu] {
+    static CPUS: OnceLock<Vec<Cpu>> = OnceLock::new();
+    CPUS.get_or_init(|| {
+        testkit::dumps()
+            .iter()
+            .filter_map(|(name, raw)| {
+                let e = Enumeration::from_cpuid(raw).unwrap();
+                if !e.xss_supported().contains(XFeatures::CET_S) {
+                    return None;
+                }
+                let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+                Some(Cpu { name, raw, e, cfg })
+            })
+            .collect()
+    })
+}
+
+/// The compacted size of `mask` from the dump's raw CPUID (SDM rule).
+fn raw_size(cpu: &Cpu, mask: XFeatures) -> u32 {
+    cmp_size_raw(cpu.raw, mask.bits())
 }
 
 #[derive(Clone, Debug)]
@@ -90,7 +92,7 @@ struct Slot {
 }
 
 fn check_invariants(cpu: &Cpu, owners: &[Slot], running: usize, m: &XsaveMachine) {
-    let (e, cfg, name) = (&cpu.e, &cpu.cfg, &cpu.name);
+    let (cfg, name) = (&cpu.cfg, cpu.name);
     for (k, o) in owners.iter().enumerate() {
         let info = o.fp.info();
         if o.guest {
@@ -105,7 +107,7 @@ fn check_invariants(cpu: &Cpu, owners: &[Slot], running: usize, m: &XsaveMachine
             );
             assert_eq!(
                 info.size,
-                e.compacted_size(host_part | XFeatures::CET_S),
+                raw_size(cpu, host_part | XFeatures::CET_S),
                 "{name}: guest {k} size"
             );
         } else {
@@ -122,11 +124,7 @@ fn check_invariants(cpu: &Cpu, owners: &[Slot], running: usize, m: &XsaveMachine
                 !o.fp.xstate_bv().contains(XFeatures::CET_S),
                 "{name}: task {k}"
             );
-            assert_eq!(
-                info.size,
-                e.compacted_size(info.features),
-                "{name}: task {k}"
-            );
+            assert_eq!(info.size, raw_size(cpu, info.features), "{name}: task {k}");
             assert!(info.size <= cfg.kernel.max_size, "{name}: task {k}");
         }
     }
@@ -269,11 +267,10 @@ fn both_kinds_of_cet_s_cpus_are_covered() {
     let cpus = cet_s_cpus();
     let mut free = 0;
     let mut paid = 0;
-    for c in &cpus {
+    for c in cpus {
         let extra = c.cfg.guest.default_size - c.cfg.kernel.default_size;
-        let expected =
-            c.e.compacted_size(c.cfg.kernel.default_features | XFeatures::CET_S)
-                - c.e.compacted_size(c.cfg.kernel.default_features);
+        let kernel = c.cfg.kernel.default_features;
+        let expected = raw_size(c, kernel | XFeatures::CET_S) - raw_size(c, kernel);
         assert_eq!(extra, expected, "{}", c.name);
         match extra {
             0 => free += 1,

@@ -2,11 +2,13 @@
 //! (`tests/model_vs_hw.rs` proves the user-mode instructions against the CPU).
 
 use xstate::XFeatures;
-use xstate::cpuid::RecordedCpuid;
 use xstate::enumerate::Enumeration;
 use xstate::insn::{Fault, Insn, XsaveUnit};
 use xstate::layout::Layout;
 use xstate::model::{Quirks, XsaveMachine};
+
+mod testkit;
+use testkit::load;
 
 #[repr(C, align(64))]
 struct Area([u8; 16384]);
@@ -16,13 +18,11 @@ fn area() -> Box<Area> {
 }
 
 fn zen4() -> Enumeration {
-    let text = include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt");
-    Enumeration::from_cpuid(&RecordedCpuid::parse(text).unwrap()).unwrap()
+    load("amd-zen4-ryzen-9-7950x.txt").1
 }
 
 fn spr() -> Enumeration {
-    let text = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
-    Enumeration::from_cpuid(&RecordedCpuid::parse(text).unwrap()).unwrap()
+    load("intel-sapphire-rapids-xeon-w9-3475x.txt").1
 }
 
 fn set_u64(a: &mut [u8], off: usize, v: u64) {

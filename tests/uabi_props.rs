@@ -11,15 +11,13 @@
 //! - signal frames: `export_sigframe` then `import_sigframe` into a fresh
 //!   fpstate gives the same state; `import_sigframe` never panics either.
 
-use std::fs;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
-use xstate::cpuid::{CpuidSource, LiveCpuid, RecordedCpuid};
+use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, Mode, Owner};
 use xstate::insn::{Fault, Insn, XsaveUnit};
@@ -30,6 +28,8 @@ use xstate::uabi::{
     FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET, export, export_sigframe, import,
     import_sigframe,
 };
+
+mod testkit;
 
 const XSTATE_BV: usize = 512;
 const XCOMP_BV: usize = 520;
@@ -49,7 +49,7 @@ fn put_u64(b: &mut [u8], o: usize, v: u64) {
 struct Cpu {
     name: String,
     /// Where CPUID answers come from (the dump, or the live CPU).
-    src: Box<dyn CpuidSource + Send + Sync>,
+    src: &'static (dyn CpuidSource + Sync),
     e: Enumeration,
     cfg: Configs,
 }
@@ -58,25 +58,15 @@ struct Cpu {
 fn cpus() -> &'static [Cpu] {
     static CPUS: OnceLock<Vec<Cpu>> = OnceLock::new();
     CPUS.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts");
-        let mut paths: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-            .collect();
-        paths.sort();
-        let mut v: Vec<Cpu> = paths
+        let mut v: Vec<Cpu> = testkit::dumps()
             .iter()
-            .map(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                let cpu = RecordedCpuid::parse(&fs::read_to_string(p).unwrap())
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
-                let e = Enumeration::from_cpuid(&cpu).unwrap_or_else(|x| panic!("{name}: {x}"));
+            .map(|(name, cpu)| {
+                let e = Enumeration::from_cpuid(cpu).unwrap_or_else(|x| panic!("{name}: {x}"));
                 let cfg =
                     Configs::new(&e, &Policy::linux(&e)).unwrap_or_else(|x| panic!("{name}: {x}"));
                 Cpu {
-                    name,
-                    src: Box::new(cpu),
+                    name: name.clone(),
+                    src: cpu,
                     e,
                     cfg,
                 }
@@ -86,7 +76,7 @@ fn cpus() -> &'static [Cpu] {
         let cfg = Configs::new(&e, &Policy::linux(&e)).expect("live configs");
         v.push(Cpu {
             name: "live CPU".into(),
-            src: Box::new(LiveCpuid),
+            src: &LiveCpuid,
             e,
             cfg,
         });

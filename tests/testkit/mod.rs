@@ -1,0 +1,194 @@
+//! Helpers shared by the integration tests `kvm_uabi`, `uabi_props`,
+//! `uabi_errors`, `guest`, `lesser_dynamic`, `model`, `layouts` and `catalog`.
+//!
+//! The offsets and the raw-CPUID sizes here are the tests' independent
+//! reference: written from the SDM, never taken from the crate.
+
+// Each test crate uses its own part of this module.
+#![allow(dead_code)]
+
+use std::fs;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use xstate::XFeatures;
+use xstate::config::Configs;
+use xstate::cpuid::{CpuidSource, RecordedCpuid};
+use xstate::enumerate::Enumeration;
+use xstate::fpstate::{BoxedArea, Fpstate, Mode};
+use xstate::insn::{Fault, Insn, XsaveUnit};
+use xstate::layout::Layout;
+
+// Offsets in every XSAVE area (SDM vol. 1 table 10-2 and 13.4.2).
+
+/// MXCSR in the legacy region.
+pub const MXCSR: usize = 24;
+/// MXCSR_MASK in the legacy region.
+pub const MXCSR_MASK: usize = 28;
+/// XSTATE_BV, the first word of the XSAVE header.
+pub const XSTATE_BV: usize = 512;
+/// XCOMP_BV, the second word of the header.
+pub const XCOMP_BV: usize = 520;
+/// Start of the extended region: 512-byte legacy region + 64-byte header.
+pub const EXTENDED: u32 = 576;
+
+pub fn get_u32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+pub fn get_u64(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+pub fn put_u32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}
+pub fn put_u64(b: &mut [u8], o: usize, v: u64) {
+    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// xorshift64*: deterministic and seedable, so a failure reproduces. The seed
+/// must not be zero.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn fill(&mut self, b: &mut [u8]) {
+        for c in b.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// `layouts/`, the recorded CPUID dumps.
+pub fn layouts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts")
+}
+
+/// Every `*.txt` dump in `layouts/`, parsed once, sorted by file name.
+pub fn dumps() -> &'static [(String, RecordedCpuid)] {
+    static DUMPS: OnceLock<Vec<(String, RecordedCpuid)>> = OnceLock::new();
+    DUMPS.get_or_init(|| {
+        let mut v: Vec<_> = fs::read_dir(layouts_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let cpu = RecordedCpuid::parse(&fs::read_to_string(&p).unwrap())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                (name, cpu)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    })
+}
+
+/// One dump of `layouts/` by file name, with its enumeration.
+pub fn load(name: &str) -> (RecordedCpuid, Enumeration) {
+    let (_, cpu) = dumps()
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("layouts/{name}: no such dump"));
+    let e = Enumeration::from_cpuid(cpu).unwrap_or_else(|err| panic!("{name}: {err}"));
+    (cpu.clone(), e)
+}
+
+/// Indices of the set bits of `mask`.
+pub fn bits(mask: u64) -> impl Iterator<Item = u32> {
+    (0..64).filter(move |i| mask >> i & 1 != 0)
+}
+
+/// SDM vol. 1 13.4.2, standard format, read off raw CPUID: the end of the last
+/// component i >= 2 of `mask` (EBX + EAX of subleaf i), at least 576.
+pub fn std_size_raw(cpu: &(impl CpuidSource + ?Sized), mask: u64) -> u32 {
+    bits(mask & !(1 << 63))
+        .filter(|&i| i >= 2)
+        .map(|i| {
+            let r = cpu.cpuid(0xd, i);
+            r.ebx + r.eax
+        })
+        .fold(EXTENDED, u32::max)
+}
+
+/// SDM vol. 1 13.4.3, compacted format, read literally off raw CPUID: the
+/// extended region starts at 576; each component i >= 2 of `mask`, in index
+/// order, sits right after the previous one, or at the next 64-byte boundary if
+/// CPUID(0xD,i).ECX[1]. Returns (offset of each component, total size).
+pub fn compacted_raw(cpu: &(impl CpuidSource + ?Sized), mask: u64) -> (Vec<(u32, u32)>, u32) {
+    let mut offsets = Vec::new();
+    let mut next = EXTENDED;
+    for i in bits(mask & !(1 << 63)).filter(|&i| i >= 2) {
+        let r = cpu.cpuid(0xd, i);
+        let at = if r.ecx & 2 != 0 {
+            next.next_multiple_of(64)
+        } else {
+            next
+        };
+        offsets.push((i, at));
+        next = at + r.eax;
+    }
+    (offsets, next)
+}
+
+/// The compacted size of `mask` from raw CPUID (see [`compacted_raw`]).
+pub fn cmp_size_raw(cpu: &(impl CpuidSource + ?Sized), mask: u64) -> u32 {
+    compacted_raw(cpu, mask).1
+}
+
+/// The bytes [`paint_cet_s`] puts in a CET_S component of `len` bytes.
+pub fn cet_s_pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| 0xc3 ^ (i as u8).wrapping_mul(29))
+        .collect()
+}
+
+/// An [`XsaveUnit`] that "saves" [`cet_s_pattern`] into the guest-only CET_S
+/// component at `range` and marks it in XSTATE_BV: supervisor state a user-mode
+/// test cannot otherwise put into an fpstate.
+struct Painter {
+    range: Range<usize>,
+}
+
+impl XsaveUnit for Painter {
+    fn save(&mut self, _: Insn, area: &mut [u8], _: XFeatures) -> Result<(), Fault> {
+        area[self.range.clone()].copy_from_slice(&cet_s_pattern(self.range.len()));
+        let bv = get_u64(area, XSTATE_BV) | XFeatures::CET_S.bits();
+        put_u64(area, XSTATE_BV, bv);
+        Ok(())
+    }
+    fn restore(&mut self, _: Insn, _: &[u8], _: XFeatures) -> Result<(), Fault> {
+        Err(Fault::Ud)
+    }
+}
+
+/// Put [`cet_s_pattern`] into `fp`'s CET_S component and XSTATE_BV\[12\], if
+/// the fpstate holds CET_S; returns where its bytes are.
+pub fn paint_cet_s(
+    e: &Enumeration,
+    cfg: &Configs,
+    fp: &mut Fpstate<BoxedArea>,
+) -> Option<Range<usize>> {
+    let features = fp.info().features;
+    if !features.contains(XFeatures::CET_S) {
+        return None;
+    }
+    let range = Layout::compacted(e, features)
+        .unwrap()
+        .range_of(12)
+        .unwrap();
+    let mut p = Painter {
+        range: range.clone(),
+    };
+    fp.save(&mut p, cfg, Mode::Supervisor).unwrap();
+    Some(range)
+}
