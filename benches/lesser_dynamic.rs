@@ -18,10 +18,13 @@
 //! checks the opmask ended where the variant says (init for a and b, loaded for
 //! c); a mismatch prints `WARN`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::{config, dirty_image, init_image, xstate_bv};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use xstate::XFeatures;
 use xstate::cpuid::LiveCpuid;
@@ -30,46 +33,9 @@ use xstate::fpstate::{BoxedArea, Storage};
 use xstate::insn;
 use xstate::layout::Layout;
 
-const XSTATE_BV: usize = 512;
-const XCOMP_BV: usize = 520;
 const OPMASK: XFeatures = XFeatures::OPMASK;
 /// The bases: name and mask.
 const BASES: [(&str, u64); 2] = [("avx512", 0xc7), ("legacy", 0x3)];
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
-fn put(b: &mut [u8], off: usize, v: &[u8]) {
-    b[off..off + v.len()].copy_from_slice(v);
-}
-
-/// A compacted image of `layout` with every component dirty, then XSTATE_BV set
-/// to `xstate_bv`.
-fn image(layout: &Layout, xstate_bv: XFeatures) -> BoxedArea {
-    let mut a = BoxedArea::zeroed(layout.size() as usize);
-    let b = a.bytes_mut();
-    put(b, 0, &0x027fu16.to_le_bytes());
-    b[4] = 0x01;
-    put(b, 32, &0x8000_0000_0000_0000u64.to_le_bytes());
-    put(b, 40, &0x3fffu16.to_le_bytes());
-    put(b, 24, &0x1f80u32.to_le_bytes());
-    for (k, x) in b[160..416].iter_mut().enumerate() {
-        *x = (k as u8).wrapping_mul(13) | 1;
-    }
-    for i in layout.mask().indices().filter(|&i| i >= 2) {
-        let r = layout.range_of(i).expect("component in mask");
-        for (k, x) in b[r].iter_mut().enumerate() {
-            *x = (k as u8).wrapping_mul(37).wrapping_add(i as u8) | 1;
-        }
-    }
-    put(b, XSTATE_BV, &xstate_bv.bits().to_le_bytes());
-    put(b, XCOMP_BV, &layout.xcomp_bv().to_le_bytes());
-    a
-}
 
 /// Put the opmask in use (k1 = a non-zero value).
 ///
@@ -117,8 +83,7 @@ fn benches(c: &mut Criterion) {
         );
         return;
     }
-    let mut init = BoxedArea::zeroed(e.standard_max_size() as usize);
-    put(init.bytes_mut(), 24, &0x1f80u32.to_le_bytes());
+    let init = init_image(&e);
     let full = xcr0 & (XFeatures::LEGACY | XFeatures::AVX | XFeatures::AVX512);
     let mut check = BoxedArea::zeroed(e.compacted_size(full) as usize);
 
@@ -129,9 +94,9 @@ fn benches(c: &mut Criterion) {
         let without = Layout::compacted(&e, base).expect("layout");
         let with = Layout::compacted(&e, rfbm).expect("layout");
         let variants = [
-            ("a-absent", image(&without, base), false),
-            ("b-init-in-buffer", image(&with, base), false),
-            ("c-in-use", image(&with, rfbm), true),
+            ("a-absent", dirty_image(&without, base), false),
+            ("b-init-in-buffer", dirty_image(&with, base), false),
+            ("c-in-use", dirty_image(&with, rfbm), true),
         ];
         for (variant, img, loaded) in &variants {
             let label = format!("lesser_dynamic/{variant}/{name}");
@@ -146,11 +111,7 @@ fn benches(c: &mut Criterion) {
                     unsafe { insn::xsavec(p, full) };
                     // SAFETY: `init` is a standard-form image with XSTATE_BV = 0.
                     unsafe { insn::xrstor(init.bytes().as_ptr(), full) };
-                    let xbv = u64::from_le_bytes(
-                        check.bytes()[XSTATE_BV..XSTATE_BV + 8]
-                            .try_into()
-                            .expect("8 bytes"),
-                    );
+                    let xbv = xstate_bv(check.bytes());
                     let opmask_in_use = xbv & OPMASK.bits() != 0;
                     if opmask_in_use != *loaded
                         && WARNED.lock().expect("lock").insert(label.clone())

@@ -24,11 +24,13 @@
 //! is checked against the intended state (a `WARN` line on stderr if it differs)
 //! and the registers are put back in init state for criterion's own code.
 
-use std::time::{Duration, Instant};
+mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use common::{config, dirty_image, init_image, xstate_bv};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 use xstate::XFeatures;
@@ -45,68 +47,6 @@ const MASKS: [u64; 4] = [0x3, 0x7, 0xe7, 0x600e7];
 const SCALING_EXTRA: [u64; 4] = [0x23, 0x43, 0x83, 0xc3];
 /// `arch_prctl` request for permission to use a dynamic component (Linux uapi).
 const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
-const XSTATE_BV: usize = 512;
-const XCOMP_BV: usize = 520;
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
-fn put(b: &mut [u8], off: usize, v: &[u8]) {
-    b[off..off + v.len()].copy_from_slice(v);
-}
-
-fn get_u64(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
-}
-
-/// An image of `layout` with every component of its mask in a non-init state.
-fn dirty_image(layout: &Layout) -> BoxedArea {
-    let mut a = BoxedArea::zeroed(layout.size() as usize);
-    let b = a.bytes_mut();
-    // x87: FCW with 53-bit precision (not the init 0x37f), one valid register
-    // (abridged FTW bit 0, TOP = 0) holding 1.0.
-    put(b, 0, &0x027fu16.to_le_bytes());
-    b[4] = 0x01;
-    put(b, 32, &0x8000_0000_0000_0000u64.to_le_bytes());
-    put(b, 40, &0x3fffu16.to_le_bytes());
-    put(b, 24, &0x1f80u32.to_le_bytes());
-    for (k, x) in b[160..416].iter_mut().enumerate() {
-        *x = (k as u8).wrapping_mul(13) | 1;
-    }
-    for i in layout.mask().indices().filter(|&i| i >= 2) {
-        let r = layout.range_of(i).expect("component in mask");
-        if i == 17 {
-            // TILECFG must be a valid palette-1 configuration or XRSTOR faults:
-            // eight tiles of 16 rows x 64 bytes.
-            let c = &mut b[r];
-            c[0] = 1;
-            for t in 0..8 {
-                put(c, 16 + 2 * t, &64u16.to_le_bytes());
-                c[48 + t] = 16;
-            }
-        } else {
-            for (k, x) in b[r].iter_mut().enumerate() {
-                *x = (k as u8).wrapping_mul(37).wrapping_add(i as u8) | 1;
-            }
-        }
-    }
-    put(b, XSTATE_BV, &layout.mask().bits().to_le_bytes());
-    put(b, XCOMP_BV, &layout.xcomp_bv().to_le_bytes());
-    a
-}
-
-/// A standard-form image with XSTATE_BV = 0: XRSTOR of it inits every component
-/// of the RFBM (MXCSR comes from the image whenever SSE or AVX is in the RFBM).
-fn init_image(e: &Enumeration) -> BoxedArea {
-    let mut a = BoxedArea::zeroed(e.standard_max_size() as usize);
-    put(a.bytes_mut(), 24, &0x1f80u32.to_le_bytes());
-    a
-}
-
 /// Load the registers from `img` for `rfbm`.
 fn load(img: &[u8], rfbm: XFeatures) {
     assert_eq!(img.as_ptr() as usize % 64, 0);
@@ -236,8 +176,8 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
     let e = &s.e;
     let cmp = Layout::compacted(e, mask).expect("compacted layout");
     let std = Layout::standard(e, mask).expect("standard layout");
-    let dirty_c = dirty_image(&cmp);
-    let dirty_s = dirty_image(&std);
+    let dirty_c = dirty_image(&cmp, mask);
+    let dirty_s = dirty_image(&std, mask);
     let cfg = configs_for(e, mask);
     let std_cfg = configs_for(&s.std_e, mask);
     // SAFETY: OSXSAVE is set and XSAVEC/XSAVEOPT are enumerated (checked in
@@ -266,7 +206,7 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
             let (i, l) = id("xsavec-bare");
             timed(&mut g, i, l, img_c, init, mask, want, |n| {
                 let d = bare_loop::<0>(buf.bytes_mut(), mask, n);
-                (d, get_u64(buf.bytes(), XSTATE_BV))
+                (d, xstate_bv(buf.bytes()))
             });
         }
         let mut fp = Fpstate::new_boxed(e, &cfg, Owner::Host).expect("fpstate");
@@ -286,13 +226,13 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
         let (i, l) = id("xsave-bare");
         timed(&mut g, i, l, img_s, init, mask, want, |n| {
             let d = bare_loop::<1>(buf.bytes_mut(), mask, n);
-            (d, get_u64(buf.bytes(), XSTATE_BV))
+            (d, xstate_bv(buf.bytes()))
         });
         let mut buf = BoxedArea::zeroed(std.size() as usize);
         let (i, l) = id("xsave-crate");
         timed(&mut g, i, l, img_s, init, mask, want, |n| {
             let d = unit_xsave_loop(buf.bytes_mut(), &mut cpu, mask, n);
-            (d, get_u64(buf.bytes(), XSTATE_BV))
+            (d, xstate_bv(buf.bytes()))
         });
 
         // XSAVEOPT + XRSTOR against a standard-form fpstate.
@@ -300,7 +240,7 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
         let (i, l) = id("xsaveopt-bare");
         timed(&mut g, i, l, img_s, init, mask, want, |n| {
             let d = bare_loop::<2>(buf.bytes_mut(), mask, n);
-            (d, get_u64(buf.bytes(), XSTATE_BV))
+            (d, xstate_bv(buf.bytes()))
         });
         let mut fp = Fpstate::new_boxed(&s.std_e, &std_cfg, Owner::Host).expect("std fpstate");
         assert_eq!(fp.info().size, std.size());

@@ -14,9 +14,11 @@
 //! - `uabi/kvm-get-set/avx512-live`: KVM_GET_XSAVE2 + KVM_SET_XSAVE on a vCPU whose
 //!   XCR0 holds the same AVX-512 state (the KVM here offers guests no AMX).
 
-use std::hint::black_box;
-use std::time::Duration;
+mod common;
 
+use std::hint::black_box;
+
+use common::{config, dirty_image};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Xsave, kvm_xcrs};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
@@ -25,71 +27,13 @@ use xstate::config::{Configs, Policy};
 use xstate::cpuid::{LiveCpuid, RecordedCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, Owner, Storage};
+use xstate::insn;
 use xstate::layout::Layout;
 use xstate::uabi::{export, import};
 
 const SPR: &str = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
 /// `struct kvm_xsave` without its flexible tail.
 const REGION: usize = 4096;
-const XSTATE_BV: usize = 512;
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
-fn put(b: &mut [u8], off: usize, v: &[u8]) {
-    b[off..off + v.len()].copy_from_slice(v);
-}
-
-/// What FXSAVE reports as MXCSR_MASK here (0 means the SDM's default 0xffbf).
-fn hw_mxcsr_mask() -> u32 {
-    #[repr(C, align(16))]
-    struct Fx([u8; 512]);
-    let mut fx = Fx([0; 512]);
-    // SAFETY: FXSAVE writes exactly 512 bytes to a 16-byte aligned address; `fx`
-    // is 512 bytes, 16-byte aligned, and every x86-64 CPU has FXSR.
-    unsafe { core::arch::x86_64::_fxsave64(fx.0.as_mut_ptr()) };
-    match u32::from_le_bytes(fx.0[28..32].try_into().expect("4 bytes")) {
-        0 => 0xffbf,
-        m => m,
-    }
-}
-
-/// A standard-form user buffer with every component of `user` in a non-init
-/// state (valid for import: MXCSR default, header zero but XSTATE_BV).
-fn user_buffer(e: &Enumeration, user: XFeatures) -> Vec<u8> {
-    let l = Layout::standard(e, user).expect("standard layout");
-    let mut b = vec![0u8; l.size() as usize];
-    put(&mut b, 0, &0x027fu16.to_le_bytes());
-    b[4] = 0x01;
-    put(&mut b, 32, &0x8000_0000_0000_0000u64.to_le_bytes());
-    put(&mut b, 40, &0x3fffu16.to_le_bytes());
-    put(&mut b, 24, &0x1f80u32.to_le_bytes());
-    for (k, x) in b[160..416].iter_mut().enumerate() {
-        *x = (k as u8).wrapping_mul(13) | 1;
-    }
-    for i in user.indices().filter(|&i| i >= 2) {
-        let r = l.range_of(i).expect("component");
-        if i == 17 {
-            // A valid palette-1 tile configuration: eight 16 x 64-byte tiles.
-            let c = &mut b[r];
-            c[0] = 1;
-            for t in 0..8 {
-                put(c, 16 + 2 * t, &64u16.to_le_bytes());
-                c[48 + t] = 16;
-            }
-        } else {
-            for (k, x) in b[r].iter_mut().enumerate() {
-                *x = (k as u8).wrapping_mul(37).wrapping_add(i as u8) | 1;
-            }
-        }
-    }
-    put(&mut b, XSTATE_BV, &user.bits().to_le_bytes());
-    b
-}
 
 /// One state to copy: enumeration, configs, a host fpstate holding it.
 struct Case {
@@ -111,10 +55,11 @@ impl Case {
         }
         let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Host).expect("fpstate");
         let user = fp.info().user_features;
-        let v = user_buffer(&e, user);
-        assert_eq!(v.len(), fp.info().user_size as usize);
-        let mut buf = BoxedArea::zeroed(v.len());
-        buf.bytes_mut().copy_from_slice(&v);
+        // Every user component in a non-init state (valid for import: MXCSR
+        // default, header zero but XSTATE_BV).
+        let std = Layout::standard(&e, user).expect("standard layout");
+        let mut buf = dirty_image(&std, user);
+        assert_eq!(buf.bytes().len(), fp.info().user_size as usize);
         let got = import(&e, &cfg, &mut fp, buf.bytes()).expect("import of the dirty buffer");
         assert_eq!(got, user);
         // From here on the buffer is what export writes (MXCSR_MASK, software
@@ -219,7 +164,12 @@ fn benches(c: &mut Criterion) {
         ..Policy::linux(&spr)
     };
     let mut cases = [
-        Case::new("avx512-live", live, live_policy, Some(hw_mxcsr_mask())),
+        Case::new(
+            "avx512-live",
+            live,
+            live_policy,
+            Some(insn::read_mxcsr_mask()),
+        ),
         Case::new("amx-spr", spr, spr_policy, None),
     ];
     let mut g = c.benchmark_group("uabi");
@@ -289,7 +239,7 @@ fn benches(c: &mut Criterion) {
         }
     }
     let avx = &cases[0];
-    let xcr0 = xstate::insn::read_xcr0().expect("OSXSAVE").bits() & avx.user.bits();
+    let xcr0 = insn::read_xcr0().expect("OSXSAVE").bits() & avx.user.bits();
     match Vcpu::open(xcr0, avx.buf.bytes()) {
         Ok(mut v) => {
             g.bench_function(BenchmarkId::new("kvm-get-set", avx.name), |b| {
