@@ -18,28 +18,19 @@
 // SDM's own terms (offset 24 is MXCSR, 160 is XMM0).
 #![allow(clippy::needless_range_loop)]
 
+mod common;
+
 use std::arch::asm;
 use std::ops::Range;
 use std::sync::Once;
 
+use common::{Area, CANARIES, loud, x87_image};
 use xstate::XFeatures;
 use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::insn::{read_xcr0, xrstor, xsave, xsavec};
 use xstate::layout::{Form, Layout};
 
-/// A line on the real stderr: `eprintln!` is captured by the test harness and
-/// shown only on failure, and SKIP lines and figures must be seen on success too.
-macro_rules! loud {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
-
-/// Two canaries, each run once per mask: a header bit that the CPU writes as 1
-/// is only observed where the canary had it 0, and these two are complements.
-const CANARIES: [u8; 2] = [0xa5, 0x5a];
 /// Canary bytes kept past the end of every area to catch overruns.
 const TAIL: usize = 4096;
 
@@ -57,50 +48,6 @@ const XTILE_DATA: u32 = 18;
 
 /// `arch_prctl` request for permission to use a dynamic component (Linux uapi).
 const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
-
-/// x87 control word: invalid-operation exception unmasked, the others masked,
-/// double precision, round up (not the init value 0x37f).
-const FCW: u16 = 0x0a7e;
-/// x87 status word: C3 and C0 set, TOP = 0, and an invalid-operation exception
-/// pending (IE, ES and B, which mirrors ES). AMD CPUs save and restore FIP, FDP
-/// and FOP only while an exception is pending (measured here on Zen 4: zeros
-/// otherwise, XSaveErPtr notwithstanding); with one pending every CPU keeps them,
-/// so all x87 bytes can be checked exactly. Nothing runs an x87 instruction (the
-/// only thing that would raise #MF) before the harness state is restored.
-const FSW: u16 = 0xc181;
-
-/// The pattern byte `k` of component `i` holds: a multiplicative hash of both,
-/// never equal to either canary.
-fn pattern(i: u32, k: usize) -> u8 {
-    let x = ((u64::from(i) << 32) | k as u64 ^ 0x5bd1_e995).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let p = (x >> 56) as u8;
-    if CANARIES.contains(&p) { p ^ 0x0f } else { p }
-}
-
-/// A 64-byte aligned byte area inside a plain `Vec` (no unsafe needed).
-struct Area {
-    buf: Vec<u8>,
-    off: usize,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize, fill: u8) -> Self {
-        let buf = vec![fill; len + 64];
-        let off = buf.as_ptr().align_offset(64);
-        assert!(off < 64);
-        Self { buf, off, len }
-    }
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.off..self.off + self.len]
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.off..self.off + self.len]
-    }
-    fn ptr(&mut self) -> *mut u8 {
-        self.bytes_mut().as_mut_ptr()
-    }
-}
 
 macro_rules! load_then_save {
     ($(#[$doc:meta])* $name:ident, $save:literal) => {
@@ -234,26 +181,18 @@ fn mxcsr_mask_of_cpu() -> u32 {
 
 fn legacy_image(mxcsr: u32, mxcsr_mask: u32) -> [u8; 512] {
     let mut a = [0u8; 512];
-    a[0..2].copy_from_slice(&FCW.to_le_bytes());
-    a[2..4].copy_from_slice(&FSW.to_le_bytes());
-    a[4] = 0xff; // abridged tag word: all eight registers valid
-    let fop = u16::from_le_bytes([pattern(X87, 6), pattern(X87, 7)]) & 0x7ff;
-    a[6..8].copy_from_slice(&fop.to_le_bytes());
-    // FIP and FDP: 40-bit values, canonical under any address width.
-    for b in (8..13).chain(16..21) {
-        a[b] = pattern(X87, b);
-    }
+    x87_image(&mut a, |k| pattern(X87, k));
     a[24..28].copy_from_slice(&mxcsr.to_le_bytes());
     a[28..32].copy_from_slice(&mxcsr_mask.to_le_bytes());
-    for b in 32..160 {
-        if (b - 32) % 16 < 10 {
-            a[b] = pattern(X87, b);
-        }
-    }
     for b in 160..416 {
         a[b] = pattern(SSE, b - 160);
     }
     a
+}
+
+/// The pattern byte `k` of component `i` holds (one seed for the whole test).
+fn pattern(i: u32, k: usize) -> u8 {
+    common::pattern(0, i, k)
 }
 
 /// Fixed bytes a component must hold to be loadable, `None` where the pattern goes.

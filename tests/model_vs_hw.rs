@@ -24,6 +24,9 @@ use xstate::insn::{Fault, Insn, XsaveUnit, read_xcr0};
 use xstate::layout::Layout;
 use xstate::model::{Quirks, XsaveMachine};
 
+mod common;
+use common::loud;
+
 const BUF: usize = 4096;
 const NBUF: usize = 2;
 const NIMG: usize = 4;
@@ -598,11 +601,11 @@ fn model_matches_this_cpu() {
     };
     assert!(e.xsavec && e.xsaveopt, "the CPU lacks XSAVEC/XSAVEOPT");
     if !xcr0.contains(XFeatures::AVX512) {
-        eprintln!("SKIP model_vs_hw: AVX-512 not in XCR0: ZMM and opmask writes not exercised");
+        loud!("SKIP model_vs_hw: AVX-512 not in XCR0: ZMM and opmask writes not exercised");
     }
     for (bit, what) in [(9, "PKRU"), (17, "AMX TILECFG"), (18, "AMX TILEDATA")] {
         if !xcr0.has_index(bit) {
-            eprintln!("SKIP model_vs_hw: {what} (component {bit}) not in XCR0: not exercised");
+            loud!("SKIP model_vs_hw: {what} (component {bit}) not in XCR0: not exercised");
         }
     }
     let std_size = e.standard_size(xcr0) as usize;
@@ -617,7 +620,7 @@ fn model_matches_this_cpu() {
         "FXSAVE and XSAVE disagree"
     );
     let quirks = quirks_for_this_cpu(mxcsr_mask);
-    eprintln!("model quirks for this CPU: {quirks:x?}");
+    loud!("model quirks for this CPU: {quirks:x?}");
 
     let s: *mut Shared = unsafe {
         let p = libc::mmap(
@@ -729,12 +732,12 @@ fn model_matches_this_cpu() {
         }
         agree += 1;
     }
-    eprintln!(
+    loud!(
         "model vs hardware: {sequences} sequences, {agree} agree ({faults} end in #GP on both, \
          {retried} agreed on a re-run after a preempted first run), {disagree} disagree"
     );
     for r in &reports {
-        eprintln!("{r}");
+        loud!("{r}");
     }
     assert_eq!(disagree, 0, "the model disagrees with this CPU");
     assert!(

@@ -44,11 +44,14 @@
 // Test code: offsets in the loops below are the SDM's own (24 is MXCSR, 160 XMM0).
 #![allow(clippy::needless_range_loop)]
 
+mod common;
+
 use std::arch::asm;
 use std::cell::UnsafeCell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use common::{Area, CANARIES, loud, pattern, x87_image};
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::LiveCpuid;
@@ -56,14 +59,6 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::{Fpstate, Mode, Owner};
 use xstate::insn::{Cpu, read_mxcsr_mask, read_xcr0};
 use xstate::uabi::{self, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET};
-
-/// A line on the real stderr (the harness captures `eprintln!` on success).
-macro_rules! loud {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
 
 const XSTATE_BV: usize = 512;
 const MXCSR: usize = 24;
@@ -73,15 +68,6 @@ const KNOWN: XFeatures = XFeatures::X87
     .union(XFeatures::SSE)
     .union(XFeatures::AVX)
     .union(XFeatures::AVX512);
-/// x87 control word: IM unmasked, double precision, round up (not 0x37f).
-const FCW: u16 = 0x0a7e;
-/// x87 status word: C3, C0, an invalid-operation exception pending (IE, ES, B).
-/// AMD CPUs save FIP/FDP/FOP only while an exception is pending, so with one
-/// pending every x87 byte is defined on every CPU. The harness state is put back
-/// in the same `asm!` block, so no x87 instruction ever sees it.
-const FSW: u16 = 0xc181;
-/// The canaries the alternate stack is filled with, complements of each other.
-const CANARIES: [u8; 2] = [0xa5, 0x5a];
 
 // ---------------------------------------------------------------------------
 // Buffers the signal handler writes: statics, no allocation in the handler.
@@ -206,27 +192,6 @@ impl Drop for Installed {
         }
         // SAFETY: as above.
         unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
-    }
-}
-
-/// A 64-byte aligned area in a `Vec`.
-struct Area {
-    buf: Vec<u8>,
-    off: usize,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize) -> Self {
-        let buf = vec![0; len + 64];
-        let off = buf.as_ptr().align_offset(64);
-        Self { buf, off, len }
-    }
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.off..self.off + self.len]
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.off..self.off + self.len]
     }
 }
 
@@ -459,32 +424,13 @@ struct Pattern {
     seed: u64,
 }
 
-fn byte_of(seed: u64, i: u32, k: usize) -> u8 {
-    let x =
-        (seed ^ (u64::from(i) << 32) ^ k as u64 ^ 0x5bd1_e995).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (x >> 56) as u8
-}
-
 /// The standard-form image of `p`, `size` bytes.
 fn image(e: &Enumeration, p: &Pattern, mxcsr_mask: u32, size: usize) -> Area {
-    let mut a = Area::new(size);
+    let mut a = Area::new(size, 0);
     let b = a.bytes_mut();
-    let v = |i: u32, k: usize| if p.zero { 0 } else { byte_of(p.seed, i, k) };
+    let v = |i: u32, k: usize| if p.zero { 0 } else { pattern(p.seed, i, k) };
     if p.xstate_bv.contains(XFeatures::X87) && !p.zero {
-        b[0..2].copy_from_slice(&FCW.to_le_bytes());
-        b[2..4].copy_from_slice(&FSW.to_le_bytes());
-        b[4] = 0xff; // abridged tag word: all eight registers valid
-        let fop = u16::from_le_bytes([v(0, 6), v(0, 7)]) & 0x7ff;
-        b[6..8].copy_from_slice(&fop.to_le_bytes());
-        // FIP and FDP: 40-bit values, canonical under any address width.
-        for k in (8..13).chain(16..21) {
-            b[k] = v(0, k);
-        }
-        for k in 32..160 {
-            if (k - 32) % 16 < 10 {
-                b[k] = v(0, k);
-            }
-        }
+        x87_image(b, |k| v(0, k));
     } else {
         b[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
     }
@@ -688,7 +634,7 @@ fn sigframe_matches_kernel() {
         return;
     };
     let mxcsr_mask = cfg.mxcsr_mask;
-    let mut harness = Area::new(size);
+    let mut harness = Area::new(size, 0);
 
     let all = KNOWN & full;
     let avx = XFeatures::SSE | XFeatures::AVX;
@@ -1185,7 +1131,7 @@ fn sigreturn_matches_import() {
     put32(&mut base, size, FP_XSTATE_MAGIC2);
 
     let installed = Installed::new();
-    let mut harness = Area::new(size);
+    let mut harness = Area::new(size, 0);
     let (mut agree, mut skipped) = (0, 0);
     for c in &CRAFTS {
         if !full.contains(c.needs) {
@@ -1209,7 +1155,7 @@ fn sigreturn_matches_import() {
         CRAFT_LEN.store(frame.len(), Ordering::SeqCst);
         let hits = HITS.load(Ordering::SeqCst);
         ARMED.store(true, Ordering::SeqCst);
-        let mut after_k = Area::new(size);
+        let mut after_k = Area::new(size, 0);
         // SAFETY: as for `load_then_ud2`; `after_k` is aligned and standard-size.
         unsafe {
             load_ud2_save(
@@ -1242,7 +1188,7 @@ fn sigreturn_matches_import() {
             "{name}: fx-only verdict (crate {:?})",
             got.fx_only
         );
-        let mut after_c = Area::new(size);
+        let mut after_c = Area::new(size, 0);
         let hp = harness.bytes_mut().as_mut_ptr();
         // SAFETY: `harness` is aligned and standard-size for `full`.
         unsafe { save_harness(hp, full.bits()) };
