@@ -195,84 +195,78 @@ impl Drop for Installed {
     }
 }
 
-/// XSAVE the harness state into `harness` (mask `full`), XRSTOR `image`, `ud2`
-/// (the kernel writes the signal frame from these registers), XRSTOR `harness`.
-///
-/// # Safety
-/// OSXSAVE is set; `full` is within XCR0; `harness` and `image` are 64-byte
-/// aligned, standard-size for `full`, with well-formed headers (XCOMP_BV and
-/// bytes 16..63 zero, XSTATE_BV within `full`, MXCSR valid); `on_sigill` is
-/// installed and armed.
-#[inline(never)]
-unsafe fn load_then_ud2(harness: *mut u8, image: *const u8, full: u64) {
-    // SAFETY: the caller guarantees what XSAVE/XRSTOR need. The block writes
-    // memory (`harness`, and the handler writes statics), so no `nomem`; `ud2`
-    // enters the kernel, which runs the handler on the alternate stack, so the
-    // block's own stack is not used; `shr` changes flags. Every vector, mask and
-    // x87 register is declared clobbered although the last XRSTOR restores them.
-    unsafe {
-        asm!(
-            "mov eax, {full:e}",
-            "mov rdx, {full}",
-            "shr rdx, 32",
-            "xsave64 [{harness}]",
-            "xrstor64 [{image}]",
-            "ud2",
-            "mov eax, {full:e}",
-            "mov rdx, {full}",
-            "shr rdx, 32",
-            "xrstor64 [{harness}]",
-            harness = in(reg) harness,
-            image = in(reg) image,
-            full = in(reg) full,
-            out("rax") _,
-            out("rdx") _,
-            clobber_abi("C"),
-            options(nostack),
-        );
-    }
+macro_rules! load_then_raise {
+    ($(#[$doc:meta])* $name:ident($($arg:ident),*), [$($raise:literal),+], $($operands:tt)*) => {
+        $(#[$doc])*
+        ///
+        /// One `asm!` block: XSAVE of the harness state (mask `full`) into
+        /// `harness`, XRSTOR of `image`, the kernel entry (the kernel writes the
+        /// signal frame from these registers, and sigreturn loads whatever the
+        /// handler left there), XSAVE into `after` (the registers sigreturn
+        /// loaded), XRSTOR of `harness`. No compiler code runs between the load
+        /// and the kernel entry, nor between the return and the XSAVE.
+        ///
+        /// # Safety
+        /// OSXSAVE is set; `full` is within XCR0; `harness`, `image` and `after`
+        /// are 64-byte aligned, standard-size for `full`; `image` is well formed
+        /// (XCOMP_BV and header bytes 16..63 zero, XSTATE_BV within `full`, MXCSR
+        /// valid) and `harness`'s header is zero; `on_signal` is installed and armed.
+        #[inline(never)]
+        unsafe fn $name(harness: *mut u8, image: *const u8, after: *mut u8, full: u64 $(, $arg: u64)*) {
+            // SAFETY: the caller guarantees what XSAVE/XRSTOR need. The block
+            // writes memory (`harness`, `after`, and the handler writes statics),
+            // so no `nomem`; the kernel runs the handler on the alternate stack,
+            // so the block's own stack is not used; `shr` changes flags. EAX/EDX
+            // are declared outputs (so no input lands in them), and every vector,
+            // mask and x87 register is declared clobbered although the last
+            // XRSTOR restores them.
+            unsafe {
+                asm!(
+                    "mov eax, {full:e}",
+                    "mov rdx, {full}",
+                    "shr rdx, 32",
+                    "xsave64 [{harness}]",
+                    "xrstor64 [{image}]",
+                    $($raise,)+
+                    "mov eax, {full:e}",
+                    "mov rdx, {full}",
+                    "shr rdx, 32",
+                    "xsave64 [{after}]",
+                    "xrstor64 [{harness}]",
+                    harness = in(reg) harness,
+                    image = in(reg) image,
+                    after = in(reg) after,
+                    full = in(reg) full,
+                    $($operands)*
+                    out("rax") _,
+                    out("rdx") _,
+                    clobber_abi("C"),
+                    options(nostack),
+                );
+            }
+        }
+    };
 }
 
-/// As [`load_then_ud2`], with a `tgkill(pid, tid, SIGUSR1)` system call in place
-/// of `ud2`: the frame is written on the way back from a system call rather
-/// than from an exception.
-///
-/// # Safety
-/// As for [`load_then_ud2`]; `pid`/`tid` are this process and thread.
-#[inline(never)]
-unsafe fn load_then_tgkill(harness: *mut u8, image: *const u8, full: u64, pid: u64, tid: u64) {
-    // SAFETY: as in `load_then_ud2`; the system call clobbers RAX, RCX and R11
-    // (declared) and delivers SIGUSR1 to this thread before returning.
-    unsafe {
-        asm!(
-            "mov eax, {full:e}",
-            "mov rdx, {full}",
-            "shr rdx, 32",
-            "xsave64 [{harness}]",
-            "xrstor64 [{image}]",
-            "mov eax, {nr}",
-            "mov edx, {sig}",
-            "syscall",
-            "mov eax, {full:e}",
-            "mov rdx, {full}",
-            "shr rdx, 32",
-            "xrstor64 [{harness}]",
-            harness = in(reg) harness,
-            image = in(reg) image,
-            full = in(reg) full,
-            nr = const libc::SYS_tgkill,
-            sig = const libc::SIGUSR1,
-            in("rdi") pid,
-            in("rsi") tid,
-            out("rax") _,
-            out("rcx") _,
-            out("rdx") _,
-            out("r11") _,
-            clobber_abi("C"),
-            options(nostack),
-        );
-    }
-}
+load_then_raise!(
+    /// `ud2`: #UD, SIGILL, the frame written on the way out of an exception
+    /// (the handler steps RIP over the two-byte `ud2`).
+    load_then_ud2(),
+    ["ud2"],
+);
+load_then_raise!(
+    /// `tgkill(pid, tid, SIGUSR1)`: the frame written on the way back from a
+    /// system call. `pid`/`tid` must be this process and thread; the system call
+    /// clobbers RAX (declared), RCX and R11 (declared below).
+    load_then_tgkill(pid, tid),
+    ["mov eax, {nr}", "mov edx, {sig}", "syscall"],
+    nr = const libc::SYS_tgkill,
+    sig = const libc::SIGUSR1,
+    in("rdi") pid,
+    in("rsi") tid,
+    out("rcx") _,
+    out("r11") _,
+);
 
 /// How the kernel is made to write a signal frame.
 #[derive(Clone, Copy, Debug)]
@@ -283,54 +277,20 @@ enum Raise {
     Tgkill,
 }
 
-/// As [`load_then_ud2`], plus an XSAVE (standard form, mask `full`) into `after`
-/// right after the return from the handler: the registers sigreturn loaded.
+/// XSAVE the registers (mask `full`) into `area`.
 ///
 /// # Safety
-/// As for [`load_then_ud2`]; `after` is 64-byte aligned, standard-size for `full`.
-#[inline(never)]
-unsafe fn load_ud2_save(harness: *mut u8, image: *const u8, after: *mut u8, full: u64) {
-    // SAFETY: as in `load_then_ud2`; XSAVE into `after` needs only its alignment
-    // and size (caller).
-    unsafe {
-        asm!(
-            "mov eax, {full:e}",
-            "mov rdx, {full}",
-            "shr rdx, 32",
-            "xsave64 [{harness}]",
-            "xrstor64 [{image}]",
-            "ud2",
-            "mov eax, {full:e}",
-            "mov rdx, {full}",
-            "shr rdx, 32",
-            "xsave64 [{after}]",
-            "xrstor64 [{harness}]",
-            harness = in(reg) harness,
-            image = in(reg) image,
-            after = in(reg) after,
-            full = in(reg) full,
-            out("rax") _,
-            out("rdx") _,
-            clobber_abi("C"),
-            options(nostack),
-        );
-    }
-}
-
-/// XSAVE the harness state (mask `full`) into `harness`.
-///
-/// # Safety
-/// OSXSAVE is set, `full` within XCR0, `harness` aligned and standard-size.
+/// OSXSAVE is set, `full` within XCR0, `area` aligned and standard-size.
 #[inline(always)]
-unsafe fn save_harness(harness: *mut u8, full: u64) {
+unsafe fn xsave_only(area: *mut u8, full: u64) {
     // SAFETY: as stated by the caller; XSAVE only reads registers.
     unsafe {
         asm!(
             "mov eax, {full:e}",
             "mov rdx, {full}",
             "shr rdx, 32",
-            "xsave64 [{harness}]",
-            harness = in(reg) harness,
+            "xsave64 [{area}]",
+            area = in(reg) area,
             full = in(reg) full,
             out("rax") _,
             out("rdx") _,
@@ -339,22 +299,29 @@ unsafe fn save_harness(harness: *mut u8, full: u64) {
     }
 }
 
-/// XSAVE the registers into `after`, then XRSTOR `harness`.
+/// XSAVE the registers into `save_to`, then XRSTOR `load_from` (mask `full`):
+/// with the harness area as `save_to`, the registers then hold a pattern; with
+/// it as `load_from`, the harness gets its registers back after `save_to`
+/// recorded what the crate loaded.
 ///
 /// # Safety
-/// As for [`save_harness`], for `after` too; `harness` was written by it.
+/// As for [`xsave_only`], for both areas; `load_from` is well formed (XCOMP_BV
+/// and header bytes 16..63 zero, XSTATE_BV within `full`, MXCSR valid); a
+/// pattern loaded this way is replaced by the harness state soon, with nothing
+/// but the crate's save or restore in between.
 #[inline(always)]
-unsafe fn save_then_restore_harness(after: *mut u8, harness: *const u8, full: u64) {
-    // SAFETY: as stated by the caller.
+unsafe fn xsave_then_xrstor(save_to: *mut u8, load_from: *const u8, full: u64) {
+    // SAFETY: as stated by the caller; every vector, mask and x87 register is
+    // declared clobbered.
     unsafe {
         asm!(
             "mov eax, {full:e}",
             "mov rdx, {full}",
             "shr rdx, 32",
-            "xsave64 [{after}]",
-            "xrstor64 [{harness}]",
-            after = in(reg) after,
-            harness = in(reg) harness,
+            "xsave64 [{save_to}]",
+            "xrstor64 [{load_from}]",
+            save_to = in(reg) save_to,
+            load_from = in(reg) load_from,
             full = in(reg) full,
             out("rax") _,
             out("rdx") _,
@@ -364,38 +331,12 @@ unsafe fn save_then_restore_harness(after: *mut u8, harness: *const u8, full: u6
     }
 }
 
-/// XSAVE the harness state, XRSTOR `image`: the registers hold the pattern.
+/// XRSTOR the harness state saved by [`xsave_then_xrstor`].
 ///
 /// # Safety
-/// As for [`load_then_ud2`] (no handler needed); the caller runs
-/// [`restore_harness`] soon, with nothing but the crate's save in between.
+/// `harness` was written by [`xsave_then_xrstor`] with the same `full`.
 #[inline(always)]
-unsafe fn load(harness: *mut u8, image: *const u8, full: u64) {
-    // SAFETY: as in `load_then_ud2`.
-    unsafe {
-        asm!(
-            "mov eax, {full:e}",
-            "mov rdx, {full}",
-            "shr rdx, 32",
-            "xsave64 [{harness}]",
-            "xrstor64 [{image}]",
-            harness = in(reg) harness,
-            image = in(reg) image,
-            full = in(reg) full,
-            out("rax") _,
-            out("rdx") _,
-            clobber_abi("C"),
-            options(nostack),
-        );
-    }
-}
-
-/// XRSTOR the harness state saved by [`load`].
-///
-/// # Safety
-/// `harness` was written by [`load`] with the same `full`.
-#[inline(always)]
-unsafe fn restore_harness(harness: *const u8, full: u64) {
+unsafe fn xrstor_only(harness: *const u8, full: u64) {
     // SAFETY: `harness` is a well-formed XSAVE image of mask `full`.
     unsafe {
         asm!(
@@ -485,12 +426,13 @@ fn kernel_frame(
     // and `image` are aligned, standard-size for `full` and well formed (built
     // by `image` with a valid MXCSR, XSAVE writes harness's header); the handler
     // is installed and armed.
-    let (h, i) = (harness.bytes_mut().as_mut_ptr(), image.bytes().as_ptr());
+    let mut after = Area::new(image.bytes().len(), 0);
+    let (h, i, a) = (harness.ptr(), image.bytes().as_ptr(), after.ptr());
     match how {
-        // SAFETY: see above.
-        Raise::Ud2 => unsafe { load_then_ud2(h, i, full.bits()) },
+        // SAFETY: see above; `after` is aligned and standard-size too.
+        Raise::Ud2 => unsafe { load_then_ud2(h, i, a, full.bits()) },
         // SAFETY: see above; pid and tid are ours.
-        Raise::Tgkill => unsafe { load_then_tgkill(h, i, full.bits(), pid, tid) },
+        Raise::Tgkill => unsafe { load_then_tgkill(h, i, a, full.bits(), pid, tid) },
     }
     assert_eq!(
         HITS.load(Ordering::SeqCst),
@@ -825,15 +767,15 @@ fn run_pattern(
 
     // Crate path: the same load, then Fpstate::save (XSAVEC) right after it.
     let mut fp = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
-    let hp = harness.bytes_mut().as_mut_ptr();
-    // SAFETY: as for `load_then_ud2`; restore_harness follows the save.
-    unsafe { load(hp, img.bytes().as_ptr(), full.bits()) };
+    let hp = harness.ptr();
+    // SAFETY: as for `load_then_ud2`; `xrstor_only` follows the save.
+    unsafe { xsave_then_xrstor(hp, img.bytes().as_ptr(), full.bits()) };
     // SAFETY: OSXSAVE is set, the CPU has XSAVEC (the config chose the compacted
     // form), the fpstate's area is sized for its features; the save only reads
     // registers.
     let saved = fp.save(&mut unsafe { Cpu::user() }, cfg, Mode::User);
-    // SAFETY: `harness` was written by `load` with `full`.
-    unsafe { restore_harness(hp, full.bits()) };
+    // SAFETY: `harness` was written by `xsave_then_xrstor` with `full`.
+    unsafe { xrstor_only(hp, full.bits()) };
     saved.expect("Fpstate::save");
     let mut ours = vec![0xccu8; size + 4 + 64];
     let n = uabi::export_sigframe(e, cfg, &fp, cfg.user.max_features, &mut ours)
@@ -1156,12 +1098,13 @@ fn sigreturn_matches_import() {
         let hits = HITS.load(Ordering::SeqCst);
         ARMED.store(true, Ordering::SeqCst);
         let mut after_k = Area::new(size, 0);
-        // SAFETY: as for `load_then_ud2`; `after_k` is aligned and standard-size.
+        // SAFETY: as for `load_then_ud2`'s contract: `before` is built by `image`,
+        // `harness` and `after_k` are aligned and standard-size for `full`.
         unsafe {
-            load_ud2_save(
-                harness.bytes_mut().as_mut_ptr(),
+            load_then_ud2(
+                harness.ptr(),
                 before.bytes().as_ptr(),
-                after_k.bytes_mut().as_mut_ptr(),
+                after_k.ptr(),
                 full.bits(),
             )
         };
@@ -1189,15 +1132,15 @@ fn sigreturn_matches_import() {
             got.fx_only
         );
         let mut after_c = Area::new(size, 0);
-        let hp = harness.bytes_mut().as_mut_ptr();
+        let hp = harness.ptr();
         // SAFETY: `harness` is aligned and standard-size for `full`.
-        unsafe { save_harness(hp, full.bits()) };
+        unsafe { xsave_only(hp, full.bits()) };
         // SAFETY: OSXSAVE is set; the fpstate's area and header were written by
         // `new_boxed` and a successful import.
         let r = fp.restore(&mut unsafe { Cpu::user() }, cfg, Mode::User);
         // SAFETY: `after_c` is aligned and standard-size; `harness` was written
-        // by `save_harness` just before.
-        unsafe { save_then_restore_harness(after_c.bytes_mut().as_mut_ptr(), hp, full.bits()) };
+        // by `xsave_only` just before.
+        unsafe { xsave_then_xrstor(after_c.ptr(), hp, full.bits()) };
         r.expect("Fpstate::restore");
         let d = image_diff(after_k.bytes(), after_c.bytes());
         assert!(
