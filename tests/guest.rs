@@ -13,7 +13,10 @@ use xstate::layout::Layout;
 use xstate::perm::{PermKind, PermSet, ProcessPerms};
 
 mod testkit;
-use testkit::{Rng, bits, cmp_size_raw, load, std_size_raw};
+use testkit::{
+    MXCSR, Rng, XCOMP_BV, XSTATE_BV, bits, cmp_size_raw, get_u64, load, put_u32, put_u64,
+    std_size_raw,
+};
 
 // ---------------------------------------------------------------------------
 // Inputs and the independent reference (SDM rules over raw CPUID, no crate code)
@@ -566,8 +569,8 @@ fn requires_kvm_accepts_synthesized_leaf() {
         let mut rng = Rng(0x5eed);
         rng.fill(&mut buf[32..416]); // ST0-7, XMM0-15
         buf[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        buf[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        buf[512..520].copy_from_slice(&xcr0.bits().to_le_bytes());
+        put_u32(&mut buf, MXCSR, 0x1f80);
+        put_u64(&mut buf, XSTATE_BV, xcr0.bits());
         for i in bits(xcr0.bits()).filter(|&i| i >= 2) {
             let r = src_cpu.cpuid(0xd, i);
             rng.fill(&mut buf[r.ebx as usize..(r.ebx + r.eax) as usize]);
@@ -589,8 +592,7 @@ fn requires_kvm_accepts_synthesized_leaf() {
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
-        let got_bv =
-            XFeatures::from_bits_retain(u64::from_le_bytes(got[512..520].try_into().unwrap()));
+        let got_bv = XFeatures::from_bits_retain(get_u64(&got, XSTATE_BV));
         assert_eq!(got_bv, xcr0, "KVM_GET_XSAVE XSTATE_BV");
         assert_eq!(got[32..416], kbuf[32..416], "x87/SSE registers");
         assert_eq!(
@@ -869,7 +871,7 @@ fn make_buffer(cpu: &RecordedCpuid, xstate_bv: u64, seed: u64) -> Vec<u8> {
     let mut rng = Rng(seed | 1);
     let mut b = vec![0u8; std_size_raw(cpu, xstate_bv) as usize];
     rng.fill(&mut b[..512]);
-    b[512..520].copy_from_slice(&xstate_bv.to_le_bytes());
+    put_u64(&mut b, XSTATE_BV, xstate_bv);
     for i in bits(xstate_bv).filter(|&i| i >= 2) {
         let r = cpu.cpuid(0xd, i);
         rng.fill(&mut b[r.ebx as usize..(r.ebx + r.eax) as usize]);
@@ -995,14 +997,14 @@ fn translate_refuses_bad_buffers() {
             },
         ),
         (
-            with(&|b| b[520..528].copy_from_slice(&(1u64 << 63 | bv).to_le_bytes())),
+            with(&|b| put_u64(b, XCOMP_BV, 1 << 63 | bv)),
             GuestError::CompactedForm {
                 xcomp_bv: 1 << 63 | bv,
             },
         ),
         (with(&|b| b[575] = 1), GuestError::ReservedHeader),
         (
-            with(&|b| b[512..520].copy_from_slice(&(bv | 1 << 18).to_le_bytes())),
+            with(&|b| put_u64(b, XSTATE_BV, bv | 1 << 18)),
             GuestError::NotOnSource { mask: 1 << 18 },
         ),
     ];

@@ -27,54 +27,21 @@ use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::LiveCpuid;
 use xstate::enumerate::Enumeration;
-use xstate::fpstate::{BoxedArea, Fpstate, Mode, Owner};
-use xstate::insn::{Fault, Insn, XsaveUnit};
-use xstate::layout::Layout;
+use xstate::fpstate::{BoxedArea, Fpstate, Owner};
 use xstate::uabi::{export, import};
+
+mod testkit;
+use testkit::{
+    MXCSR, MXCSR_MASK, Rng, XCOMP_BV, XSTATE_BV, cet_s_pattern, get_u32, get_u64, paint_cet_s,
+    put_u32, put_u64,
+};
 
 /// `struct kvm_xsave` without its flexible tail.
 const REGION: usize = 4096;
 /// The user features this test drives (x87, SSE, AVX, AVX-512).
 const USER: u64 = 0xe7;
-const MXCSR: usize = 24;
-const MXCSR_MASK: usize = 28;
-const XSTATE_BV: usize = 512;
-const XCOMP_BV: usize = 520;
 /// Bits of XSTATE_BV that make MXCSR live in Linux's import (x87, SSE, AVX).
 const MXCSR_USERS: u64 = 0b111;
-
-fn get_u32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn get_u64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-fn put_u32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_u64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// xorshift64*: deterministic, seedable, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
 
 /// What FXSAVE reports as MXCSR_MASK on this CPU: the value Linux's
 /// `mxcsr_feature_mask` holds (AMD CPUs add bit 17, MM, to Intel's 0xffff).
@@ -674,44 +641,12 @@ fn requires_kvm_verdicts_agree() {
 // (d) export into canary-filled buffers (no KVM needed)
 // ---------------------------------------------------------------------------
 
-/// An [`XsaveUnit`] that "saves" a fixed pattern into the guest-only CET_S
-/// component and marks it in XSTATE_BV: supervisor state a user-mode test can
-/// otherwise not put into an fpstate.
-struct Painter {
-    range: core::ops::Range<usize>,
-    pattern: Vec<u8>,
-}
-
-impl XsaveUnit for Painter {
-    fn save(&mut self, _: Insn, area: &mut [u8], _: XFeatures) -> Result<(), Fault> {
-        area[self.range.clone()].copy_from_slice(&self.pattern);
-        let bv = get_u64(area, XSTATE_BV) | XFeatures::CET_S.bits();
-        put_u64(area, XSTATE_BV, bv);
-        Ok(())
-    }
-    fn restore(&mut self, _: Insn, _: &[u8], _: XFeatures) -> Result<(), Fault> {
-        Err(Fault::Ud)
-    }
-}
-
 #[test]
 fn export_writes_every_byte_of_its_range_and_nothing_else() {
     let mut ours = Ours::new();
     let hw_mask = ours.cfg.mxcsr_mask;
-    let features = ours.fp.info().features;
-    let mut pattern = vec![0u8; 0];
-    if features.contains(XFeatures::CET_S) {
-        let range = Layout::compacted(&ours.e, features)
-            .unwrap()
-            .range_of(12)
-            .unwrap();
-        pattern = (0..range.len()).map(|i| 0xc0 ^ (i as u8 * 7)).collect();
-        let mut p = Painter {
-            range,
-            pattern: pattern.clone(),
-        };
-        ours.fp.save(&mut p, &ours.cfg, Mode::Supervisor).unwrap();
-    } else {
+    let cet_s = paint_cet_s(&ours.e, &ours.cfg, &mut ours.fp);
+    if cet_s.is_none() {
         eprintln!(
             "SKIP kvm_uabi canary: no CET_S in the guest fpstate, supervisor-leak check not run"
         );
@@ -805,15 +740,12 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
             panic!("#{i}: byte {j} is neither live state nor zero (XSTATE_BV {live:#x})");
         }
         // The guest-only supervisor state never leaves, and survives imports.
-        if !pattern.is_empty() {
+        if let Some(r) = cet_s.clone() {
+            let pattern = cet_s_pattern(r.len());
             assert!(
                 !a.windows(pattern.len()).any(|w| w == &pattern[..]),
                 "#{i}: CET_S bytes leaked into the export"
             );
-            let r = Layout::compacted(&ours.e, features)
-                .unwrap()
-                .range_of(12)
-                .unwrap();
             assert_eq!(
                 ours.fp.area()[r],
                 pattern[..],
@@ -828,7 +760,7 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
     println!(
         "canary: {n} exports (random masks) write every byte below the size, none past it, \
          zeros outside live state{}",
-        if pattern.is_empty() {
+        if cet_s.is_none() {
             ""
         } else {
             ", CET_S never exported and kept by import"

@@ -8,7 +8,7 @@ use xstate::layout::Layout;
 use xstate::model::{Quirks, XsaveMachine};
 
 mod testkit;
-use testkit::load;
+use testkit::{MXCSR, XCOMP_BV, XSTATE_BV, get_u64, load, put_u32, put_u64};
 
 #[repr(C, align(64))]
 struct Area([u8; 16384]);
@@ -23,14 +23,6 @@ fn zen4() -> Enumeration {
 
 fn spr() -> Enumeration {
     load("intel-sapphire-rapids-xeon-w9-3475x.txt").1
-}
-
-fn set_u64(a: &mut [u8], off: usize, v: u64) {
-    a[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-fn get_u64(a: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(a[off..off + 8].try_into().unwrap())
 }
 
 #[test]
@@ -64,12 +56,15 @@ fn xsaves_puts_cet_s_where_the_compacted_layout_says() {
     let l = Layout::compacted(&e, rfbm).unwrap();
     let r = l.range_of(12).unwrap();
     assert!(a.0[r].iter().all(|&b| b == 0xc5));
-    assert_eq!(get_u64(&a.0, 520), xstate::XCOMP_BV_COMPACTED | rfbm.bits());
-    assert_eq!(get_u64(&a.0, 512), XFeatures::CET_S.bits());
+    assert_eq!(
+        get_u64(&a.0, XCOMP_BV),
+        xstate::XCOMP_BV_COMPACTED | rfbm.bits()
+    );
+    assert_eq!(get_u64(&a.0, XSTATE_BV), XFeatures::CET_S.bits());
     // XSAVEC never saves supervisor state, whatever the mask says.
     let mut c = area();
     m.save(Insn::Xsavec, &mut c.0, XFeatures::all()).unwrap();
-    assert_eq!(get_u64(&c.0, 520) & XFeatures::CET_S.bits(), 0);
+    assert_eq!(get_u64(&c.0, XCOMP_BV) & XFeatures::CET_S.bits(), 0);
 }
 
 #[test]
@@ -79,8 +74,8 @@ fn xrstors_of_a_buffer_without_cet_s_inits_it() {
     m.write_reg(12, 0, &[0x77; 24]).unwrap();
     // A host fpstate: XCOMP_BV without bit 12, XSTATE_BV without bit 12.
     let mut a = area();
-    set_u64(&mut a.0, 520, xstate::XCOMP_BV_COMPACTED | 0x7);
-    a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    put_u64(&mut a.0, XCOMP_BV, xstate::XCOMP_BV_COMPACTED | 0x7);
+    put_u32(&mut a.0, MXCSR, 0x1f80);
     m.restore(Insn::Xrstors, &a.0, e.supported()).unwrap();
     assert!(m.reg(12).unwrap().iter().all(|&b| b == 0));
     assert!(!m.xinuse().contains(XFeatures::CET_S));
@@ -98,9 +93,9 @@ fn header_rules() {
     let sup = e.supported().bits();
     let compacted = |xstate_bv: u64, xcomp: u64| {
         let mut a = area();
-        set_u64(&mut a.0, 512, xstate_bv);
-        set_u64(&mut a.0, 520, xcomp);
-        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        put_u64(&mut a.0, XSTATE_BV, xstate_bv);
+        put_u64(&mut a.0, XCOMP_BV, xcomp);
+        put_u32(&mut a.0, MXCSR, 0x1f80);
         a
     };
     let c = xstate::XCOMP_BV_COMPACTED;
@@ -137,16 +132,16 @@ fn header_rules() {
     );
     // Reserved header bytes 16..64 in the compacted form.
     let mut a = compacted(0, c | 0x3);
-    a.0[512 + 40] = 1;
+    a.0[XSTATE_BV + 40] = 1;
     assert_eq!(
         m.restore(Insn::Xrstors, &a.0, XFeatures::all()),
         Err(Fault::Gp)
     );
     // MXCSR is checked only when SSE is loaded from the area (compacted form).
     let mut a = compacted(0, c | 0x3);
-    a.0[24..28].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+    put_u32(&mut a.0, MXCSR, 0xffff_ffff);
     assert_eq!(m.restore(Insn::Xrstors, &a.0, XFeatures::all()), Ok(()));
-    set_u64(&mut a.0, 512, 0x2);
+    put_u64(&mut a.0, XSTATE_BV, 0x2);
     assert_eq!(
         m.restore(Insn::Xrstors, &a.0, XFeatures::all()),
         Err(Fault::Gp)
@@ -177,7 +172,7 @@ fn xfd_arms_first_use_and_restores_init() {
     // Saves treat an armed component as init; restores put it in init state.
     let mut b = area();
     m.save(Insn::Xsaves, &mut b.0, e.supported()).unwrap();
-    assert_eq!(get_u64(&b.0, 512) & XFeatures::XTILE_DATA.bits(), 0);
+    assert_eq!(get_u64(&b.0, XSTATE_BV) & XFeatures::XTILE_DATA.bits(), 0);
     m.restore(Insn::Xrstors, &a.0, e.supported()).unwrap();
     assert!(m.reg(18).unwrap().iter().all(|&x| x == 0));
     m.set_xfd(XFeatures::empty()).unwrap();

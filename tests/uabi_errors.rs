@@ -9,14 +9,17 @@ use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::RecordedCpuid;
 use xstate::enumerate::Enumeration;
-use xstate::fpstate::{BoxedArea, Fpstate, Owner};
+use xstate::fpstate::{
+    BoxedArea, Fpstate, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Owner, XCOMP_BV_OFFSET, XSTATE_BV_OFFSET,
+};
 use xstate::uabi::{
     self, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET, SigframeImport, UabiError,
 };
 
+mod testkit;
+use testkit::{MXCSR, MXCSR_MASK, XCOMP_BV, XSTATE_BV, put_u32, put_u64};
+
 const DUMP: &str = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
-const XSTATE_BV: usize = 512;
-const MXCSR: usize = 24;
 
 struct Setup {
     e: Enumeration,
@@ -31,14 +34,6 @@ fn setup() -> Setup {
     Setup { e, cfg }
 }
 
-fn put32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
-
 /// A host fpstate with every user component it holds in use, in a pattern.
 fn primed(s: &Setup) -> Fpstate<BoxedArea> {
     let mut fp = Fpstate::new_boxed(&s.e, &s.cfg, Owner::Host).expect("host fpstate");
@@ -46,10 +41,10 @@ fn primed(s: &Setup) -> Fpstate<BoxedArea> {
     let mut b: Vec<u8> = (0..fp.info().user_size as usize)
         .map(|k| (k as u8).wrapping_mul(29) | 1)
         .collect();
-    put32(&mut b, MXCSR, 0x1f80);
-    put32(&mut b, MXCSR + 4, s.cfg.mxcsr_mask);
+    put_u32(&mut b, MXCSR, 0x1f80);
+    put_u32(&mut b, MXCSR_MASK, s.cfg.mxcsr_mask);
     b[XSTATE_BV..XSTATE_BV + 64].fill(0);
-    put64(&mut b, XSTATE_BV, user.bits());
+    put_u64(&mut b, XSTATE_BV, user.bits());
     uabi::import(&s.e, &s.cfg, &mut fp, &b).expect("primer");
     fp
 }
@@ -59,9 +54,9 @@ fn frame(s: &Setup) -> Vec<u8> {
     let mut other = Fpstate::new_boxed(&s.e, &s.cfg, Owner::Host).expect("host fpstate");
     let size = other.info().user_size as usize;
     let mut b = vec![0x3cu8; size];
-    put32(&mut b, MXCSR, 0x9fc0);
+    put_u32(&mut b, MXCSR, 0x9fc0);
     b[XSTATE_BV..XSTATE_BV + 64].fill(0);
-    put64(&mut b, XSTATE_BV, other.info().user_features.bits());
+    put_u64(&mut b, XSTATE_BV, other.info().user_features.bits());
     uabi::import(&s.e, &s.cfg, &mut other, &b).expect("frame source");
     let mut f = vec![0u8; size + 4];
     let n = uabi::export_sigframe(&s.e, &s.cfg, &other, other.info().user_features, &mut f)
@@ -145,7 +140,7 @@ fn each_refusal_has_its_own_error() {
         XFeatures::from_bits_retain(1 << 40),
     ] {
         let mut b = f.clone();
-        put64(&mut b, XSTATE_BV, (user | bit).bits());
+        put_u64(&mut b, XSTATE_BV, (user | bit).bits());
         let e = UabiError::FeaturesNotPermitted { mask: bit.bits() };
         if bit == XFeatures::XTILE_DATA {
             // Outside the frame's software `xfeatures` (the restore mask) the
@@ -154,14 +149,14 @@ fn each_refusal_has_its_own_error() {
             let mut fp = primed(&s);
             let got = uabi::import_sigframe(&s.e, &s.cfg, &mut fp, &b).expect("AMX outside RFBM");
             assert_eq!(got.features, user);
-            put64(&mut b, SW_BYTES_OFFSET + 8, (user | bit).bits());
+            put_u64(&mut b, SW_BYTES_OFFSET + 8, (user | bit).bits());
         }
         refused(&s, &b, Some(e), Some(e));
     }
 
     // The compacted form and the reserved header bytes.
     let mut b = f.clone();
-    put64(&mut b, XSTATE_BV + 8, (1 << 63) | user.bits());
+    put_u64(&mut b, XCOMP_BV, (1 << 63) | user.bits());
     let e = UabiError::CompactedForm {
         xcomp_bv: (1 << 63) | user.bits(),
     };
@@ -185,12 +180,12 @@ fn each_refusal_has_its_own_error() {
     // MXCSR with a reserved bit.
     let mut b = f.clone();
     let bad = 0x1f80 | (!mask & 0xffff_0000);
-    put32(&mut b, MXCSR, bad);
+    put_u32(&mut b, MXCSR, bad);
     let e = UabiError::InvalidMxcsr { value: bad, mask };
     refused(&s, &b, Some(e), Some(e));
     // ...which neither path looks at when nothing loads MXCSR.
-    put64(&mut b, XSTATE_BV, 0);
-    b[SW_BYTES_OFFSET + 8..SW_BYTES_OFFSET + 16].copy_from_slice(&1u64.to_le_bytes());
+    put_u64(&mut b, XSTATE_BV, 0);
+    put_u64(&mut b, SW_BYTES_OFFSET + 8, 1);
     let mut fp = primed(&s);
     assert_eq!(
         uabi::import(&s.e, &s.cfg, &mut fp, &b),
@@ -211,21 +206,21 @@ fn bad_software_bytes_make_an_fx_only_frame() {
     let cases: [(&str, Mutation, UabiError); 4] = [
         (
             "magic1",
-            |b, _| put32(b, SW_BYTES_OFFSET, FP_XSTATE_MAGIC1 ^ 1),
+            |b, _| put_u32(b, SW_BYTES_OFFSET, FP_XSTATE_MAGIC1 ^ 1),
             UabiError::BadMagic1 {
                 value: FP_XSTATE_MAGIC1 ^ 1,
             },
         ),
         (
             "magic2",
-            |b, size| put32(b, size, FP_XSTATE_MAGIC2 ^ 1),
+            |b, size| put_u32(b, size, FP_XSTATE_MAGIC2 ^ 1),
             UabiError::BadMagic2 {
                 value: FP_XSTATE_MAGIC2 ^ 1,
             },
         ),
         (
             "xstate_size below 576",
-            |b, _| put32(b, SW_BYTES_OFFSET + 16, 575),
+            |b, _| put_u32(b, SW_BYTES_OFFSET + 16, 575),
             UabiError::BadFrameSize {
                 xstate_size: 575,
                 extended_size: 0,
@@ -233,7 +228,7 @@ fn bad_software_bytes_make_an_fx_only_frame() {
         ),
         (
             "xstate_size above extended_size",
-            |b, size| put32(b, SW_BYTES_OFFSET + 4, size as u32 - 1),
+            |b, size| put_u32(b, SW_BYTES_OFFSET + 4, size as u32 - 1),
             UabiError::BadFrameSize {
                 xstate_size: 0,
                 extended_size: 0,
@@ -277,7 +272,7 @@ fn software_xfeatures_limit_the_restore() {
     // The frame says only x87, SSE and AVX were saved: everything else goes to
     // its init state even though XSTATE_BV claims it.
     let keep = XFeatures::X87 | XFeatures::SSE | XFeatures::AVX;
-    f[SW_BYTES_OFFSET + 8..SW_BYTES_OFFSET + 16].copy_from_slice(&keep.bits().to_le_bytes());
+    put_u64(&mut f, SW_BYTES_OFFSET + 8, keep.bits());
     let mut fp = primed(&s);
     let got = uabi::import_sigframe(&s.e, &s.cfg, &mut fp, &f).expect("frame");
     assert_eq!(got.fx_only, None);
@@ -291,4 +286,14 @@ fn software_xfeatures_limit_the_restore() {
     assert!(out[r.clone()] == f[r.clone()], "AVX not the frame's");
     assert!(out[r.end..].iter().all(|&x| x == 0), "beyond AVX not init");
     assert_eq!(out[MXCSR..MXCSR + 4], f[MXCSR..MXCSR + 4], "MXCSR");
+}
+
+/// The crate's area offsets are the SDM's (vol. 1 table 10-2 and 13.4.2), which
+/// the tests write independently in `testkit`.
+#[test]
+fn area_offsets_are_the_sdm_ones() {
+    assert_eq!(MXCSR_OFFSET, MXCSR);
+    assert_eq!(MXCSR_MASK_OFFSET, MXCSR_MASK);
+    assert_eq!(XSTATE_BV_OFFSET, XSTATE_BV);
+    assert_eq!(XCOMP_BV_OFFSET, XCOMP_BV);
 }

@@ -20,8 +20,6 @@ use xstate::config::{Configs, Policy};
 use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, Mode, Owner};
-use xstate::insn::{Fault, Insn, XsaveUnit};
-use xstate::layout::Layout;
 use xstate::model::{Quirks, XsaveMachine};
 use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi::{
@@ -30,20 +28,9 @@ use xstate::uabi::{
 };
 
 mod testkit;
-
-const XSTATE_BV: usize = 512;
-const XCOMP_BV: usize = 520;
-const MXCSR: usize = 24;
-
-fn get_u32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn get_u64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-fn put_u64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
+use testkit::{
+    MXCSR, XCOMP_BV, XSTATE_BV, cet_s_pattern, get_u32, get_u64, paint_cet_s, put_u32, put_u64,
+};
 
 /// One CPU: its name, enumeration and Linux configs.
 struct Cpu {
@@ -109,28 +96,8 @@ enum Kind {
     GuestAmx,
 }
 
-/// An [`XsaveUnit`] that "saves" a pattern into the guest-only CET_S component
-/// and marks it in XSTATE_BV: supervisor state a user-mode test cannot otherwise
-/// put into an fpstate.
-struct Painter {
-    range: core::ops::Range<usize>,
-    pattern: Vec<u8>,
-}
-
-impl XsaveUnit for Painter {
-    fn save(&mut self, _: Insn, area: &mut [u8], _: XFeatures) -> Result<(), Fault> {
-        area[self.range.clone()].copy_from_slice(&self.pattern);
-        let bv = get_u64(area, XSTATE_BV) | XFeatures::CET_S.bits();
-        put_u64(area, XSTATE_BV, bv);
-        Ok(())
-    }
-    fn restore(&mut self, _: Insn, _: &[u8], _: XFeatures) -> Result<(), Fault> {
-        Err(Fault::Ud)
-    }
-}
-
 /// A fresh fpstate of `kind`, with CET_S painted where it has space. Returns the
-/// fpstate and where its CET_S bytes are (with their pattern), if any.
+/// fpstate and where its CET_S bytes (holding [`cet_s_pattern`]) are, if any.
 fn fresh(c: &Cpu, kind: Kind) -> (Fpstate<BoxedArea>, Option<core::ops::Range<usize>>) {
     let owner = match kind {
         Kind::Host => Owner::Host,
@@ -145,26 +112,8 @@ fn fresh(c: &Cpu, kind: Kind) -> (Fpstate<BoxedArea>, Option<core::ops::Range<us
         fp = fp.grow_boxed(&c.e, &c.cfg, &perms, 18).unwrap();
         assert!(fp.info().user_features.contains(XFeatures::XTILE_DATA));
     }
-    let features = fp.info().features;
-    if !features.contains(XFeatures::CET_S) {
-        return (fp, None);
-    }
-    let range = Layout::compacted(&c.e, features)
-        .unwrap()
-        .range_of(12)
-        .unwrap();
-    let mut p = Painter {
-        range: range.clone(),
-        pattern: pattern(range.len()),
-    };
-    fp.save(&mut p, &c.cfg, Mode::Supervisor).unwrap();
-    (fp, Some(range))
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| 0xc3 ^ (i as u8).wrapping_mul(29))
-        .collect()
+    let cet = paint_cet_s(&c.e, &c.cfg, &mut fp);
+    (fp, cet)
 }
 
 /// What must never change through an import: XCOMP_BV, the supervisor bits of
@@ -228,7 +177,7 @@ fn shape(c: &Cpu, fp: &Fpstate<BoxedArea>, mut b: Vec<u8>, bv: u64, knobs: u8) -
     }
     if knobs & 8 != 0 {
         let m = get_u32(&b, MXCSR) & c.cfg.mxcsr_mask;
-        b[MXCSR..MXCSR + 4].copy_from_slice(&m.to_le_bytes());
+        put_u32(&mut b, MXCSR, m);
     }
     b
 }
@@ -313,7 +262,7 @@ proptest! {
         prop_assert!(export_all(c, &fp2) == x1, "{}: fresh import differs", &c.name);
         prop_assert_eq!(invariant(&fp, &cet), inv, "{}: XCOMP_BV/supervisor state moved", &c.name);
         if let Some(r) = cet {
-            prop_assert!(fp.area()[r.clone()] == pattern(r.len())[..]);
+            prop_assert!(fp.area()[r.clone()] == cet_s_pattern(r.len())[..]);
             prop_assert!(fp.xstate_bv().contains(XFeatures::CET_S));
         }
     }
@@ -347,9 +296,9 @@ proptest! {
         let fpsse = XFeatures::X87 | XFeatures::SSE;
         prop_assert_eq!(got.features, (fp.xstate_bv() & fp.info().user_features) | fpsse);
         let (mut a, mut b) = (export_all(c, &fp2), export_all(c, &fp));
-        prop_assert_eq!(get_u64(&a, 512), get_u64(&b, 512) | fpsse.bits());
-        a[512..520].fill(0);
-        b[512..520].fill(0);
+        prop_assert_eq!(get_u64(&a, XSTATE_BV), get_u64(&b, XSTATE_BV) | fpsse.bits());
+        put_u64(&mut a, XSTATE_BV, 0);
+        put_u64(&mut b, XSTATE_BV, 0);
         prop_assert!(a == b, "{}: frame round trip", &c.name);
         prop_assert_eq!(invariant(&fp2, &cet2), inv2);
         // A frame cut before its trailing magic is refused, and changes nothing.
