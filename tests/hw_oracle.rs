@@ -28,7 +28,7 @@ use common::{Area, CANARIES, loud, x87_image};
 use xstate::XFeatures;
 use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
-use xstate::insn::{read_xcr0, xrstor, xsave, xsavec};
+use xstate::insn::{read_mxcsr_mask, read_xcr0, xrstor, xsave, xsavec};
 use xstate::layout::{Form, Layout};
 
 /// Canary bytes kept past the end of every area to catch overruns.
@@ -168,15 +168,16 @@ struct Live {
     legacy: [u8; 512],
 }
 
-fn mxcsr_mask_of_cpu() -> u32 {
-    let mut a = Area::new(4096, 0);
-    // SAFETY: OSXSAVE is set (XCR0 was read), the area is 64-byte aligned, 4096
-    // bytes hold the legacy region and header (all SSE needs), and its header is
-    // zero. XSAVE only reads registers.
-    unsafe { xsave(a.ptr(), XFeatures::SSE) };
-    let m = u32::from_le_bytes(a.bytes()[28..32].try_into().unwrap());
-    // SDM vol. 1 11.6.6: a saved MXCSR_MASK of 0 means the default 0xffbf.
-    if m == 0 { 0xffbf } else { m }
+/// The standard-form size for `mask` from raw CPUID(0xD,i) (EBX offset + EAX
+/// size), not from the crate's enumeration: the oracle for [`Layout`]'s.
+fn cpuid_standard_size(mask: XFeatures) -> usize {
+    mask.indices()
+        .filter(|&i| i >= 2)
+        .map(|i| {
+            let r = LiveCpuid.cpuid(0xd, i);
+            (r.ebx + r.eax) as usize
+        })
+        .fold(576, usize::max)
 }
 
 fn legacy_image(mxcsr: u32, mxcsr_mask: u32) -> [u8; 512] {
@@ -306,19 +307,14 @@ impl Live {
         }
         report_skips(xcr0, exercised, &amx);
 
-        let mxcsr_mask = mxcsr_mask_of_cpu();
+        let mxcsr_mask = read_mxcsr_mask();
         // All exceptions masked (no fault whatever the flags), some flags set,
         // round up, FZ and DAZ where the CPU has them: valid and not the init 0x1f80.
         let mxcsr = (0x1f80 | 0x2d | 0x4000 | 0x8000 | 0x40) & mxcsr_mask;
         let legacy = legacy_image(mxcsr, mxcsr_mask);
 
         // The load area: built from raw CPUID(0xD,i).EBX, not from the layout code.
-        let mut size = 576usize;
-        for i in exercised.indices().filter(|&i| i >= 2) {
-            let r = LiveCpuid.cpuid(0xd, i);
-            size = size.max(r.ebx as usize + r.eax as usize);
-        }
-        let mut load = Area::new(size, 0);
+        let mut load = Area::new(cpuid_standard_size(exercised), 0);
         let a = load.bytes_mut();
         a[..512].copy_from_slice(&legacy);
         a[512..520].copy_from_slice(&exercised.bits().to_le_bytes());
@@ -336,16 +332,6 @@ impl Live {
             load,
             legacy,
         }
-    }
-
-    fn standard_size(&self, mask: XFeatures) -> usize {
-        mask.indices()
-            .filter(|&i| i >= 2)
-            .map(|i| {
-                let r = LiveCpuid.cpuid(0xd, i);
-                (r.ebx + r.eax) as usize
-            })
-            .fold(576, usize::max)
     }
 
     /// The expected content of an area after a save of `layout.form()` with RFBM
@@ -471,7 +457,7 @@ fn written_end(got: &[u8], canary: u8) -> usize {
 fn xsavec_and_xsave_put_every_component_where_layout_says() {
     let mut live = Live::get();
     let full = live.exercised;
-    let harness_len = live.standard_size(full);
+    let harness_len = cpuid_standard_size(full);
     let (mut n_xsavec, mut n_xsave, mut placements) = (0usize, 0usize, 0usize);
     let load = live.load.ptr();
 
@@ -539,7 +525,7 @@ fn xsavec_and_xsave_put_every_component_where_layout_says() {
         );
         assert_eq!(
             size,
-            live.standard_size(rfbm),
+            cpuid_standard_size(rfbm),
             "Layout standard size vs raw CPUID"
         );
         assert_eq!(layout.xcomp_bv(), 0);
@@ -628,7 +614,7 @@ fn xsavec_and_xsave_put_every_component_where_layout_says() {
 fn crate_wrappers_back_to_back_match_the_asm_block() {
     let mut live = Live::get();
     let full = live.exercised;
-    let harness_len = live.standard_size(full);
+    let harness_len = cpuid_standard_size(full);
     let load = live.load.ptr();
     let mut n = 0;
     for rfbm in subsets(full) {
