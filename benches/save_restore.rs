@@ -286,35 +286,24 @@ fn benches(c: &mut Criterion) {
     let std_e = Enumeration::from_cpuid(&NoCompaction).expect("enumeration without XSAVEC");
     let init = init_image(&e);
     let s = Setup { e, std_e, init };
-    for &m in &MASKS {
+    let rows = MASKS.map(|m| (m, "save_restore"));
+    let scaling = SCALING_EXTRA.map(|m| (m, "scaling"));
+    for (m, group) in rows.into_iter().chain(scaling) {
         let mask = XFeatures::from_bits_retain(m);
-        if mask.contains(XFeatures::XTILE) {
-            if let Err(why) = request_amx(xcr0) {
-                eprintln!(
-                    "\n******** SKIP bench: {why}: the +AMX ({m:#x}) rows are not measured ********\n"
-                );
-                continue;
-            }
-        }
-        if !xcr0.contains(mask) {
+        let skip = if mask.contains(XFeatures::XTILE) {
+            request_amx(xcr0).err()
+        } else if !xcr0.contains(mask) {
+            Some(format!("mask {m:#x} not in XCR0 {:#x}", xcr0.bits()))
+        } else {
+            None
+        };
+        if let Some(why) = skip {
             eprintln!(
-                "\n******** SKIP bench: mask {m:#x} not in XCR0 {:#x} ********\n",
-                xcr0.bits()
+                "\n******** SKIP bench: {why}: the {group} {m:#x} rows are not measured ********\n"
             );
             continue;
         }
-        bench_mask(c, &s, mask, "save_restore", false);
-    }
-    for &m in &SCALING_EXTRA {
-        let mask = XFeatures::from_bits_retain(m);
-        if !xcr0.contains(mask) {
-            eprintln!(
-                "\n******** SKIP bench: scaling mask {m:#x} not in XCR0 {:#x} ********\n",
-                xcr0.bits()
-            );
-            continue;
-        }
-        bench_mask(c, &s, mask, "scaling", true);
+        bench_mask(c, &s, mask, group, group == "scaling");
     }
 }
 
