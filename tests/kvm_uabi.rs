@@ -33,7 +33,7 @@ use xstate::uabi::{export, import};
 mod testkit;
 use testkit::{
     MXCSR, MXCSR_MASK, Rng, XCOMP_BV, XSTATE_BV, cet_s_pattern, get_u32, get_u64, paint_cet_s,
-    put_u32, put_u64,
+    put_u32, put_u64, std_size_raw,
 };
 
 /// `struct kvm_xsave` without its flexible tail.
@@ -45,6 +45,8 @@ const MXCSR_USERS: u64 = 0b111;
 
 /// What FXSAVE reports as MXCSR_MASK on this CPU: the value Linux's
 /// `mxcsr_feature_mask` holds (AMD CPUs add bit 17, MM, to Intel's 0xffff).
+/// Read here with the compiler's intrinsic, independently of
+/// `xstate::insn::read_mxcsr_mask`, which our side uses.
 fn hw_mxcsr_mask() -> u32 {
     #[repr(C, align(16))]
     struct Fx([u8; 512]);
@@ -58,7 +60,8 @@ fn hw_mxcsr_mask() -> u32 {
     }
 }
 
-/// Our side: the live CPU's configs (with the CPU's MXCSR mask) and a guest fpstate.
+/// Our side: the live CPU's configs (with the crate's reading of the CPU's
+/// MXCSR mask) and a guest fpstate.
 struct Ours {
     e: Enumeration,
     cfg: Configs,
@@ -69,7 +72,8 @@ impl Ours {
     fn new() -> Self {
         let e = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
         let mut cfg = Configs::new(&e, &Policy::linux(&e)).expect("linux configs");
-        cfg.mxcsr_mask = hw_mxcsr_mask();
+        // What a kernel using the crate does; `Linux::hw_mask` checks it.
+        cfg.mxcsr_mask = xstate::insn::read_mxcsr_mask();
         let fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).expect("guest fpstate");
         Self { e, cfg, fp }
     }
@@ -182,25 +186,6 @@ impl Vcpu {
             c.copy_from_slice(&w.to_le_bytes());
         }
     }
-}
-
-/// Open KVM and our side, and check they model the same guest; `None` = skip.
-fn setup() -> Option<(Vcpu, Ours)> {
-    let v = Vcpu::open()?;
-    let ours = Ours::new();
-    let xcr0 = xstate::insn::read_xcr0().expect("OSXSAVE").bits();
-    // KVM's user_xfeatures: guest-supported XCR0 | x87 | SSE (kvm_vcpu_after_set_cpuid).
-    let kvm_user = v.guest_xcr0 | 0b11;
-    if kvm_user != ours.user() || ours.user() != USER || xcr0 & USER != USER {
-        eprintln!(
-            "\n******** SKIP kvm_uabi: guest XCR0 {:#x}, host XCR0 {xcr0:#x}, our guest user features {:#x}: \
-             this test drives exactly {USER:#x} ********\n",
-            v.guest_xcr0,
-            ours.user()
-        );
-        return None;
-    }
-    Some((v, ours))
 }
 
 /// What Linux's export adds to ours, known from outside our code.
@@ -435,52 +420,106 @@ impl Restorer {
     }
 }
 
+/// Both sides of a KVM test, what Linux adds to an export, the two export
+/// buffers and the XRSTOR checker.
+struct Rig {
+    v: Vcpu,
+    ours: Ours,
+    l: Linux,
+    kvm: Vec<u8>,
+    mine: Vec<u8>,
+    restorer: Restorer,
+}
+
+impl Rig {
+    /// Open KVM and our side, and check they model the same guest; `None` = skip.
+    fn open() -> Option<Self> {
+        let v = Vcpu::open()?;
+        let ours = Ours::new();
+        let xcr0 = xstate::insn::read_xcr0().expect("OSXSAVE").bits();
+        // KVM's user_xfeatures: guest-supported XCR0 | x87 | SSE (kvm_vcpu_after_set_cpuid).
+        let kvm_user = v.guest_xcr0 | 0b11;
+        if kvm_user != ours.user() || ours.user() != USER || xcr0 & USER != USER {
+            eprintln!(
+                "\n******** SKIP kvm_uabi: guest XCR0 {:#x}, host XCR0 {xcr0:#x}, our guest user features {:#x}: \
+                 this test drives exactly {USER:#x} ********\n",
+                v.guest_xcr0,
+                ours.user()
+            );
+            return None;
+        }
+        Some(Self {
+            kvm: vec![0; v.size],
+            mine: vec![0; v.size],
+            v,
+            ours,
+            l: Linux::new(),
+            restorer: Restorer::new(),
+        })
+    }
+
+    /// KVM_GET_XSAVE2 against our export of the same state (see [`compare`]),
+    /// `kvm_mask` the MXCSR_MASK KVM must show.
+    fn states_agree(&mut self, kvm_mask: u32) -> Result<(), String> {
+        self.v.get(&mut self.kvm);
+        self.mine.fill(0);
+        let size = self.ours.std_size();
+        assert_eq!(self.ours.export(&mut self.mine), size, "export size");
+        compare(&self.l, &self.kvm, &self.mine, size, kvm_mask)
+    }
+
+    /// Queue `accepted` and our export of the state it produced (left in
+    /// `mine` by [`Rig::states_agree`]) for a real XRSTOR.
+    fn restore_later(&mut self, accepted: &[u8]) {
+        self.restorer.push(accepted, &self.mine, self.l.hw_mask);
+    }
+
+    /// Run the queued XRSTORs and print their counts.
+    fn finish(&mut self) {
+        let r = &mut self.restorer;
+        r.flush();
+        println!(
+            "xrstor: {} images restored, 0 faults ({} accepted buffers as is, {} only through our export: dead MXCSR)",
+            r.restored, r.raw, r.via_export
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // (a) byte-exact round trips
 // ---------------------------------------------------------------------------
 
 #[test]
 fn requires_kvm_roundtrip_is_byte_exact() {
-    let Some((mut v, mut ours)) = setup() else {
+    let Some(mut rig) = Rig::open() else {
         return;
     };
-    let l = Linux::new();
-    let size = ours.std_size();
-    let mut kvm = vec![0u8; v.size];
-    let mut mine = vec![0u8; v.size];
-    let mut restorer = Restorer::new();
-
+    let hw_mask = rig.l.hw_mask;
     // The fresh vCPU against the fresh fpstate.
-    v.get(&mut kvm);
-    ours.export(&mut mine);
-    compare(&l, &kvm, &mine, size, l.hw_mask).unwrap_or_else(|e| panic!("fresh state: {e}"));
+    rig.states_agree(hw_mask)
+        .unwrap_or_else(|e| panic!("fresh state: {e}"));
 
     let mut rng = Rng(0x6b76_6d5f_7561_6269);
     let n = 2000;
     for i in 0..n {
-        let buf = valid_buffer(&mut rng, v.size, l.hw_mask);
+        let buf = valid_buffer(&mut rng, rig.v.size, hw_mask);
         let hdr = get_u64(&buf, XSTATE_BV);
-        v.set(&buf).unwrap_or_else(|e| {
+        rig.v.set(&buf).unwrap_or_else(|e| {
             panic!("#{i}: KVM refused a valid buffer (errno {e}), XSTATE_BV {hdr:#x}")
         });
+        let ours = &mut rig.ours;
         let got = import(&ours.e, &ours.cfg, &mut ours.fp, &buf)
             .unwrap_or_else(|e| panic!("#{i}: import refused a valid buffer: {e}"));
         assert_eq!(got.bits(), hdr);
-        v.get(&mut kvm);
-        mine.fill(0);
-        assert_eq!(ours.export(&mut mine), size);
-        compare(&l, &kvm, &mine, size, kvm_mask_after(&buf, l.hw_mask))
+        rig.states_agree(kvm_mask_after(&buf, hw_mask))
             .unwrap_or_else(|e| panic!("#{i}: XSTATE_BV {hdr:#x}: {e}"));
-        restorer.push(&buf, &mine, l.hw_mask);
+        rig.restore_later(&buf);
     }
-    restorer.flush();
+    rig.finish();
     println!(
-        "kvm round trip: {n} random valid states byte-exact over {size} bytes \
-         (MXCSR_MASK and sw_reserved modelled, see compare())"
-    );
-    println!(
-        "xrstor: {} images restored, 0 faults ({} accepted buffers as is, {} only through our export: dead MXCSR)",
-        restorer.restored, restorer.raw, restorer.via_export
+        "kvm round trip: {n} random valid states byte-exact over {} bytes \
+         (MXCSR_MASK and sw_reserved modelled, see compare())",
+        rig.ours.std_size()
     );
 }
 
@@ -546,25 +585,22 @@ fn mutate(rng: &mut Rng, b: &mut [u8]) {
 
 #[test]
 fn requires_kvm_verdicts_agree() {
-    let Some((mut v, mut ours)) = setup() else {
+    let Some(mut rig) = Rig::open() else {
         return;
     };
-    let l = Linux::new();
-    let size = ours.std_size();
-    let mut kvm = vec![0u8; v.size];
-    let mut mine = vec![0u8; v.size];
-    let mut restorer = Restorer::new();
+    let hw_mask = rig.l.hw_mask;
     let mut rng = Rng(0x7665_7264_6963_7473);
-    let mut kvm_mask = l.hw_mask;
+    let mut kvm_mask = hw_mask;
     let (mut agree, mut disagree, mut accepted) = (0usize, 0usize, 0usize);
     let mut shown = Vec::new();
     let n = 100_000;
     let start = std::time::Instant::now();
     for i in 0..n {
-        let mut buf = valid_buffer(&mut rng, v.size, l.hw_mask);
+        let mut buf = valid_buffer(&mut rng, rig.v.size, hw_mask);
         mutate(&mut rng, &mut buf);
+        let ours = &mut rig.ours;
         let before = ours.fp.area().to_vec();
-        let k = v.set(&buf);
+        let k = rig.v.set(&buf);
         let o = import(&ours.e, &ours.cfg, &mut ours.fp, &buf);
         if k.is_ok() == o.is_ok() {
             agree += 1;
@@ -584,7 +620,7 @@ fn requires_kvm_verdicts_agree() {
             (Ok(()), Ok(hdr)) => {
                 accepted += 1;
                 assert_eq!(hdr.bits(), get_u64(&buf, XSTATE_BV), "#{i}");
-                kvm_mask = kvm_mask_after(&buf, l.hw_mask);
+                kvm_mask = kvm_mask_after(&buf, hw_mask);
             }
             (Err(errno), Err(e)) => {
                 assert_eq!(errno, e.errno(), "#{i}: errno for {e}");
@@ -596,37 +632,30 @@ fn requires_kvm_verdicts_agree() {
             _ => {
                 // Put both sides back in one known state so the run goes on and
                 // counts every disagreement.
-                let sync = valid_buffer(&mut rng, v.size, l.hw_mask);
-                v.set(&sync).expect("KVM refused a valid buffer");
+                let sync = valid_buffer(&mut rng, rig.v.size, hw_mask);
+                rig.v.set(&sync).expect("KVM refused a valid buffer");
                 import(&ours.e, &ours.cfg, &mut ours.fp, &sync).expect("valid buffer");
-                kvm_mask = kvm_mask_after(&sync, l.hw_mask);
+                kvm_mask = kvm_mask_after(&sync, hw_mask);
                 continue;
             }
         }
         // After every ioctl, refused ones included: the two states are the same.
-        v.get(&mut kvm);
-        mine.fill(0);
-        ours.export(&mut mine);
-        compare(&l, &kvm, &mine, size, kvm_mask).unwrap_or_else(|e| {
+        rig.states_agree(kvm_mask).unwrap_or_else(|e| {
             panic!(
                 "#{i} ({}): states differ: {e}",
                 if k.is_ok() { "accepted" } else { "refused" }
             )
         });
         if k.is_ok() {
-            restorer.push(&buf, &mine, l.hw_mask);
+            rig.restore_later(&buf);
         }
     }
-    restorer.flush();
     println!(
         "kvm conformance: {n} buffers, {agree} agree, {disagree} disagree \
          ({accepted} accepted by both, {:.1} s)",
         start.elapsed().as_secs_f64()
     );
-    println!(
-        "xrstor: {} images restored, 0 faults ({} accepted buffers as is, {} only through our export: dead MXCSR)",
-        restorer.restored, restorer.raw, restorer.via_export
-    );
+    rig.finish();
     for s in &shown {
         eprintln!("disagreement {s}");
     }
@@ -644,7 +673,7 @@ fn requires_kvm_verdicts_agree() {
 #[test]
 fn export_writes_every_byte_of_its_range_and_nothing_else() {
     let mut ours = Ours::new();
-    let hw_mask = ours.cfg.mxcsr_mask;
+    let hw_mask = hw_mxcsr_mask();
     let cet_s = paint_cet_s(&ours.e, &ours.cfg, &mut ours.fp);
     if cet_s.is_none() {
         eprintln!(
@@ -662,9 +691,8 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
         let mask = if rng.below(4) == 0 { rng.next() } else { user };
         let out_features = mask & user;
         let live = hdr & out_features;
-        let size = ours
-            .e
-            .standard_size(XFeatures::from_bits_retain(out_features)) as usize;
+        // The size from raw CPUID, not from our enumeration.
+        let size = std_size_raw(&LiveCpuid, out_features) as usize;
         let run = |fill: u8| {
             let mut out = vec![fill; size + 512];
             let n = export(
