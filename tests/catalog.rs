@@ -264,84 +264,55 @@ fn every_component_has_exactly_one_well_named_file() {
     );
 }
 
-fn diff(errors: &mut Vec<String>, c: &Conf, field: &str, file: String, rust: String) {
-    if file != rust {
-        errors.push(format!(
-            "features/{} {field}: file says {file}, CATALOG[{}] says {rust}",
-            c.file, c.index
-        ));
-    }
-}
-
 #[test]
 fn files_agree_with_the_rust_catalog() {
     let map = by_index();
     let mut errors = Vec::new();
     for (i, c) in &map {
         let r: &FeatureInfo = &CATALOG[*i as usize];
-        diff(
-            &mut errors,
-            c,
-            "index",
-            i.to_string(),
-            (r.feature as u32).to_string(),
-        );
-        diff(
-            &mut errors,
-            c,
-            "name",
-            format!("{:?}", c.name),
-            format!("{:?}", r.name),
-        );
-        diff(
-            &mut errors,
-            c,
-            "linux_enum",
-            format!("{:?}", c.linux_enum),
-            format!("{:?}", r.linux_enum),
-        );
-        diff(
-            &mut errors,
-            c,
-            "linux_desc",
-            format!("{:?}", c.linux_desc),
-            format!("{:?}", r.linux_desc),
-        );
-        diff(
-            &mut errors,
-            c,
-            "domain",
-            format!("{:?}", c.domain),
-            format!("{:?}", r.domain),
-        );
-        diff(
-            &mut errors,
-            c,
-            "cpuid_flag",
-            format!("{:?}", c.cpuid_flag),
-            format!("{:?}", r.cpuid_flag),
-        );
-        diff(
-            &mut errors,
-            c,
-            "arch_size",
-            format!("{:?}", c.arch_size),
-            format!("{:?}", r.arch_size),
-        );
-        diff(
-            &mut errors,
-            c,
-            "xfd_capable",
-            c.xfd_capable.to_string(),
-            r.xfd_capable.to_string(),
-        );
-        diff(
-            &mut errors,
-            c,
-            "sdm",
-            format!("{:?}", c.sdm),
-            format!("{:?}", r.sdm),
-        );
+        let fields = [
+            ("index", i.to_string(), (r.feature as u32).to_string()),
+            ("name", format!("{:?}", c.name), format!("{:?}", r.name)),
+            (
+                "linux_enum",
+                format!("{:?}", c.linux_enum),
+                format!("{:?}", r.linux_enum),
+            ),
+            (
+                "linux_desc",
+                format!("{:?}", c.linux_desc),
+                format!("{:?}", r.linux_desc),
+            ),
+            (
+                "domain",
+                format!("{:?}", c.domain),
+                format!("{:?}", r.domain),
+            ),
+            (
+                "cpuid_flag",
+                format!("{:?}", c.cpuid_flag),
+                format!("{:?}", r.cpuid_flag),
+            ),
+            (
+                "arch_size",
+                format!("{:?}", c.arch_size),
+                format!("{:?}", r.arch_size),
+            ),
+            (
+                "xfd_capable",
+                c.xfd_capable.to_string(),
+                r.xfd_capable.to_string(),
+            ),
+            ("sdm", format!("{:?}", c.sdm), format!("{:?}", r.sdm)),
+        ];
+        for (field, file, rust) in fields {
+            if file != rust {
+                errors.push(format!(
+                    "features/{} {field}: file says {file}, CATALOG[{i}] says {rust}",
+                    c.file
+                ));
+            }
+        }
         // The Rust side's own indexing: variant, from_index and the one-bit mask.
         let f = XFeature::from_index(*i);
         if f != Some(r.feature) || r.feature.mask().bits() != 1u64 << i {
