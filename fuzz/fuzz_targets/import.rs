@@ -16,7 +16,10 @@ use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::RecordedCpuid;
 use xstate::enumerate::Enumeration;
-use xstate::fpstate::{BoxedArea, Fpstate, Owner};
+use xstate::fpstate::{
+    BoxedArea, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Owner, XCOMP_BV_OFFSET,
+    XSTATE_BV_OFFSET,
+};
 use xstate::uabi;
 
 const DUMPS: [(&str, &str, u32); 2] = [
@@ -68,10 +71,10 @@ fn fresh(c: &Cpu) -> Fpstate<BoxedArea> {
     for (k, x) in b.iter_mut().enumerate() {
         *x = (k as u8).wrapping_mul(37) | 1;
     }
-    b[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-    b[28..32].copy_from_slice(&c.cfg.mxcsr_mask.to_le_bytes());
-    b[512..576].fill(0);
-    b[512..520].copy_from_slice(&user.bits().to_le_bytes());
+    b[MXCSR_OFFSET..][..4].copy_from_slice(&MXCSR_DEFAULT.to_le_bytes());
+    b[MXCSR_MASK_OFFSET..][..4].copy_from_slice(&c.cfg.mxcsr_mask.to_le_bytes());
+    b[XSTATE_BV_OFFSET..][..64].fill(0);
+    b[XSTATE_BV_OFFSET..][..8].copy_from_slice(&user.bits().to_le_bytes());
     uabi::import(&c.e, &c.cfg, &mut fp, &b).expect("primer import");
     fp
 }
@@ -102,10 +105,14 @@ fn check_import(c: &Cpu, data: &[u8], sigframe: bool) {
     assert_eq!(fp.xstate_bv() & user, hdr, "header user bits");
     assert_eq!(
         fp.xstate_bv() - user,
-        XFeatures::from_bits_retain(get_u64(&before, 512)) - user,
+        XFeatures::from_bits_retain(get_u64(&before, XSTATE_BV_OFFSET)) - user,
         "supervisor bits changed"
     );
-    assert_eq!(fp.xcomp_bv(), get_u64(&before, 520), "XCOMP_BV changed");
+    assert_eq!(
+        fp.xcomp_bv(),
+        get_u64(&before, XCOMP_BV_OFFSET),
+        "XCOMP_BV changed"
+    );
 
     // What was imported reads back as given.
     let size = c.e.standard_size(user) as usize;
