@@ -901,7 +901,7 @@ pub fn run() -> Result<Outcome, String> {
         format!("KVM {kvm_ebx0}, GuestXsave {}, raw {size}", g.leaf(0).ebx),
     );
 
-    let got1 = match program {
+    let p2_check = match program {
         Program::Native => {
             // What the guest's own XSAVE wrote: P1 overlaid with its loads.
             let saved = guest.mem.read(area(AREA_SAVED), size);
@@ -926,19 +926,8 @@ pub fn run() -> Result<Outcome, String> {
                 bad.is_empty() && xstate_bv(&saved) == bv,
                 format!("XSTATE_BV {:#x}; {}", xstate_bv(&saved).bits(), summary(&bad)),
             );
-            // KVM_GET_XSAVE2: the state the guest's last XRSTOR left.
-            let got1 = get_xsave(vcpu, kvm_size)?;
-            let bad = compare(&std_layout, bv, &got1, &p2);
-            checks.check(
-                "KVM_GET_XSAVE2 holds P2 (the guest's last XRSTOR) at the Layout's offsets",
-                bad.is_empty() && xstate_bv(&got1) == bv,
-                format!(
-                    "XSTATE_BV {:#x}; {}",
-                    xstate_bv(&got1).bits(),
-                    summary(&bad)
-                ),
-            );
-            got1
+            // KVM_GET_XSAVE2 below: the state the guest's last XRSTOR left.
+            "KVM_GET_XSAVE2 holds P2 (the guest's last XRSTOR) at the Layout's offsets"
         }
         Program::Emulated => {
             let got0 = get_xsave(vcpu, kvm_size)?;
@@ -958,20 +947,20 @@ pub fn run() -> Result<Outcome, String> {
                 ),
             );
             set_xsave(vcpu, &p2, kvm_size)?;
-            let got1 = get_xsave(vcpu, kvm_size)?;
-            let bad = compare(&std_layout, bv, &got1, &p2);
-            checks.check(
-                "KVM_SET_XSAVE(P2) then KVM_GET_XSAVE2 holds P2 at the Layout's offsets",
-                bad.is_empty() && xstate_bv(&got1) == bv,
-                format!(
-                    "XSTATE_BV {:#x}; {}",
-                    xstate_bv(&got1).bits(),
-                    summary(&bad)
-                ),
-            );
-            got1
+            "KVM_SET_XSAVE(P2) then KVM_GET_XSAVE2 holds P2 at the Layout's offsets"
         }
     };
+    let got1 = get_xsave(vcpu, kvm_size)?;
+    let bad = compare(&std_layout, bv, &got1, &p2);
+    checks.check(
+        p2_check,
+        bad.is_empty() && xstate_bv(&got1) == bv,
+        format!(
+            "XSTATE_BV {:#x}; {}",
+            xstate_bv(&got1).bits(),
+            summary(&bad)
+        ),
+    );
 
     // --- Into a guest fpstate ---
     let mut fp =
