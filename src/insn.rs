@@ -141,19 +141,21 @@ cfg_if::cfg_if! {
                 /// - the area's header is well formed (XSTATE_BV within XCOMP_BV and XCR0,
                 ///   reserved bytes zero, MXCSR reserved bits clear when SSE state loads),
                 ///   or the instruction raises #GP, which in ring 0 is a kernel oops;
-                /// - loading the area's register values is what the caller intends: this
-                ///   replaces the FPU/vector state the compiler may be using, so call it
-                ///   only where no compiler-generated code holds live vector values.
+                /// - loading the area's register values is what the caller intends (the
+                ///   user's registers are replaced). The compiler is told: every vector,
+                ///   opmask and x87 register is declared clobbered, so no value the
+                ///   compiler keeps in one survives the call by accident.
                 #[doc = $extra]
                 #[inline]
                 pub unsafe fn $name(area: *const u8, rfbm: XFeatures) {
                     let (lo, hi) = split(rfbm);
                     // SAFETY: the caller guarantees alignment, size, a valid header and the
-                    // CPU feature. The instruction only reads memory (`readonly`) and does
-                    // not touch the stack or flags.
+                    // CPU feature. The instruction only reads memory (`readonly`), does not
+                    // touch the stack or flags, and every register it may load is in the C
+                    // ABI's clobber set (XMM/YMM/ZMM, k0-k7, x87/MMX).
                     unsafe {
                         asm!(concat!($mnemonic, " [{}]"), in(reg) area, in("eax") lo, in("edx") hi,
-                             options(readonly, nostack, preserves_flags));
+                             clobber_abi("C"), options(readonly, nostack, preserves_flags));
                     }
                 }
             };
