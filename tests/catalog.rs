@@ -14,6 +14,7 @@ use xstate::cpuid::CpuidSource;
 use xstate::feature::{CATALOG, Domain, FeatureInfo, XFeature};
 
 mod testkit;
+use testkit::loud;
 
 /// Every key a file must have, exactly once.
 const KEYS: [&str; 9] = [
@@ -258,7 +259,7 @@ fn every_component_has_exactly_one_well_named_file() {
         }
     }
     assert!(errors.is_empty(), "\n{}", errors.join("\n"));
-    println!(
+    loud!(
         "features/: {} files, components 0..=19 each once",
         map.len()
     );
@@ -339,7 +340,7 @@ fn groups_follow_the_files() {
     let sup = mask_of(&map, |c| c.domain == Domain::Supervisor);
     let xfd = mask_of(&map, |c| c.xfd_capable);
     let all = mask_of(&map, |_| true);
-    println!(
+    loud!(
         "files: user {:#x}, supervisor {:#x}, xfd-capable {:#x}",
         user.bits(),
         sup.bits(),
@@ -440,9 +441,10 @@ fn files_agree_with_every_dump() {
     }
     for (i, c) in map.range(2..) {
         let Some(seen) = sizes.get(i) else {
-            println!(
+            loud!(
                 "component {i:2} {:16}: no dump enumerates it; arch_size {:?} unchecked by hardware",
-                c.name, c.arch_size
+                c.name,
+                c.arch_size
             );
             continue;
         };
@@ -450,7 +452,7 @@ fn files_agree_with_every_dump() {
             .iter()
             .map(|(sz, who)| format!("{sz} x{}", who.len()))
             .collect();
-        println!(
+        loud!(
             "component {i:2} {:16}: arch_size {:?}, dumps report {}",
             c.name,
             c.arch_size,

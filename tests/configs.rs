@@ -2,8 +2,10 @@
 //! Expected sizes are computed here from the SDM's compaction rule, independently
 //! of the crate's `Layout`.
 
+mod testkit;
 use std::fs;
 use std::path::PathBuf;
+use testkit::loud;
 
 use xstate::XFeatures;
 use xstate::config::{ConfigError, Configs, Policy};
@@ -93,9 +95,10 @@ fn lesser_dynamic_cet_s_on_every_dump() {
             "{name}: restores must init CET_S"
         );
         let extra = cfg.guest.default_size - cfg.kernel.default_size;
-        println!(
+        loud!(
             "{name}: host {} guest {} (+{extra})",
-            cfg.kernel.default_size, cfg.guest.default_size
+            cfg.kernel.default_size,
+            cfg.guest.default_size
         );
         if extra == 0 {
             free += 1;

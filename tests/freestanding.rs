@@ -2,8 +2,10 @@
 //! binary with its own `_start` that switches two task fpstates and a guest fpstate
 //! with the crate and checks that no register value bleeds between them.
 
+mod testkit;
 use std::path::PathBuf;
 use std::process::Command;
+use testkit::loud;
 
 #[test]
 fn freestanding_kernel_style_example_runs_green() {
@@ -24,7 +26,7 @@ fn freestanding_kernel_style_example_runs_green() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     match out.status.code() {
-        Some(77) => eprintln!("SKIP freestanding example: {}", stdout.trim()),
+        Some(77) => loud!("SKIP freestanding example: {}", stdout.trim()),
         Some(0) => {
             assert!(stdout.contains("freestanding: all checks held"));
             assert_eq!(stdout.matches("ok    ").count(), 6, "six switch checks");

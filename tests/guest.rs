@@ -13,6 +13,7 @@ use xstate::layout::Layout;
 use xstate::perm::{PermKind, PermSet, ProcessPerms};
 
 mod testkit;
+use testkit::loud;
 use testkit::{
     MXCSR, Rng, XCOMP_BV, XSTATE_BV, bits, cmp_size_raw, get_u64, load, put_u32, put_u64,
     std_size_raw,
@@ -156,7 +157,7 @@ fn dump_state(
         })
     };
     if (xcr0, xss) != (xcr0_mask, xss_mask) {
-        println!(
+        loud!(
             "NOTE {name}: size reports fit XCR0 {xcr0:#x} (mask {xcr0_mask:#x}), IA32_XSS {xss:#x} (mask {xss_mask:#x}) \
              in force when dumped, not the full masks (EBX0 {:#x}, EBX1 {:#x}): checked under those",
             std_size_raw(cpu, xcr0_mask),
@@ -207,7 +208,7 @@ fn check_subleaves(
             1 => {
                 assert_eq!(ours.eax, theirs.eax & 0x1f, "{ctx}");
                 if theirs.eax >> 5 != 0 {
-                    println!(
+                    loud!(
                         "NOTE {name}: CPUID(0xD,1).EAX bits {:#x} above 4 not modelled",
                         theirs.eax >> 5 << 5
                     );
@@ -283,7 +284,7 @@ fn check_subleaves(
 
 fn print_exemptions(ex: &Exemptions) {
     for line in &ex.0 {
-        println!("!!!! EXEMPT {line}");
+        loud!("!!!! EXEMPT {line}");
     }
 }
 
@@ -319,12 +320,12 @@ fn synthesized_leaf_matches_live_cpu() {
     let e = match Enumeration::from_cpuid(&LiveCpuid) {
         Ok(e) => e,
         Err(err) => {
-            eprintln!("\n*** SKIP live CPU: leaf 0xD refused: {err} ***\n");
+            loud!("\n*** SKIP live CPU: leaf 0xD refused: {err} ***\n");
             return;
         }
     };
     let Some(xcr0) = xstate::insn::read_xcr0() else {
-        eprintln!("\n*** SKIP live CPU: OSXSAVE clear, no XCR0 ***\n");
+        loud!("\n*** SKIP live CPU: OSXSAVE clear, no XCR0 ***\n");
         return;
     };
     // IA32_XSS cannot be read from user space: Linux loads the configs' value.
@@ -332,7 +333,7 @@ fn synthesized_leaf_matches_live_cpu() {
     let mut g = host_guest(&e);
     g.set_xcr0(xcr0).unwrap();
     g.set_xss(xss).unwrap();
-    println!(
+    loud!(
         "live: XCR0 {:#x} XSS {:#x} masks {:#x}/{:#x}",
         xcr0.bits(),
         xss.bits(),
@@ -365,7 +366,7 @@ fn requires_kvm_accepts_synthesized_leaf() {
     let kvm = match Kvm::new() {
         Ok(k) => k,
         Err(err) => {
-            eprintln!("\n******** SKIP requires_kvm: cannot open /dev/kvm ({err}) ********\n");
+            loud!("\n******** SKIP requires_kvm: cannot open /dev/kvm ({err}) ********\n");
             return;
         }
     };
@@ -396,7 +397,7 @@ fn requires_kvm_accepts_synthesized_leaf() {
     } else {
         XFeatures::empty()
     };
-    println!(
+    loud!(
         "KVM supports XCR0 {:#x} XSS {:#x} EAX {:#x}; guest gets XCR0 {:#x} XSS {:#x} flags {:#x}",
         kvm_xcr0.bits(),
         kvm_xss.bits(),
@@ -466,7 +467,7 @@ fn requires_kvm_accepts_synthesized_leaf() {
             .into_iter()
             .filter(|m| std::path::Path::new("/sys/module").join(m).exists())
             .collect::<Vec<_>>();
-        eprintln!(
+        loud!(
             "\n******** NOTE KVM ({vendor:?}) rewrote CPUID(0xD,1).EAX {:#x} -> {forced:#x} after KVM_SET_CPUID2 \
              (KVM_GET_SUPPORTED_CPUID said {:#x}); re-synthesizing with the extensions it enforces ********\n",
             g.leaf(1).eax,
@@ -510,7 +511,7 @@ fn requires_kvm_accepts_synthesized_leaf() {
             assert_eq!(g, before);
         }
     }
-    println!(
+    loud!(
         "KVM_SET_XCRS agreed on {} XCR0 values ({accepted} accepted)",
         subsets(probe).count() + 3
     );
@@ -544,12 +545,12 @@ fn requires_kvm_accepts_synthesized_leaf() {
     // KVM_GET_XSAVE2's size covers every state the allowed XCR0 can hold.
     let xsave2 = vm.check_extension_int(Cap::Xsave2);
     let need = required_size(&e, xcr0, xcr0).unwrap();
-    println!("KVM_CAP_XSAVE2 = {xsave2}, required_size(allowed XCR0) = {need}");
+    loud!("KVM_CAP_XSAVE2 = {xsave2}, required_size(allowed XCR0) = {need}");
     if xsave2 > 0 {
         assert!(xsave2 as u32 >= need);
         assert!(xsave2 as u32 >= g.max_standard_size());
     } else {
-        eprintln!(
+        loud!(
             "\n******** SKIP requires_kvm (size part): no KVM_CAP_XSAVE2, its size not checked ********\n"
         );
     }
@@ -607,12 +608,12 @@ fn requires_kvm_accepts_synthesized_leaf() {
         let mut back = vec![0u8; 4096];
         let m = translate(&e, &src, &got, &mut back).unwrap();
         assert_eq!(back[576..m], buf[576..m], "back in {src_name}'s layout");
-        println!(
+        loud!(
             "KVM_SET/GET_XSAVE: XSTATE_BV {:#x} ({n} bytes) from {src_name}'s layout and back",
             xcr0.bits()
         );
     } else {
-        eprintln!(
+        loud!(
             "\n******** SKIP requires_kvm (migration part): KVM_CAP_XSAVE2 = {xsave2} > 4096, \
              KVM_SET_XSAVE would read past a kvm_xsave ********\n"
         );
@@ -1134,7 +1135,7 @@ fn every_pair_of_dumps_round_trips_or_is_refused_for_a_reason() {
             }
         }
     }
-    println!("dump pairs: {ok} round-tripped, {refused} refused for a size mismatch");
+    loud!("dump pairs: {ok} round-tripped, {refused} refused for a size mismatch");
 }
 
 proptest! {

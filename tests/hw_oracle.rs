@@ -18,13 +18,13 @@
 // SDM's own terms (offset 24 is MXCSR, 160 is XMM0).
 #![allow(clippy::needless_range_loop)]
 
-mod common;
+mod testkit;
 
 use std::arch::asm;
 use std::ops::Range;
 use std::sync::Once;
 
-use common::{Area, CANARIES, loud, x87_image};
+use testkit::{Area, CANARIES, loud, x87_image};
 use xstate::XFeatures;
 use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
@@ -171,13 +171,7 @@ struct Live {
 /// The standard-form size for `mask` from raw CPUID(0xD,i) (EBX offset + EAX
 /// size), not from the crate's enumeration: the oracle for [`Layout`]'s.
 fn cpuid_standard_size(mask: XFeatures) -> usize {
-    mask.indices()
-        .filter(|&i| i >= 2)
-        .map(|i| {
-            let r = LiveCpuid.cpuid(0xd, i);
-            (r.ebx + r.eax) as usize
-        })
-        .fold(576, usize::max)
+    testkit::std_size_raw(&LiveCpuid, mask.bits()) as usize
 }
 
 fn legacy_image(mxcsr: u32, mxcsr_mask: u32) -> [u8; 512] {
@@ -193,7 +187,7 @@ fn legacy_image(mxcsr: u32, mxcsr_mask: u32) -> [u8; 512] {
 
 /// The pattern byte `k` of component `i` holds (one seed for the whole test).
 fn pattern(i: u32, k: usize) -> u8 {
-    common::pattern(0, i, k)
+    testkit::pattern(0, i, k)
 }
 
 /// Fixed bytes a component must hold to be loadable, `None` where the pattern goes.

@@ -8,13 +8,15 @@
 #[path = "../examples/kvm-guest-fpu.rs"]
 mod kvm_guest_fpu;
 
+mod testkit;
 use kvm_guest_fpu::{Outcome, run};
+use testkit::loud;
 
 #[test]
 fn requires_kvm_guest_fpu_state_round_trips() {
     let checks = match run() {
         Ok(Outcome::Skipped(why)) => {
-            eprintln!("\n******** SKIP requires_kvm_guest_fpu_state_round_trips: {why} ********\n");
+            loud!("\n******** SKIP requires_kvm_guest_fpu_state_round_trips: {why} ********\n");
             return;
         }
         Ok(Outcome::Ran(checks)) => checks,

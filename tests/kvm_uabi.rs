@@ -31,6 +31,7 @@ use xstate::fpstate::{BoxedArea, Fpstate, Owner};
 use xstate::uabi::{export, import};
 
 mod testkit;
+use testkit::loud;
 use testkit::{
     MXCSR, MXCSR_MASK, Rng, XCOMP_BV, XSTATE_BV, cet_s_pattern, get_u32, get_u64, paint_cet_s,
     put_u32, put_u64, std_size_raw,
@@ -106,7 +107,7 @@ impl Vcpu {
         let kvm = match Kvm::new() {
             Ok(k) => k,
             Err(err) => {
-                eprintln!("\n******** SKIP kvm_uabi: /dev/kvm: {err} ********\n");
+                loud!("\n******** SKIP kvm_uabi: /dev/kvm: {err} ********\n");
                 return None;
             }
         };
@@ -440,7 +441,7 @@ impl Rig {
         // KVM's user_xfeatures: guest-supported XCR0 | x87 | SSE (kvm_vcpu_after_set_cpuid).
         let kvm_user = v.guest_xcr0 | 0b11;
         if kvm_user != ours.user() || ours.user() != USER || xcr0 & USER != USER {
-            eprintln!(
+            loud!(
                 "\n******** SKIP kvm_uabi: guest XCR0 {:#x}, host XCR0 {xcr0:#x}, our guest user features {:#x}: \
                  this test drives exactly {USER:#x} ********\n",
                 v.guest_xcr0,
@@ -478,9 +479,11 @@ impl Rig {
     fn finish(&mut self) {
         let r = &mut self.restorer;
         r.flush();
-        println!(
+        loud!(
             "xrstor: {} images restored, 0 faults ({} accepted buffers as is, {} only through our export: dead MXCSR)",
-            r.restored, r.raw, r.via_export
+            r.restored,
+            r.raw,
+            r.via_export
         );
     }
 }
@@ -516,7 +519,7 @@ fn requires_kvm_roundtrip_is_byte_exact() {
         rig.restore_later(&buf);
     }
     rig.finish();
-    println!(
+    loud!(
         "kvm round trip: {n} random valid states byte-exact over {} bytes \
          (MXCSR_MASK and sw_reserved modelled, see compare())",
         rig.ours.std_size()
@@ -650,14 +653,14 @@ fn requires_kvm_verdicts_agree() {
             rig.restore_later(&buf);
         }
     }
-    println!(
+    loud!(
         "kvm conformance: {n} buffers, {agree} agree, {disagree} disagree \
          ({accepted} accepted by both, {:.1} s)",
         start.elapsed().as_secs_f64()
     );
     rig.finish();
     for s in &shown {
-        eprintln!("disagreement {s}");
+        loud!("disagreement {s}");
     }
     assert_eq!(disagree, 0, "KVM and import disagree");
     assert!(
@@ -676,9 +679,7 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
     let hw_mask = hw_mxcsr_mask();
     let cet_s = paint_cet_s(&ours.e, &ours.cfg, &mut ours.fp);
     if cet_s.is_none() {
-        eprintln!(
-            "SKIP kvm_uabi canary: no CET_S in the guest fpstate, supervisor-leak check not run"
-        );
+        loud!("SKIP kvm_uabi canary: no CET_S in the guest fpstate, supervisor-leak check not run");
     }
     let user = ours.user();
     let mut rng = Rng(0x6361_6e61_7279);
@@ -785,7 +786,7 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
             );
         }
     }
-    println!(
+    loud!(
         "canary: {n} exports (random masks) write every byte below the size, none past it, \
          zeros outside live state{}",
         if cet_s.is_none() {

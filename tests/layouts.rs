@@ -14,6 +14,7 @@ use xstate::enumerate::Enumeration;
 use xstate::layout::{Form, Layout, LayoutError};
 
 mod testkit;
+use testkit::loud;
 use testkit::{Rng, compacted_raw, layouts_dir, std_size_raw};
 
 /// The dump of this build host, recorded by `xstate-report --record`.
@@ -49,7 +50,7 @@ fn every_dump_enumerates() {
         assert_eq!(e.xcr0_supported().bits(), xcr0, "{name}");
         assert_eq!(e.xss_supported().bits(), xss, "{name}");
         let l = Layout::compacted(e, e.supported()).unwrap();
-        println!(
+        loud!(
             "{name}: xcr0 {xcr0:#x} xss {xss:#x} std {} (CPUID says {}) compacted {}",
             e.standard_max_size(),
             cpu.cpuid(0xd, 0).ecx,
@@ -82,7 +83,7 @@ fn standard_offsets_are_cpuid_ebx() {
                 assert_eq!(l.offset_of(i), None, "{name}: component {i} not in XCR0");
             }
         }
-        println!("{name}: {n} user subleaves, offsets = CPUID EBX");
+        loud!("{name}: {n} user subleaves, offsets = CPUID EBX");
     }
 }
 
@@ -123,9 +124,9 @@ fn compacted_matches_the_sdm_reference() {
         }
         let (_, full) = compacted_raw(&cpu, all);
         assert_eq!(e.compacted_max_size(), full, "{name}");
-        println!("{name}: compacted size {full} for {all:#x}, 203 masks match the SDM rule");
+        loud!("{name}: compacted size {full} for {all:#x}, 203 masks match the SDM rule");
     }
-    println!("{checked} compacted layouts checked");
+    loud!("{checked} compacted layouts checked");
 }
 
 /// (c) The standard size is the end of the last included component, within
@@ -146,7 +147,7 @@ fn standard_size_is_the_max_end() {
             assert_eq!(e.standard_size(XFeatures::from_bits_retain(mask)), end);
         }
         assert_eq!(e.reported_max_standard(), max, "{name}");
-        println!(
+        loud!(
             "{name}: standard size {} for XCR0 {xcr0:#x}, CPUID(0xD,0).ECX {max}",
             e.standard_max_size()
         );
@@ -215,7 +216,7 @@ fn cpuid_tool() {
     let out = match Command::new("cpuid").args(["-r", "-1"]).output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("SKIP cpuid_tool: cpuid binary not installed");
+            loud!("SKIP cpuid_tool: cpuid binary not installed");
             return;
         }
         Err(e) => panic!("running cpuid -r -1: {e}"),
@@ -229,7 +230,7 @@ fn cpuid_tool() {
     for i in 0..64 {
         assert_eq!(tool.cpuid(0xd, i), LiveCpuid.cpuid(0xd, i), "subleaf {i}");
     }
-    println!("cpuid -r -1: {}, same as LiveCpuid", summary(&from_tool));
+    loud!("cpuid -r -1: {}, same as LiveCpuid", summary(&from_tool));
 }
 
 /// This build host's own dump is in `layouts/` (so every test above covers it), and
@@ -256,7 +257,7 @@ fn this_build_host_is_recorded() {
         && rec1.ecx >> 31 == live1.ecx >> 31
         && cpu.cpuid(7, 0) == LiveCpuid.cpuid(7, 0);
     if !same_host {
-        eprintln!("SKIP this_build_host_is_recorded (live part): running on another CPU");
+        loud!("SKIP this_build_host_is_recorded (live part): running on another CPU");
         return;
     }
     let live = Enumeration::from_cpuid(&LiveCpuid).unwrap();
@@ -264,5 +265,5 @@ fn this_build_host_is_recorded() {
         recorded, live,
         "{THIS_HOST} no longer matches this host: re-record it with xstate-report --record"
     );
-    println!("{THIS_HOST}: matches the live CPU ({})", summary(&recorded));
+    loud!("{THIS_HOST}: matches the live CPU ({})", summary(&recorded));
 }

@@ -29,6 +29,7 @@ use xstate::perm::{PermKind, ProcessPerms};
 
 mod testkit;
 use testkit::cmp_size_raw;
+use testkit::loud;
 
 const CET_S: u32 = 12;
 
@@ -277,7 +278,7 @@ fn both_kinds_of_cet_s_cpus_are_covered() {
             24 => paid += 1,
             x => panic!("{}: CET_S costs a guest {x} bytes", c.name),
         }
-        println!("{}: guest fpstate +{extra} bytes for CET_S", c.name);
+        loud!("{}: guest fpstate +{extra} bytes for CET_S", c.name);
         // Every CPU runs one long fixed interleaving as well.
         let mut acts = Vec::new();
         for r in 0..40u8 {
@@ -289,7 +290,7 @@ fn both_kinds_of_cet_s_cpus_are_covered() {
         run(c, true, &acts);
         run(c, false, &acts);
     }
-    eprintln!(
+    loud!(
         "lesser dynamic: {} CET_S CPUs: {paid} pay 24 bytes per guest, {free} pay nothing",
         cpus.len()
     );

@@ -44,14 +44,14 @@
 // Test code: offsets in the loops below are the SDM's own (24 is MXCSR, 160 XMM0).
 #![allow(clippy::needless_range_loop)]
 
-mod common;
+mod testkit;
 
 use std::arch::asm;
 use std::cell::UnsafeCell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{Area, CANARIES, loud, pattern, x87_image};
+use testkit::{Area, CANARIES, get_u32, get_u64, loud, pattern, put_u32, put_u64, x87_image};
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::LiveCpuid;
@@ -378,8 +378,8 @@ fn image(e: &Enumeration, p: &Pattern, mxcsr_mask: u32, size: usize) -> Area {
     } else {
         b[0..2].copy_from_slice(&FCW_DEFAULT.to_le_bytes());
     }
-    put32(b, MXCSR, p.mxcsr);
-    put32(b, MXCSR_MASK, mxcsr_mask);
+    put_u32(b, MXCSR, p.mxcsr);
+    put_u32(b, MXCSR_MASK, mxcsr_mask);
     if p.xstate_bv.contains(XFeatures::SSE) {
         for k in 160..416 {
             b[k] = v(1, k);
@@ -390,7 +390,7 @@ fn image(e: &Enumeration, p: &Pattern, mxcsr_mask: u32, size: usize) -> Area {
             b[j] = v(i, k);
         }
     }
-    put64(b, XSTATE_BV, p.xstate_bv.bits());
+    put_u64(b, XSTATE_BV, p.xstate_bv.bits());
     a
 }
 
@@ -469,13 +469,13 @@ fn expected_kernel_frame(
     notes: &mut Vec<String>,
 ) -> Vec<u8> {
     let mut exp = ours.to_vec();
-    let mut bv = get64(ours, XSTATE_BV);
+    let mut bv = get_u64(ours, XSTATE_BV);
     assert_eq!(
         bv & 0b11,
         0b11,
         "export_sigframe left FP|SSE clear in XSTATE_BV"
     );
-    let kbv = get64(kernel, XSTATE_BV);
+    let kbv = get_u64(kernel, XSTATE_BV);
     for i in XFeatures::from_bits_retain(bv ^ kbv).indices() {
         let r = std_range(e, i);
         let init: Vec<u8> = match i {
@@ -499,7 +499,7 @@ fn expected_kernel_frame(
         ));
         bv ^= 1 << i;
     }
-    put64(&mut exp, XSTATE_BV, bv);
+    put_u64(&mut exp, XSTATE_BV, bv);
     exp
 }
 
@@ -702,29 +702,29 @@ fn run_pattern(
 
     // The kernel frame's fixed fields, from the uapi (sigcontext.h) directly.
     assert_eq!(
-        get32(kernel, SW_BYTES_OFFSET),
+        get_u32(kernel, SW_BYTES_OFFSET),
         FP_XSTATE_MAGIC1,
         "{name}: magic1"
     );
     assert_eq!(
-        get32(kernel, SW_BYTES_OFFSET + 4) as usize,
+        get_u32(kernel, SW_BYTES_OFFSET + 4) as usize,
         size + 4,
         "{name}: extended_size"
     );
     assert_eq!(
-        get64(kernel, SW_BYTES_OFFSET + 8),
+        get_u64(kernel, SW_BYTES_OFFSET + 8),
         full.bits(),
         "{name}: sw xfeatures"
     );
     assert_eq!(
-        get32(kernel, SW_BYTES_OFFSET + 16) as usize,
+        get_u32(kernel, SW_BYTES_OFFSET + 16) as usize,
         size,
         "{name}: xstate_size"
     );
-    assert_eq!(get32(kernel, size), FP_XSTATE_MAGIC2, "{name}: magic2");
+    assert_eq!(get_u32(kernel, size), FP_XSTATE_MAGIC2, "{name}: magic2");
 
     // The registers the kernel saw are the pattern: the image is the oracle.
-    let kbv = XFeatures::from_bits_retain(get64(kernel, XSTATE_BV));
+    let kbv = XFeatures::from_bits_retain(get_u64(kernel, XSTATE_BV));
     for i in (p.xstate_bv & KNOWN).indices() {
         let r = std_range(e, i);
         if unwritten.iter().any(|j| r.contains(j)) {
@@ -741,7 +741,11 @@ fn run_pattern(
             "{name}: kernel frame, component {i} is not the pattern"
         );
     }
-    assert_eq!(get32(kernel, MXCSR), p.mxcsr, "{name}: kernel frame MXCSR");
+    assert_eq!(
+        get_u32(kernel, MXCSR),
+        p.mxcsr,
+        "{name}: kernel frame MXCSR"
+    );
 
     // Crate path: the same load, then Fpstate::save (XSAVEC) right after it.
     let mut fp = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
@@ -828,7 +832,7 @@ fn run_pattern(
         );
     }
 
-    let crate_bv = get64(&ours, XSTATE_BV);
+    let crate_bv = get_u64(&ours, XSTATE_BV);
     Outcome {
         unwritten: unwritten.len(),
         compared: size + 4 - unwritten.len(),
@@ -856,24 +860,8 @@ struct Craft {
     mutate: fn(&mut [u8], usize),
 }
 
-fn put32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn get32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-
-fn get64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-
-fn put64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
-
 fn clear_bv(b: &mut [u8], m: XFeatures) {
-    put64(b, XSTATE_BV, get64(b, XSTATE_BV) & !m.bits());
+    put_u64(b, XSTATE_BV, get_u64(b, XSTATE_BV) & !m.bits());
 }
 
 const CRAFTS: [Craft; 13] = [
@@ -900,40 +888,40 @@ const CRAFTS: [Craft; 13] = [
     Craft {
         name: "sw-xfeatures-fp-sse",
         needs: XFeatures::empty(),
-        mutate: |b, _| put64(b, SW_BYTES_OFFSET + 8, 3),
+        mutate: |b, _| put_u64(b, SW_BYTES_OFFSET + 8, 3),
     },
     Craft {
         name: "bad-magic1",
         needs: XFeatures::empty(),
-        mutate: |b, _| put32(b, SW_BYTES_OFFSET, 0),
+        mutate: |b, _| put_u32(b, SW_BYTES_OFFSET, 0),
     },
     Craft {
         name: "bad-magic2",
         needs: XFeatures::empty(),
-        mutate: |b, size| put32(b, size, FP_XSTATE_MAGIC2 ^ 1),
+        mutate: |b, size| put_u32(b, size, FP_XSTATE_MAGIC2 ^ 1),
     },
     Craft {
         name: "xstate-size-too-big",
         needs: XFeatures::empty(),
-        mutate: |b, size| put32(b, SW_BYTES_OFFSET + 16, size as u32 + 64),
+        mutate: |b, size| put_u32(b, SW_BYTES_OFFSET + 16, size as u32 + 64),
     },
     Craft {
         name: "xstate-size-576",
         needs: XFeatures::empty(),
         mutate: |b, _| {
-            put32(b, SW_BYTES_OFFSET + 16, 576);
-            put32(b, 576, FP_XSTATE_MAGIC2);
+            put_u32(b, SW_BYTES_OFFSET + 16, 576);
+            put_u32(b, 576, FP_XSTATE_MAGIC2);
         },
     },
     Craft {
         name: "sw-xfeatures-x87-avx",
         needs: XFeatures::AVX,
-        mutate: |b, _| put64(b, SW_BYTES_OFFSET + 8, 5),
+        mutate: |b, _| put_u64(b, SW_BYTES_OFFSET + 8, 5),
     },
     Craft {
         name: "sw-xfeatures-all-ones",
         needs: XFeatures::empty(),
-        mutate: |b, _| put64(b, SW_BYTES_OFFSET + 8, u64::MAX),
+        mutate: |b, _| put_u64(b, SW_BYTES_OFFSET + 8, u64::MAX),
     },
     Craft {
         name: "header-bytes-24-63",
@@ -944,7 +932,7 @@ const CRAFTS: [Craft; 13] = [
         name: "fx-only-sse-bits-clear",
         needs: XFeatures::empty(),
         mutate: |b, _| {
-            put32(b, SW_BYTES_OFFSET, 0);
+            put_u32(b, SW_BYTES_OFFSET, 0);
             clear_bv(b, XFeatures::X87.union(XFeatures::SSE));
         },
     },
@@ -968,34 +956,34 @@ const CRAFTS: [Craft; 13] = [
 /// zero. MXCSR_MASK is the CPU's in every XSAVE image.
 fn sigreturn_model(l: &Live, frame: &[u8]) -> (Vec<u8>, bool) {
     let size = l.size;
-    let xstate_size = get32(frame, SW_BYTES_OFFSET + 16) as usize;
-    let fx_only = get32(frame, SW_BYTES_OFFSET) != FP_XSTATE_MAGIC1
+    let xstate_size = get_u32(frame, SW_BYTES_OFFSET + 16) as usize;
+    let fx_only = get_u32(frame, SW_BYTES_OFFSET) != FP_XSTATE_MAGIC1
         || xstate_size < 576
         || xstate_size > size
-        || xstate_size > get32(frame, SW_BYTES_OFFSET + 4) as usize
-        || get32(frame, xstate_size) != FP_XSTATE_MAGIC2;
+        || xstate_size > get_u32(frame, SW_BYTES_OFFSET + 4) as usize
+        || get_u32(frame, xstate_size) != FP_XSTATE_MAGIC2;
     let mut out = vec![0u8; size];
     out[0..2].copy_from_slice(&FCW_DEFAULT.to_le_bytes());
-    put32(&mut out, MXCSR, MXCSR_DEFAULT);
+    put_u32(&mut out, MXCSR, MXCSR_DEFAULT);
     if fx_only {
         out[..416].copy_from_slice(&frame[..416]);
-        put32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
+        put_u32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
         return (out, true);
     }
-    let rfbm = get64(frame, SW_BYTES_OFFSET + 8) & l.full.bits();
-    let bv = get64(frame, XSTATE_BV) & rfbm;
+    let rfbm = get_u64(frame, SW_BYTES_OFFSET + 8) & l.full.bits();
+    let bv = get_u64(frame, XSTATE_BV) & rfbm;
     for i in XFeatures::from_bits_retain(bv).indices() {
         let r = std_range(&l.e, i);
         out[r.clone()].copy_from_slice(&frame[r]);
     }
     // Component 0's standard range covers MXCSR, which is not x87 state.
     let mxcsr = if rfbm & 0b10 != 0 {
-        get32(frame, MXCSR)
+        get_u32(frame, MXCSR)
     } else {
         MXCSR_DEFAULT
     };
-    put32(&mut out, MXCSR, mxcsr);
-    put32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
+    put_u32(&mut out, MXCSR, mxcsr);
+    put_u32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
     (out, false)
 }
 
@@ -1040,11 +1028,11 @@ fn sigreturn_matches_import() {
         .bytes()
         .to_vec();
     base.resize(size + 4, 0);
-    put32(&mut base, SW_BYTES_OFFSET, FP_XSTATE_MAGIC1);
-    put32(&mut base, SW_BYTES_OFFSET + 4, size as u32 + 4);
-    put64(&mut base, SW_BYTES_OFFSET + 8, full.bits());
-    put32(&mut base, SW_BYTES_OFFSET + 16, size as u32);
-    put32(&mut base, size, FP_XSTATE_MAGIC2);
+    put_u32(&mut base, SW_BYTES_OFFSET, FP_XSTATE_MAGIC1);
+    put_u32(&mut base, SW_BYTES_OFFSET + 4, size as u32 + 4);
+    put_u64(&mut base, SW_BYTES_OFFSET + 8, full.bits());
+    put_u32(&mut base, SW_BYTES_OFFSET + 16, size as u32);
+    put_u32(&mut base, size, FP_XSTATE_MAGIC2);
 
     let installed = Installed::new();
     let mut harness = Area::new(size, 0);

@@ -28,6 +28,7 @@ use xstate::uabi::{
 };
 
 mod testkit;
+use testkit::loud;
 use testkit::{
     MXCSR, XCOMP_BV, XSTATE_BV, cet_s_pattern, get_u32, get_u64, paint_cet_s, put_u32, put_u64,
 };
@@ -360,7 +361,7 @@ fn shaped_buffers_cover_both_verdicts() {
             Err(_) => err += 1,
         }
     }
-    println!(
+    loud!(
         "uabi props: {} CPUs (dumps + live); shaped sample: {ok} accepted, {err} refused",
         cpus().len()
     );
