@@ -87,6 +87,8 @@ pub const XCOMP_BV_OFFSET: usize = XSTATE_BV_OFFSET + offset_of!(XsaveHeader, xc
 pub(crate) const FCW_OFFSET: usize = offset_of!(LegacyRegion, fcw);
 const_assert_eq!(XSTATE_BV_OFFSET, 512);
 const_assert_eq!(MXCSR_OFFSET, 24);
+const_assert_eq!(MXCSR_MASK_OFFSET, 28);
+const_assert_eq!(XCOMP_BV_OFFSET, 520);
 
 /// MXCSR after reset and in the SSE init state.
 pub const MXCSR_DEFAULT: u32 = 0x1f80;
