@@ -520,10 +520,10 @@ fn uabi(
         let mut verdict = |what: &str, t: Est| {
             let q = m.median / t.median;
             if q < 0.8 {
-                verdicts.push(format!("uabi {what} {name}: {q:.2} of memcpy"));
+                verdicts.push(format!("uabi {what} {name}: {q:.3} of memcpy"));
             }
             format!(
-                "{q:.2} ({:.1} GB/s) **{}**",
+                "{q:.3} ({:.1} GB/s) **{}**",
                 gbs(t.median),
                 if q >= 0.8 { "met" } else { "missed" }
             )
