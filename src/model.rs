@@ -18,6 +18,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use crate::cpuid::CpuidSource;
 use crate::enumerate::{EXTENDED_START, Enumeration};
 use crate::feature::{XCOMP_BV_COMPACTED, XFeatures};
 use crate::fpstate::{
@@ -35,6 +36,10 @@ const XMM_RANGE: core::ops::Range<usize> = 160..416;
 const FSW_OFFSET: usize = 2;
 const FTW_OFFSET: usize = 4;
 const FOP_OFFSET: usize = 6;
+/// FIP: the last x87 instruction's address (64-bit form of XSAVE64).
+const FIP_OFFSET: usize = 8;
+/// TILECFG's first byte: the palette.
+const TILECFG: u32 = 17;
 const ST0_OFFSET: usize = 32;
 /// FSW.ES: an unmasked x87 exception is pending.
 const FSW_ES: u16 = 1 << 7;
@@ -49,35 +54,83 @@ fn bit(i: u32) -> XFeatures {
 }
 
 /// Implementation choices the SDM leaves open, so the model can match a CPU.
+///
+/// [`Quirks::for_cpu`] picks them from what a CPU enumerates (its vendor and
+/// CPUID feature bits); each field says which recording or measurement showed
+/// it. `tests/silicon.rs` checks the Intel choices against what an Intel Xeon
+/// with AMX wrote (`tests/silicon/`), `tests/model_vs_hw.rs` checks the choices
+/// for whatever CPU runs the suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Quirks {
     /// MXCSR_MASK as FXSAVE reports it (bits MXCSR may hold).
     pub mxcsr_mask: u32,
     /// XRSTOR(S) loading a component whose bytes are its init values tracks it
-    /// as init (XINUSE\[i\] = 0), instead of as in use.
+    /// as init (XINUSE\[i\] = 0), instead of as in use. (Zen 4: measured by
+    /// `model_vs_hw`. The Intel Xeon recording's `probes.txt` shows the
+    /// opposite: every component loaded with XSTATE_BV\[i\] = 1 is in use,
+    /// whatever its bytes.)
     pub init_by_value: bool,
     /// A non-default MXCSR makes SSE count as in use for XGETBV(1) and XSAVEC
     /// (XSTATE_BV\[1\] = 1, XMM and MXCSR written), while XSAVE's and
-    /// XSAVEOPT's XSTATE_BV\[1\] follow the XMM registers alone; and XSAVEC writes MXCSR
-    /// only when it writes SSE. (The SDM: XINUSE\[1\] covers only the XMM
-    /// registers, and XSAVEC always writes MXCSR when RFBM\[1\] is set.)
+    /// XSAVEOPT's XSTATE_BV\[1\] follow the XMM registers alone. (The Intel
+    /// recording: `no-bits-mxcsr-7f80` loads nothing but MXCSR 0x7f80 and reads
+    /// XINUSE 0x2 and XSAVEC XSTATE_BV 0x2; Zen 4 does the same, and both keep
+    /// XSAVE's bit clear, measured by `model_vs_hw`. The SDM: XINUSE\[1\]
+    /// covers only the XMM registers.)
     pub mxcsr_in_sse_init: bool,
+    /// XSAVEC writes MXCSR and MXCSR_MASK only when it writes SSE (XINUSE\[1\]),
+    /// instead of whenever RFBM\[1\] is set. (Zen 4 and the Intel Xeon,
+    /// measured by `model_vs_hw`: after an XRSTOR of the init image, XSAVEC
+    /// leaves bytes 24..32 as they were; the Intel recording's `x87-init`
+    /// XSAVEC writes them with SSE live.)
+    pub mxcsr_only_with_sse: bool,
     /// XSAVE* write FOP, FIP and FDP only while FSW.ES is set, zeros otherwise
     /// (AMD's behaviour; Linux's `X86_BUG_FXSAVE_LEAK`).
     pub x87_pointers_need_es: bool,
+    /// The x87 FIP is kept as a canonical linear address of this many bits:
+    /// bits 63..n copy bit n-1. (The Intel recording, LA57 enumerated: the
+    /// input's FIP 0x1d1003f6e9dccfc2 comes back as 0xff1003f6e9dccfc2 from
+    /// XSAVE, XSAVEC and ptrace; FDP comes back unchanged.) `None`: all 64 bits
+    /// kept.
+    pub fip_canonical_bits: Option<u8>,
+    /// TILECFG loaded with a configuration LDTILECFG would refuse, or with
+    /// palette 0, is put in its init state (no fault). (The Intel recording:
+    /// `tilecfg-bit-palette0` and `tilecfg-bit-palette2-invalid` read XINUSE 0,
+    /// `tilecfg-bit-palette1-tile0` 0x20000; single-byte changes of a valid
+    /// palette-1 configuration on the Intel Xeon, measured: non-zero bytes
+    /// 2..15, a tile with more than 64 bytes per row or 16 rows, a tile with
+    /// rows but no bytes or bytes but no rows, or any of tiles 8..15 set make it
+    /// init; `start_row` and byte counts that are not multiples of 4 do not.)
+    pub tilecfg_invalid_init: bool,
     /// XSAVEOPT and XSAVES skip components not modified since the XRSTOR(S) of
     /// the same buffer (the SDM's modified optimization).
     pub modified_optimization: bool,
+    /// Components the modified optimization never skips: XSAVEOPT writes them
+    /// whenever they are in use. (TILECFG on the Intel Xeon, measured by
+    /// `model_vs_hw`: an XSAVEOPT onto the buffer of the last XRSTOR rewrites
+    /// an unmodified TILECFG while it skips the unmodified x87, SSE, AVX and
+    /// TILEDATA.)
+    pub always_modified: XFeatures,
 }
 
+/// CPUID.7.0:ECX\[16\]: 57-bit linear addresses (five-level paging).
+const LA57: u32 = 1 << 16;
+
 impl Quirks {
-    /// The SDM's reading, as Intel CPUs behave.
+    /// The SDM's reading, as Intel CPUs behave (MXCSR_MASK 0xffff, as the Intel
+    /// recording's saves write it; FIP canonical to 48 bits, the linear-address
+    /// width of a CPU without LA57).
     pub const INTEL: Self = Self {
         mxcsr_mask: 0xffff,
         init_by_value: false,
-        mxcsr_in_sse_init: false,
+        mxcsr_in_sse_init: true,
+        mxcsr_only_with_sse: true,
         x87_pointers_need_es: false,
+        fip_canonical_bits: Some(48),
+        tilecfg_invalid_init: true,
         modified_optimization: true,
+        always_modified: XFeatures::XTILE_CFG,
     };
 
     /// AMD Zen (measured on a Zen 4 EPYC, see `tests/model_vs_hw.rs`).
@@ -85,9 +138,64 @@ impl Quirks {
         mxcsr_mask: 0x2ffff,
         init_by_value: true,
         mxcsr_in_sse_init: true,
+        mxcsr_only_with_sse: true,
         x87_pointers_need_es: true,
+        fip_canonical_bits: None,
+        tilecfg_invalid_init: true,
         modified_optimization: true,
+        always_modified: XFeatures::empty(),
     };
+
+    /// The quirks of the CPU `src` describes: [`Quirks::AMD_ZEN`] for AMD and
+    /// Hygon, [`Quirks::INTEL`] otherwise, with the FIP width from LA57.
+    /// MXCSR_MASK is the vendor's usual value; a caller that can run FXSAVE
+    /// should replace it with [`Quirks::with_mxcsr_mask`].
+    pub fn for_cpu(src: &impl CpuidSource) -> Self {
+        let v = src.cpuid(0, 0);
+        let amd = [*b"Auth", *b"Hygo"]
+            .iter()
+            .any(|w| v.ebx == u32::from_le_bytes(*w));
+        if amd {
+            return Self::AMD_ZEN;
+        }
+        let la57 = v.eax >= 7 && src.cpuid(7, 0).ecx & LA57 != 0;
+        Self {
+            fip_canonical_bits: Some(if la57 { 57 } else { 48 }),
+            ..Self::INTEL
+        }
+    }
+
+    /// These quirks with MXCSR_MASK `mask` (what FXSAVE reports).
+    #[must_use]
+    pub const fn with_mxcsr_mask(self, mask: u32) -> Self {
+        Self {
+            mxcsr_mask: mask,
+            ..self
+        }
+    }
+}
+
+/// Whether a TILECFG image is a palette-1 configuration LDTILECFG accepts
+/// (palette 1 is architectural: 8 tiles of at most 16 rows of 64 bytes).
+fn tilecfg_valid(cfg: &[u8]) -> bool {
+    const TILES: usize = 8;
+    let Some((head, rest)) = cfg.split_first_chunk::<16>() else {
+        return false;
+    };
+    let Some((colsb, rows)) = rest.split_first_chunk::<32>() else {
+        return false;
+    };
+    head[0] == 1
+        && head[2..].iter().all(|&b| b == 0)
+        && (0..16).all(|t| {
+            let c = u16::from_le_bytes([colsb[2 * t], colsb[2 * t + 1]]);
+            let r = rows.get(t).copied().unwrap_or(0);
+            if t < TILES {
+                c <= 64 && r <= 16 && (c == 0) == (r == 0)
+            } else {
+                c == 0 && r == 0
+            }
+        })
 }
 
 /// What the last XRSTOR or XRSTORS recorded for the modified optimization.
@@ -238,7 +346,8 @@ impl XsaveMachine {
 
     /// With [`Quirks::mxcsr_in_sse_init`], a non-default MXCSR makes SSE count
     /// as in use for XGETBV(1) and the init optimization of XSAVEC/XSAVES (not
-    /// for XSAVE's and XSAVEOPT's XSTATE_BV, which follow the XMM registers).
+    /// for XSAVE's and XSAVEOPT's XSTATE_BV, which follow the XMM registers:
+    /// measured on Zen 4 and on the Intel Xeon by `model_vs_hw`).
     fn mxcsr_makes_sse_used(&self) -> bool {
         self.quirks.mxcsr_in_sse_init && self.mxcsr != MXCSR_DEFAULT
     }
@@ -309,6 +418,24 @@ impl XsaveMachine {
                 self.xinuse -= bit(index);
             }
         }
+        Ok(())
+    }
+
+    /// An instruction puts the components of `mask` in their init state
+    /// (TILERELEASE for TILECFG and TILEDATA, VZEROALL for the vector
+    /// registers' upper parts).
+    ///
+    /// XFD does not stop it: TILERELEASE with TILEDATA armed runs without #NM
+    /// on the Intel Xeon (measured by `model_vs_hw`), and an armed component
+    /// is in its init state anyway.
+    ///
+    /// # Errors
+    /// [`Fault::Ud`] if a component is not enabled in XCR0 | IA32_XSS.
+    pub fn init_regs(&mut self, mask: XFeatures) -> Result<(), Fault> {
+        if !(self.xcr0 | self.xss).contains(mask) {
+            return Err(Fault::Ud);
+        }
+        self.init_components(mask);
         Ok(())
     }
 
@@ -399,6 +526,18 @@ impl XsaveMachine {
             let s = ST0_OFFSET + 16 * r;
             img[s + 10..s + 16].fill(0);
         }
+        if let Some(bits) = self
+            .quirks
+            .fip_canonical_bits
+            .filter(|&b| (1..64).contains(&b))
+        {
+            let mut fip = [0u8; 8];
+            fip.copy_from_slice(&img[FIP_OFFSET..FIP_OFFSET + 8]);
+            let shift = 64 - u32::from(bits);
+            // Sign-extend from bit `bits - 1`: the canonical form of the address.
+            let fip = ((u64::from_le_bytes(fip) << shift) as i64 >> shift) as u64;
+            img[FIP_OFFSET..FIP_OFFSET + 8].copy_from_slice(&fip.to_le_bytes());
+        }
     }
 
     fn check_area(&self, addr: usize) -> Result<(), Fault> {
@@ -462,7 +601,11 @@ impl XsaveMachine {
             let bit = bit(i);
             match insn {
                 Insn::Xsave => true,
-                _ => inuse.contains(bit) && (!skip_unmodified || self.xmodified.contains(bit)),
+                _ => {
+                    inuse.contains(bit)
+                        && (!skip_unmodified
+                            || (self.xmodified | self.quirks.always_modified).contains(bit))
+                }
             }
         };
 
@@ -478,7 +621,7 @@ impl XsaveMachine {
         }
         let mxcsr_saved = if compacted {
             rfbm.contains(XFeatures::SSE)
-                && (!self.quirks.mxcsr_in_sse_init || inuse.contains(XFeatures::SSE))
+                && (!self.quirks.mxcsr_only_with_sse || inuse.contains(XFeatures::SSE))
         } else {
             rfbm.intersects(XFeatures::SSE | XFeatures::AVX)
         };
@@ -585,6 +728,16 @@ impl XsaveMachine {
         if area.len() < needed {
             return Err(Fault::Gp);
         }
+        // XFD (SDM 13.14): loading live state of an armed component raises #NM;
+        // with XSTATE_BV[i] = 0 it is put in its init state. The Intel
+        // recording's `xfd-armed-tiledata-live` probe dies of SIGILL (the #NM
+        // the kernel does not resolve without permission); `xfd-armed-all-init`
+        // restores. The header's #GP checks come first, MXCSR's after (the
+        // Intel Xeon, measured by `model_vs_hw`).
+        if rfbm.intersects(xstate_bv & self.xfd) {
+            return Err(Fault::Nm);
+        }
+
         let mxcsr_from_area = if compacted {
             rfbm.contains(XFeatures::SSE) && xstate_bv.contains(XFeatures::SSE)
         } else {
@@ -600,10 +753,7 @@ impl XsaveMachine {
         }
 
         // No fault from here on: load.
-        // An XFD-armed component is put in its init state, never loaded: Linux
-        // relies on it ("the component would stay in or go into init state",
-        // `restore_fpregs_from_fpstate`), so XFD must be set before XRSTORS.
-        let load = (rfbm & xstate_bv) - self.xfd;
+        let load = rfbm & xstate_bv;
         self.init_components(rfbm - load);
         if load.contains(XFeatures::X87) {
             self.x87_in(area);
@@ -632,7 +782,14 @@ impl XsaveMachine {
         }
         for i in load.indices() {
             let bit = bit(i);
-            if self.quirks.init_by_value && self.is_init(i) {
+            let palette_init = i == TILECFG
+                && self.quirks.tilecfg_invalid_init
+                && !self.reg(TILECFG).is_some_and(tilecfg_valid);
+            if palette_init {
+                // The CPU holds no tile configuration: TILECFG is in its init
+                // state, whatever the other 63 bytes said.
+                self.init_components(bit);
+            } else if self.quirks.init_by_value && self.is_init(i) {
                 self.xinuse -= bit;
             } else {
                 self.xinuse |= bit;

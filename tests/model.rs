@@ -155,7 +155,7 @@ fn header_rules() {
 }
 
 #[test]
-fn xfd_arms_first_use_and_restores_init() {
+fn xfd_arms_first_use_and_faults_on_live_restore() {
     let e = spr();
     assert!(e.component(18).unwrap().xfd);
     let mut m = XsaveMachine::new(&e, Quirks::INTEL);
@@ -169,12 +169,23 @@ fn xfd_arms_first_use_and_restores_init() {
     m.save(Insn::Xsaves, &mut a.0, e.supported()).unwrap();
     m.set_xfd(XFeatures::XTILE_DATA).unwrap();
     assert_eq!(m.write_reg(18, 0, &[2; 64]), Err(Fault::Nm));
-    // Saves treat an armed component as init; restores put it in init state.
+    // Saves treat an armed component as init...
     let mut b = area();
     m.save(Insn::Xsaves, &mut b.0, e.supported()).unwrap();
     assert_eq!(get_u64(&b.0, XSTATE_BV) & XFeatures::XTILE_DATA.bits(), 0);
-    m.restore(Insn::Xrstors, &a.0, e.supported()).unwrap();
+    // ...loading live state of it is #NM, with nothing loaded (the Intel
+    // recording's `xfd-armed-tiledata-live` probe dies of SIGILL)...
+    let before = m.clone();
+    assert_eq!(
+        m.restore(Insn::Xrstors, &a.0, e.supported()),
+        Err(Fault::Nm)
+    );
+    assert_eq!(m.reg(18), before.reg(18));
+    assert_eq!(m.xinuse(), before.xinuse());
+    // ...and a buffer holding it in init state restores, leaving it init.
+    m.restore(Insn::Xrstors, &b.0, e.supported()).unwrap();
     assert!(m.reg(18).unwrap().iter().all(|&x| x == 0));
+    assert!(!m.xinuse().has_index(18));
     m.set_xfd(XFeatures::empty()).unwrap();
     m.restore(Insn::Xrstors, &a.0, e.supported()).unwrap();
     assert!(m.reg(18).unwrap()[..64].iter().all(|&x| x == 1));

@@ -30,7 +30,8 @@ use xstate::uabi::{
 mod testkit;
 use testkit::loud;
 use testkit::{
-    MXCSR, XCOMP_BV, XSTATE_BV, cet_s_pattern, get_u32, get_u64, paint_cet_s, put_u32, put_u64,
+    MXCSR, MXCSR_MASK, XCOMP_BV, XSTATE_BV, cet_s_pattern, get_u32, get_u64, paint_cet_s, put_u32,
+    put_u64,
 };
 
 /// One CPU: its name, enumeration and Linux configs.
@@ -132,10 +133,7 @@ fn invariant(
 /// fault: the model executes it (XRSTORS where the CPU has it, else XRSTOR),
 /// with the SDM's #GP checks on the header and MXCSR.
 fn restores_cleanly(c: &Cpu, fp: &Fpstate<BoxedArea>) -> Result<(), String> {
-    let quirks = Quirks {
-        mxcsr_mask: c.cfg.mxcsr_mask,
-        ..Quirks::INTEL
-    };
+    let quirks = Quirks::INTEL.with_mxcsr_mask(c.cfg.mxcsr_mask);
     let mut m = XsaveMachine::new(&c.e, quirks);
     let mode = if c.e.xsaves {
         Mode::Supervisor
@@ -251,6 +249,12 @@ proptest! {
         for i in (2..63).filter(|i| live & 1 << i != 0) {
             let r = c.src.cpuid(0xd, i);
             let (o, s) = (r.ebx as usize, r.eax as usize);
+            if i == 9 {
+                // PKRU: the register, then reserved bytes Linux exports as zero.
+                prop_assert!(x1[o..o + 4] == buf[o..o + 4], "{}: PKRU", &c.name);
+                prop_assert!(x1[o + 4..o + s].iter().all(|&b| b == 0), "{}: PKRU 4..8", &c.name);
+                continue;
+            }
             prop_assert!(x1[o..o + s] == buf[o..o + s], "{}: component {}", &c.name, i);
         }
         let r = import(&c.e, &c.cfg, &mut fp, &x1);
@@ -294,12 +298,29 @@ proptest! {
         prop_assert_eq!(got.fx_only, None);
         // Linux's frames always claim x87 and SSE (their init values when not in
         // use): after the round trip they are "in use", every byte the same.
-        let fpsse = XFeatures::X87 | XFeatures::SSE;
+        // PKRU too where the CPU has it: Linux writes the thread's PKRU into
+        // every frame and marks it live.
+        let fpsse = (XFeatures::X87 | XFeatures::SSE | XFeatures::PKRU) & fp.info().user_features;
         prop_assert_eq!(got.features, (fp.xstate_bv() & fp.info().user_features) | fpsse);
         let (mut a, mut b) = (export_all(c, &fp2), export_all(c, &fp));
         prop_assert_eq!(get_u64(&a, XSTATE_BV), get_u64(&b, XSTATE_BV) | fpsse.bits());
         put_u64(&mut a, XSTATE_BV, 0);
         put_u64(&mut b, XSTATE_BV, 0);
+        // MXCSR_MASK: a frame carries the CPU's (XSAVE writes it), which the
+        // frame's import keeps; the first import kept the buffer's, which
+        // export gives back while SSE or AVX is live.
+        prop_assert_eq!(get_u32(&a, MXCSR_MASK), c.cfg.mxcsr_mask);
+        let live = fp.xstate_bv() & fp.info().user_features;
+        let want = if live.intersects(XFeatures::SSE | XFeatures::AVX) {
+            get_u32(&buf, MXCSR_MASK)
+        } else {
+            c.cfg.mxcsr_mask
+        };
+        prop_assert_eq!(get_u32(&b, MXCSR_MASK), want);
+        put_u32(&mut a, MXCSR_MASK, 0);
+        put_u32(&mut b, MXCSR_MASK, 0);
+        // Bytes 416..464 are left as the frame buffer held them, as Linux does.
+        prop_assert!(frame[416..464].iter().all(|&x| x == 0xa5), "{}: frame bytes 416..464", &c.name);
         prop_assert!(a == b, "{}: frame round trip", &c.name);
         prop_assert_eq!(invariant(&fp2, &cet2), inv2);
         // A frame cut before its trailing magic is refused, and changes nothing.
