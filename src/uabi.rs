@@ -8,6 +8,11 @@
 //! fpstate only after every check passed: a refused buffer leaves it unchanged.
 //! Export never lets a stale byte out: gaps and init components are written as
 //! zeros (every extended component's init state is all zeros).
+//!
+//! Which ABI a buffer travels through decides how many bytes the kernel reads
+//! and which XSTATE_BV bits it takes: [`import_abi`] with a [`UserAbi`] says it
+//! (ptrace reads exactly the user size, KVM its uabi size and only what it
+//! supports for guests); [`import`] is the length-lenient form.
 
 use core::fmt;
 
@@ -83,6 +88,15 @@ pub enum UabiError {
     /// The fpstate's features have no layout under this enumeration (the fpstate
     /// was made from another CPU's configs).
     Layout(LayoutError),
+    /// The ABI transfers whole units and the length is not a multiple of one
+    /// (ptrace's `NT_X86_XSTATE` regset counts 8-byte words: Linux's
+    /// `ptrace_regset` refuses other lengths with EINVAL before reading).
+    UnalignedLength {
+        /// Bytes given.
+        got: usize,
+        /// The unit, in bytes.
+        unit: usize,
+    },
 }
 
 impl UabiError {
@@ -130,6 +144,9 @@ impl fmt::Display for UabiError {
                 "signal frame sizes xstate_size {xstate_size} / extended_size {extended_size} are invalid"
             ),
             Self::Layout(e) => write!(f, "fpstate layout: {e}"),
+            Self::UnalignedLength { got, unit } => {
+                write!(f, "length {got} is not a multiple of {unit} bytes")
+            }
         }
     }
 }
@@ -158,6 +175,22 @@ fn kernel_layout<'a, S: Storage>(
 /// the standard size of that mask. Everything in that range is written: state,
 /// init values, zeroed gaps; `out` beyond it is untouched.
 ///
+/// This is Linux's `__copy_xstate_to_uabi_buf` in its XSAVE mode, what
+/// `PTRACE_GETREGSET(NT_X86_XSTATE)` and `KVM_GET_XSAVE2` return:
+/// - ptrace passes the task's user features; KVM passes what the guest's CPUID
+///   allows plus x87 and SSE (`guest_supported_xcr0 | XFEATURE_MASK_FPSSE`), so
+///   state of a component the guest may not enable never reaches a snapshot.
+///   Both hand the caller a larger buffer (the user size, the KVM uabi size)
+///   and zero it past the last component: zero `out` first to match;
+/// - MXCSR and MXCSR_MASK travel as one unit: from the fpstate when SSE or AVX
+///   is exported live (so the MXCSR_MASK the last [`import`] took comes back,
+///   as Linux's does), else MXCSR's default and the CPU's mask
+///   (`cfg.mxcsr_mask`, what Linux's init state holds);
+/// - PKRU's slot (when the fpstate has PKRU and the slot lies in the range) is
+///   the fpstate's PKRU if live, else 0, and its reserved bytes 4..8 are zero:
+///   Linux writes its own copy of the register there (`struct pkru_state`),
+///   whatever XSTATE_BV says.
+///
 /// # Errors
 /// [`UabiError::BufferTooSmall`] (nothing is written then).
 pub fn export<S: Storage>(
@@ -178,37 +211,14 @@ pub fn export<S: Storage>(
     let src = fp.area();
     let xstate_bv = fp.xstate_bv() & user;
 
-    // Legacy region, as Linux builds it: x87 state from the buffer or its init
-    // values, MXCSR live with SSE or AVX, XMM registers with SSE.
-    if xstate_bv.contains(XFeatures::X87 | XFeatures::SSE) {
-        // The common case in one copy; MXCSR (live with SSE) and its mask
-        // are rewritten below.
-        out[..SSE_RANGE.end].copy_from_slice(&src[..SSE_RANGE.end]);
-    } else if xstate_bv.contains(XFeatures::X87) {
-        out[..X87_HEAD].copy_from_slice(&src[..X87_HEAD]);
-        out[32..X87_END].copy_from_slice(&src[32..X87_END]);
-    } else {
-        out[..X87_END].fill(0);
-        out[FCW_OFFSET..FCW_OFFSET + 2].copy_from_slice(&crate::fpstate::FCW_DEFAULT.to_le_bytes());
+    write_legacy(out, src, xstate_bv, cfg.mxcsr_mask);
+    if xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX) {
+        let mask = get_u32(src, MXCSR_MASK_OFFSET);
+        put_u32(out, MXCSR_MASK_OFFSET, mask);
     }
-    let mxcsr_live = xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX);
-    let mxcsr = if mxcsr_live {
-        get_u32(src, MXCSR_OFFSET)
-    } else {
-        MXCSR_DEFAULT
-    };
-    put_u32(out, MXCSR_OFFSET, mxcsr);
-    put_u32(out, MXCSR_MASK_OFFSET, cfg.mxcsr_mask);
     // From here to the first live extended component everything but a few
     // header fields is zero: one fill (the component walk below does it).
-    let mut zero_from = if !xstate_bv.contains(XFeatures::SSE) {
-        SSE_RANGE.start
-    } else {
-        if !xstate_bv.contains(XFeatures::X87) {
-            out[SSE_RANGE].copy_from_slice(&src[SSE_RANGE]);
-        }
-        SSE_RANGE.end
-    };
+    let mut zero_from = SSE_RANGE.end;
 
     // Extended region: the live components in order, every byte that is not
     // live state (gaps, components in init state) zeroed.
@@ -222,12 +232,61 @@ pub fn export<S: Storage>(
     if zero_from < size {
         out[zero_from..].fill(0);
     }
+    if fp.info().user_features.contains(XFeatures::PKRU) {
+        write_pkru(e, layout, fp, out);
+    }
     // The software-reserved bytes carry the user feature mask, as ptrace's
     // NT_X86_XSTATE and KVM_GET_XSAVE do (Linux's USER_XSTATE_XCR0_WORD); the
     // header is zero but XSTATE_BV.
     put_u64(out, SW_BYTES_OFFSET, cfg.user.max_features.bits());
     put_u64(out, XSTATE_BV_OFFSET, xstate_bv.bits());
     Ok(size)
+}
+
+/// Bytes 0..416 of a standard-form export: x87 state from the buffer or its
+/// init values, MXCSR live with SSE or AVX (else its default), MXCSR_MASK
+/// `mxcsr_mask`, XMM registers with SSE (else zeros).
+fn write_legacy(out: &mut [u8], src: &[u8], xstate_bv: XFeatures, mxcsr_mask: u32) {
+    if xstate_bv.contains(XFeatures::X87) {
+        // The common case in one copy; MXCSR, its mask and the XMM registers
+        // are rewritten below where they are not live.
+        out[..SSE_RANGE.end].copy_from_slice(&src[..SSE_RANGE.end]);
+    } else {
+        out[..X87_END].fill(0);
+        out[FCW_OFFSET..FCW_OFFSET + 2].copy_from_slice(&crate::fpstate::FCW_DEFAULT.to_le_bytes());
+        if xstate_bv.contains(XFeatures::SSE) {
+            out[SSE_RANGE].copy_from_slice(&src[SSE_RANGE]);
+        }
+    }
+    if !xstate_bv.contains(XFeatures::SSE) {
+        out[SSE_RANGE].fill(0);
+    }
+    let mxcsr = if xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX) {
+        get_u32(src, MXCSR_OFFSET)
+    } else {
+        MXCSR_DEFAULT
+    };
+    put_u32(out, MXCSR_OFFSET, mxcsr);
+    put_u32(out, MXCSR_MASK_OFFSET, mxcsr_mask);
+}
+
+/// PKRU's standard slot in `out`, if it lies there: the fpstate's PKRU when
+/// live, else 0 (the register's init value), then zeros to the component's end
+/// (Linux's `struct pkru_state`: the register and 4 reserved bytes, which CPUID
+/// enumerates as the whole component everywhere Linux keeps XSAVE enabled).
+fn write_pkru<S: Storage>(e: &Enumeration, layout: &Layout, fp: &Fpstate<S>, out: &mut [u8]) {
+    let i = XFeatures::PKRU.bits().trailing_zeros();
+    let c = &e.components()[i as usize];
+    let at = c.std_offset as usize;
+    let Some(slot) = out.get_mut(at..at + (c.size as usize).max(4)) else {
+        return;
+    };
+    let value = match layout.range_of(i) {
+        Some(k) if fp.xstate_bv().contains(XFeatures::PKRU) => get_u32(fp.area(), k.start),
+        _ => 0,
+    };
+    slot.fill(0);
+    put_u32(slot, 0, value);
 }
 
 /// Copy the extended components of `mask` from a standard-form `buf` into the
@@ -299,13 +358,33 @@ impl Iterator for Runs<'_> {
     }
 }
 
-/// Export into a signal frame: [`export`] plus the software bytes Linux writes
-/// (`FP_XSTATE_MAGIC1`, `extended_size`, `xfeatures`, `xstate_size` at byte 464)
-/// and `FP_XSTATE_MAGIC2` right after the area. Like Linux's
-/// `save_xstate_epilog`, the frame's XSTATE_BV always has x87 and SSE set (their
-/// bytes are the init values when they are not in use), so a handler that edits
-/// only the legacy region gets its edits loaded by sigreturn. Returns the
-/// frame's XSAVE part size including the trailing magic.
+/// The components Linux leaves out of a signal frame while they are in their
+/// init state, on a kernel with dynamic features (`XFEATURE_MASK_SIGFRAME_INITOPT`).
+const SIGFRAME_INITOPT: XFeatures = XFeatures::XTILE;
+
+/// Export into a signal frame exactly as Linux 6.18 writes one
+/// (`copy_fpstate_to_sigframe`: the header cleared, `xsave_to_user_sigframe`,
+/// `update_pkru_in_sigframe`, `save_xstate_epilog`). Returns the frame's XSAVE
+/// part size including the trailing magic: the standard size of the fpstate's
+/// user features (`mask` can only narrow them) plus 4, so a task's frame grows
+/// when its fpstate grows for AMX (2,820 -> 11,012 bytes on a Xeon with AMX).
+///
+/// Written: bytes 0..416 (x87 and SSE state or their init values; MXCSR_MASK is
+/// the CPU's, as XSAVE writes it), the software bytes at 464
+/// (`FP_XSTATE_MAGIC1`, `extended_size`, `xfeatures`, `xstate_size`, zero
+/// padding), the header (zero but XSTATE_BV), every extended component Linux's
+/// XSAVE mask holds (state, or zeros in init state) and `FP_XSTATE_MAGIC2` at
+/// the end. XSTATE_BV always has x87 and SSE set (so a handler that edits only
+/// the legacy region gets its edits loaded by sigreturn) and PKRU where the
+/// kernel enables it (Linux writes the thread's PKRU into the frame and marks
+/// it live).
+///
+/// Left as `out` held them, because Linux leaves them too (they keep whatever
+/// the user stack held): bytes 416..464, the standard form's holes between
+/// components, and, when `cfg` has dynamic components (Linux's
+/// `fpu_state_size_dynamic()`), the AMX components in their init state (Linux
+/// removes them from its XSAVE mask; their XSTATE_BV bits are 0, so sigreturn
+/// loads their init state without reading those bytes).
 ///
 /// # Errors
 /// [`UabiError::BufferTooSmall`] (nothing is written then).
@@ -318,22 +397,49 @@ pub fn export_sigframe<S: Storage>(
 ) -> Result<usize, UabiError> {
     let user = mask & fp.info().user_features;
     let size = e.standard_size(user) as usize;
-    if out.len() < size + 4 {
-        return Err(UabiError::BufferTooSmall {
-            needed: size + 4,
-            got: out.len(),
-        });
-    }
-    export(e, cfg, fp, mask, out)?;
+    let needed = size + 4;
+    let got = out.len();
+    let out = out
+        .get_mut(..needed)
+        .ok_or(UabiError::BufferTooSmall { needed, got })?;
+    let mut spare = None;
+    let layout = kernel_layout(e, cfg, fp, &mut spare)?;
+    let src = fp.area();
+    let xstate_bv = fp.xstate_bv() & user;
+    let dynamic = cfg.user.max_features.intersects(cfg.policy.dynamic);
+    let rfbm = if dynamic {
+        user - (SIGFRAME_INITOPT - xstate_bv)
+    } else {
+        user
+    };
+
+    write_legacy(out, src, xstate_bv, cfg.mxcsr_mask);
     let sw = SW_BYTES_OFFSET;
+    out[sw..XSTATE_BV_OFFSET].fill(0);
     put_u32(out, sw, FP_XSTATE_MAGIC1);
-    put_u32(out, sw + 4, (size + 4) as u32);
+    put_u32(out, sw + 4, needed as u32);
     put_u64(out, sw + 8, user.bits());
     put_u32(out, sw + 16, size as u32);
+    out[XSTATE_BV_OFFSET..EXTENDED_START as usize].fill(0);
+    let mut bv = xstate_bv | XFeatures::X87 | XFeatures::SSE;
+    if user.contains(XFeatures::PKRU) {
+        bv |= XFeatures::PKRU;
+    }
+    put_u64(out, XSTATE_BV_OFFSET, bv.bits());
+    for i in rfbm.indices().filter(|&i| i >= 2) {
+        let c = &e.components()[i as usize];
+        let at = c.std_offset as usize;
+        let dst = &mut out[at..at + c.size as usize];
+        match layout.range_of(i) {
+            Some(k) if xstate_bv.has_index(i) => dst.copy_from_slice(&src[k]),
+            _ => dst.fill(0),
+        }
+    }
+    if rfbm.contains(XFeatures::PKRU) {
+        write_pkru(e, layout, fp, out);
+    }
     put_u32(out, size, FP_XSTATE_MAGIC2);
-    let bv = get_u64(out, XSTATE_BV_OFFSET) | (XFeatures::X87 | XFeatures::SSE).bits();
-    put_u64(out, XSTATE_BV_OFFSET, bv);
-    Ok(size + 4)
+    Ok(needed)
 }
 
 /// Import a standard-form user buffer into `fp`, with every check Linux makes.
@@ -356,6 +462,81 @@ pub fn import<S: Storage>(
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     write_validated(e, layout, fp, buf, hdr);
     Ok(hdr)
+}
+
+/// The user ABI a standard-form buffer comes through: how many bytes the
+/// kernel reads, and which XSTATE_BV bits it takes before [`import`]'s own
+/// checks (XSTATE_BV within the fpstate's user features, XCOMP_BV and the
+/// reserved header zero, MXCSR within the CPU's mask).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UserAbi {
+    /// `PTRACE_SETREGSET(NT_X86_XSTATE)` (Linux's `ptrace_regset` and
+    /// `xstateregs_set`): the regset counts 8-byte words, so a length that is
+    /// not a multiple of 8 is refused first ([`UabiError::UnalignedLength`],
+    /// EINVAL); a longer buffer is cut to the user size (`cfg.user.max_size`,
+    /// whether or not the fpstate has grown), a shorter one is refused whole
+    /// ([`UabiError::BufferTooSmall`], EFAULT), even if it holds every
+    /// component its XSTATE_BV names.
+    Ptrace,
+    /// `KVM_SET_XSAVE` / `KVM_SET_XSAVE2` (`fpu_copy_uabi_to_guest_fpstate`):
+    /// KVM reads `uabi_size` bytes (`max(4096, KVM_CAP_XSAVE2)`; fewer:
+    /// [`UabiError::BufferTooSmall`], EFAULT) and refuses XSTATE_BV bits
+    /// outside `supported`, what KVM supports for guests
+    /// (`kvm_caps.supported_xcr0`, which `KVM_GET_SUPPORTED_CPUID` leaf 0xD
+    /// reports once the process holds guest permission for every dynamic
+    /// component), with EINVAL ([`UabiError::FeaturesNotPermitted`]), whatever
+    /// the guest fpstate could hold. On the way out KVM filters by what the
+    /// guest's CPUID allows plus x87 and SSE: pass that as [`export`]'s mask.
+    Kvm {
+        /// What KVM supports for guests.
+        supported: XFeatures,
+        /// The bytes KVM reads.
+        uabi_size: usize,
+    },
+}
+
+/// [`import`] with the length and feature rules of the ABI the buffer came
+/// through (see [`UserAbi`]). Bytes past what that ABI reads are ignored.
+///
+/// # Errors
+/// A [`UabiError`] for the first check that fails; `fp` is unchanged then.
+pub fn import_abi<S: Storage>(
+    e: &Enumeration,
+    cfg: &Configs,
+    fp: &mut Fpstate<S>,
+    buf: &[u8],
+    abi: UserAbi,
+) -> Result<XFeatures, UabiError> {
+    let (len, supported) = match abi {
+        UserAbi::Ptrace => {
+            const WORD: usize = 8;
+            if buf.len() % WORD != 0 {
+                return Err(UabiError::UnalignedLength {
+                    got: buf.len(),
+                    unit: WORD,
+                });
+            }
+            (cfg.user.max_size as usize, None)
+        }
+        UserAbi::Kvm {
+            supported,
+            uabi_size,
+        } => (uabi_size, Some(supported)),
+    };
+    let buf = buf.get(..len).ok_or(UabiError::BufferTooSmall {
+        needed: len,
+        got: buf.len(),
+    })?;
+    // KVM's own check comes first; a buffer too short for a header is left
+    // to import, which says so.
+    if let Some(supported) = supported.filter(|_| len >= EXTENDED_START as usize) {
+        let bad = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET)) - supported;
+        if !bad.is_empty() {
+            return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
+        }
+    }
+    import(e, cfg, fp, buf)
 }
 
 /// How [`import_sigframe`] took a signal frame.

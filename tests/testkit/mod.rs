@@ -276,3 +276,58 @@ impl Area {
         self.bytes_mut().as_mut_ptr()
     }
 }
+
+// ---------------------------------------------------------------------------
+// AMX permission and PKRU, for tests that load every XCR0 component.
+
+/// `arch_prctl` codes (Linux's `asm/prctl.h`).
+pub const ARCH_REQ_XCOMP_PERM: libc::c_int = 0x1023;
+/// Guest permission, for KVM guests of this process.
+pub const ARCH_REQ_XCOMP_GUEST_PERM: libc::c_int = 0x1025;
+/// AMX TILEDATA, the component behind XFD.
+pub const XTILEDATA: u32 = 18;
+
+/// Ask Linux for permission to use (or, `guest`, to give KVM guests) the
+/// dynamic component `index`. `Err(errno)` when refused (EOPNOTSUPP, EINVAL:
+/// not supported here; EBUSY: the guest set is locked already).
+pub fn request_xcomp_perm(index: u32, guest: bool) -> Result<(), i32> {
+    let code = if guest {
+        ARCH_REQ_XCOMP_GUEST_PERM
+    } else {
+        ARCH_REQ_XCOMP_PERM
+    };
+    // SAFETY: arch_prctl with these codes takes an integer and touches no
+    // memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, code, libc::c_ulong::from(index)) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// Standard-form byte range of component `i` (legacy ones included) from the
+/// enumeration.
+pub fn std_range(e: &Enumeration, i: u32) -> Range<usize> {
+    let c = &e.components()[i as usize];
+    c.std_offset as usize..(c.std_offset + c.size) as usize
+}
+
+/// A random PKRU that keeps protection key 0 (every mapping's default key)
+/// readable and writable, so the code touching the stack and heap never takes
+/// SEGV_PKUERR; the other keys get random AD/WD bits.
+pub fn pkru_keeping_key0(rng: &mut Rng) -> u32 {
+    rng.next() as u32 & !0b11
+}
+
+/// A loadable TILECFG (palette 1, start_row 0): `tiles` tiles of 16 rows of 64
+/// bytes (colsb at byte 16 + 2t, rows at byte 48 + t), everything else zero.
+pub fn tilecfg_image(tiles: usize) -> [u8; 64] {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    for t in 0..tiles.min(8) {
+        c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+        c[48 + t] = 16;
+    }
+    c
+}
