@@ -138,8 +138,8 @@ pub struct RecordedCpuid {
     len: usize,
 }
 
-/// The leaves a recorded dump keeps.
-const KEPT_LEAVES: [u32; 4] = [0x1, 0x6, 0x7, 0xd];
+/// The leaves a recorded dump keeps (leaf 0 for the vendor and the highest leaf).
+const KEPT_LEAVES: [u32; 5] = [0x0, 0x1, 0x6, 0x7, 0xd];
 
 impl RecordedCpuid {
     /// How many kept entries a dump may hold: leaf 0xD has at most 64 subleaves.
@@ -260,11 +260,15 @@ mod tests {
 
     #[test]
     fn keeps_first_cpu_and_wanted_leaves() {
-        let text = "CPU 0:\n   0x00000000 0x00: eax=0x0000001c ebx=0x68747541 ecx=0x444d4163 edx=0x69746e65\n   0x0000000d 0x00: eax=0x000000e7 ebx=0x00000980 ecx=0x00000980 edx=0x00000000\nCPU 1:\n   0x0000000d 0x00: eax=0x00000003 ebx=0x00000980 ecx=0x00000980 edx=0x00000000\n";
+        let text = "CPU 0:\n   0x00000000 0x00: eax=0x0000001c ebx=0x68747541 ecx=0x444d4163 edx=0x69746e65\n   0x00000002 0x00: eax=0x00000001 ebx=0x00000000 ecx=0x00000000 edx=0x00000000\n   0x0000000d 0x00: eax=0x000000e7 ebx=0x00000980 ecx=0x00000980 edx=0x00000000\nCPU 1:\n   0x00000000 0x00: eax=0x00000001 ebx=0x68747541 ecx=0x444d4163 edx=0x69746e65\n   0x0000000d 0x00: eax=0x00000003 ebx=0x00000980 ecx=0x00000980 edx=0x00000000\n";
         let c = RecordedCpuid::parse(text).unwrap();
         assert_eq!(c.cpuid(0xd, 0).eax, 0xe7);
-        assert_eq!(c.cpuid(0, 0), CpuidResult::default());
-        assert!(!c.has_leaf(0));
+        // Leaf 0 (vendor, highest leaf) is kept, from the first CPU only.
+        assert_eq!(c.cpuid(0, 0).eax, 0x1c);
+        assert_eq!(c.cpuid(0, 0).ebx, u32::from_le_bytes(*b"Auth"));
+        // Leaf 2 is not one the crate reads.
+        assert_eq!(c.cpuid(2, 0), CpuidResult::default());
+        assert!(!c.has_leaf(2));
     }
 
     #[test]
