@@ -15,12 +15,26 @@
 //!
 //! The same pattern is then loaded again and saved through the crate
 //! (`Fpstate::save`, XSAVEC into a host fpstate) and exported with
-//! `uabi::export_sigframe`. The crate's frame must equal the kernel's byte for
-//! byte over `[0, xstate_size + 4)`, except where Linux legitimately differs,
-//! each case modelled below ([`expected_kernel_frame`]). The kernel's frame must
-//! also go through `uabi::import_sigframe`, and its register bytes must be the
-//! pattern (the image is the independent oracle for both paths).
+//! `uabi::export_sigframe` into buffers filled with the same two canaries. The
+//! crate's frame must equal the kernel's byte for byte over the whole
+//! `[0, xstate_size + 4)` under each canary, so the bytes Linux leaves as the
+//! stack held them (416..464, the standard form's holes, AMX components in their
+//! init state) must be exactly the ones the crate leaves too; the only modelled
+//! difference is init tracking ([`expected_kernel_frame`]). The kernel's frame
+//! must also go through `uabi::import_sigframe` and come back from
+//! `export_sigframe` unchanged, and its register bytes must be the pattern (the
+//! image is the independent oracle for both paths).
 //!
+//! Every user component XCR0 enables is loaded: x87, SSE, AVX, AVX-512, PKRU
+//! (protection key 0 always readable and writable) and AMX TILECFG and
+//! TILEDATA (eight 16 x 64-byte tiles). Components beyond those are named by a
+//! SKIP line and their bytes left out. The patterns run in two phases in one
+//! thread: before the thread's first use of a dynamic component (the frame
+//! carries the default user features) and, after `ARCH_REQ_XCOMP_PERM` and a
+//! first XRSTOR of live TILEDATA (Linux grows the thread's fpstate on the #NM),
+//! with all of XCR0; the crate's fpstate grows the same way
+//! (`Fpstate::grow_boxed`), and the frame length follows.
+
 //! The other direction, `sigreturn_matches_import`: the handler overwrites the
 //! kernel's frame with one built here (valid, or with one field altered), the
 //! kernel's sigreturn loads it, and an XSAVE right after the `ud2` shows what it
@@ -31,15 +45,14 @@
 //! the restore, Linux's "fx only" fallback for bad magic or sizes, an
 //! `xstate_size` shorter than the header claims, header bytes XRSTOR ignores).
 //!
-//! Measured on the AMD Zen 4 KVM guest this was written on (XCR0 0xe7, frame
-//! 2432 + 4 bytes): every byte agrees except (a) XSTATE_BV bits that differ only
-//! by init tracking, (b) legacy bytes 416..463, which neither XSAVE nor Linux
-//! writes (the frame keeps whatever the stack held; the crate writes zeros), and
-//! (c) with only AVX-512 loaded, the frame written after `ud2` marks AVX (init
-//! value) in use where XSAVEC right after the XRSTOR does not; the `tgkill` path
-//! and a bare XSAVE do not (this nested `kvm_pvm` guest's exception path touches
-//! the state), and (d) AMD tracks init by value: zero registers loaded "in use"
-//! save as init in both paths, and an MXCSR other than 0x1f80 alone puts SSE in use.
+//! Measured on the AMD Zen 4 KVM guest this was first written on (XCR0 0xe7,
+//! frame 2432 + 4 bytes): XSTATE_BV bits may differ by init tracking (with only
+//! AVX-512 loaded, the frame written after `ud2` marked AVX (init value) in use
+//! where XSAVEC right after the XRSTOR did not; AMD tracks init by value, so zero
+//! registers loaded "in use" save as init, and an MXCSR other than 0x1f80 alone
+//! puts SSE in use). On the Intel Xeon with AMX (XCR0 0x600e7, Linux 6.18): frames
+//! of 2,820 bytes before the first TILEDATA use and 11,012 after, every byte
+//! equal, no init-tracking difference.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 // Test code: offsets in the loops below are the SDM's own (24 is MXCSR, 160 XMM0).
 #![allow(clippy::needless_range_loop)]
@@ -51,16 +64,20 @@ use std::cell::UnsafeCell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use testkit::{Area, CANARIES, get_u32, get_u64, loud, pattern, put_u32, put_u64, x87_image};
+use testkit::{
+    Area, CANARIES, Rng, XTILEDATA, get_u32, get_u64, loud, pattern, pkru_keeping_key0, put_u32,
+    put_u64, request_xcomp_perm, std_range, tilecfg_image, x87_image,
+};
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::LiveCpuid;
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{
-    FCW_DEFAULT, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Mode, Owner,
+    BoxedArea, FCW_DEFAULT, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Mode, Owner,
     XSTATE_BV_OFFSET,
 };
 use xstate::insn::{Cpu, read_mxcsr_mask, read_xcr0};
+use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi::{self, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET};
 
 const XSTATE_BV: usize = XSTATE_BV_OFFSET;
@@ -70,7 +87,9 @@ const MXCSR_MASK: usize = MXCSR_MASK_OFFSET;
 const KNOWN: XFeatures = XFeatures::X87
     .union(XFeatures::SSE)
     .union(XFeatures::AVX)
-    .union(XFeatures::AVX512);
+    .union(XFeatures::AVX512)
+    .union(XFeatures::PKRU)
+    .union(XFeatures::XTILE);
 
 // ---------------------------------------------------------------------------
 // Buffers the signal handler writes: statics, no allocation in the handler.
@@ -368,7 +387,9 @@ struct Pattern {
     seed: u64,
 }
 
-/// The standard-form image of `p`, `size` bytes.
+/// The standard-form image of `p`, `size` bytes. PKRU keeps protection key 0
+/// usable (the stack, heap and code all carry key 0); TILECFG configures eight
+/// 16-row, 64-byte tiles (palette 1), so every TILEDATA byte is live state.
 fn image(e: &Enumeration, p: &Pattern, mxcsr_mask: u32, size: usize) -> Area {
     let mut a = Area::new(size, 0);
     let b = a.bytes_mut();
@@ -386,19 +407,30 @@ fn image(e: &Enumeration, p: &Pattern, mxcsr_mask: u32, size: usize) -> Area {
         }
     }
     for i in p.xstate_bv.indices().filter(|&i| i >= 2) {
-        for (k, j) in std_range(e, i).enumerate() {
-            b[j] = v(i, k);
+        let r = std_range(e, i);
+        match i {
+            PKRU_INDEX => {
+                let pkru = if p.zero {
+                    0
+                } else {
+                    pkru_keeping_key0(&mut Rng(p.seed.wrapping_mul(0x9e37_79b9) | 1))
+                };
+                put_u32(b, r.start, pkru);
+            }
+            TILECFG_INDEX if !p.zero => b[r.start..r.start + 64].copy_from_slice(&tilecfg_image(8)),
+            _ => {
+                for (k, j) in r.enumerate() {
+                    b[j] = v(i, k);
+                }
+            }
         }
     }
     put_u64(b, XSTATE_BV, p.xstate_bv.bits());
     a
 }
 
-/// The byte range of component `i` in the standard form (legacy ones included).
-fn std_range(e: &Enumeration, i: u32) -> std::ops::Range<usize> {
-    let c = &e.components()[i as usize];
-    c.std_offset as usize..(c.std_offset + c.size) as usize
-}
+const PKRU_INDEX: u32 = 9;
+const TILECFG_INDEX: u32 = 17;
 
 /// Run the kernel path under one canary: the frame's XSAVE part.
 fn kernel_frame(
@@ -440,9 +472,12 @@ fn kernel_frame(
 }
 
 struct Outcome {
-    /// Bytes the kernel left as stack contents (never counted as compared).
+    /// Frame length (XSAVE part and magic2).
+    len: usize,
+    /// Bytes neither the kernel nor the crate wrote (equal canaries).
     unwritten: usize,
-    /// Bytes equal under the model.
+    /// Bytes compared (every byte of the frame but those of components this
+    /// test does not load, which are reported up front).
     compared: usize,
     /// Modelled differences applied.
     notes: Vec<String>,
@@ -461,7 +496,9 @@ struct Outcome {
 ///    value may be "in use" in one and not the other (AMD tracks init by value;
 ///    the kernel may restore the task with a component marked in use). Such a
 ///    bit is taken from the kernel only if the crate's bytes for that component
-///    are the init value; otherwise the bits must agree.
+///    are the init value; otherwise the bits must agree. (An AMX component
+///    whose bit differed would also differ in which bytes are written: that is
+///    refused, not modelled.)
 fn expected_kernel_frame(
     e: &Enumeration,
     ours: &[u8],
@@ -477,6 +514,10 @@ fn expected_kernel_frame(
     );
     let kbv = get_u64(kernel, XSTATE_BV);
     for i in XFeatures::from_bits_retain(bv ^ kbv).indices() {
+        assert!(
+            !XFeatures::XTILE.has_index(i),
+            "XSTATE_BV bit {i} (AMX) differs: crate {bv:#x}, kernel {kbv:#x}"
+        );
         let r = std_range(e, i);
         let init: Vec<u8> = match i {
             0 => {
@@ -508,10 +549,13 @@ struct Live {
     e: Enumeration,
     cfg: Configs,
     xcr0: XFeatures,
-    /// The user components a signal frame carries (XCR0 & user defaults).
+    /// The user components a signal frame carries before the thread first uses
+    /// a dynamic component (XCR0 & the user defaults).
     full: XFeatures,
-    /// Their standard size: the frame's `xstate_size`.
+    /// Their standard size: the frame's `xstate_size` then.
     size: usize,
+    /// Every user component XCR0 enables (the frame's after AMX first use).
+    all: XFeatures,
 }
 
 fn live(test: &str) -> Option<Live> {
@@ -538,12 +582,18 @@ fn live(test: &str) -> Option<Live> {
     );
     cfg.mxcsr_mask = read_mxcsr_mask();
     let full = xcr0 & cfg.user.default_features;
-    let unknown = full - KNOWN;
+    let all = xcr0 & cfg.user.max_features;
+    let unknown = all - KNOWN;
     if !unknown.is_empty() {
         loud!(
-            "SKIP {test}: XCR0 components {:#x} (PKRU/AMX/...) are not loaded with patterns; \
-             left in init state, PKRU's frame value (the thread's PKRU) not modelled, its bytes excluded",
-            unknown.bits()
+            "SKIP {test}: XCR0 components {:#x} are not loaded with patterns (this test knows {:#x}); \
+             left in init state, their bytes left out of every comparison: {:?}",
+            unknown.bits(),
+            KNOWN.bits(),
+            unknown
+                .indices()
+                .map(|i| std_range(&e, i))
+                .collect::<Vec<_>>()
         );
     }
     let size = e.standard_size(full) as usize;
@@ -553,151 +603,179 @@ fn live(test: &str) -> Option<Live> {
         xcr0,
         full,
         size,
+        all,
     })
+}
+
+/// One phase of [`sigframe_matches_kernel`]: the frame's features and the
+/// crate fpstate that holds them.
+struct Phase {
+    name: &'static str,
+    features: XFeatures,
+    fp: Fpstate<BoxedArea>,
 }
 
 #[test]
 fn sigframe_matches_kernel() {
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(Live {
-        e,
-        cfg,
-        xcr0,
-        full,
-        size,
-    }) = live("sigframe_matches_kernel")
-    else {
+    let Some(l) = live("sigframe_matches_kernel") else {
         return;
     };
+    let (e, cfg, xcr0) = (&l.e, &l.cfg, l.xcr0);
     let mxcsr_mask = cfg.mxcsr_mask;
-    let mut harness = Area::new(size, 0);
-
-    let all = KNOWN & full;
-    let avx = XFeatures::SSE | XFeatures::AVX;
-    let patterns = [
-        Pattern {
-            name: "init",
-            xstate_bv: XFeatures::empty(),
-            mxcsr: MXCSR_DEFAULT,
-            zero: false,
-            seed: 1,
-        },
-        Pattern {
-            name: "x87",
-            xstate_bv: XFeatures::X87,
-            mxcsr: MXCSR_DEFAULT,
-            zero: false,
-            seed: 2,
-        },
-        Pattern {
-            name: "sse",
-            xstate_bv: XFeatures::SSE,
-            mxcsr: 0x9fc0 & mxcsr_mask,
-            zero: false,
-            seed: 3,
-        },
-        Pattern {
-            name: "sse-mxcsr-only",
-            xstate_bv: XFeatures::SSE,
-            mxcsr: MXCSR_DEFAULT | 0x6000,
-            zero: true,
-            seed: 4,
-        },
-        Pattern {
-            name: "avx",
-            xstate_bv: avx,
-            mxcsr: MXCSR_DEFAULT,
-            zero: false,
-            seed: 5,
-        },
-        Pattern {
-            name: "avx512",
-            xstate_bv: all,
-            mxcsr: 0x1fbf & mxcsr_mask,
-            zero: false,
-            seed: 6,
-        },
-        Pattern {
-            name: "avx512-only",
-            xstate_bv: XFeatures::AVX512 & all,
-            mxcsr: MXCSR_DEFAULT,
-            zero: false,
-            seed: 7,
-        },
-        Pattern {
-            name: "in-use-zero",
-            xstate_bv: all,
-            mxcsr: MXCSR_DEFAULT,
-            zero: true,
-            seed: 8,
-        },
-    ];
-    let installed = Installed::new();
-    let (mut ran, mut skipped) = (0, 0);
-    let (mut compared, mut unwritten) = (0, 0);
-    for p in &patterns {
-        let needs = p.xstate_bv
-            | if p.name.starts_with("avx512") {
-                XFeatures::AVX512
-            } else {
-                XFeatures::empty()
-            };
-        if !full.contains(needs) {
-            loud!(
-                "SKIP sigframe_matches_kernel/{}: XCR0 {:#x} lacks {:#x}",
-                p.name,
-                xcr0.bits(),
-                (needs - full).bits()
-            );
-            skipped += 1;
-            continue;
+    // Every area is sized for all of XCR0 and every XSAVE/XRSTOR of the
+    // harness covers it: XSAVE of a component XFD still guards saves it as
+    // init, and XRSTOR of an init one does not fault.
+    let big = e.standard_size(l.all) as usize;
+    let mut harness = Area::new(big, 0);
+    let host = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
+    let mut phases = vec![Phase {
+        name: "before-amx",
+        features: l.full,
+        fp: Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate"),
+    }];
+    let dynamic = l.all & cfg.policy.dynamic;
+    if dynamic.is_empty() {
+        loud!(
+            "SKIP sigframe_matches_kernel/after-amx: XCR0 {:#x} has no dynamic component (AMX TILEDATA): \
+             frames never grow here",
+            xcr0.bits()
+        );
+    } else {
+        let mut perms = ProcessPerms::new(cfg);
+        for i in dynamic.indices() {
+            request_xcomp_perm(i, false)
+                .unwrap_or_else(|err| panic!("ARCH_REQ_XCOMP_PERM({i}): errno {err}"));
+            perms
+                .request(e, cfg, PermKind::Task, i, |_| true)
+                .expect("permission");
         }
-        for how in [Raise::Ud2, Raise::Tgkill] {
-            let o = run_pattern(&e, &cfg, p, full, size, &mut harness, how);
-            loud!(
-                "sigframe/{}/{how:?}: XSTATE_BV kernel {:#x} crate {:#x}; {} bytes equal, {} unwritten by the kernel, modelled: [{}]",
-                p.name,
-                o.bvs.0,
-                o.bvs.1,
-                o.compared,
-                o.unwritten,
-                o.notes.join("; ")
-            );
-            compared += o.compared;
-            unwritten += o.unwritten;
-            ran += 1;
+        let first = dynamic.indices().next().unwrap_or(XTILEDATA);
+        phases.push(Phase {
+            name: "after-amx",
+            features: l.all,
+            fp: host.grow_boxed(e, cfg, &perms, first).expect("grow"),
+        });
+    }
+
+    let installed = Installed::new();
+    let (mut ran, mut compared, mut unwritten) = (0, 0, 0);
+    let mut lens = Vec::new();
+    for phase in &mut phases {
+        if phase.features.intersects(cfg.policy.dynamic) {
+            // The first use of TILEDATA in this thread: #NM, Linux grows the
+            // thread's fpstate and retries the XRSTOR. Frames are larger from
+            // here on, whatever the registers hold.
+            let p = Pattern {
+                name: "first-use",
+                xstate_bv: phase.features & KNOWN,
+                mxcsr: MXCSR_DEFAULT,
+                zero: false,
+                seed: 99,
+            };
+            let img = image(e, &p, mxcsr_mask, big);
+            let hp = harness.ptr();
+            // SAFETY: as for `load_then_ud2`; `xrstor_only` follows at once.
+            unsafe { xsave_then_xrstor(hp, img.bytes().as_ptr(), l.all.bits()) };
+            // SAFETY: `harness` was written by `xsave_then_xrstor` with `l.all`.
+            unsafe { xrstor_only(hp, l.all.bits()) };
+        }
+        let known = phase.features & KNOWN;
+        let patterns = [
+            (XFeatures::empty(), MXCSR_DEFAULT, false, "init"),
+            (XFeatures::X87, MXCSR_DEFAULT, false, "x87"),
+            (XFeatures::SSE, 0x9fc0 & mxcsr_mask, false, "sse"),
+            (
+                XFeatures::SSE,
+                MXCSR_DEFAULT | 0x6000,
+                true,
+                "sse-mxcsr-only",
+            ),
+            (XFeatures::SSE | XFeatures::AVX, MXCSR_DEFAULT, false, "avx"),
+            (known, 0x1fbf & mxcsr_mask, false, "all"),
+            (XFeatures::AVX512, MXCSR_DEFAULT, false, "avx512-only"),
+            (known, MXCSR_DEFAULT, true, "in-use-zero"),
+            (XFeatures::PKRU, MXCSR_DEFAULT, false, "pkru"),
+            (XFeatures::XTILE_CFG, MXCSR_DEFAULT, false, "tilecfg"),
+            (XFeatures::XTILE, MXCSR_DEFAULT, false, "amx"),
+        ];
+        for (seed, &(bv, mxcsr, zero, name)) in (1..).zip(&patterns) {
+            if !phase.features.contains(bv) {
+                let missing = bv - phase.features;
+                if missing.intersects(cfg.policy.dynamic) && l.all.contains(bv) {
+                    loud!(
+                        "sigframe/{}/{name}: loads TILEDATA, so it runs after the first use (after-amx)",
+                        phase.name
+                    );
+                } else {
+                    loud!(
+                        "SKIP sigframe_matches_kernel/{}/{name}: XCR0 {:#x} lacks {:#x}",
+                        phase.name,
+                        xcr0.bits(),
+                        missing.bits()
+                    );
+                }
+                continue;
+            }
+            let p = Pattern {
+                name,
+                xstate_bv: bv,
+                mxcsr,
+                zero,
+                seed,
+            };
+            for how in [Raise::Ud2, Raise::Tgkill] {
+                let o = run_pattern(&l, phase, &p, big, &mut harness, how);
+                loud!(
+                    "sigframe/{}/{}/{how:?}: frame {} bytes, XSTATE_BV kernel {:#x} crate {:#x}; {} bytes equal \
+                     ({} of them unwritten by both, under both canaries), modelled: [{}]",
+                    phase.name,
+                    p.name,
+                    o.len,
+                    o.bvs.0,
+                    o.bvs.1,
+                    o.compared,
+                    o.unwritten,
+                    o.notes.join("; ")
+                );
+                compared += o.compared;
+                unwritten += o.unwritten;
+                ran += 1;
+                if !lens.contains(&(phase.name, o.len)) {
+                    lens.push((phase.name, o.len));
+                }
+            }
         }
     }
     drop(installed);
     loud!(
-        "sigframe: {ran} pattern x delivery runs compared with the kernel's frames ({skipped} patterns skipped), XCR0 {:#x}, \
-         frame {size} + 4 bytes, {compared} bytes equal, {unwritten} unwritten",
+        "sigframe: {ran} pattern x delivery runs equal to the kernel's frames byte for byte, XCR0 {:#x}, \
+         frame lengths {lens:?}, {compared} bytes compared, {unwritten} of them left unwritten by both \
+         (416..464, standard-form holes, init AMX components)",
         xcr0.bits(),
     );
     assert!(ran >= 10, "too few patterns ran");
 }
 
 fn run_pattern(
-    e: &Enumeration,
-    cfg: &Configs,
+    l: &Live,
+    phase: &Phase,
     p: &Pattern,
-    full: XFeatures,
-    size: usize,
+    big: usize,
     harness: &mut Area,
     how: Raise,
 ) -> Outcome {
-    let name = format!("{}/{how:?}", p.name);
-    let img = image(e, p, cfg.mxcsr_mask, size);
+    let (e, cfg) = (&l.e, &l.cfg);
+    let name = format!("{}/{}/{how:?}", phase.name, p.name);
+    let img = image(e, p, cfg.mxcsr_mask, big);
+    let size = e.standard_size(phase.features) as usize;
+    let len = size + 4;
 
     // Kernel path, under both canaries.
-    let k = CANARIES.map(|c| kernel_frame(&img, full, harness, c, how));
-    assert_eq!(
-        k[0].len(),
-        size + 4,
-        "{name}: frame length (xstate_size + 4)"
-    );
-    assert_eq!(k[1].len(), size + 4, "{name}: frame length");
-    let unwritten: Vec<usize> = (0..size + 4).filter(|&j| k[0][j] != k[1][j]).collect();
+    let k = CANARIES.map(|c| kernel_frame(&img, l.all, harness, c, how));
+    assert_eq!(k[0].len(), len, "{name}: frame length (xstate_size + 4)");
+    assert_eq!(k[1].len(), len, "{name}: frame length");
+    let unwritten: Vec<usize> = (0..len).filter(|&j| k[0][j] != k[1][j]).collect();
     let kernel = &k[0];
 
     // The kernel frame's fixed fields, from the uapi (sigcontext.h) directly.
@@ -708,12 +786,12 @@ fn run_pattern(
     );
     assert_eq!(
         get_u32(kernel, SW_BYTES_OFFSET + 4) as usize,
-        size + 4,
+        len,
         "{name}: extended_size"
     );
     assert_eq!(
         get_u64(kernel, SW_BYTES_OFFSET + 8),
-        full.bits(),
+        phase.features.bits(),
         "{name}: sw xfeatures"
     );
     assert_eq!(
@@ -728,6 +806,12 @@ fn run_pattern(
     for i in (p.xstate_bv & KNOWN).indices() {
         let r = std_range(e, i);
         if unwritten.iter().any(|j| r.contains(j)) {
+            // An init AMX component (all-zero TILECFG is palette 0): checked
+            // below as bytes both sides leave alone.
+            assert!(
+                p.zero,
+                "{name}: the kernel left loaded component {i} unwritten"
+            );
             continue;
         }
         // Zero registers may read as init (AMD tracks init by value): bytes only.
@@ -748,67 +832,53 @@ fn run_pattern(
     );
 
     // Crate path: the same load, then Fpstate::save (XSAVEC) right after it.
-    let mut fp = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
+    let mut fp = fresh_like(e, cfg, &phase.fp);
     let hp = harness.ptr();
     // SAFETY: as for `load_then_ud2`; `xrstor_only` follows the save.
-    unsafe { xsave_then_xrstor(hp, img.bytes().as_ptr(), full.bits()) };
+    unsafe { xsave_then_xrstor(hp, img.bytes().as_ptr(), l.all.bits()) };
     // SAFETY: OSXSAVE is set, the CPU has XSAVEC (the config chose the compacted
     // form), the fpstate's area is sized for its features; the save only reads
     // registers.
     let saved = fp.save(&mut unsafe { Cpu::user() }, cfg, Mode::User);
-    // SAFETY: `harness` was written by `xsave_then_xrstor` with `full`.
-    unsafe { xrstor_only(hp, full.bits()) };
+    // SAFETY: `harness` was written by `xsave_then_xrstor` with `l.all`.
+    unsafe { xrstor_only(hp, l.all.bits()) };
     saved.expect("Fpstate::save");
-    let mut ours = vec![0xccu8; size + 4 + 64];
-    let n = uabi::export_sigframe(e, cfg, &fp, cfg.user.max_features, &mut ours)
-        .expect("export_sigframe");
-    assert_eq!(n, size + 4, "{name}: export_sigframe length");
-    ours.truncate(n);
+    let ours = CANARIES.map(|c| {
+        let mut f = vec![c; len];
+        let n = uabi::export_sigframe(e, cfg, &fp, cfg.user.max_features, &mut f)
+            .expect("export_sigframe");
+        assert_eq!(n, len, "{name}: export_sigframe length");
+        f
+    });
 
+    // Every byte, under both canaries: the bytes Linux leaves unwritten
+    // (416..464, the holes, init AMX components) hold the canary in both frames.
     let mut notes = Vec::new();
-    let exp = expected_kernel_frame(e, &ours, kernel, &mut notes);
-    // Bytes the kernel did not write hold stack contents; Linux writes neither
-    // legacy bytes 416..463 (XSAVE leaves them, the kernel fills only the
-    // software bytes at 464) nor anything else the CPU skips. They are reported
-    // and must lie where the SDM lets XSAVE not write.
-    let allowed = |j: usize| (416..464).contains(&j);
-    if let Some(&j) = unwritten.iter().find(|&&j| !allowed(j)) {
-        panic!(
-            "{name}: the kernel left byte {j} unwritten ({} bytes in all: {:?}..)",
-            unwritten.len(),
-            &unwritten[..unwritten.len().min(16)]
-        );
-    }
-    let mut bad = Vec::new();
-    for j in 0..size + 4 {
-        if unknown_byte(e, full, j) || unwritten.binary_search(&j).is_ok() {
-            continue;
-        }
-        if exp[j] != kernel[j] {
-            bad.push(j);
-        }
-    }
-    if !bad.is_empty() {
-        let show: Vec<String> = bad
-            .iter()
-            .take(24)
-            .map(|&j| format!("{j}: kernel {:#04x} crate {:#04x}", kernel[j], exp[j]))
+    let excluded = |j: usize| unknown_byte(e, l.all, j);
+    for (c, (kf, of)) in k.iter().zip(&ours).enumerate() {
+        let exp = expected_kernel_frame(e, of, kf, &mut notes);
+        let bad: Vec<usize> = (0..len)
+            .filter(|&j| !excluded(j) && exp[j] != kf[j])
             .collect();
-        panic!(
-            "{name}: {} bytes differ from the kernel's frame: {}",
-            bad.len(),
-            show.join(", ")
-        );
+        if !bad.is_empty() {
+            let show: Vec<String> = bad
+                .iter()
+                .take(24)
+                .map(|&j| format!("{j}: kernel {:#04x} crate {:#04x}", kf[j], exp[j]))
+                .collect();
+            panic!(
+                "{name}: {} bytes differ from the kernel's frame (canary {:#x}): {}",
+                bad.len(),
+                CANARIES[c],
+                show.join(", ")
+            );
+        }
     }
-    if !unwritten.is_empty() {
-        notes.push(format!(
-            "{} legacy reserved bytes 416..464 unwritten",
-            unwritten.len()
-        ));
-    }
+    notes.dedup();
 
-    // The kernel's frame is a valid signal frame for the crate.
-    let mut fp2 = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
+    // The kernel's frame is a valid signal frame for the crate, and exporting
+    // what it loads gives the kernel's frame back, byte for byte.
+    let mut fp2 = fresh_like(e, cfg, &fp);
     let got = uabi::import_sigframe(e, cfg, &mut fp2, kernel)
         .unwrap_or_else(|x| panic!("{name}: import_sigframe refused the kernel's frame: {x}"));
     assert_eq!(
@@ -820,30 +890,45 @@ fn run_pattern(
         kbv & cfg.user.max_features,
         "{name}: imported XSTATE_BV"
     );
-    let mut again = vec![0u8; size + 4];
+    let mut again = vec![CANARIES[0]; len];
     uabi::export_sigframe(e, cfg, &fp2, cfg.user.max_features, &mut again).expect("re-export");
-    for j in 0..size + 4 {
-        if unknown_byte(e, full, j) || unwritten.binary_search(&j).is_ok() {
-            continue;
-        }
-        assert_eq!(
-            again[j], kernel[j],
-            "{name}: kernel frame -> import -> export changed byte {j}"
-        );
+    if let Some(j) = (0..len).find(|&j| !excluded(j) && again[j] != kernel[j]) {
+        panic!("{name}: kernel frame -> import -> export changed byte {j}");
     }
 
-    let crate_bv = get_u64(&ours, XSTATE_BV);
+    let crate_bv = get_u64(&ours[0], XSTATE_BV);
     Outcome {
+        len,
         unwritten: unwritten.len(),
-        compared: size + 4 - unwritten.len(),
+        compared: (0..len).filter(|&j| !excluded(j)).count(),
         notes,
         bvs: (kbv.bits(), crate_bv),
     }
 }
 
-/// Bytes of components this test does not load (PKRU, AMX): excluded, SKIPped.
-fn unknown_byte(e: &Enumeration, full: XFeatures, j: usize) -> bool {
-    (full - KNOWN)
+/// A fresh fpstate with the same features as `like` (grown or not).
+fn fresh_like(e: &Enumeration, cfg: &Configs, like: &Fpstate<BoxedArea>) -> Fpstate<BoxedArea> {
+    let fp = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
+    if fp.info().features == like.info().features {
+        return fp;
+    }
+    let mut perms = ProcessPerms::new(cfg);
+    for i in (like.info().features & cfg.policy.dynamic).indices() {
+        perms
+            .request(e, cfg, PermKind::Task, i, |_| true)
+            .expect("permission");
+    }
+    let first = (like.info().features & cfg.policy.dynamic)
+        .indices()
+        .next()
+        .unwrap_or(XTILEDATA);
+    fp.grow_boxed(e, cfg, &perms, first).expect("grow")
+}
+
+/// Bytes of components this test does not load (beyond [`KNOWN`]): left out,
+/// named by the SKIP line of [`live`].
+fn unknown_byte(e: &Enumeration, all: XFeatures, j: usize) -> bool {
+    (all - KNOWN)
         .indices()
         .any(|i| std_range(e, i).contains(&j))
 }
