@@ -32,7 +32,7 @@ Report the XSAVE state components, layouts and Linux-style configs of a CPU.
                    ignored); default: every supported XCR0 | IA32_XSS component
   --json           machine-readable output
   --dmesg          the x86/fpu lines Linux prints at boot for this CPU
-  --record         dump the live CPU's leaves 1, 7 and 0xD in the `cpuid -r`
+  --record         dump the live CPU's leaves 0, 1, 7 and 0xD in the `cpuid -r`
                    format (SOURCE_DATE from the environment dates the dump)
   -h, --help       this text
 
@@ -605,7 +605,7 @@ fn record() -> String {
         .filter(|d| !d.trim().is_empty());
     let _ = writeln!(
         o,
-        "# source: recorded by cargo run --example xstate-report -- --record{}: leaf 1, leaf 7.0 and 7.1, every non-zero subleaf 0..63 of leaf 0xD",
+        "# source: recorded by cargo run --example xstate-report -- --record{}: leaf 0, leaf 1, leaf 7.0 and 7.1, every non-zero subleaf 0..63 of leaf 0xD",
         date.map(|d| format!(" on {}", printable(d.trim().as_bytes())))
             .unwrap_or_default()
     );
@@ -641,6 +641,7 @@ fn record() -> String {
             r.eax, r.ebx, r.ecx, r.edx
         );
     };
+    line(0, 0);
     line(1, 0);
     line(7, 0);
     line(7, 1);

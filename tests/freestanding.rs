@@ -11,7 +11,10 @@ use testkit::loud;
 fn freestanding_kernel_style_example_runs_green() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let manifest = root.join("examples/freestanding/Cargo.toml");
-    let target = root.join("target/freestanding");
+    // Beside the suite's own build: CARGO_TARGET_DIR when it is set.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("freestanding");
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "--manifest-path"])
         .arg(&manifest)
