@@ -1,0 +1,362 @@
+//! A ring-0 x86-64 kernel that uses `xstate` the way a kernel does: it enables
+//! XSAVE (CR4.OSXSAVE, CR4.PKE where PKU exists), enumerates the CPU through the
+//! crate's live CPUID source, derives the configs with Linux's policy, checks the
+//! crate's XSETBV rules against the CPU's #GP, writes XCR0, and runs tasks that a
+//! PIT timer interrupt preempts, switching their fpstates with the crate's
+//! `swap`. Every task checks, many times, that its registers hold its own values.
+//!
+//! Booted by QEMU through the PVH entry note (`-kernel`); it reports on COM1 and
+//! ends QEMU through isa-debug-exit: status 33 when every check held, 35 when one
+//! failed (0 would be a triple fault).
+#![no_std]
+#![no_main]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
+
+mod boot;
+mod hw;
+mod rt;
+mod rules;
+mod sched;
+mod tasks;
+
+use core::arch::asm;
+use core::panic::PanicInfo;
+use core::sync::atomic::Ordering::Relaxed;
+
+use xstate::XFeatures;
+use xstate::config::{Configs, Policy};
+use xstate::cpuid::{CpuidSource, LiveCpuid};
+use xstate::enumerate::Enumeration;
+use xstate::feature::name_of;
+use xstate::insn::{read_mxcsr_mask, read_xcr0, read_xinuse};
+
+use hw::{EXIT_FAILURE, EXIT_SUCCESS, Frame, exit};
+use tasks::{CAPS, FIRST_BLEED, QUIET, REGISTER_NAMES, STATS, TASKS};
+
+/// Switches per run (boot -> first task and last task -> boot included).
+const SWITCHES: u64 = 20_000;
+/// PIT divisor: 1193182 / 119, about 10 kHz (100 us slices).
+const PIT_DIVISOR: u16 = 119;
+/// Checks every task must have made, and made across a switch, for the run to
+/// count.
+const MIN_CHECKS: u64 = 1_000;
+const MIN_SPANNED: u64 = 100;
+
+/// IA32_BNDCFGS: MPX configuration for CPL 0.
+const MSR_BNDCFGS: u32 = 0xd90;
+/// BNDCFGS.EN | BNDCFGS.BNDPRESERVE: bounds on, and branches without a BND
+/// prefix keep them (otherwise every call and return would put BND0-3 in init).
+const BNDCFGS_ON: u64 = 0b11;
+
+/// Prints each component as `name` from the crate's catalog.
+struct Names(XFeatures);
+
+impl core::fmt::Display for Names {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut sep = "";
+        for i in self.0.indices() {
+            write!(f, "{sep}{}", name_of(i))?;
+            sep = " ";
+        }
+        if sep.is_empty() {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn fail(what: core::fmt::Arguments<'_>) -> ! {
+    kprintln!("kernel: FAIL {what}");
+    exit(EXIT_FAILURE)
+}
+
+/// The entry from `boot.rs`: long mode, SSE on, interrupts off.
+extern "C" fn kmain() -> ! {
+    hw::serial_init();
+    hw::tables_init();
+    hw::pic_init();
+    kprintln!(
+        "kernel: long mode, ring 0, cr0 {:#x}, cr4 {:#x}",
+        hw::read_cr0(),
+        hw::read_cr4()
+    );
+
+    let cpu = LiveCpuid;
+    let v = cpu.cpuid(0, 0);
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&v.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&v.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&v.ecx.to_le_bytes());
+    let leaf1 = cpu.cpuid(1, 0);
+    let leaf7 = cpu.cpuid(7, 0);
+    let xsave = leaf1.ecx & (1 << 26) != 0;
+    let pku = leaf7.ecx & (1 << 3) != 0;
+    let mpx = leaf7.ebx & (1 << 14) != 0;
+    kprintln!(
+        "cpu: {}, XSAVE {}, AVX {}, PKU {}, MPX {}",
+        core::str::from_utf8(&vendor).unwrap_or("?"),
+        yes(xsave),
+        yes(leaf1.ecx & (1 << 28) != 0),
+        yes(pku),
+        yes(mpx)
+    );
+    if !xsave {
+        fail(format_args!("this CPU has no XSAVE (CPUID.1:ECX[26])"));
+    }
+    let cr4 = hw::read_cr4() | hw::CR4_OSXSAVE | if pku { hw::CR4_PKE } else { 0 };
+    // SAFETY: CPUID enumerates XSAVE, and PKU where PKE is set; no user-mode
+    // page exists for protection keys to act on.
+    unsafe { hw::write_cr4(cr4) };
+    kprintln!(
+        "kernel: cr4 {:#x} (OSXSAVE{})",
+        hw::read_cr4(),
+        if pku { ", PKE" } else { "" }
+    );
+
+    let e = match Enumeration::from_cpuid(&cpu) {
+        Ok(e) => e,
+        Err(err) => fail(format_args!("the crate refused this CPU's leaf 0xd: {err}")),
+    };
+    kprintln!(
+        "xstate: xcr0 supported {:#x} ({})",
+        e.xcr0_supported().bits(),
+        Names(e.xcr0_supported())
+    );
+    kprintln!(
+        "xstate: xss supported {:#x} ({})",
+        e.xss_supported().bits(),
+        Names(e.xss_supported())
+    );
+    kprintln!(
+        "xstate: xsaveopt {}, xsavec {}, xgetbv1 {}, xsaves {}, xfd {}",
+        yes(e.xsaveopt),
+        yes(e.xsavec),
+        yes(e.xgetbv1),
+        yes(e.xsaves),
+        yes(e.xfd)
+    );
+    for i in e.supported().indices().filter(|&i| i >= 2) {
+        if let Some(c) = e.component(i) {
+            kprintln!(
+                "xstate: component {i:2} {:<10} {:5} bytes at standard offset {}",
+                name_of(i),
+                c.size,
+                c.std_offset
+            );
+        }
+    }
+    kprintln!(
+        "xstate: standard size {} (CPUID reports {}), compacted size {}",
+        e.standard_max_size(),
+        e.reported_max_standard(),
+        e.compacted_max_size()
+    );
+
+    let mut cfg = match Configs::new(&e, &Policy::linux(&e)) {
+        Ok(c) => c,
+        Err(err) => fail(format_args!("the crate refused Linux's policy: {err}")),
+    };
+    cfg.mxcsr_mask = read_mxcsr_mask();
+    for (name, c) in [
+        ("kernel", &cfg.kernel),
+        ("user", &cfg.user),
+        ("guest", &cfg.guest),
+    ] {
+        kprintln!(
+            "config: {name:6} {:?} form, default {:#x} ({} bytes), max {:#x} ({} bytes)",
+            c.form,
+            c.default_features.bits(),
+            c.default_size,
+            c.max_features.bits(),
+            c.max_size
+        );
+    }
+    kprintln!(
+        "config: xcr0 {:#x} ({}), xss {:#x}, mxcsr mask {:#x}",
+        cfg.xcr0.bits(),
+        Names(cfg.xcr0),
+        cfg.xss.bits(),
+        cfg.mxcsr_mask
+    );
+
+    let (agreed, probes) = rules::run(&e, &cfg);
+    let xcr0 = read_xcr0().unwrap_or(XFeatures::empty());
+    kprintln!(
+        "xsetbv: {agreed} of {probes} verdicts agree; xcr0 now {:#x}",
+        xcr0.bits()
+    );
+    if xcr0 != cfg.xcr0 {
+        fail(format_args!(
+            "xcr0 reads {:#x}, the config says {:#x}",
+            xcr0.bits(),
+            cfg.xcr0.bits()
+        ));
+    }
+    match e.check_live_sizes(&cpu, cfg.xcr0, XFeatures::empty()) {
+        Ok(s) => kprintln!(
+            "xstate: live CPUID sizes for xcr0 agree (standard {} bytes, excess {})",
+            e.standard_size(cfg.xcr0),
+            s.standard_excess
+        ),
+        Err(err) => fail(format_args!("live CPUID sizes: {err}")),
+    }
+    let mpx_on = mpx && cfg.xcr0.contains(XFeatures::BNDREGS | XFeatures::BNDCSR);
+    if mpx_on {
+        // SAFETY: CPUID enumerates MPX and XCR0 enables its components; EN and
+        // BNDPRESERVE only make BND instructions act, which only the tasks use.
+        unsafe { hw::wrmsr(MSR_BNDCFGS, BNDCFGS_ON) };
+    }
+
+    // SAFETY: CR4.OSXSAVE is set, and the unit only ever sees the fpstates the
+    // crate sized (sched::init); restores run in the timer handler, where the
+    // interrupted code's XMM registers are on the stack (hw.rs) and no other
+    // vector value is live in compiled code.
+    let unit = unsafe { sched::Unit::new(&e) };
+    // SAFETY: once, interrupts off.
+    if let Err(err) = unsafe { sched::init(&e, cfg.clone(), unit, tasks::task_main, SWITCHES) } {
+        fail(format_args!("the crate refused fpstate storage: {err}"));
+    }
+    kprintln!(
+        "fpstate: {} contexts of {} bytes, {:?} form, xstate_bv 0 (init)",
+        TASKS + 1,
+        cfg.kernel.default_size,
+        cfg.kernel.form
+    );
+
+    // Which components XINUSE tracks here: those it reports as init right after
+    // an all-init restore. QEMU's TCG tracks only BNDREGS and reports the others
+    // as always in use; hardware tracks them.
+    if let Err(err) = sched::restore_boot_init() {
+        fail(format_args!("the crate refused the init restore: {err}"));
+    }
+    let (tracked, xinuse_line) = match read_xinuse() {
+        Some(x) => (cfg.xcr0 - x, x),
+        None => (XFeatures::empty(), XFeatures::empty()),
+    };
+    if e.xgetbv1 {
+        kprintln!(
+            "xinuse: {:#x} right after an init restore; tracked here: {}",
+            xinuse_line.bits(),
+            Names(tracked)
+        );
+    } else {
+        kprintln!("xinuse: no XGETBV1 on this CPU: init state checked by value only");
+    }
+    let avx = cfg.xcr0.contains(XFeatures::AVX);
+    CAPS.set(avx, pku, mpx_on, e.xgetbv1, tracked);
+    let quiet_tracked = tracked & tasks::quiet_untouched();
+    kprintln!(
+        "tasks: {TASKS}, task {QUIET} never writes {}; XINUSE checked for it: {}",
+        Names(tasks::quiet_untouched() & cfg.xcr0),
+        Names(quiet_tracked)
+    );
+
+    let cmdline = boot::cmdline();
+    if cmdline.split(|&b| b == b' ').any(|w| w == b"sabotage") {
+        sched::SABOTAGE.store(true, Relaxed);
+        kprintln!("sabotage: switches save but skip the restore (negative control)");
+    }
+
+    hw::pit_init(PIT_DIVISOR);
+    hw::pic_timer(true);
+    kprintln!(
+        "timer: PIT at {} Hz, {SWITCHES} switches",
+        hw::PIT_HZ / u32::from(PIT_DIVISOR)
+    );
+    loop {
+        // SAFETY: interrupts off while the flag is read; STI's one-instruction
+        // shadow means the tick cannot land between STI and HLT, so a tick that
+        // sets DONE always wakes this loop.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        if sched::DONE.load(Relaxed) {
+            break;
+        }
+        // SAFETY: as above; the handlers are installed.
+        unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+    }
+    report(&cfg)
+}
+
+fn report(cfg: &Configs) -> ! {
+    // SAFETY: the timer is masked and interrupts are off: nothing else holds SCHED.
+    let Some(s) = (unsafe { sched::SCHED.get() }).as_ref() else {
+        fail(format_args!("no scheduler"));
+    };
+    let mut ok = true;
+    let mut bleeds = 0;
+    for (i, st) in STATS.iter().enumerate() {
+        let checks = st.checks.load(Relaxed);
+        let spanned = st.spanned.load(Relaxed);
+        let b = st.bleeds.load(Relaxed);
+        let xin = st.xinuse.load(Relaxed);
+        let xbad = st.xinuse_bad.load(Relaxed);
+        bleeds += b;
+        let kind = if i == QUIET { "quiet" } else { "wide" };
+        kprintln!(
+            "task {i} ({kind}): {} slices, {checks} checks, {spanned} across a switch, {b} bleeds, xinuse {xin} checked, {xbad} wrong",
+            sched::SLICES[i].load(Relaxed)
+        );
+        ok &= checks >= MIN_CHECKS && spanned >= MIN_SPANNED && xbad == 0;
+    }
+    if FIRST_BLEED.is_set() {
+        let reg = FIRST_BLEED.reg.load(Relaxed) as usize;
+        kprintln!(
+            "bleed: task {} {} held {:#x}, expected {:#x}",
+            FIRST_BLEED.task.load(Relaxed),
+            REGISTER_NAMES.get(reg).unwrap_or(&"?"),
+            FIRST_BLEED.got.load(Relaxed),
+            FIRST_BLEED.want.load(Relaxed)
+        );
+    }
+    for (i, &(_, name)) in sched::INSNS.iter().enumerate() {
+        if s.unit.counts[i] > 0 {
+            kprintln!("unit: {name} {} times", s.unit.counts[i]);
+        }
+    }
+    let xcr0 = read_xcr0().unwrap_or(XFeatures::empty());
+    ok &= bleeds == 0 && xcr0 == cfg.xcr0 && s.switches >= SWITCHES;
+    kprintln!(
+        "kernel: {TASKS} tasks, {} switches, {bleeds} bleeds, mode {}, xcr0 {:#x}",
+        s.switches,
+        s.unit.mode(),
+        xcr0.bits()
+    );
+    exit(if ok { EXIT_SUCCESS } else { EXIT_FAILURE })
+}
+
+/// Called by every interrupt stub with the interrupted context's frame.
+extern "C" fn dispatch(frame: &mut Frame) {
+    let vector = frame.vector;
+    match vector {
+        hw::TIMER_VECTOR => {
+            hw::pic_eoi();
+            sched::tick(frame);
+        }
+        // The master PIC's spurious IRQ 7: no EOI.
+        39 => {}
+        13 if rules::handle_gp(frame) => {}
+        v => {
+            kprintln!(
+                "kernel: FAIL exception {v} (error {:#x}) at rip {:#x}, rsp {:#x}",
+                frame.error,
+                frame.rip,
+                frame.rsp
+            );
+            exit(EXIT_FAILURE)
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    kprintln!("kernel: FAIL panic: {info}");
+    exit(EXIT_FAILURE)
+}
