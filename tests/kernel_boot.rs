@@ -261,6 +261,24 @@ fn requires_qemu_kernel_switches_fpstates_without_bleeds_on_tcg_max() {
         !quiet.contains("xinuse 0 checked"),
         "XINUSE checked: {quiet}"
     );
+    // XSAVEOPT's init optimisation, read back from the fpstates: the quiet task
+    // never loaded bounds, so its last save left XSTATE_BV[3] (BNDREGS) clear;
+    // a wide task's has it set.
+    let bv = |task: &str| -> u64 {
+        let line = b.out.lines().find(|l| l.starts_with(task)).expect(task);
+        let hex = line.rsplit("saved xstate_bv 0x").next().unwrap_or("");
+        u64::from_str_radix(hex.trim(), 16).expect("saved xstate_bv")
+    };
+    assert_eq!(
+        bv("task 3 (quiet)") & (1 << 3),
+        0,
+        "quiet task's BNDREGS init"
+    );
+    assert_ne!(
+        bv("task 0 (wide)") & (1 << 3),
+        0,
+        "wide task's BNDREGS in use"
+    );
 }
 
 #[test]

@@ -300,11 +300,17 @@ fn report(cfg: &Configs) -> ! {
         let xbad = st.xinuse_bad.load(Relaxed);
         bleeds += b;
         let kind = if i == QUIET { "quiet" } else { "wide" };
+        // What XSAVEOPT last wrote for the task: the quiet task's untouched
+        // components that this CPU tracks were saved as init (XSTATE_BV clear).
+        let bv = s.xstate_bv(i);
+        let bv_ok = i != QUIET || !bv.intersects(CAPS.quiet_tracked());
         kprintln!(
-            "task {i} ({kind}): {} slices, {checks} checks, {spanned} across a switch, {b} bleeds, xinuse {xin} checked, {xbad} wrong",
-            sched::SLICES[i].load(Relaxed)
+            "task {i} ({kind}): {} slices, {checks} checks, {spanned} across a switch, {b} bleeds, xinuse {xin} checked, {xbad} wrong, saved xstate_bv {:#x}{}",
+            sched::SLICES[i].load(Relaxed),
+            bv.bits(),
+            if bv_ok { "" } else { " FAIL" }
         );
-        ok &= checks >= MIN_CHECKS && spanned >= MIN_SPANNED && xbad == 0;
+        ok &= checks >= MIN_CHECKS && spanned >= MIN_SPANNED && xbad == 0 && bv_ok;
     }
     if FIRST_BLEED.is_set() {
         let reg = FIRST_BLEED.reg.load(Relaxed) as usize;

@@ -260,6 +260,13 @@ pub fn tick(frame: &mut Frame) {
     }
 }
 
+impl Sched {
+    /// XSTATE_BV in context `i`'s fpstate: what its last save wrote.
+    pub fn xstate_bv(&self, i: usize) -> XFeatures {
+        self.fp.get(i).map_or(XFeatures::empty(), |f| f.xstate_bv())
+    }
+}
+
 /// `(&mut fp[a], &fp[b])` for `a != b`.
 fn pair<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
     if a < b {

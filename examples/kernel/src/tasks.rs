@@ -64,6 +64,13 @@ impl Caps {
     }
 }
 
+impl Caps {
+    /// The components the quiet task never writes that XINUSE tracks here.
+    pub fn quiet_tracked(&self) -> XFeatures {
+        XFeatures::from_bits_retain(self.quiet_tracked.load(Relaxed))
+    }
+}
+
 /// The components the quiet task never writes.
 pub fn quiet_untouched() -> XFeatures {
     XFeatures::AVX | XFeatures::BNDREGS | XFeatures::BNDCSR | XFeatures::AVX512
