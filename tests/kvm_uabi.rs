@@ -44,15 +44,13 @@ mod testkit;
 use testkit::loud;
 use testkit::{
     Area, MXCSR, MXCSR_MASK, Rng, XCOMP_BV, XSTATE_BV, XTILEDATA, cet_s_pattern, get_u32, get_u64,
-    paint_cet_s, put_u32, put_u64, request_xcomp_perm, std_size_raw,
+    mutate_header, paint_cet_s, put_u32, put_u64, request_xcomp_perm, std_size_raw,
 };
 
 /// `struct kvm_xsave` without its flexible tail.
 const REGION: usize = 4096;
 /// x87 and SSE: KVM always exports them, whatever the guest's CPUID says.
 const FPSSE: u64 = 0b11;
-/// Bits of XSTATE_BV that make MXCSR live in Linux's import (x87, SSE, AVX).
-const MXCSR_USERS: u64 = 0b111;
 
 /// What FXSAVE reports as MXCSR_MASK on this CPU: the value Linux's
 /// `mxcsr_feature_mask` holds (AMD CPUs add bit 17, MM, to Intel's 0xffff).
@@ -612,62 +610,6 @@ fn requires_kvm_roundtrip_is_byte_exact() {
 // (b) verdicts on mutated buffers
 // ---------------------------------------------------------------------------
 
-/// Apply one to three random mutations of the kinds Linux's checks look at.
-fn mutate(rng: &mut Rng, b: &mut [u8]) {
-    for _ in 0..=rng.below(3) {
-        match rng.below(10) {
-            // A bit of XSTATE_BV, mostly among the known components.
-            0 => {
-                let bit = if rng.below(4) == 0 {
-                    rng.below(64)
-                } else {
-                    rng.below(20)
-                };
-                b[XSTATE_BV + (bit / 8) as usize] ^= 1 << (bit % 8);
-            }
-            // Supervisor, unsupported or dynamic components, or bit 63.
-            1 => {
-                const BITS: [u64; 15] = [3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 63];
-                let bit = BITS[rng.below(BITS.len() as u64) as usize];
-                put_u64(b, XSTATE_BV, get_u64(b, XSTATE_BV) | 1 << bit);
-            }
-            // XCOMP_BV: any bit, bit 63 (compacted) most often.
-            2 => {
-                let bit = if rng.below(2) == 0 { 63 } else { rng.below(64) };
-                b[XCOMP_BV + (bit / 8) as usize] ^= 1 << (bit % 8);
-            }
-            // Header reserved bytes 16..64.
-            3 => {
-                let bit = rng.below(48 * 8) as usize;
-                b[528 + bit / 8] ^= 1 << (bit % 8);
-            }
-            // MXCSR: one bit, or a random value.
-            4 => {
-                let v = if rng.below(2) == 0 {
-                    get_u32(b, MXCSR) ^ 1 << rng.below(32)
-                } else {
-                    rng.next() as u32
-                };
-                put_u32(b, MXCSR, v);
-            }
-            // MXCSR dead: no x87, SSE or AVX in XSTATE_BV.
-            5 => put_u64(b, XSTATE_BV, get_u64(b, XSTATE_BV) & !MXCSR_USERS),
-            // MXCSR_MASK, which Linux stores but never checks.
-            6 => put_u32(b, MXCSR_MASK, rng.next() as u32),
-            // Any bit in the header.
-            7 => {
-                let bit = rng.below(64 * 8) as usize;
-                b[XSTATE_BV + bit / 8] ^= 1 << (bit % 8);
-            }
-            // Any bit anywhere.
-            _ => {
-                let bit = rng.below(b.len() as u64 * 8) as usize;
-                b[bit / 8] ^= 1 << (bit % 8);
-            }
-        }
-    }
-}
-
 #[test]
 fn requires_kvm_verdicts_agree() {
     // A guest whose CPUID allows less than KVM supports (no AVX-512, where KVM
@@ -684,7 +626,7 @@ fn requires_kvm_verdicts_agree() {
     let start = std::time::Instant::now();
     for i in 0..n {
         let mut buf = valid_buffer(&mut rng, rig.v.size, rig.valid(), hw_mask);
-        mutate(&mut rng, &mut buf);
+        mutate_header(&mut rng, &mut buf);
         let before = rig.ours.fp.area().to_vec();
         let k = rig.v.set(&buf);
         let o = rig.import(&buf);

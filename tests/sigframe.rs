@@ -65,8 +65,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use testkit::{
-    Area, CANARIES, Rng, XTILEDATA, get_u32, get_u64, loud, pattern, pkru_keeping_key0, put_u32,
-    put_u64, request_xcomp_perm, std_range, tilecfg_image, x87_image,
+    Area, CANARIES, LOADED, Rng, XTILEDATA, get_u32, get_u64, load_then_tgkill, load_then_ud2,
+    loud, pattern, pkru_keeping_key0, put_u32, put_u64, request_xcomp_perm, std_range,
+    tilecfg_image, x87_image,
 };
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
@@ -83,13 +84,6 @@ use xstate::uabi::{self, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET};
 const XSTATE_BV: usize = XSTATE_BV_OFFSET;
 const MXCSR: usize = MXCSR_OFFSET;
 const MXCSR_MASK: usize = MXCSR_MASK_OFFSET;
-/// The components this test loads with patterns of its own.
-const KNOWN: XFeatures = XFeatures::X87
-    .union(XFeatures::SSE)
-    .union(XFeatures::AVX)
-    .union(XFeatures::AVX512)
-    .union(XFeatures::PKRU)
-    .union(XFeatures::XTILE);
 
 // ---------------------------------------------------------------------------
 // Buffers the signal handler writes: statics, no allocation in the handler.
@@ -216,79 +210,6 @@ impl Drop for Installed {
         unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
     }
 }
-
-macro_rules! load_then_raise {
-    ($(#[$doc:meta])* $name:ident($($arg:ident),*), [$($raise:literal),+], $($operands:tt)*) => {
-        $(#[$doc])*
-        ///
-        /// One `asm!` block: XSAVE of the harness state (mask `full`) into
-        /// `harness`, XRSTOR of `image`, the kernel entry (the kernel writes the
-        /// signal frame from these registers, and sigreturn loads whatever the
-        /// handler left there), XSAVE into `after` (the registers sigreturn
-        /// loaded), XRSTOR of `harness`. No compiler code runs between the load
-        /// and the kernel entry, nor between the return and the XSAVE.
-        ///
-        /// # Safety
-        /// OSXSAVE is set; `full` is within XCR0; `harness`, `image` and `after`
-        /// are 64-byte aligned, standard-size for `full`; `image` is well formed
-        /// (XCOMP_BV and header bytes 16..63 zero, XSTATE_BV within `full`, MXCSR
-        /// valid) and `harness`'s header is zero; `on_signal` is installed and armed.
-        #[inline(never)]
-        unsafe fn $name(harness: *mut u8, image: *const u8, after: *mut u8, full: u64 $(, $arg: u64)*) {
-            // SAFETY: the caller guarantees what XSAVE/XRSTOR need. The block
-            // writes memory (`harness`, `after`, and the handler writes statics),
-            // so no `nomem`; the kernel runs the handler on the alternate stack,
-            // so the block's own stack is not used; `shr` changes flags. EAX/EDX
-            // are declared outputs (so no input lands in them), and every vector,
-            // mask and x87 register is declared clobbered although the last
-            // XRSTOR restores them.
-            unsafe {
-                asm!(
-                    "mov eax, {full:e}",
-                    "mov rdx, {full}",
-                    "shr rdx, 32",
-                    "xsave64 [{harness}]",
-                    "xrstor64 [{image}]",
-                    $($raise,)+
-                    "mov eax, {full:e}",
-                    "mov rdx, {full}",
-                    "shr rdx, 32",
-                    "xsave64 [{after}]",
-                    "xrstor64 [{harness}]",
-                    harness = in(reg) harness,
-                    image = in(reg) image,
-                    after = in(reg) after,
-                    full = in(reg) full,
-                    $($operands)*
-                    out("rax") _,
-                    out("rdx") _,
-                    clobber_abi("C"),
-                    options(nostack),
-                );
-            }
-        }
-    };
-}
-
-load_then_raise!(
-    /// `ud2`: #UD, SIGILL, the frame written on the way out of an exception
-    /// (the handler steps RIP over the two-byte `ud2`).
-    load_then_ud2(),
-    ["ud2"],
-);
-load_then_raise!(
-    /// `tgkill(pid, tid, SIGUSR1)`: the frame written on the way back from a
-    /// system call. `pid`/`tid` must be this process and thread; the system call
-    /// clobbers RAX (declared), RCX and R11 (declared below).
-    load_then_tgkill(pid, tid),
-    ["mov eax, {nr}", "mov edx, {sig}", "syscall"],
-    nr = const libc::SYS_tgkill,
-    sig = const libc::SIGUSR1,
-    in("rdi") pid,
-    in("rsi") tid,
-    out("rcx") _,
-    out("r11") _,
-);
 
 /// How the kernel is made to write a signal frame.
 #[derive(Clone, Copy, Debug)]
@@ -459,7 +380,9 @@ fn kernel_frame(
         // SAFETY: see above; `after` is aligned and standard-size too.
         Raise::Ud2 => unsafe { load_then_ud2(h, i, a, full.bits()) },
         // SAFETY: see above; pid and tid are ours.
-        Raise::Tgkill => unsafe { load_then_tgkill(h, i, a, full.bits(), pid, tid) },
+        Raise::Tgkill => unsafe {
+            load_then_tgkill(h, i, a, full.bits(), pid, tid, libc::SIGUSR1 as u64)
+        },
     }
     assert_eq!(
         HITS.load(Ordering::SeqCst),
@@ -583,13 +506,13 @@ fn live(test: &str) -> Option<Live> {
     cfg.mxcsr_mask = read_mxcsr_mask();
     let full = xcr0 & cfg.user.default_features;
     let all = xcr0 & cfg.user.max_features;
-    let unknown = all - KNOWN;
+    let unknown = all - LOADED;
     if !unknown.is_empty() {
         loud!(
             "SKIP {test}: XCR0 components {:#x} are not loaded with patterns (this test knows {:#x}); \
              left in init state, their bytes left out of every comparison: {:?}",
             unknown.bits(),
-            KNOWN.bits(),
+            LOADED.bits(),
             unknown
                 .indices()
                 .map(|i| std_range(&e, i))
@@ -668,7 +591,7 @@ fn sigframe_matches_kernel() {
             // here on, whatever the registers hold.
             let p = Pattern {
                 name: "first-use",
-                xstate_bv: phase.features & KNOWN,
+                xstate_bv: phase.features & LOADED,
                 mxcsr: MXCSR_DEFAULT,
                 zero: false,
                 seed: 99,
@@ -680,7 +603,7 @@ fn sigframe_matches_kernel() {
             // SAFETY: `harness` was written by `xsave_then_xrstor` with `l.all`.
             unsafe { xrstor_only(hp, l.all.bits()) };
         }
-        let known = phase.features & KNOWN;
+        let known = phase.features & LOADED;
         let patterns = [
             (XFeatures::empty(), MXCSR_DEFAULT, false, "init"),
             (XFeatures::X87, MXCSR_DEFAULT, false, "x87"),
@@ -803,7 +726,7 @@ fn run_pattern(
 
     // The registers the kernel saw are the pattern: the image is the oracle.
     let kbv = XFeatures::from_bits_retain(get_u64(kernel, XSTATE_BV));
-    for i in (p.xstate_bv & KNOWN).indices() {
+    for i in (p.xstate_bv & LOADED).indices() {
         let r = std_range(e, i);
         if unwritten.iter().any(|j| r.contains(j)) {
             // An init AMX component (all-zero TILECFG is palette 0): checked
@@ -925,10 +848,10 @@ fn fresh_like(e: &Enumeration, cfg: &Configs, like: &Fpstate<BoxedArea>) -> Fpst
     fp.grow_boxed(e, cfg, &perms, first).expect("grow")
 }
 
-/// Bytes of components this test does not load (beyond [`KNOWN`]): left out,
+/// Bytes of components this test does not load (beyond [`LOADED`]): left out,
 /// named by the SKIP line of [`live`].
 fn unknown_byte(e: &Enumeration, all: XFeatures, j: usize) -> bool {
-    (all - KNOWN)
+    (all - LOADED)
         .indices()
         .any(|i| std_range(e, i).contains(&j))
 }
@@ -1086,7 +1009,7 @@ fn sigreturn_matches_import() {
         return;
     };
     let (e, cfg, full, size) = (&l.e, &l.cfg, l.full, l.size);
-    let all = KNOWN & full;
+    let all = LOADED & full;
     let frame_pattern = Pattern {
         name: "frame",
         xstate_bv: all,

@@ -6,6 +6,8 @@
 // Each test crate uses its own part of this module.
 #![allow(dead_code)]
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::asm;
 use std::fs;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -290,6 +292,7 @@ pub const XTILEDATA: u32 = 18;
 /// Ask Linux for permission to use (or, `guest`, to give KVM guests) the
 /// dynamic component `index`. `Err(errno)` when refused (EOPNOTSUPP, EINVAL:
 /// not supported here; EBUSY: the guest set is locked already).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub fn request_xcomp_perm(index: u32, guest: bool) -> Result<(), i32> {
     let code = if guest {
         ARCH_REQ_XCOMP_GUEST_PERM
@@ -313,6 +316,16 @@ pub fn std_range(e: &Enumeration, i: u32) -> Range<usize> {
     c.std_offset as usize..(c.std_offset + c.size) as usize
 }
 
+/// The user components the live differentials (`sigframe`, `ptrace`) load
+/// with values of their own; any other XCR0 component stays in its init state
+/// and those tests say so.
+pub const LOADED: XFeatures = XFeatures::X87
+    .union(XFeatures::SSE)
+    .union(XFeatures::AVX)
+    .union(XFeatures::AVX512)
+    .union(XFeatures::PKRU)
+    .union(XFeatures::XTILE);
+
 /// A random PKRU that keeps protection key 0 (every mapping's default key)
 /// readable and writable, so the code touching the stack and heap never takes
 /// SEGV_PKUERR; the other keys get random AD/WD bits.
@@ -331,3 +344,143 @@ pub fn tilecfg_image(tiles: usize) -> [u8; 64] {
     }
     c
 }
+
+/// Apply one to three random mutations of the kinds Linux's user-ABI checks
+/// look at (XSTATE_BV, XCOMP_BV, reserved header, MXCSR and its mask) to a
+/// standard-form buffer of at least 576 bytes.
+pub fn mutate_header(rng: &mut Rng, b: &mut [u8]) {
+    for _ in 0..=rng.below(3) {
+        match rng.below(10) {
+            // A bit of XSTATE_BV, mostly among the known components.
+            0 => {
+                let bit = if rng.below(4) == 0 {
+                    rng.below(64)
+                } else {
+                    rng.below(20)
+                };
+                b[XSTATE_BV + (bit / 8) as usize] ^= 1 << (bit % 8);
+            }
+            // Supervisor, unsupported or dynamic components, or bit 63.
+            1 => {
+                const BITS: [u64; 15] = [3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 63];
+                let bit = BITS[rng.below(BITS.len() as u64) as usize];
+                put_u64(b, XSTATE_BV, get_u64(b, XSTATE_BV) | 1 << bit);
+            }
+            // XCOMP_BV: any bit, bit 63 (compacted) most often.
+            2 => {
+                let bit = if rng.below(2) == 0 { 63 } else { rng.below(64) };
+                b[XCOMP_BV + (bit / 8) as usize] ^= 1 << (bit % 8);
+            }
+            // Header reserved bytes 16..64.
+            3 => {
+                let bit = rng.below(48 * 8) as usize;
+                b[528 + bit / 8] ^= 1 << (bit % 8);
+            }
+            // MXCSR: one bit, or a random value.
+            4 => {
+                let v = if rng.below(2) == 0 {
+                    get_u32(b, MXCSR) ^ 1 << rng.below(32)
+                } else {
+                    rng.next() as u32
+                };
+                put_u32(b, MXCSR, v);
+            }
+            // MXCSR dead: no x87, SSE or AVX (the MXCSR users) in XSTATE_BV.
+            5 => put_u64(b, XSTATE_BV, get_u64(b, XSTATE_BV) & !0b111),
+            // MXCSR_MASK, which Linux stores but never checks.
+            6 => put_u32(b, MXCSR_MASK, rng.next() as u32),
+            // Any bit in the header.
+            7 => {
+                let bit = rng.below(64 * 8) as usize;
+                b[XSTATE_BV + bit / 8] ^= 1 << (bit % 8);
+            }
+            // Any bit anywhere.
+            _ => {
+                let bit = rng.below(b.len() as u64 * 8) as usize;
+                b[bit / 8] ^= 1 << (bit % 8);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Load a register image and enter the kernel with nothing in between
+// (`sigframe`, `ptrace`).
+
+macro_rules! load_then_raise {
+    ($(#[$doc:meta])* $name:ident($($arg:ident),*), [$($raise:literal),+], $($operands:tt)*) => {
+        $(#[$doc])*
+        ///
+        /// One `asm!` block: XSAVE of the harness state (mask `full`) into
+        /// `harness`, XRSTOR of `image`, the kernel entry (the kernel writes the
+        /// signal frame or shows a tracer these registers, and sigreturn or
+        /// the tracer may replace them), XSAVE into `after` (the registers the
+        /// task came back with), XRSTOR of `harness`. No compiler code runs between the load
+        /// and the kernel entry, nor between the return and the XSAVE.
+        ///
+        /// # Safety
+        /// OSXSAVE is set; `full` is within XCR0; `harness`, `image` and `after`
+        /// are 64-byte aligned, standard-size for `full`; `image` is well formed
+        /// (XCOMP_BV and header bytes 16..63 zero, XSTATE_BV within `full`, MXCSR
+        /// valid) and `harness`'s header is zero; a handler for the signal (if
+        /// any) touches only memory the caller allows.
+        #[inline(never)]
+        pub unsafe fn $name(harness: *mut u8, image: *const u8, after: *mut u8, full: u64 $(, $arg: u64)*) {
+            // SAFETY: the caller guarantees what XSAVE/XRSTOR need. The block
+            // writes memory (`harness`, `after`, and the handler writes statics),
+            // so no `nomem`; the kernel runs the handler on the alternate stack,
+            // so the block's own stack is not used; `shr` changes flags. EAX/EDX
+            // are declared outputs (so no input lands in them), and every vector,
+            // mask and x87 register is declared clobbered although the last
+            // XRSTOR restores them.
+            unsafe {
+                asm!(
+                    "mov eax, {full:e}",
+                    "mov rdx, {full}",
+                    "shr rdx, 32",
+                    "xsave64 [{harness}]",
+                    "xrstor64 [{image}]",
+                    $($raise,)+
+                    "mov eax, {full:e}",
+                    "mov rdx, {full}",
+                    "shr rdx, 32",
+                    "xsave64 [{after}]",
+                    "xrstor64 [{harness}]",
+                    harness = in(reg) harness,
+                    image = in(reg) image,
+                    after = in(reg) after,
+                    full = in(reg) full,
+                    $($operands)*
+                    out("rax") _,
+                    out("rdx") _,
+                    clobber_abi("C"),
+                    options(nostack),
+                );
+            }
+        }
+    };
+}
+
+load_then_raise!(
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    /// `ud2`: #UD, SIGILL, the frame written on the way out of an exception
+    /// (the handler steps RIP over the two-byte `ud2`).
+    load_then_ud2(),
+    ["ud2"],
+);
+load_then_raise!(
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    /// `tgkill(pid, tid, sig)`: a signal raised from a system call, with
+    /// nothing between the load and the kernel entry (a signal frame written
+    /// on the way back, or a stop a tracer inspects). `pid`/`tid` must be this
+    /// process and thread; the system call clobbers RAX (declared), RCX and R11
+    /// (declared below).
+    load_then_tgkill(pid, tid, sig),
+    ["mov eax, {nr}", "mov edx, {sig:e}", "syscall"],
+    nr = const libc::SYS_tgkill,
+    sig = in(reg) sig,
+    in("rdi") pid,
+    in("rsi") tid,
+    out("rcx") _,
+    out("r11") _,
+);
