@@ -438,7 +438,12 @@ fn raw_std_size(mask: XFeatures) -> usize {
 /// A standard-form area with XSTATE_BV = `bv`: valid x87 control words (FCW
 /// `fcw`, all eight registers tagged valid, FOP/FIP/FDP zero because AMD saves them
 /// only with an exception pending), MXCSR `mxcsr`, random registers, random bytes
-/// in each extended component at its raw CPUID offset, zero elsewhere.
+/// in each extended component at its raw CPUID offset, zero elsewhere, except
+/// where the architecture gives bytes a meaning: PKRU is a 4-byte register
+/// (random, but protection key 0 stays readable and writable) followed by
+/// reserved bytes Linux exports as zero, and TILECFG is a loadable
+/// configuration (palette 1, eight tiles of 16 rows of 64 bytes: colsb at byte
+/// 16 + 2t, rows at 48 + t), so every TILEDATA byte is register state.
 fn pattern(bv: XFeatures, size: usize, seed: u64, fcw: u16, mxcsr: u32) -> Vec<u8> {
     let mut rng = Rng(seed | 1);
     let mut b = vec![0u8; size];
@@ -453,7 +458,20 @@ fn pattern(bv: XFeatures, size: usize, seed: u64, fcw: u16, mxcsr: u32) -> Vec<u
     b[512..520].copy_from_slice(&bv.bits().to_le_bytes());
     for i in bv.indices().filter(|&i| i >= 2) {
         let (o, s) = raw_component(i);
-        rng.fill(&mut b[o..o + s]);
+        match i {
+            9 => {
+                rng.fill(&mut b[o..o + 4]);
+                b[o] &= !0b11; // key 0: access and write allowed
+            }
+            17 => {
+                b[o] = 1;
+                for t in 0..8 {
+                    b[o + 16 + 2 * t..o + 18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+                    b[o + 48 + t] = 16;
+                }
+            }
+            _ => rng.fill(&mut b[o..o + s]),
+        }
     }
     b
 }
@@ -801,10 +819,8 @@ pub fn run() -> Result<Outcome, String> {
             );
             host.flags = XsaveFlags::from_bits_truncate(kept) & XsaveFlags::of(&host.e);
         }
-        match vm.check_extension_int(Cap::Xsave2) {
-            n if n > 0 => n as usize,
-            _ => 4096,
-        }
+        // KVM's uabi size: max(4096, KVM_CAP_XSAVE2).
+        (vm.check_extension_int(Cap::Xsave2).max(0) as usize).max(4096)
     };
     let mut g = host.guest_xsave()?;
     let (e, cfg) = (&host.e, &host.cfg);
@@ -962,13 +978,37 @@ pub fn run() -> Result<Outcome, String> {
         ),
     );
 
-    // --- Into a guest fpstate ---
+    // --- Into a guest fpstate, grown for the dynamic components the guest's
+    // CPUID enables, as KVM grows its own on KVM_SET_CPUID2 ---
     let mut fp =
         Fpstate::new_boxed(e, cfg, Owner::Guest).map_err(|err| format!("fpstate: {err}"))?;
-    let imported = uabi::import(e, cfg, &mut fp, &got1[..size])
-        .map_err(|err| format!("uabi::import refused KVM's buffer: {err}"))?;
+    if let Some(i) = (xcr0 & cfg.policy.dynamic).indices().next() {
+        fp = fp
+            .grow_boxed(e, cfg, &perms, i)
+            .map_err(|err| format!("growing the guest fpstate for component {i}: {err}"))?;
+    }
+    // The masks KVM applies: KVM_SET_XSAVE refuses XSTATE_BV bits outside what
+    // KVM supports for guests; KVM_GET_XSAVE2 keeps what the guest's CPUID
+    // allows plus x87 and SSE. The crate is told the same.
+    let abi = uabi::UserAbi::Kvm {
+        supported: kvm_xcr0,
+        uabi_size: kvm_size,
+    };
+    let export_mask = xcr0 | XFeatures::X87 | XFeatures::SSE;
+    println!(
+        "masks: KVM supports {:#x} (KVM_GET_SUPPORTED_CPUID 0xD), guest CPUID allows {:#x}, \
+         guest fpstate user features {:#x}; import_abi(Kvm) takes XSTATE_BV within {:#x}, \
+         export keeps {:#x}; KVM uabi size {kvm_size}",
+        kvm_xcr0.bits(),
+        xcr0.bits(),
+        fp.info().user_features.bits(),
+        (kvm_xcr0 & fp.info().user_features).bits(),
+        export_mask.bits()
+    );
+    let imported = uabi::import_abi(e, cfg, &mut fp, &got1, abi)
+        .map_err(|err| format!("uabi::import_abi refused KVM's buffer: {err}"))?;
     checks.check(
-        "uabi::import takes KVM_GET_XSAVE2's buffer",
+        "uabi::import_abi(Kvm) takes KVM_GET_XSAVE2's buffer",
         imported == bv,
         format!("XSTATE_BV {:#x}", imported.bits()),
     );
@@ -1027,53 +1067,35 @@ pub fn run() -> Result<Outcome, String> {
 
     // --- Export and round trip through KVM ---
     let mut exported = vec![0u8; kvm_size];
-    let n = uabi::export(e, cfg, &fp, xcr0, &mut exported)
+    let n = uabi::export(e, cfg, &fp, export_mask, &mut exported)
         .map_err(|err| format!("uabi::export: {err}"))?;
-    // One field is not register state and may differ: MXCSR_MASK (bytes 28..32:
-    // the crate writes the configured CPU mask, KVM returns whatever its buffer
-    // holds). It is reported; every other byte must match, the software-reserved
-    // USER_XSTATE_XCR0_WORD at 464 included.
-    const MXCSR_MASK: std::ops::Range<usize> = 28..32;
-    let differ: Vec<usize> = (0..kvm_size)
-        .filter(|&k| exported[k] != got1[k])
-        .filter(|k| !MXCSR_MASK.contains(k))
-        .collect();
+    // Every byte of KVM's buffer: MXCSR_MASK (the one KVM's buffer held comes
+    // back, as Linux's export returns it), PKRU's reserved bytes (zero), the
+    // software-reserved USER_XSTATE_XCR0_WORD at 464, the zeros past the size.
+    let differ: Vec<usize> = (0..kvm_size).filter(|&k| exported[k] != got1[k]).collect();
     checks.check(
-        "export(import(KVM_GET_XSAVE2)) = KVM's buffer byte for byte (MXCSR_MASK aside)",
+        "export(import_abi(KVM_GET_XSAVE2)) = KVM's buffer, every byte",
         n == size && differ.is_empty(),
         format!(
-            "{n} bytes written, {} other bytes differ {:x?}",
+            "{n} bytes written, {} of {kvm_size} bytes differ {:x?}",
             differ.len(),
             &differ[..differ.len().min(16)]
         ),
     );
-    let mask = |b: &[u8]| u32::from_le_bytes(b[MXCSR_MASK].try_into().unwrap());
-    if exported[MXCSR_MASK] != got1[MXCSR_MASK] {
-        eprintln!(
-            "NOTE kvm-guest-fpu: MXCSR_MASK differs: export writes {:#x} (Configs::mxcsr_mask), KVM returned {:#x}",
-            mask(&exported),
-            mask(&got1)
-        );
-    }
     set_xsave(vcpu, &exported, kvm_size)?;
     let got2 = get_xsave(vcpu, kvm_size)?;
-    let differ = (0..kvm_size)
-        .filter(|&k| got1[k] != got2[k] && !MXCSR_MASK.contains(&k))
-        .count();
+    let differ = (0..kvm_size).filter(|&k| got1[k] != got2[k]).count();
     checks.check(
-        "KVM_SET_XSAVE(export) then KVM_GET_XSAVE2 gives KVM's first buffer back (MXCSR_MASK aside)",
+        "KVM_SET_XSAVE(export) then KVM_GET_XSAVE2 gives KVM's first buffer back, every byte",
         differ == 0,
-        format!(
-            "{differ} of {kvm_size} bytes differ; MXCSR_MASK {:#x} -> {:#x}",
-            mask(&got1),
-            mask(&got2)
-        ),
+        format!("{differ} of {kvm_size} bytes differ"),
     );
 
     // --- Phase 2: new state (P3) through import/export into the guest's registers ---
     uabi::import(e, cfg, &mut fp, &p3).map_err(|err| format!("uabi::import(P3): {err}"))?;
     let mut e3 = vec![0u8; kvm_size];
-    uabi::export(e, cfg, &fp, xcr0, &mut e3).map_err(|err| format!("uabi::export(P3): {err}"))?;
+    uabi::export(e, cfg, &fp, export_mask, &mut e3)
+        .map_err(|err| format!("uabi::export(P3): {err}"))?;
     set_xsave(vcpu, &e3, kvm_size)?;
     match run_until_stop(vcpu)? {
         Stop::Halt => {}
