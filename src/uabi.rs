@@ -488,6 +488,11 @@ pub enum UserAbi {
     /// component), with EINVAL ([`UabiError::FeaturesNotPermitted`]), whatever
     /// the guest fpstate could hold. On the way out KVM filters by what the
     /// guest's CPUID allows plus x87 and SSE: pass that as [`export`]'s mask.
+    ///
+    /// One KVM rule is not modelled: a buffer whose XSTATE_BV lacks PKRU
+    /// leaves the vCPU's PKRU as it was (KVM keeps PKRU outside the XSAVE
+    /// buffer), while the fpstate here then holds PKRU in its init state. A
+    /// VMM on a CPU with PKRU that imports such buffers keeps PKRU itself.
     Kvm {
         /// What KVM supports for guests.
         supported: XFeatures,

@@ -297,3 +297,94 @@ fn area_offsets_are_the_sdm_ones() {
     assert_eq!(XSTATE_BV_OFFSET, XSTATE_BV);
     assert_eq!(XCOMP_BV_OFFSET, XCOMP_BV);
 }
+
+/// `import_abi`'s own refusals: ptrace's 8-byte units (EINVAL) and whole user
+/// size (EFAULT, even for a buffer holding every component its XSTATE_BV
+/// names), KVM's uabi size (EFAULT) and what KVM supports for guests (EINVAL,
+/// for bits the fpstate itself could take); the fpstate unchanged after each.
+/// Longer buffers are read up to the ABI's size.
+#[test]
+fn import_abi_refusals() {
+    let s = setup();
+    let user_size = s.cfg.user.max_size as usize;
+    let mut valid = vec![0u8; user_size + 64];
+    put_u32(&mut valid, MXCSR, 0x1f80);
+    put_u32(&mut valid, MXCSR_MASK, s.cfg.mxcsr_mask);
+    put_u64(&mut valid, XSTATE_BV, 0b111);
+    let kvm = |supported: u64| uabi::UserAbi::Kvm {
+        supported: XFeatures::from_bits_retain(supported),
+        uabi_size: 4096,
+    };
+    let ptrace = uabi::UserAbi::Ptrace;
+    let cases: [(&str, &[u8], uabi::UserAbi, Option<UabiError>); 8] = [
+        (
+            "ptrace, not 8-byte units",
+            &valid[..user_size - 3],
+            ptrace,
+            Some(UabiError::UnalignedLength {
+                got: user_size - 3,
+                unit: 8,
+            }),
+        ),
+        (
+            "ptrace, short but holding XSTATE_BV's components",
+            &valid[..1024],
+            ptrace,
+            Some(UabiError::BufferTooSmall {
+                needed: user_size,
+                got: 1024,
+            }),
+        ),
+        (
+            "ptrace, empty",
+            &valid[..0],
+            ptrace,
+            Some(UabiError::BufferTooSmall {
+                needed: user_size,
+                got: 0,
+            }),
+        ),
+        ("ptrace, exact", &valid[..user_size], ptrace, None),
+        ("ptrace, longer", &valid[..user_size + 64], ptrace, None),
+        (
+            "kvm, short",
+            &valid[..4000],
+            kvm(0xe7),
+            Some(UabiError::BufferTooSmall {
+                needed: 4096,
+                got: 4000,
+            }),
+        ),
+        (
+            "kvm, AVX not supported for guests",
+            &valid[..4096],
+            kvm(0b11),
+            Some(UabiError::FeaturesNotPermitted { mask: 0b100 }),
+        ),
+        (
+            "kvm, within what KVM supports",
+            &valid[..4096],
+            kvm(0xe7),
+            None,
+        ),
+    ];
+    for (name, buf, abi, want) in cases {
+        let mut fp = primed(&s);
+        let before = fp.area().to_vec();
+        let got = uabi::import_abi(&s.e, &s.cfg, &mut fp, buf, abi);
+        match want {
+            Some(want) => {
+                assert_eq!(got, Err(want), "{name}");
+                assert_eq!(fp.area(), &before[..], "{name}: fpstate changed");
+                let errno = if matches!(want, UabiError::BufferTooSmall { .. }) {
+                    14
+                } else {
+                    22
+                };
+                assert_eq!(want.errno(), errno, "{name}: errno");
+                assert!(!want.to_string().is_empty());
+            }
+            None => assert_eq!(got, Ok(XFeatures::from_bits_retain(0b111)), "{name}"),
+        }
+    }
+}
