@@ -3,9 +3,10 @@
 //! preempted by a timer whose fpstates the crate switches, and no register value
 //! of one task ever seen by another.
 //!
-//! Three boots: `-cpu max` (XSAVEOPT, XGETBV1, AVX, MPX, PKU), `-cpu Haswell-v4`
-//! (no XGETBV1, no MPX, no PKU: other choices), and `-cpu max` with restores
-//! sabotaged, which the checks must catch. Without `qemu-system-x86_64` each test
+//! Four boots: `-cpu max` (XSAVEOPT, XGETBV1, AVX, MPX, PKU), `-cpu Haswell-v4`
+//! (no XGETBV1, no MPX, no PKU: other choices), `-cpu max` with lazy restore
+//! (CR0.TS and #NM), and `-cpu max` with restores sabotaged, which the checks
+//! must catch. Without `qemu-system-x86_64` each test
 //! prints a SKIP line naming what is missing.
 
 mod testkit;
@@ -295,6 +296,31 @@ fn requires_qemu_kernel_makes_other_choices_on_haswell() {
     assert_eq!(h.xcr0 & !m.xcr0, 0, "Haswell's XCR0 within max's");
     let size = |b: &Boot| b.field("fpstate: ", " contexts of ").map(str::to_string);
     assert_ne!(size(&h), size(m), "fpstate sizes differ");
+}
+
+#[test]
+fn requires_qemu_kernel_restores_lazily_in_nm() {
+    // Switches set CR0.TS; the first FPU-class instruction after one raises #NM,
+    // whose handler saves the registers' owner and restores the running task.
+    let Some(b) = boot("kernel_boot lazy", "max", "lazy") else {
+        return;
+    };
+    assert_clean("lazy", &b);
+    let line = b
+        .out
+        .lines()
+        .find(|l| l.starts_with("lazy: ") && l.contains(" restores in #NM"))
+        .expect("a lazy summary line");
+    let restores: u64 = line["lazy: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a restore count");
+    assert!(
+        restores > 0 && restores <= b.switches,
+        "{restores} #NM restores for {} switches",
+        b.switches
+    );
 }
 
 #[test]

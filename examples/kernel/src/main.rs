@@ -264,6 +264,10 @@ extern "C" fn kmain() -> ! {
         sched::SABOTAGE.store(true, Relaxed);
         kprintln!("sabotage: switches save but skip the restore (negative control)");
     }
+    if cmdline.split(|&b| b == b' ').any(|w| w == b"lazy") {
+        sched::LAZY.store(true, Relaxed);
+        kprintln!("lazy: switches set CR0.TS; #NM saves the owner and restores");
+    }
 
     hw::pit_init(PIT_DIVISOR);
     hw::pic_timer(true);
@@ -327,6 +331,14 @@ fn report(cfg: &Configs) -> ! {
             kprintln!("unit: {name} {} times", s.unit.counts[i]);
         }
     }
+    if sched::LAZY.load(Relaxed) {
+        kprintln!(
+            "lazy: {} restores in #NM for {} switches",
+            s.lazy_restores,
+            s.switches
+        );
+        ok &= s.lazy_restores > 0;
+    }
     let xcr0 = read_xcr0().unwrap_or(XFeatures::empty());
     ok &= bleeds == 0 && xcr0 == cfg.xcr0 && s.switches >= SWITCHES;
     kprintln!(
@@ -346,6 +358,8 @@ extern "C" fn dispatch(frame: &mut Frame) {
             hw::pic_eoi();
             sched::tick(frame);
         }
+        // #NM: CR0.TS after a lazy switch (the stub already ran CLTS).
+        7 => sched::device_not_available(),
         // The master PIC's spurious IRQ 7: no EOI.
         39 => {}
         13 if rules::handle_gp(frame) => {}

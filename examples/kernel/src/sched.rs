@@ -130,6 +130,11 @@ pub struct Sched {
     fp: [Fpstate<&'static mut [u8]>; CONTEXTS],
     ctx: [Frame; CONTEXTS],
     current: usize,
+    /// The context whose registers the CPU holds (differs from `current` between
+    /// a lazy switch and its #NM).
+    owner: usize,
+    /// Lazy restores done in #NM.
+    pub lazy_restores: u64,
     target: u64,
     /// Switches done.
     pub switches: u64,
@@ -140,6 +145,11 @@ pub struct Sched {
 /// Switches skip the restore (command line `sabotage`): a negative control that
 /// must make the tasks see each other's values.
 pub static SABOTAGE: AtomicBool = AtomicBool::new(false);
+
+/// Lazy restore (command line `lazy`): a switch sets CR0.TS instead of swapping,
+/// and the first FPU-class instruction after it (#NM) saves the registers'
+/// owner and restores the running context's fpstate.
+pub static LAZY: AtomicBool = AtomicBool::new(false);
 
 /// Set by the tick that hands the CPU back to the boot context.
 pub static DONE: AtomicBool = AtomicBool::new(false);
@@ -194,6 +204,8 @@ pub unsafe fn init(
         fp,
         ctx,
         current: BOOT,
+        owner: BOOT,
+        lazy_restores: 0,
         target,
         switches: 0,
         running: true,
@@ -235,6 +247,14 @@ pub fn tick(frame: &mut Frame) {
         (cur + 1) % TASKS
     };
     s.ctx[cur] = *frame;
+    if LAZY.load(Relaxed) {
+        // Leave the registers to their owner until the next context touches
+        // them: CR0.TS makes that first touch raise #NM.
+        crate::hw::set_ts();
+        *frame = s.ctx[next];
+        finish(s, next);
+        return;
+    }
     let (out, inc) = pair(&mut s.fp, cur, next);
     // Mode::User: the crate's name for XSAVE(OPT/C) + XRSTOR, what a kernel on a
     // CPU without XSAVES uses in ring 0 too.
@@ -250,6 +270,11 @@ pub fn tick(frame: &mut Frame) {
         crate::hw::exit(crate::hw::EXIT_FAILURE);
     }
     *frame = s.ctx[next];
+    s.owner = next;
+    finish(s, next);
+}
+
+fn finish(s: &mut Sched, next: usize) {
     s.current = next;
     s.switches += 1;
     SLICES[next].fetch_add(1, Relaxed);
@@ -258,6 +283,36 @@ pub fn tick(frame: &mut Frame) {
         crate::hw::pic_timer(false);
         DONE.store(true, Relaxed);
     }
+}
+
+/// #NM after a lazy switch (the stub cleared CR0.TS): save the registers into
+/// their owner's fpstate and restore the running context's.
+pub fn device_not_available() {
+    // SAFETY: #NM runs with interrupts off (interrupt gate); the timer handler
+    // that last held SCHED has returned (a lazy switch's #NM comes from the
+    // stub's exit path or later), and the boot code touches SCHED only while
+    // the timer is masked and CR0.TS is clear.
+    let Some(s) = (unsafe { SCHED.get() }).as_mut() else {
+        return;
+    };
+    let (owner, cur) = (s.owner, s.current);
+    if owner == cur {
+        // The owner was switched back in before touching the FPU: its
+        // registers are still in place.
+        return;
+    }
+    let (out, inc) = pair(&mut s.fp, owner, cur);
+    let done = if SABOTAGE.load(Relaxed) {
+        out.save(&mut s.unit, &s.cfg, Mode::User)
+    } else {
+        swap(&mut s.unit, &s.cfg, Mode::User, out, inc)
+    };
+    if let Err(err) = done {
+        crate::kprintln!("kernel: FAIL the crate refused a lazy restore {owner} -> {cur}: {err}");
+        crate::hw::exit(crate::hw::EXIT_FAILURE);
+    }
+    s.owner = cur;
+    s.lazy_restores += 1;
 }
 
 impl Sched {
