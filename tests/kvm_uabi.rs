@@ -21,13 +21,16 @@
 //!
 //! The tests:
 //! - (a) byte-exact round trips of random valid register states;
-//! - (b) accept/reject verdicts on mutated buffers, state untouched on reject,
+//! - (b) accept/reject verdicts and errnos on mutated buffers, some shorter
+//!   than KVM's size (placed before an inaccessible page, so KVM's read of its
+//!   whole size faults: EFAULT) and some longer, state untouched on reject,
 //!   KVM's state equal to our export after every ioctl;
 //! - (c) every accepted buffer restored with a real XRSTOR in a forked child;
 //! - (d) export into canary-filled buffers writes exactly what it must (no KVM).
 //!
 //! Without `/dev/kvm`, (a)-(c) print `SKIP kvm_uabi: /dev/kvm: <err>` on stderr.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Xsave, kvm_xcrs};
@@ -113,6 +116,48 @@ impl Ours {
     }
 }
 
+/// `_IOW(KVMIO, 0xa5, struct kvm_xsave)` (Linux's `include/uapi/linux/kvm.h`).
+const KVM_SET_XSAVE: libc::c_ulong = 0x5000_aea5;
+
+/// Readable, writable bytes followed by an inaccessible page: where
+/// [`Vcpu::set`] puts the buffers it hands KVM.
+struct Guarded {
+    base: *mut u8,
+    room: usize,
+    len: usize,
+}
+
+impl Guarded {
+    fn new(room: usize) -> Self {
+        let room = room.next_multiple_of(4096);
+        let len = room + 4096;
+        // SAFETY: an anonymous private mapping; the arguments are valid.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap");
+        let base = p.cast::<u8>();
+        // SAFETY: the last page of the mapping just made.
+        let r = unsafe { libc::mprotect(base.add(room).cast(), 4096, libc::PROT_NONE) };
+        assert_eq!(r, 0, "mprotect");
+        Self { base, room, len }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
 /// A vCPU whose CPUID is KVM's supported table, leaf 0xD narrowed to what the
 /// guest may enable, and whose XCR0 is all of that.
 struct Vcpu {
@@ -120,6 +165,7 @@ struct Vcpu {
     _vm: VmFd,
     vcpu: VcpuFd,
     xs: Xsave,
+    guarded: Guarded,
     /// `max(4096, KVM_CAP_XSAVE2)`: bytes KVM reads and writes.
     size: usize,
     /// What KVM supports for guests (leaf 0xD of KVM_GET_SUPPORTED_CPUID).
@@ -195,31 +241,33 @@ impl Vcpu {
             _vm: vm,
             vcpu,
             xs,
+            guarded: Guarded::new(size + 4096),
             size,
             supported,
             guest_xcr0,
         })
     }
 
-    /// KVM_SET_XSAVE with `buf` (`self.size` bytes); the errno on refusal.
+    /// KVM_SET_XSAVE with `buf` of any length up to a page more than
+    /// `self.size`, placed so that it ends where an inaccessible page starts:
+    /// KVM always reads `self.size` bytes, so a shorter buffer makes it fault
+    /// (EFAULT) as a VMM's short buffer would. The errno on refusal.
     fn set(&mut self, buf: &[u8]) -> Result<(), i32> {
-        assert_eq!(buf.len(), self.size);
-        // SAFETY: only the region and the tail slice are written; `len` is untouched.
-        let x = unsafe { self.xs.as_mut_fam_struct() };
-        for (w, c) in x.xsave.region.iter_mut().zip(buf.chunks_exact(4)) {
-            *w = u32::from_le_bytes(c.try_into().unwrap());
+        let g = &mut self.guarded;
+        assert!(buf.len() <= g.room, "buffer of {} bytes", buf.len());
+        let at = g.room - buf.len();
+        // SAFETY: `g.base..g.base + g.room` is the readable, writable part of
+        // the mapping, and `at + buf.len() == g.room`.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), g.base.add(at), buf.len()) };
+        // SAFETY: KVM_SET_XSAVE reads `self.size` bytes from the pointer; the
+        // ones past the buffer lie in the inaccessible page, where KVM's copy
+        // fails with EFAULT instead of reading our memory.
+        let r = unsafe { libc::ioctl(self.vcpu.as_raw_fd(), KVM_SET_XSAVE, g.base.add(at)) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
         }
-        for (w, c) in self
-            .xs
-            .as_mut_slice()
-            .iter_mut()
-            .zip(buf[REGION..].chunks_exact(4))
-        {
-            *w = u32::from_le_bytes(c.try_into().unwrap());
-        }
-        // SAFETY: `xs` was allocated for KVM_CAP_XSAVE2 bytes, all KVM_SET_XSAVE
-        // reads on this kernel.
-        unsafe { self.vcpu.set_xsave2(&self.xs) }.map_err(|e| e.errno())
     }
 
     /// KVM_GET_XSAVE2 into `out` (`self.size` bytes).
@@ -621,12 +669,24 @@ fn requires_kvm_verdicts_agree() {
     let mut rng = Rng(0x7665_7264_6963_7473);
     let mut kvm_mask = hw_mask;
     let (mut agree, mut disagree, mut accepted) = (0usize, 0usize, 0usize);
+    // Buffers shorter than, exactly, and longer than KVM's size.
+    let mut lens = [0usize; 3];
     let mut shown = Vec::new();
     let n = 100_000;
     let start = std::time::Instant::now();
     for i in 0..n {
-        let mut buf = valid_buffer(&mut rng, rig.v.size, rig.valid(), hw_mask);
+        // Mostly KVM's size; one in sixteen short (KVM faults reading past it),
+        // one in sixteen longer (KVM reads its size and no more).
+        let size = rig.v.size;
+        let len = match rng.below(16) {
+            0 => [0, 576, size - 4, rng.below(size as u64) as usize][rng.below(4) as usize],
+            1 => size + 1 + rng.below(4095) as usize,
+            _ => size,
+        };
+        let mut buf = valid_buffer(&mut rng, len.max(size), rig.valid(), hw_mask);
         mutate_header(&mut rng, &mut buf);
+        buf.truncate(len);
+        lens[usize::from(len >= size) + usize::from(len > size)] += 1;
         let before = rig.ours.fp.area().to_vec();
         let k = rig.v.set(&buf);
         let o = rig.import(&buf);
@@ -635,13 +695,17 @@ fn requires_kvm_verdicts_agree() {
         } else {
             disagree += 1;
             if shown.len() < 8 {
-                shown.push(format!(
-                    "#{i}: KVM {k:?}, ours {o:?}: XSTATE_BV {:#x} XCOMP_BV {:#x} MXCSR {:#x} header {:02x?}",
-                    get_u64(&buf, XSTATE_BV),
-                    get_u64(&buf, XCOMP_BV),
-                    get_u32(&buf, MXCSR),
-                    &buf[512..576]
-                ));
+                shown.push(if len < 576 {
+                    format!("#{i}: KVM {k:?}, ours {o:?}: {len} bytes")
+                } else {
+                    format!(
+                        "#{i}: KVM {k:?}, ours {o:?}: {len} bytes, XSTATE_BV {:#x} XCOMP_BV {:#x} MXCSR {:#x} header {:02x?}",
+                        get_u64(&buf, XSTATE_BV),
+                        get_u64(&buf, XCOMP_BV),
+                        get_u32(&buf, MXCSR),
+                        &buf[512..576]
+                    )
+                });
             }
         }
         match (k, o) {
@@ -675,12 +739,17 @@ fn requires_kvm_verdicts_agree() {
             )
         });
         if k.is_ok() {
-            rig.restore_later(&buf);
+            rig.restore_later(&buf[..size]);
         }
     }
     loud!(
         "kvm conformance: {n} buffers, {agree} agree, {disagree} disagree \
-         ({accepted} accepted by both, {:.1} s)",
+         ({accepted} accepted by both; {} shorter than KVM's {} bytes, {} exact, {} longer; \
+         verdict and errno compared, then KVM_GET_XSAVE2 against our export over every byte; {:.1} s)",
+        lens[0],
+        rig.v.size,
+        lens[1],
+        lens[2],
         start.elapsed().as_secs_f64()
     );
     rig.finish();
