@@ -3,7 +3,8 @@
 //! crate's live CPUID source, derives the configs with Linux's policy, checks the
 //! crate's XSETBV rules against the CPU's #GP, writes XCR0, and runs tasks that a
 //! PIT timer interrupt preempts, switching their fpstates with the crate's
-//! `swap`. Every task checks, many times, that its registers hold its own values.
+//! `swap` (eagerly in the timer, or lazily in #NM after CR0.TS with `-append
+//! lazy`). Every task checks, many times, that its registers hold its own values.
 //!
 //! Booted by QEMU through the PVH entry note (`-kernel`); it reports on COM1 and
 //! ends QEMU through isa-debug-exit: status 33 when every check held, 35 when one
@@ -278,13 +279,14 @@ extern "C" fn kmain() -> ! {
     loop {
         // SAFETY: interrupts off while the flag is read; STI's one-instruction
         // shadow means the tick cannot land between STI and HLT, so a tick that
-        // sets DONE always wakes this loop.
-        unsafe { asm!("cli", options(nomem, nostack)) };
+        // sets DONE always wakes this loop. Not `nomem`: the interrupts that run
+        // in between write memory (DONE), so the compiler must reload it.
+        unsafe { asm!("cli", options(nostack)) };
         if sched::DONE.load(Relaxed) {
             break;
         }
         // SAFETY: as above; the handlers are installed.
-        unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+        unsafe { asm!("sti", "hlt", options(nostack)) };
     }
     report(&cfg)
 }

@@ -435,23 +435,17 @@ pub extern "C" fn task_main(id: u64) -> ! {
                 compare(id, 6, g[1], w[1]);
             }
         }
-        if let Some(x) = xinuse {
-            // The quiet task: every untouched component XINUSE tracks is init.
-            // The wide tasks: BNDREGS, just loaded with non-zero bounds, is in use
-            // (so a reading of "init" is not just XINUSE reading zero).
-            let bad = if wide {
-                mpx && bnd_tracked && !x.contains(XFeatures::BNDREGS)
-            } else {
-                x.intersects(quiet_tracked)
-            };
-            if wide && !(mpx && bnd_tracked) {
-                continue;
-            }
-            if !wide && quiet_tracked.is_empty() {
-                continue;
-            }
+        // The quiet task: every untouched component XINUSE tracks is init. The
+        // wide tasks: BNDREGS, just loaded with non-zero bounds, is in use (so
+        // the quiet task's "init" is not just XINUSE reading zero).
+        let verdict = match xinuse {
+            Some(x) if !wide && !quiet_tracked.is_empty() => Some(!x.intersects(quiet_tracked)),
+            Some(x) if wide && mpx && bnd_tracked => Some(x.contains(XFeatures::BNDREGS)),
+            _ => None,
+        };
+        if let Some(held) = verdict {
             stats.xinuse.fetch_add(1, Relaxed);
-            if bad {
+            if !held {
                 stats.xinuse_bad.fetch_add(1, Relaxed);
             }
         }
