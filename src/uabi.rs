@@ -447,7 +447,12 @@ pub fn export_sigframe<S: Storage>(
 /// Accepted: XSTATE_BV within the fpstate's user features, XCOMP_BV zero,
 /// reserved header bytes zero, MXCSR within the CPU's mask whenever x87, SSE or
 /// AVX is set. The fpstate's XCOMP_BV and its supervisor state (a guest's CET_S)
-/// are kept; its user XSTATE_BV bits become the buffer's.
+/// are kept; its user XSTATE_BV bits become the buffer's, and MXCSR_MASK is
+/// taken as given (Linux stores it unchecked; [`export`] gives it back).
+///
+/// Any length that holds every component XSTATE_BV names is taken: that is
+/// looser than Linux's ABIs, which read a fixed size. A kernel or VMM that
+/// answers for ptrace or KVM uses [`import_abi`].
 ///
 /// # Errors
 /// A [`UabiError`] for the first check that fails; `fp` is unchanged then.
@@ -503,6 +508,31 @@ pub enum UserAbi {
 
 /// [`import`] with the length and feature rules of the ABI the buffer came
 /// through (see [`UserAbi`]). Bytes past what that ABI reads are ignored.
+///
+/// ```
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}};
+/// # use xstate::fpstate::{Fpstate, Owner};
+/// # use xstate::XFeatures;
+/// use xstate::uabi::{import_abi, UabiError, UserAbi};
+/// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
+/// let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+/// let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
+/// let mut buf = vec![0u8; cfg.user.max_size as usize];
+/// buf[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+/// buf[512] = 0b111; // x87, SSE, AVX
+/// // ptrace reads the whole user size: 1,024 bytes holding x87..AVX are refused.
+/// assert_eq!(
+///     import_abi(&e, &cfg, &mut fp, &buf[..1024], UserAbi::Ptrace),
+///     Err(UabiError::BufferTooSmall { needed: buf.len(), got: 1024 })
+/// );
+/// // KVM refuses what it does not support for guests, whatever the fpstate holds.
+/// let kvm = UserAbi::Kvm { supported: XFeatures::X87 | XFeatures::SSE, uabi_size: 4096 };
+/// assert_eq!(
+///     import_abi(&e, &cfg, &mut fp, &buf[..4096], kvm),
+///     Err(UabiError::FeaturesNotPermitted { mask: XFeatures::AVX.bits() })
+/// );
+/// assert!(import_abi(&e, &cfg, &mut fp, &buf, UserAbi::Ptrace).is_ok());
+/// ```
 ///
 /// # Errors
 /// A [`UabiError`] for the first check that fails; `fp` is unchanged then.
