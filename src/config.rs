@@ -155,6 +155,8 @@ pub struct Configs {
     pub mxcsr_mask: u32,
     /// Kernel-form layouts of host default, host max, guest default, guest max.
     layouts: [Layout; 4],
+    /// The CPU has XSAVEOPT (CPUID(0xD,1).EAX[0]).
+    xsaveopt: bool,
 }
 
 impl Configs {
@@ -246,7 +248,15 @@ impl Configs {
             xss: sup,
             mxcsr_mask: 0xffff,
             layouts,
+            xsaveopt: e.xsaveopt,
         })
+    }
+
+    /// Whether the CPU has XSAVEOPT: a standard-form save uses it, else plain
+    /// XSAVE (Linux's order: XSAVES, XSAVEC, XSAVEOPT, XSAVE).
+    #[inline]
+    pub const fn has_xsaveopt(&self) -> bool {
+        self.xsaveopt
     }
 
     /// The RFBM every fpstate save and restore uses: all fpstate components, the

@@ -254,8 +254,8 @@ pub enum Owner {
 pub enum Mode {
     /// Ring 0: XSAVES/XRSTORS, supervisor components included.
     Supervisor,
-    /// User mode: XSAVEC (or XSAVEOPT in standard form) and XRSTOR, user
-    /// components only.
+    /// User mode: XSAVEC (in standard form XSAVEOPT, or XSAVE on a CPU without
+    /// it) and XRSTOR, user components only.
     User,
 }
 
@@ -379,8 +379,8 @@ impl<S: Storage> Fpstate<S> {
     }
 
     /// Save the registers into this fpstate: XSAVES (supervisor mode) or XSAVEC
-    /// (user mode; XSAVEOPT for a standard-form config), with RFBM = the features
-    /// this buffer has space for. A host fpstate thus never receives CET_S bytes.
+    /// (user mode; XSAVEOPT, or XSAVE without it, for a standard-form config),
+    /// with RFBM = the features this buffer has space for. A host fpstate thus never receives CET_S bytes.
     ///
     /// # Errors
     /// [`FpstateError::NeedsSupervisor`] in user mode for an fpstate holding
@@ -432,7 +432,8 @@ impl<S: Storage> Fpstate<S> {
                 });
             }
             (Mode::User, Form::Compacted, true) => Insn::Xsavec,
-            (Mode::User, Form::Standard, true) => Insn::Xsaveopt,
+            (Mode::User, Form::Standard, true) if cfg.has_xsaveopt() => Insn::Xsaveopt,
+            (Mode::User, Form::Standard, true) => Insn::Xsave,
             (Mode::User, _, false) => Insn::Xrstor,
         })
     }

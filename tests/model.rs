@@ -214,3 +214,43 @@ fn xsaves_modified_optimization() {
     m.save(Insn::Xsavec, &mut a.0, rfbm & m.xcr0()).unwrap();
     assert_eq!(a.0[avx.start], 9);
 }
+
+/// On every recorded CPU, the instruction an fpstate picks for each mode the
+/// CPU can run exists on that CPU: the model raises #UD for anything CPUID
+/// does not enumerate (Bulldozer has XSAVE but no XSAVEOPT).
+#[test]
+fn fpstates_pick_instructions_every_recorded_cpu_has() {
+    use xstate::config::{Configs, Policy};
+    use xstate::fpstate::{Fpstate, FpstateError, Mode, Owner};
+    let (mut ran, mut plain_xsave) = (0, 0);
+    for (name, cpu) in testkit::dumps() {
+        let e = Enumeration::from_cpuid(cpu).unwrap();
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+        let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
+        let modes: &[Mode] = if e.xsaves {
+            &[Mode::User, Mode::Supervisor]
+        } else {
+            &[Mode::User]
+        };
+        for &mode in modes {
+            let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+            m.set_cpl0(mode == Mode::Supervisor);
+            match fp.save(&mut m, &cfg, mode) {
+                Err(FpstateError::NeedsSupervisor { .. }) => continue,
+                r => assert_eq!(r, Ok(()), "{name}: save in {mode:?}"),
+            }
+            assert_eq!(
+                fp.restore(&mut m, &cfg, mode),
+                Ok(()),
+                "{name}: restore in {mode:?}"
+            );
+            ran += 1;
+        }
+        if !e.xsaveopt && !e.xsavec && !e.xsaves {
+            assert!(!cfg.has_xsaveopt());
+            plain_xsave += 1;
+        }
+    }
+    assert!(plain_xsave >= 1, "no dump without XSAVEOPT exercised");
+    eprintln!("{ran} save/restore pairs on recorded CPUs, {plain_xsave} with plain XSAVE");
+}
