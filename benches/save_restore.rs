@@ -184,7 +184,7 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
     // `benches`); every area given to this unit is sized by its mask's layout;
     // restores run only inside the timed loops, where no compiler-held vector
     // value is live.
-    let mut cpu = unsafe { Cpu::user() };
+    let mut cpu = unsafe { Cpu::user() }.expect("this CPU's XSAVE unit");
     let mut g = c.benchmark_group(group);
     let states: &[&str] = if scaling {
         &["dirty"]

@@ -8,6 +8,8 @@
 //! Off x86-64 the instruction wrappers do not exist; the rest of the crate builds
 //! and its pure parts (catalog, enumeration of recorded dumps, layouts, model) work.
 
+use crate::cpuid::LiveCpuid;
+use crate::enumerate::{EnumError, Enumeration};
 use crate::feature::XFeatures;
 
 cfg_if::cfg_if! {
@@ -242,75 +244,231 @@ pub trait XsaveUnit {
     fn restore(&mut self, insn: Insn, area: &[u8], rfbm: XFeatures) -> Result<(), Fault>;
 }
 
-/// The CPU this code runs on, as an [`XsaveUnit`].
-///
-/// Constructing one is the `unsafe` step: it asserts that the instructions it will
-/// run are usable here. Its methods check what can be checked locally (alignment,
-/// size, the instruction's class) and refuse with [`Fault`] instead of faulting.
-#[derive(Debug)]
-pub struct Cpu {
-    supervisor: bool,
+/// Why [`Cpu::user`] or [`Cpu::supervisor`] refused to build a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CpuError {
+    /// CPUID.1:ECX.OSXSAVE is clear: the OS has not enabled XSAVE (CR4.OSXSAVE).
+    XsaveNotEnabled,
+    /// This CPU's CPUID leaf 0xD was refused.
+    Cpuid(EnumError),
+    /// A supervisor unit was asked for on a CPU without XSAVES/XRSTORS.
+    NoXsaves,
 }
 
+impl core::fmt::Display for CpuError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::XsaveNotEnabled => {
+                f.write_str("the OS has not enabled XSAVE (CR4.OSXSAVE clear)")
+            }
+            Self::Cpuid(_) => f.write_str("this CPU's CPUID leaf 0xD was refused"),
+            Self::NoXsaves => f.write_str("the CPU has no XSAVES/XRSTORS"),
+        }
+    }
+}
+
+impl core::error::Error for CpuError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Cpuid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<EnumError> for CpuError {
+    fn from(e: EnumError) -> Self {
+        Self::Cpuid(e)
+    }
+}
+
+/// The CPU this code runs on, as an [`XsaveUnit`].
+///
+/// It carries this CPU's own enumeration (read from CPUID when it is built), so
+/// its methods check everything memory safety depends on before they run an
+/// instruction: the area's alignment, that the area holds every byte the
+/// instruction may touch for that RFBM (a save: the size of `rfbm`'s components
+/// in the instruction's form; a restore: what the area's header says it holds),
+/// and that the CPU has the instruction. What they refuse comes back as the
+/// [`Fault`] the CPU would raise, or as [`Fault::Gp`] for a short area.
+/// Constructing one stays `unsafe` for what no check can see: the register state
+/// a restore replaces, and the privilege level.
+#[derive(Clone, Debug)]
+pub struct Cpu {
+    supervisor: bool,
+    e: Enumeration,
+    /// The last save's (mask, form) and its size, so a context switch that
+    /// saves the same mask again pays no walk over the components.
+    save_memo: Option<(u64, u32)>,
+    /// The same for restores.
+    restore_memo: Option<(u64, u32)>,
+}
+
+/// Bit 63 of a memo key: the compacted form (never a component bit here).
+const MEMO_COMPACTED: u64 = 1 << 63;
+
+#[cfg(target_arch = "x86_64")]
 impl Cpu {
-    /// A unit for user mode: XSAVE, XSAVEOPT, XSAVEC and XRSTOR.
+    /// A unit for user mode: XSAVE, XSAVEOPT, XSAVEC and XRSTOR, each where the
+    /// CPU enumerates it.
+    ///
+    /// # Errors
+    /// [`CpuError::XsaveNotEnabled`] if the OS has not enabled XSAVE;
+    /// [`CpuError::Cpuid`] if this CPU's leaf 0xD is refused.
     ///
     /// # Safety
-    /// CR4.OSXSAVE is set and the CPU enumerates XSAVEOPT and XSAVEC if they are
-    /// used; every area passed later is large enough for the `rfbm` given with it
-    /// in its form (the methods check the slice length against the header only
-    /// where the form fixes it); restores replace register state the compiler may
-    /// rely on, so they run only where no compiler-held vector values are live.
-    pub const unsafe fn user() -> Self {
-        Self { supervisor: false }
+    /// A restore replaces the x87, SSE, AVX and other registers it loads,
+    /// MXCSR and the x87 control word included: the caller runs restores only
+    /// where the compiler holds no values in those registers and relies on no
+    /// floating-point mode (a context switch, a signal return).
+    pub unsafe fn user() -> Result<Self, CpuError> {
+        Self::build(false)
     }
 
     /// A unit for ring 0: additionally XSAVES and XRSTORS.
     ///
+    /// # Errors
+    /// As for [`Cpu::user`], and [`CpuError::NoXsaves`] on a CPU without them.
+    ///
     /// # Safety
-    /// As for [`Cpu::user`], plus: the code runs at CPL 0 and the CPU enumerates
-    /// XSAVES.
-    pub const unsafe fn supervisor() -> Self {
-        Self { supervisor: true }
+    /// As for [`Cpu::user`], and the code runs at CPL 0 (XSAVES/XRSTORS #GP
+    /// elsewhere).
+    pub unsafe fn supervisor() -> Result<Self, CpuError> {
+        Self::build(true)
+    }
+
+    fn build(supervisor: bool) -> Result<Self, CpuError> {
+        if read_xcr0().is_none() {
+            return Err(CpuError::XsaveNotEnabled);
+        }
+        let e = Enumeration::from_cpuid(&LiveCpuid)?;
+        if supervisor && !e.xsaves {
+            return Err(CpuError::NoXsaves);
+        }
+        Ok(Self {
+            supervisor,
+            e,
+            save_memo: None,
+            restore_memo: None,
+        })
+    }
+}
+
+impl Cpu {
+    /// The enumeration this unit checks areas against.
+    #[inline]
+    pub const fn enumeration(&self) -> &Enumeration {
+        &self.e
+    }
+
+    /// The bytes of `mask` in the given form, through the one-entry memo.
+    fn size(
+        e: &Enumeration,
+        memo: &mut Option<(u64, u32)>,
+        mask: XFeatures,
+        compacted: bool,
+    ) -> u32 {
+        let key = mask.bits() | if compacted { MEMO_COMPACTED } else { 0 };
+        match *memo {
+            Some((k, size)) if k == key => size,
+            _ => {
+                let size = if compacted {
+                    e.compacted_size(mask)
+                } else {
+                    e.standard_size(mask)
+                };
+                *memo = Some((key, size));
+                size
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl XsaveUnit for Cpu {
     fn save(&mut self, insn: Insn, area: &mut [u8], rfbm: XFeatures) -> Result<(), Fault> {
-        if area.as_ptr() as usize % 64 != 0 || area.len() < 576 {
+        if area.as_ptr() as usize % 64 != 0 {
+            return Err(Fault::Gp);
+        }
+        let e = &self.e;
+        let (have, compacted, enabled) = match insn {
+            Insn::Xsave => (true, false, e.xcr0_supported()),
+            Insn::Xsaveopt => (e.xsaveopt, false, e.xcr0_supported()),
+            Insn::Xsavec => (e.xsavec, true, e.xcr0_supported()),
+            Insn::Xsaves if !self.supervisor => return Err(Fault::Gp),
+            Insn::Xsaves => (e.xsaves, true, e.supported()),
+            Insn::Xrstor | Insn::Xrstors => return Err(Fault::Ud),
+        };
+        if !have {
+            return Err(Fault::Ud);
+        }
+        // The instruction writes within the area of `rfbm & XCR0` (| IA32_XSS),
+        // which lies within that of `rfbm` & everything the CPU supports.
+        let needed = Self::size(e, &mut self.save_memo, rfbm & enabled, compacted);
+        if area.len() < needed as usize {
             return Err(Fault::Gp);
         }
         let p = area.as_mut_ptr();
         match insn {
-            // SAFETY: `Cpu::user`'s contract covers OSXSAVE and the area size;
-            // alignment was checked above.
+            // SAFETY: OSXSAVE was checked when the unit was built; `area` is
+            // 64-byte aligned and holds the `needed` bytes this save may write.
             Insn::Xsave => unsafe { xsave(p, rfbm) },
-            // SAFETY: as above.
+            // SAFETY: as above, and the CPU enumerates XSAVEOPT.
             Insn::Xsaveopt => unsafe { xsaveopt(p, rfbm) },
-            // SAFETY: as above.
+            // SAFETY: as above, and the CPU enumerates XSAVEC.
             Insn::Xsavec => unsafe { xsavec(p, rfbm) },
-            // SAFETY: `Cpu::supervisor`'s contract covers CPL 0 and XSAVES.
-            Insn::Xsaves if self.supervisor => unsafe { xsaves(p, rfbm) },
-            Insn::Xsaves => return Err(Fault::Gp),
-            Insn::Xrstor | Insn::Xrstors => return Err(Fault::Ud),
+            // SAFETY: as above; the CPU enumerates XSAVES and `Cpu::supervisor`'s
+            // contract covers CPL 0.
+            _ => unsafe { xsaves(p, rfbm) },
         }
         Ok(())
     }
 
     fn restore(&mut self, insn: Insn, area: &[u8], rfbm: XFeatures) -> Result<(), Fault> {
-        if area.as_ptr() as usize % 64 != 0 || area.len() < 576 {
+        if area.as_ptr() as usize % 64 != 0 {
+            return Err(Fault::Gp);
+        }
+        let supervisor = match insn {
+            Insn::Xrstor => false,
+            Insn::Xrstors if self.supervisor => true,
+            Insn::Xrstors => return Err(Fault::Gp),
+            _ => return Err(Fault::Ud),
+        };
+        let word = |at: usize| {
+            area.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        let (Some(xstate_bv), Some(xcomp_bv)) = (word(512), word(520)) else {
+            return Err(Fault::Gp);
+        };
+        let e = &self.e;
+        let (mask, compacted) = if xcomp_bv & MEMO_COMPACTED != 0 {
+            // The compacted form is read by XCOMP_BV (within what the CPU
+            // supports, or the header check #GPs first).
+            (XFeatures::from_bits_retain(xcomp_bv) & e.supported(), true)
+        } else {
+            // The standard form: the components RFBM and XSTATE_BV both name.
+            let bv = XFeatures::from_bits_retain(xstate_bv);
+            (rfbm & bv & e.xcr0_supported(), false)
+        };
+        let needed = Self::size(e, &mut self.restore_memo, mask, compacted).max(576);
+        if area.len() < needed as usize {
             return Err(Fault::Gp);
         }
         let p = area.as_ptr();
-        match insn {
-            // SAFETY: `Cpu::user`'s contract covers OSXSAVE, size and live state;
-            // alignment was checked above.
-            Insn::Xrstor => unsafe { xrstor(p, rfbm) },
-            // SAFETY: `Cpu::supervisor`'s contract covers CPL 0 and XSAVES.
-            Insn::Xrstors if self.supervisor => unsafe { xrstors(p, rfbm) },
-            Insn::Xrstors => return Err(Fault::Gp),
-            _ => return Err(Fault::Ud),
+        if supervisor {
+            // SAFETY: OSXSAVE and XSAVES were checked when the unit was built and
+            // `Cpu::supervisor`'s contract covers CPL 0 and the registers
+            // replaced; `area` is aligned and holds every byte its header makes
+            // XRSTORS read.
+            unsafe { xrstors(p, rfbm) }
+        } else {
+            // SAFETY: OSXSAVE was checked when the unit was built and `Cpu::user`'s
+            // contract covers the registers replaced; `area` is aligned and holds
+            // every byte its header makes XRSTOR read.
+            unsafe { xrstor(p, rfbm) }
         }
         Ok(())
     }

@@ -756,13 +756,14 @@ fn run_pattern(
 
     // Crate path: the same load, then Fpstate::save (XSAVEC) right after it.
     let mut fp = fresh_like(e, cfg, &phase.fp);
+    // Built before the load: it enumerates CPUID in Rust code that may use
+    // vector registers.
+    // SAFETY: the unit only saves here, which replaces no register state.
+    let mut cpu = unsafe { Cpu::user() }.expect("this CPU's XSAVE unit");
     let hp = harness.ptr();
     // SAFETY: as for `load_then_ud2`; `xrstor_only` follows the save.
     unsafe { xsave_then_xrstor(hp, img.bytes().as_ptr(), l.all.bits()) };
-    // SAFETY: OSXSAVE is set, the CPU has XSAVEC (the config chose the compacted
-    // form), the fpstate's area is sized for its features; the save only reads
-    // registers.
-    let saved = fp.save(&mut unsafe { Cpu::user() }, cfg, Mode::User);
+    let saved = fp.save(&mut cpu, cfg, Mode::User);
     // SAFETY: `harness` was written by `xsave_then_xrstor` with `l.all`.
     unsafe { xrstor_only(hp, l.all.bits()) };
     saved.expect("Fpstate::save");
@@ -1102,12 +1103,13 @@ fn sigreturn_matches_import() {
             got.fx_only
         );
         let mut after_c = Area::new(size, 0);
+        // SAFETY: the restore below runs between `xsave_only` and the XSAVE of
+        // the result, where the test holds no values in vector registers.
+        let mut cpu = unsafe { Cpu::user() }.expect("this CPU's XSAVE unit");
         let hp = harness.ptr();
         // SAFETY: `harness` is aligned and standard-size for `full`.
         unsafe { xsave_only(hp, full.bits()) };
-        // SAFETY: OSXSAVE is set; the fpstate's area and header were written by
-        // `new_boxed` and a successful import.
-        let r = fp.restore(&mut unsafe { Cpu::user() }, cfg, Mode::User);
+        let r = fp.restore(&mut cpu, cfg, Mode::User);
         // SAFETY: `after_c` is aligned and standard-size; `harness` was written
         // by `xsave_only` just before.
         unsafe { xsave_then_xrstor(after_c.ptr(), hp, full.bits()) };

@@ -189,10 +189,13 @@ extern "C" fn kmain() -> ! {
         write(b"fpstate storage refused\n");
         exit(2)
     };
-    // SAFETY: OSXSAVE is set (read_xcr0 succeeded), XSAVEC is enumerated, every area
-    // comes from `Fpstate::new_in` (aligned and sized by the crate), and the only
-    // register state this program keeps live across calls is what it checks.
-    let mut cpu = unsafe { Cpu::user() };
+    // SAFETY: the only register state this program keeps live across calls is
+    // what it checks; the unit checks OSXSAVE, the instructions and every
+    // area's size itself.
+    let Ok(mut cpu) = (unsafe { Cpu::user() }) else {
+        write(b"no XSAVE unit\n");
+        exit(2)
+    };
     let m = Mode::User;
     let step = |r: Result<(), xstate::fpstate::FpstateError>| {
         if r.is_err() {

@@ -220,7 +220,10 @@ extern "C" fn kmain() -> ! {
     // crate sized (sched::init); restores run in the timer handler, where the
     // interrupted code's XMM registers are on the stack (hw.rs) and no other
     // vector value is live in compiled code.
-    let unit = unsafe { sched::Unit::new(&e) };
+    let unit = match unsafe { sched::Unit::new(&e) } {
+        Ok(unit) => unit,
+        Err(err) => fail(format_args!("no XSAVE unit for this CPU: {err}")),
+    };
     // SAFETY: once, interrupts off.
     if let Err(err) = unsafe { sched::init(&e, cfg.clone(), unit, tasks::task_main, SWITCHES) } {
         fail(format_args!("the crate refused fpstate storage: {err}"));

@@ -9,7 +9,7 @@ use xstate::XFeatures;
 use xstate::config::Configs;
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{Fpstate, FpstateError, Mode, Owner, swap};
-use xstate::insn::{Cpu, Fault, Insn, XsaveUnit};
+use xstate::insn::{Cpu, CpuError, Fault, Insn, XsaveUnit};
 
 use crate::hw::{Frame, GPR_RDI, Global, KERNEL_CS, KERNEL_DS};
 use crate::tasks::TASKS;
@@ -55,18 +55,21 @@ pub const INSNS: [(Insn, &str); 6] = [
 impl Unit {
     /// The unit for this CPU.
     ///
+    /// # Errors
+    /// As for [`Cpu::user`] (XSAVE not enabled, CPUID refused).
+    ///
     /// # Safety
-    /// As for [`Cpu::user`]: CR4.OSXSAVE is set and every area passed later is an
-    /// fpstate's (sized for its RFBM by the crate).
-    pub unsafe fn new(e: &Enumeration) -> Self {
-        Self {
+    /// As for [`Cpu::user`]: restores run only where no compiled code holds
+    /// values in the registers they replace.
+    pub unsafe fn new(e: &Enumeration) -> Result<Self, CpuError> {
+        Ok(Self {
             // SAFETY: the caller's contract is `Cpu::user`'s. `Cpu::supervisor`
             // would claim XSAVES, which no TCG CPU model has; a kernel on a CPU
             // without XSAVES runs the crate's "user" instruction set in ring 0.
-            cpu: unsafe { Cpu::user() },
+            cpu: unsafe { Cpu::user() }?,
             xsaveopt: e.xsaveopt,
             counts: [0; 6],
-        }
+        })
     }
 
     fn count(&mut self, insn: Insn) {
@@ -84,9 +87,9 @@ impl Unit {
 impl XsaveUnit for Unit {
     fn save(&mut self, insn: Insn, area: &mut [u8], rfbm: XFeatures) -> Result<(), Fault> {
         self.count(insn);
-        // The crate picks XSAVEOPT for every standard-form save; on a CPU without
-        // it the instruction would #UD in ring 0. Refuse instead, so the run
-        // reports it.
+        // The crate uses XSAVE where the CPU lacks XSAVEOPT, and `Cpu` itself
+        // refuses an instruction the CPU lacks; this check makes a regression
+        // show in this kernel's own report.
         if insn == Insn::Xsaveopt && !self.xsaveopt {
             return Err(Fault::Ud);
         }
