@@ -190,6 +190,7 @@ cfg_if::cfg_if! {
 
 /// A fault an XSAVE-family instruction raises instead of completing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Fault {
     /// #GP(0): misaligned area, malformed header, reserved MXCSR bits, CPL > 0 for
     /// XSAVES/XRSTORS, a mask outside XCR0 | IA32_XSS.
@@ -200,8 +201,23 @@ pub enum Fault {
     Ud,
 }
 
+impl core::fmt::Display for Fault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Gp => {
+                "#GP: general protection (misaligned or short area, bad header or MXCSR, CPL, mask)"
+            }
+            Self::Nm => "#NM: the restore would load a component XFD has armed",
+            Self::Ud => "#UD: the instruction is not enabled or not enumerated",
+        })
+    }
+}
+
+impl core::error::Error for Fault {}
+
 /// Which instruction an [`XsaveUnit`] executes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Insn {
     /// XSAVE (standard form).
     Xsave,
