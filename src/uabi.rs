@@ -516,7 +516,9 @@ pub enum UserAbi {
 /// use xstate::uabi::{import_abi, UabiError, UserAbi};
 /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
 /// let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-/// let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
+/// # #[repr(C, align(64))] struct Storage([u8; 16384]);
+/// # let mut storage = Storage([0; 16384]);
+/// let mut fp = Fpstate::new_in(&e, &cfg, Owner::Guest, &mut storage.0[..]).unwrap();
 /// let mut buf = vec![0u8; cfg.user.max_size as usize];
 /// buf[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
 /// buf[512] = 0b111; // x87, SSE, AVX
