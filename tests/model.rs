@@ -215,36 +215,84 @@ fn xsaves_modified_optimization() {
     assert_eq!(a.0[avx.start], 9);
 }
 
-/// On every recorded CPU, the instruction an fpstate picks for each mode the
-/// CPU can run exists on that CPU: the model raises #UD for anything CPUID
-/// does not enumerate (Bulldozer has XSAVE but no XSAVEOPT).
+/// An `XsaveUnit` that records which instructions it was asked for and runs
+/// them on the model.
+struct Recorder {
+    m: XsaveMachine,
+    used: Vec<Insn>,
+}
+
+impl XsaveUnit for Recorder {
+    fn save(&mut self, insn: Insn, area: &mut [u8], rfbm: XFeatures) -> Result<(), Fault> {
+        self.used.push(insn);
+        self.m.save(insn, area, rfbm)
+    }
+    fn restore(&mut self, insn: Insn, area: &[u8], rfbm: XFeatures) -> Result<(), Fault> {
+        self.used.push(insn);
+        self.m.restore(insn, area, rfbm)
+    }
+}
+
+/// On every recorded CPU, an fpstate picks Linux's instruction for each mode
+/// the CPU can run (XSAVES; else XSAVEC; else XSAVEOPT; else XSAVE), and the
+/// model, which raises #UD for anything CPUID does not enumerate, runs it
+/// (Bulldozer has XSAVE but no XSAVEOPT). A user-mode save of an fpstate that
+/// holds supervisor state is refused before any instruction runs.
 #[test]
 fn fpstates_pick_instructions_every_recorded_cpu_has() {
     use xstate::config::{Configs, Policy};
     use xstate::fpstate::{Fpstate, FpstateError, Mode, Owner};
-    let (mut ran, mut plain_xsave) = (0, 0);
+    let (mut ran, mut plain_xsave, mut refused) = (0, 0, 0);
     for (name, cpu) in testkit::dumps() {
         let e = Enumeration::from_cpuid(cpu).unwrap();
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-        let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
-        let modes: &[Mode] = if e.xsaves {
-            &[Mode::User, Mode::Supervisor]
-        } else {
-            &[Mode::User]
-        };
-        for &mode in modes {
-            let mut m = XsaveMachine::new(&e, Quirks::INTEL);
-            m.set_cpl0(mode == Mode::Supervisor);
-            match fp.save(&mut m, &cfg, mode) {
-                Err(FpstateError::NeedsSupervisor { .. }) => continue,
-                r => assert_eq!(r, Ok(()), "{name}: save in {mode:?}"),
+        for owner in [Owner::Host, Owner::Guest] {
+            let mut fp = Fpstate::new_boxed(&e, &cfg, owner).unwrap();
+            let supervisor_state = !(fp.info().features & cfg.xss).is_empty();
+            let modes: &[Mode] = if e.xsaves {
+                &[Mode::User, Mode::Supervisor]
+            } else {
+                &[Mode::User]
+            };
+            for &mode in modes {
+                let mut u = Recorder {
+                    m: XsaveMachine::new(&e, Quirks::INTEL),
+                    used: Vec::new(),
+                };
+                u.m.set_cpl0(mode == Mode::Supervisor);
+                let want_save = match mode {
+                    Mode::Supervisor => Insn::Xsaves,
+                    _ if e.xsavec => Insn::Xsavec,
+                    _ if e.xsaveopt => Insn::Xsaveopt,
+                    _ => Insn::Xsave,
+                };
+                let r = fp.save(&mut u, &cfg, mode);
+                if mode == Mode::User && supervisor_state {
+                    let mask = (fp.info().features & cfg.xss).bits();
+                    assert_eq!(r, Err(FpstateError::NeedsSupervisor { mask }), "{name}");
+                    assert_eq!(
+                        fp.restore(&mut u, &cfg, mode),
+                        Err(FpstateError::NeedsSupervisor { mask }),
+                        "{name}"
+                    );
+                    assert!(u.used.is_empty(), "{name}: an instruction ran");
+                    refused += 1;
+                    continue;
+                }
+                assert_eq!(r, Ok(()), "{name}: save in {mode:?}");
+                assert_eq!(
+                    fp.restore(&mut u, &cfg, mode),
+                    Ok(()),
+                    "{name}: restore in {mode:?}"
+                );
+                let want_restore = if mode == Mode::Supervisor {
+                    Insn::Xrstors
+                } else {
+                    Insn::Xrstor
+                };
+                assert_eq!(u.used, [want_save, want_restore], "{name} {mode:?}");
+                ran += 1;
             }
-            assert_eq!(
-                fp.restore(&mut m, &cfg, mode),
-                Ok(()),
-                "{name}: restore in {mode:?}"
-            );
-            ran += 1;
         }
         if !e.xsaveopt && !e.xsavec && !e.xsaves {
             assert!(!cfg.has_xsaveopt());
@@ -252,5 +300,12 @@ fn fpstates_pick_instructions_every_recorded_cpu_has() {
         }
     }
     assert!(plain_xsave >= 1, "no dump without XSAVEOPT exercised");
-    eprintln!("{ran} save/restore pairs on recorded CPUs, {plain_xsave} with plain XSAVE");
+    assert!(
+        refused >= 1,
+        "no user-mode save of supervisor state exercised"
+    );
+    eprintln!(
+        "{ran} save/restore pairs on recorded CPUs, {plain_xsave} CPUs with plain XSAVE, \
+         {refused} user-mode saves of supervisor state refused"
+    );
 }
