@@ -309,3 +309,67 @@ fn fpstates_pick_instructions_every_recorded_cpu_has() {
          {refused} user-mode saves of supervisor state refused"
     );
 }
+
+/// A user-mode switch (XSAVEC/XSAVEOPT/XSAVE out, XRSTOR in) brings back every
+/// XCR0 component of the task switched in, on every recorded CPU whose host
+/// fpstates hold no supervisor state: nothing of the other task survives.
+#[test]
+fn user_mode_switch_restores_every_user_component() {
+    use xstate::config::{Configs, Policy};
+    use xstate::fpstate::{Fpstate, Mode, Owner, swap};
+    let mut checked = 0;
+    for (name, cpu) in testkit::dumps() {
+        let e = Enumeration::from_cpuid(cpu).unwrap();
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+        let mut a = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
+        if !(a.info().features & cfg.xss).is_empty() {
+            continue;
+        }
+        let mut b = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
+        let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+        m.set_cpl0(false);
+        // Components whose registers hold any byte pattern (x87 and TILECFG
+        // normalise what they load; TILEDATA is dynamic, not in host default
+        // fpstates).
+        let comps: Vec<u32> = (a.info().features & m.xcr0())
+            .indices()
+            .filter(|&i| i != 0 && i != 17 && i != 18)
+            .collect();
+        let paint = |m: &mut XsaveMachine, seed: u8| {
+            for &i in &comps {
+                let len = m.reg(i).unwrap().len();
+                let img: Vec<u8> = (0..len)
+                    .map(|k| seed ^ (k as u8).wrapping_mul(7) | 1)
+                    .collect();
+                m.write_reg(i, 0, &img).unwrap();
+            }
+        };
+        paint(&mut m, 0x11);
+        let want: Vec<Vec<u8>> = comps.iter().map(|&i| m.reg(i).unwrap().to_vec()).collect();
+        a.save(&mut m, &cfg, Mode::User).unwrap();
+        paint(&mut m, 0x5c);
+        // Task B out, task A in.
+        swap(&mut m, &cfg, Mode::User, &mut b, &a).unwrap();
+        for (k, &i) in comps.iter().enumerate() {
+            assert_eq!(
+                m.reg(i).unwrap(),
+                &want[k][..],
+                "{name}: component {i} after the switch"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} CPUs checked");
+    eprintln!("{checked} CPUs: a user-mode switch restores every user component");
+}
+
+/// `BoxedArea` allocates whole 64-byte blocks, no more.
+#[test]
+fn boxed_areas_allocate_whole_blocks() {
+    use xstate::fpstate::BoxedArea;
+    for (len, blocks) in [(0, 0), (1, 1), (64, 1), (65, 2), (2696, 43), (11008, 172)] {
+        let a = BoxedArea::zeroed(len);
+        assert_eq!(a.allocated(), blocks * 64, "len {len}");
+        assert_eq!(format!("{a:?}"), format!("BoxedArea {{ len: {len} }}"));
+    }
+}
