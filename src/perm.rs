@@ -10,25 +10,29 @@ use core::fmt;
 
 use crate::config::Configs;
 use crate::enumerate::Enumeration;
-use crate::feature::XFeatures;
+use crate::feature::{XFeature, XFeatures};
 use crate::layout::Form;
 
-/// Why a permission request was refused. [`PermError::errno`] gives Linux's code.
+/// Why a permission request was refused. [`PermError::errno`] gives Linux's code,
+/// the one place the crate maps these errors to errnos.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PermError {
-    /// Not a component number (64 and above, or 63).
+    /// Not a catalogued component number: 20 and above (Linux: `idx >=
+    /// XFEATURE_MAX`, EINVAL).
     Invalid {
         /// The number asked for.
         index: u32,
     },
-    /// The component is not enabled by the configs (CPU or policy lacks it).
+    /// A dynamic component the configs do not enable (CPU or policy lacks it;
+    /// Linux: not in `fpu_user_cfg.max_features`, EOPNOTSUPP).
     Unsupported {
         /// The component.
         index: u32,
     },
-    /// The component is enabled but not dynamic: it is either always permitted or
-    /// (guest-only, independent, supervisor) never grantable to this set.
+    /// A component no request is for: only the dynamic ones ([`XFeatures::DYNAMIC`],
+    /// AMX TILEDATA) are requested; the others are always permitted or never
+    /// (Linux: no entry in `xstate_prctl_req[]`, EOPNOTSUPP).
     NotDynamic {
         /// The component.
         index: u32,
@@ -43,15 +47,23 @@ pub enum PermError {
     },
 }
 
+/// Linux's errno values (x86-64), positive.
+mod errno {
+    pub const EBUSY: i32 = 16;
+    pub const EINVAL: i32 = 22;
+    pub const ENOSPC: i32 = 28;
+    pub const EOPNOTSUPP: i32 = 95;
+}
+
 impl PermError {
-    /// The Linux errno (positive) a kernel returns for this error.
+    /// The Linux errno (positive) `arch_prctl(ARCH_REQ_XCOMP_PERM)` and
+    /// `arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM)` return for this error (Linux 6.18).
     pub const fn errno(self) -> i32 {
         match self {
-            Self::Invalid { .. } => 22,          // EINVAL
-            Self::Unsupported { .. } => 95,      // EOPNOTSUPP
-            Self::NotDynamic { .. } => 95,       // EOPNOTSUPP
-            Self::Locked => 16,                  // EBUSY
-            Self::SigStackTooSmall { .. } => 28, // ENOSPC
+            Self::Invalid { .. } => errno::EINVAL,
+            Self::Unsupported { .. } | Self::NotDynamic { .. } => errno::EOPNOTSUPP,
+            Self::Locked => errno::EBUSY,
+            Self::SigStackTooSmall { .. } => errno::ENOSPC,
         }
     }
 }
@@ -143,17 +155,23 @@ impl ProcessPerms {
         self.guest_locked = true;
     }
 
-    /// Request component `index` for the set `kind`.
+    /// Request component `index` for the set `kind`, with Linux 6.18's checks in
+    /// Linux's order (`xstate_request_perm`): a number past the catalog is
+    /// [`PermError::Invalid`]; a component that is not dynamic
+    /// ([`XFeatures::DYNAMIC`]) is [`PermError::NotDynamic`], even one already
+    /// permitted (x87, AVX, TILECFG) or one only guests hold (CET_S); a dynamic
+    /// component outside the user config is [`PermError::Unsupported`]; one already
+    /// in the set is granted again without asking; then the guest lock and the
+    /// signal-stack check.
     ///
     /// `sigstack_ok` is asked, for task requests that would enlarge the user-ABI
     /// size, whether the process's signal stacks can hold frames of the new size;
-    /// returning `false` refuses the request. Requests that change nothing succeed
-    /// without asking (Linux returns 0 for an already permitted component).
+    /// returning `false` refuses the request.
     ///
     /// On error the sets are unchanged.
     ///
     /// # Errors
-    /// [`PermError`]: see its variants.
+    /// [`PermError`]: see its variants; [`PermError::errno`] gives Linux's code.
     ///
     /// ```
     /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}};
@@ -163,7 +181,10 @@ impl ProcessPerms {
     /// let mut p = ProcessPerms::new(&cfg);
     /// let grant = p.request(&e, &cfg, PermKind::Task, 18, |_| true).unwrap();
     /// assert_eq!(grant.size, cfg.kernel.max_size);
-    /// assert_eq!(p.request(&e, &cfg, PermKind::Task, 12, |_| true), Err(PermError::Unsupported { index: 12 }));
+    /// let cet_s = p.request(&e, &cfg, PermKind::Guest, 12, |_| true);
+    /// assert_eq!(cet_s, Err(PermError::NotDynamic { index: 12 }));
+    /// assert_eq!(cet_s.unwrap_err().errno(), 95); // EOPNOTSUPP
+    /// assert_eq!(p.request(&e, &cfg, PermKind::Task, 20, |_| true).unwrap_err().errno(), 22);
     /// ```
     pub fn request(
         &mut self,
@@ -173,19 +194,23 @@ impl ProcessPerms {
         index: u32,
         sigstack_ok: impl FnOnce(u32) -> bool,
     ) -> Result<PermSet, PermError> {
-        let bit = XFeatures::from_index(index).ok_or(PermError::Invalid { index })?;
-        let (set, max) = match kind {
-            PermKind::Task => (&self.task, cfg.kernel.max_features),
-            PermKind::Guest => (&self.guest, cfg.guest.max_features),
-        };
-        if !max.contains(bit) {
+        let bit = XFeature::from_index(index)
+            .ok_or(PermError::Invalid { index })?
+            .mask();
+        if !XFeatures::DYNAMIC.contains(bit) {
+            return Err(PermError::NotDynamic { index });
+        }
+        if !cfg.user.max_features.contains(bit) {
             return Err(PermError::Unsupported { index });
         }
+        let set = match kind {
+            PermKind::Task => &self.task,
+            PermKind::Guest => &self.guest,
+        };
+        // A user component the configs enable is in both kernel and guest max sets;
+        // unless the policy made it dynamic it is in every set's defaults already.
         if set.features.contains(bit) {
             return Ok(*set);
-        }
-        if !cfg.policy.dynamic.contains(bit) {
-            return Err(PermError::NotDynamic { index });
         }
         if kind == PermKind::Guest && self.guest_locked {
             return Err(PermError::Locked);

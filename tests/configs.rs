@@ -192,32 +192,28 @@ fn permission_requests_follow_linux() {
     assert_eq!(p.get(PermKind::Task).features, cfg.kernel.default_features);
     assert!(p.get(PermKind::Guest).features.contains(XFeatures::CET_S));
     let before = p;
-    assert_eq!(
-        p.request(&e, &cfg, PermKind::Task, 64, |_| true),
-        Err(PermError::Invalid { index: 64 })
-    );
-    assert_eq!(
-        p.request(&e, &cfg, PermKind::Task, 63, |_| true),
-        Err(PermError::Invalid { index: 63 })
-    );
-    assert_eq!(
-        p.request(&e, &cfg, PermKind::Task, 19, |_| true),
-        Err(PermError::Unsupported { index: 19 })
-    );
-    assert_eq!(
-        p.request(&e, &cfg, PermKind::Task, 12, |_| true),
-        Err(PermError::Unsupported { index: 12 })
-    );
-    assert_eq!(
-        p.request(&e, &cfg, PermKind::Task, 15, |_| true),
-        Err(PermError::Unsupported { index: 15 })
-    );
-    assert_eq!(
-        p.request(&e, &cfg, PermKind::Task, 2, |_| panic!("no size change"))
-            .unwrap()
-            .features,
-        before.get(PermKind::Task).features
-    );
+    // Past the catalog (Linux: idx >= XFEATURE_MAX): EINVAL.
+    for index in [20, 62, 63, 64, u32::MAX] {
+        let r = p.request(&e, &cfg, PermKind::Task, index, |_| true);
+        assert_eq!(r, Err(PermError::Invalid { index }));
+        assert_eq!(r.unwrap_err().errno(), 22);
+    }
+    // Anything but TILEDATA (Linux: no xstate_prctl_req[] entry): EOPNOTSUPP, even
+    // components every set holds already (x87, AVX, TILECFG) and the guest-only CET_S.
+    for index in [0, 1, 2, 12, 15, 17, 19] {
+        for kind in [PermKind::Task, PermKind::Guest] {
+            let r = p.request(&e, &cfg, kind, index, |_| panic!("nothing to size"));
+            assert_eq!(r, Err(PermError::NotDynamic { index }), "{kind:?}");
+            assert_eq!(r.unwrap_err().errno(), 95);
+        }
+    }
+    assert_eq!(p, before, "refused requests change nothing");
+    // TILEDATA where the CPU has no AMX: EOPNOTSUPP.
+    let zen4 = dump("amd-zen4-ryzen-9-7950x.txt");
+    let zcfg = Configs::new(&zen4, &Policy::linux(&zen4)).unwrap();
+    let r = ProcessPerms::new(&zcfg).request(&zen4, &zcfg, PermKind::Guest, 18, |_| true);
+    assert_eq!(r, Err(PermError::Unsupported { index: 18 }));
+    assert_eq!(r.unwrap_err().errno(), 95);
     // The signal stack check sees the new ABI size and can refuse.
     let mut seen = 0;
     let r = p.request(&e, &cfg, PermKind::Task, 18, |sz| {
@@ -328,4 +324,41 @@ fn xfd_growth_needs_permission_and_carries_state() {
         g.grow_boxed(&e, &cfg, &perms, 18).unwrap_err(),
         FpstateError::NothingToGrow
     );
+}
+
+/// Linux 6.18's answer to `ARCH_REQ_XCOMP_PERM` / `ARCH_REQ_XCOMP_GUEST_PERM` for a
+/// fresh process whose signal stacks are large enough, written out from
+/// `xstate_request_perm`: 0 or the errno.
+fn linux_request_errno(user_max: XFeatures, index: u32) -> i32 {
+    const XFEATURE_MAX: u32 = 20;
+    const XFEATURE_XTILE_DATA: u32 = 18;
+    if index >= XFEATURE_MAX {
+        22 // EINVAL
+    } else if index != XFEATURE_XTILE_DATA || !user_max.has_index(index) {
+        95 // EOPNOTSUPP
+    } else {
+        0
+    }
+}
+
+#[test]
+fn permission_errnos_are_linuxs_on_every_dump() {
+    let (mut n, mut granted) = (0, 0);
+    for (name, e) in dumps() {
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+        for kind in [PermKind::Task, PermKind::Guest] {
+            for index in 0..64 {
+                let ours = match ProcessPerms::new(&cfg).request(&e, &cfg, kind, index, |_| true) {
+                    Ok(_) => 0,
+                    Err(err) => err.errno(),
+                };
+                let want = linux_request_errno(cfg.user.max_features, index);
+                assert_eq!(ours, want, "{name}: {kind:?} request for {index}");
+                n += 1;
+                granted += usize::from(want == 0);
+            }
+        }
+    }
+    loud!("permission errnos: {n} requests over every dump, {granted} granted, all Linux's");
+    assert!(granted >= 2, "some dump has AMX: the grant path is covered");
 }
