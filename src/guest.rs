@@ -14,7 +14,7 @@ use bitflags::bitflags;
 use crate::cpuid::{CpuidResult, CpuidSource};
 use crate::enumerate::{EXTENDED_START, Enumeration};
 use crate::feature::XFeatures;
-use crate::fpstate::{XCOMP_BV_OFFSET, XSTATE_BV_OFFSET, get_u64};
+use crate::fpstate::{Fpstate, Storage, XCOMP_BV_OFFSET, XSTATE_BV_OFFSET, get_u64};
 use crate::perm::PermSet;
 
 bitflags! {
@@ -186,6 +186,15 @@ pub enum GuestError {
         /// The XCR0.
         xcr0: u64,
     },
+    /// `WRMSR IA32_XFD` / `IA32_XFD_ERR`: bits outside what the guest may arm,
+    /// its XCR0-allowed XFD-capable components (KVM's
+    /// `kvm_guest_supported_xfd`), or any bit for a guest not shown XFD (#GP).
+    XfdNotAllowed {
+        /// The value written.
+        value: u64,
+        /// What the guest may arm.
+        allowed: u64,
+    },
 }
 
 impl GuestError {
@@ -285,6 +294,10 @@ impl fmt::Display for GuestError {
                     "XSTATE_BV {xstate_bv:#x} has components outside XCR0 {xcr0:#x}"
                 )
             }
+            Self::XfdNotAllowed { value, allowed } => write!(
+                f,
+                "XFD value {value:#x} has bits outside the armable {allowed:#x}"
+            ),
         }
     }
 }
@@ -330,8 +343,10 @@ pub(crate) fn check_xcr0(xcr0: XFeatures, allowed: XFeatures) -> Result<(), Gues
 ///
 /// It answers like a CPU would: the size reports of subleaves 0 and 1 follow the
 /// guest's XCR0 and IA32_XSS (KVM's `kvm_update_cpuid_runtime`), every other
-/// register is fixed at construction from the host's facts. A fresh guest is in
-/// the reset state: XCR0 = x87 only, IA32_XSS = 0.
+/// register is fixed at construction from the host's facts. It also holds the
+/// guest's IA32_XFD and IA32_XFD_ERR, which decide what its fpstate may hold
+/// ([`GuestXsave::set_xfd`]). A fresh guest is in the reset state: XCR0 = x87
+/// only, IA32_XSS = 0, XFD and XFD_ERR = 0.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestXsave {
     host: Enumeration,
@@ -343,6 +358,8 @@ pub struct GuestXsave {
     max_standard: u32,
     standard_size: u32,
     compacted_size: u32,
+    xfd: XFeatures,
+    xfd_err: XFeatures,
 }
 
 impl GuestXsave {
@@ -423,6 +440,8 @@ impl GuestXsave {
             max_standard: host.standard_size(xcr0_allowed),
             standard_size: 0,
             compacted_size: 0,
+            xfd: XFeatures::empty(),
+            xfd_err: XFeatures::empty(),
         };
         g.update_sizes();
         Ok(g)
@@ -604,6 +623,99 @@ impl GuestXsave {
     #[inline]
     pub const fn max_standard_size(&self) -> u32 {
         self.max_standard
+    }
+
+    /// The components the guest may arm in IA32_XFD (and find in
+    /// IA32_XFD_ERR): its XCR0-allowed components CPUID marks XFD-capable,
+    /// none if it is not shown XFD. KVM's `kvm_guest_supported_xfd`.
+    pub fn xfd_allowed(&self) -> XFeatures {
+        if !self.flags.contains(XsaveFlags::XFD) {
+            return XFeatures::empty();
+        }
+        let mut m = XFeatures::empty();
+        for i in self.xcr0_allowed.indices() {
+            if self.host.component(i).is_some_and(|c| c.xfd) {
+                m |= XFeatures::from_index(i).unwrap_or(XFeatures::empty());
+            }
+        }
+        m
+    }
+
+    /// The guest's IA32_XFD.
+    #[inline]
+    pub const fn xfd(&self) -> XFeatures {
+        self.xfd
+    }
+
+    /// The guest's IA32_XFD_ERR.
+    #[inline]
+    pub const fn xfd_err(&self) -> XFeatures {
+        self.xfd_err
+    }
+
+    fn check_xfd(&self, value: XFeatures) -> Result<(), GuestError> {
+        let allowed = self.xfd_allowed();
+        if !allowed.contains(value) {
+            return Err(GuestError::XfdNotAllowed {
+                value: value.bits(),
+                allowed: allowed.bits(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The guest writes IA32_XFD (or a VMM restores it): accept `xfd` if the
+    /// guest may arm every bit, and clear XSTATE_BV\[i\] in the guest's saved
+    /// fpstate `fp` for every armed component. Returns the components whose
+    /// state was dropped that way.
+    ///
+    /// The clearing is Linux's January 2026 fix "x86/fpu: Clear XSTATE_BV\[i\]
+    /// in guest XSAVE state whenever XFD\[i\]=1" (KVM does it on guest XFD
+    /// writes and on `KVM_SET_XSAVE`, see [`crate::uabi::import_guest`]): the
+    /// host restores the guest fpstate with the guest's XFD in force, and
+    /// XRSTOR(S) of live state of an armed component raises #NM in the host
+    /// (SDM vol. 1 13.14). Nothing is lost the guest could see: with XFD\[i\]
+    /// set, its next use of component i faults, and the guest's #NM handler
+    /// starts it from its init state. On error nothing changes.
+    ///
+    /// # Errors
+    /// [`GuestError::XfdNotAllowed`] (the guest gets #GP).
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+    /// # use xstate::config::{Configs, Policy};
+    /// # use xstate::fpstate::{Fpstate, Owner};
+    /// # use xstate::guest::{GuestError, GuestXsave, XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
+    /// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
+    /// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    /// let mut g = GuestXsave::new(&e, &all, e.xcr0_supported(), XFeatures::empty(), XsaveFlags::of(&e))?;
+    /// let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
+    /// assert_eq!(g.xfd_allowed(), XFeatures::XTILE_DATA);
+    /// assert_eq!(g.set_xfd(XFeatures::XTILE_DATA, &mut fp), Ok(XFeatures::empty()));
+    /// assert!(matches!(g.set_xfd(XFeatures::XTILE_CFG, &mut fp), Err(GuestError::XfdNotAllowed { .. })));
+    /// assert_eq!(g.xfd(), XFeatures::XTILE_DATA);
+    /// # Ok::<(), GuestError>(())
+    /// ```
+    pub fn set_xfd<S: Storage>(
+        &mut self,
+        xfd: XFeatures,
+        fp: &mut Fpstate<S>,
+    ) -> Result<XFeatures, GuestError> {
+        self.check_xfd(xfd)?;
+        self.xfd = xfd;
+        Ok(crate::uabi::clear_xstate_bv(fp, xfd))
+    }
+
+    /// The guest writes IA32_XFD_ERR (or a VMM restores it): the components
+    /// whose use faulted; it never touches the fpstate.
+    ///
+    /// # Errors
+    /// [`GuestError::XfdNotAllowed`] (the guest gets #GP).
+    pub fn set_xfd_err(&mut self, xfd_err: XFeatures) -> Result<(), GuestError> {
+        self.check_xfd(xfd_err)?;
+        self.xfd_err = xfd_err;
+        Ok(())
     }
 }
 

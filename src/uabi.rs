@@ -832,3 +832,42 @@ fn write_validated<S: Storage>(
     let new_bv = (old_bv - user_max) | hdr;
     put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
 }
+
+/// [`import_abi`] into a guest fpstate under the guest's IA32_XFD: every
+/// component armed in `xfd` leaves the fpstate in its init state (XSTATE_BV\[i\]
+/// cleared), whatever the buffer held. Returns the user features now live in
+/// the fpstate: the buffer's XSTATE_BV minus `xfd`.
+///
+/// This is KVM's `KVM_SET_XSAVE` since Linux's January 2026 fix "x86/fpu: Clear
+/// XSTATE_BV\[i\] in guest XSAVE state whenever XFD\[i\]=1": the guest fpstate is
+/// restored with the guest's XFD in force, and XRSTOR(S) raises #NM for live
+/// state of an armed component (SDM vol. 1 13.14), in the host, where nothing
+/// handles it. State of an armed component is unreachable for the guest anyway:
+/// its next use faults and the guest's #NM handler starts it from init.
+///
+/// # Errors
+/// As [`import_abi`]; `fp` is unchanged then.
+pub fn import_guest<S: Storage>(
+    e: &Enumeration,
+    cfg: &Configs,
+    fp: &mut Fpstate<S>,
+    buf: &[u8],
+    abi: UserAbi,
+    xfd: XFeatures,
+) -> Result<XFeatures, UabiError> {
+    let taken = import_abi(e, cfg, fp, buf, abi)?;
+    clear_xstate_bv(fp, xfd);
+    Ok(taken - xfd)
+}
+
+/// Clear `mask`'s bits in `fp`'s XSTATE_BV (those components read as init on
+/// the next restore); returns the bits that were set. XCOMP_BV is kept: a
+/// compacted XRSTORS only needs XSTATE_BV within it.
+pub(crate) fn clear_xstate_bv<S: Storage>(fp: &mut Fpstate<S>, mask: XFeatures) -> XFeatures {
+    let bv = fp.xstate_bv();
+    let cleared = bv & mask;
+    if !cleared.is_empty() {
+        put_u64(fp.area_mut(), XSTATE_BV_OFFSET, (bv - mask).bits());
+    }
+    cleared
+}
