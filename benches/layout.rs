@@ -12,11 +12,16 @@
 //!   the mask's first `n` features (`Layout::size` of a layout built beforehand,
 //!   the loop, and `Enumeration::compacted_size`, which sums on each call).
 //!
-//! Inputs go through `black_box`, so nothing is constant-folded.
+//! Inputs go through `black_box`, so nothing is constant-folded. The mask and
+//! compacted size each CPU's rows measured are written to the row files
+//! `layout/cpu/{spr,live}` (see `common::Row`).
+
+mod common;
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use common::{Row, Settings};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use xstate::XFeatures;
 use xstate::cpuid::{LiveCpuid, RecordedCpuid};
@@ -29,11 +34,14 @@ const AMX_MASK: u64 = 0x600e7;
 /// Legacy region plus XSAVE header: where the compacted extended region starts.
 const EXTENDED_START: u32 = 576;
 
+/// 0.3 s warm-up and 1 s of measurement (a quarter under
+/// `XSTATE_BENCH_QUICK=1`): the queries take nanoseconds.
+fn settings() -> Settings {
+    Settings::of_run(Duration::from_millis(300), Duration::from_secs(1))
+}
+
 fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
+    settings().criterion()
 }
 
 /// Compacted offset of `index` for `xcomp_bv`, computed on every call (SDM vol. 1
@@ -79,7 +87,14 @@ fn loop_size(comps: &[Component; 64], xcomp_bv: u64) -> u32 {
     end
 }
 
-fn bench_cpu(c: &mut Criterion, cpu: &str, e: &Enumeration, mask: XFeatures) {
+fn bench_cpu(c: &mut Criterion, cpu: &str, what: &str, e: &Enumeration, mask: XFeatures) {
+    // What `{cpu}` measured on this machine, for the report.
+    Row::new("layout", "cpu", cpu)
+        .with("cpu", what)
+        .mask(mask)
+        .with("bytes", e.compacted_size(mask))
+        .with("settings", settings().describe())
+        .write();
     let l = Layout::compacted(e, mask).expect("layout");
     let comps = e.components();
     let mut g = c.benchmark_group("layout_offset");
@@ -123,9 +138,17 @@ fn benches(c: &mut Criterion) {
         .expect("SPR enumeration");
     let amx = XFeatures::from_bits_retain(AMX_MASK);
     assert!(spr.xcr0_supported().contains(amx));
-    bench_cpu(c, "spr", &spr, amx);
+    bench_cpu(c, "spr", "recorded Sapphire Rapids dump", &spr, amx);
     let live = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
-    bench_cpu(c, "live", &live, live.xcr0_supported());
+    // Every component this CPU enumerates for XCR0: the mask differs between
+    // CPUs, and the row file and report name it.
+    bench_cpu(
+        c,
+        "live",
+        "this CPU, every XCR0-capable component it enumerates",
+        &live,
+        live.xcr0_supported(),
+    );
 }
 
 criterion_group! {

@@ -16,7 +16,13 @@
 //! use (as a guest's CET_S is when the host state comes back); that instruction is
 //! in all three loops alike. After each batch, outside the timing, an XSAVEC
 //! checks the opmask ended where the variant says (init for a and b, loaded for
-//! c); a mismatch prints `WARN`.
+//! c); a mismatch prints `WARN` and is counted in the row file.
+//!
+//! The three variants of a base are one row, `lesser_dynamic/xrstor/{base}`,
+//! timed in alternation (see `common::interleaved`), so the ratios b / a and
+//! c / a come from batches microseconds apart. The row needs the opmask (and,
+//! for `avx512`, the other AVX-512 components) in XCR0 and XSAVEC; without
+//! them it prints a loud SKIP naming what is missing.
 
 mod common;
 
@@ -24,8 +30,8 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{config, dirty_image, init_image, xstate_bv};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use common::{Held, Row, Side, config, dirty_image, init_image, interleaved, missing, xstate_bv};
+use criterion::{Criterion, criterion_group, criterion_main};
 use xstate::XFeatures;
 use xstate::cpuid::LiveCpuid;
 use xstate::enumerate::Enumeration;
@@ -76,41 +82,46 @@ static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 fn benches(c: &mut Criterion) {
     let xcr0 = insn::read_xcr0().expect("OSXSAVE is not enabled");
     let e = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
-    if !xcr0.contains(XFeatures::AVX512 | XFeatures::AVX) || !e.xsavec {
-        eprintln!(
-            "\n******** SKIP bench lesser_dynamic: needs AVX-512 in XCR0 ({:#x}) and XSAVEC ********\n",
-            xcr0.bits()
-        );
-        return;
-    }
     let init = init_image(&e);
-    let full = xcr0 & (XFeatures::LEGACY | XFeatures::AVX | XFeatures::AVX512);
-    let mut check = BoxedArea::zeroed(e.compacted_size(full) as usize);
-
     let mut g = c.benchmark_group("lesser_dynamic");
     for (name, base) in BASES {
         let base = XFeatures::from_bits_retain(base);
         let rfbm = base | OPMASK;
+        let row = Row::new("lesser_dynamic", "xrstor", name).mask(base);
+        // The opmask instruction needs AVX-512F state enabled, which Linux
+        // enables only with all three AVX-512 components.
+        let skip = missing(rfbm | XFeatures::AVX512, xcr0, "XCR0").or_else(|| {
+            (!e.xsavec).then(|| "XSAVEC not enumerated (CPUID(0xD,1).EAX[1])".to_string())
+        });
+        if let Some(why) = skip {
+            row.skip(&why);
+            continue;
+        }
+        let full = xcr0 & (XFeatures::LEGACY | XFeatures::AVX | XFeatures::AVX512);
         let without = Layout::compacted(&e, base).expect("layout");
         let with = Layout::compacted(&e, rfbm).expect("layout");
         let variants = [
-            ("a-absent", dirty_image(&without, base), false),
-            ("b-init-in-buffer", dirty_image(&with, base), false),
-            ("c-in-use", dirty_image(&with, rfbm), true),
+            ("a", dirty_image(&without, base), false),
+            ("b", dirty_image(&with, base), false),
+            ("c", dirty_image(&with, rfbm), true),
         ];
-        for (variant, img, loaded) in &variants {
-            let label = format!("lesser_dynamic/{variant}/{name}");
-            g.bench_function(BenchmarkId::new(*variant, name), |b| {
-                b.iter_custom(|n| {
+        let init = init.bytes();
+        let mut sides: Vec<Side<'_>> = variants
+            .iter()
+            .map(|(variant, img, loaded)| {
+                let label = format!("lesser_dynamic/xrstor/{name} ({variant})");
+                let mut check = BoxedArea::zeroed(e.compacted_size(full) as usize);
+                Side::checked(variant, move |n| {
                     // SAFETY: AVX-512 is in XCR0 (checked above); `img` was built
                     // from the compacted layout of its XCOMP_BV, with XSTATE_BV
                     // within it and a zero header otherwise.
                     let d = unsafe { restore_loop(img.bytes(), rfbm, n) };
                     let p = check.bytes_mut().as_mut_ptr();
-                    // SAFETY: `check` is zeroed, aligned and sized for `full`.
+                    // SAFETY: `check` is zeroed, aligned and sized for `full`,
+                    // and XSAVEC is enumerated (checked above).
                     unsafe { insn::xsavec(p, full) };
                     // SAFETY: `init` is a standard-form image with XSTATE_BV = 0.
-                    unsafe { insn::xrstor(init.bytes().as_ptr(), full) };
+                    unsafe { insn::xrstor(init.as_ptr(), full) };
                     let xbv = xstate_bv(check.bytes());
                     let opmask_in_use = xbv & OPMASK.bits() != 0;
                     if opmask_in_use != *loaded
@@ -122,10 +133,16 @@ fn benches(c: &mut Criterion) {
                             if opmask_in_use { "in use" } else { "init" }
                         );
                     }
-                    d
+                    (d, Held::one(opmask_in_use == *loaded))
                 })
-            });
-        }
+            })
+            .collect();
+        let row = row
+            .with("bytes.a", without.size())
+            .with("bytes.b", with.size())
+            .with("bytes.c", with.size())
+            .with("rfbm", format!("{:#x}", rfbm.bits()));
+        interleaved(&mut g, row, &mut sides);
     }
     g.finish();
 }

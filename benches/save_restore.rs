@@ -1,28 +1,39 @@
 //! Save/restore paths: the bare instruction pair on a raw aligned buffer against
-//! the crate's path over the same state, side by side in one run.
+//! the crate's path over the same state, timed in alternation (see
+//! `common::interleaved`): batches of the two sides take turns tens of
+//! microseconds apart, so each crate / bare ratio comes from one stretch of
+//! time and machine drift cancels.
 //!
-//! For each requested-feature mask (x87|SSE 0x3, +AVX 0x7, +AVX-512 0xe7, +AMX
-//! 0x600e7 after the AMX permission request) and each state (`init`, `dirty`):
-//! - `xsavec-bare` / `xsavec-crate`: XSAVEC + XRSTOR on a compacted buffer, against
-//!   `Fpstate::save` + `Fpstate::restore` in `Mode::User` (which issue XSAVEC and
-//!   XRSTOR through `Cpu`);
-//! - `xsave-bare` / `xsave-crate`: XSAVE + XRSTOR on a standard buffer, against
-//!   `Cpu` as an `XsaveUnit` (`Insn::Xsave`, `Insn::Xrstor`);
-//! - `xsaveopt-bare` / `xsaveopt-crate`: XSAVEOPT + XRSTOR, against the fpstate of
-//!   a standard-form config (an enumeration of this CPU with XSAVEC/XSAVES hidden,
-//!   for which `Fpstate::save` issues XSAVEOPT).
+//! Rows are named by the requested-feature mask they measure, and a mask means
+//! the same components on every CPU: x87|SSE 0x3, +AVX 0x7, +AVX-512 0xe7,
+//! +AMX 0x600e7 (after the AMX permission request), and, where it is none of
+//! these, every component of this CPU's XCR0. A row whose mask is not in XCR0,
+//! or whose instruction the CPU does not enumerate, prints a loud SKIP naming
+//! what is missing (and its row file says so). For each mask and each state
+//! (`init`, `dirty`), rows `save_restore/{pair}/{mask}-{state}`, sides `bare`
+//! and `crate`:
+//! - `xsavec`: XSAVEC + XRSTOR on a compacted buffer, against `Fpstate::save` +
+//!   `Fpstate::restore` in `Mode::User` (which issue XSAVEC and XRSTOR through
+//!   `Cpu`);
+//! - `xsave`: XSAVE + XRSTOR on a standard buffer, against `Cpu` as an
+//!   `XsaveUnit` (`Insn::Xsave`, `Insn::Xrstor`);
+//! - `xsaveopt`: XSAVEOPT + XRSTOR, against the fpstate of a standard-form
+//!   config (an enumeration of this CPU with XSAVEC/XSAVES hidden, for which
+//!   `Fpstate::save` issues XSAVEOPT).
 //!
-//! Group `scaling`: the crate's XSAVEC path, dirty, for more masks, so the cost can
-//! be read against the area size.
+//! Group `scaling`: the crate's XSAVEC path alone, dirty, for more masks
+//! (subsets of AVX-512), so the cost can be read against the area size.
 //!
-//! How the state is held (the same on both sides): before each timed batch the
-//! registers are loaded with XRSTOR from an image (`dirty`: every component of the
-//! mask holds a non-init pattern; `init`: XSTATE_BV = 0). Inside the timed loop each
-//! iteration is save-into-B then XRSTOR-from-B, so the XRSTOR at the end of one
-//! iteration re-establishes the state the next save sees: nothing but the loop
-//! counter runs between them. After each batch, outside the timing, XSTATE_BV of B
-//! is checked against the intended state (a `WARN` line on stderr if it differs)
-//! and the registers are put back in init state for criterion's own code.
+//! How the state is held (the same on both sides): a side's iterations run in
+//! timed batches (`common::BATCH`, alternating with the other side's); before
+//! each batch the registers are loaded with XRSTOR from an image (`dirty`: every component of the mask holds a
+//! non-init pattern; `init`: XSTATE_BV = 0). Inside the batch each iteration is
+//! save-into-B then XRSTOR-from-B, so the XRSTOR at the end of one iteration
+//! re-establishes the state the next save sees: nothing but the loop counter
+//! runs between them. After each batch, outside the timing, XSTATE_BV of B is
+//! checked against the intended state (a `WARN` line on stderr the first time
+//! it differs; the row file counts the batches that did) and the registers
+//! are put back in init state for the code that runs in between.
 
 mod common;
 
@@ -30,9 +41,8 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{config, dirty_image, init_image, xstate_bv};
-use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
+use common::{Held, Row, Side, config, dirty_image, init_image, interleaved, missing, xstate_bv};
+use criterion::{Criterion, criterion_group, criterion_main};
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::{CpuidResult, CpuidSource, LiveCpuid};
@@ -45,8 +55,7 @@ use xstate::layout::Layout;
 const MASKS: [u64; 4] = [0x3, 0x7, 0xe7, 0x600e7];
 /// Extra masks for the scaling table (subsets of AVX-512 are valid RFBMs).
 const SCALING_EXTRA: [u64; 4] = [0x23, 0x43, 0x83, 0xc3];
-/// `arch_prctl` request for permission to use a dynamic component (Linux uapi).
-const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
+
 /// Load the registers from `img` for `rfbm`.
 fn load(img: &[u8], rfbm: XFeatures) {
     assert_eq!(img.as_ptr() as usize % 64, 0);
@@ -130,38 +139,45 @@ fn configs_for(e: &Enumeration, mask: XFeatures) -> Configs {
     Configs::new(e, &p).expect("configs for mask")
 }
 
-/// Warnings already printed, one per benchmark.
+/// Warnings already printed, one per row.
 static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
-/// Time `run` (which returns the elapsed time of its loop and the XSTATE_BV it
-/// left in its buffer) in criterion batches: load `start_img` first, check the
-/// saved XSTATE_BV against `want` and put the registers in init state after.
-#[allow(clippy::too_many_arguments)]
-fn timed(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    id: BenchmarkId,
+/// One side of a row: one batch (`common::interleaved` sizes and alternates
+/// them). The registers are loaded from `start_img` first (a context switch
+/// can hand the task back in another state: Linux may return it with SSE in
+/// use, and the save-then-restore loop would carry that to the end of the
+/// batch, so every batch starts afresh); `run` times its loop and returns the
+/// XSTATE_BV it left in its buffer, checked against `want` outside the timing
+/// (a batch that fails counts as one that lost its state); then the
+/// registers are put in init state for the code that runs in between.
+fn side<'a>(
+    name: &'static str,
     label: String,
-    start_img: &[u8],
-    init_img: &[u8],
+    start_img: &'a [u8],
+    init_img: &'a [u8],
     rfbm: XFeatures,
     want: u64,
-    mut run: impl FnMut(u64) -> (Duration, u64),
-) {
-    g.bench_function(id, |b| {
-        b.iter_custom(|n| {
-            load(start_img, rfbm);
-            let (d, got) = run(n);
-            load(init_img, rfbm);
-            let got = got & rfbm.bits();
-            if got != want && WARNED.lock().expect("lock").insert(label.clone()) {
-                eprintln!(
-                    "\n******** WARN bench {label}: saved XSTATE_BV {got:#x}, intended {want:#x}: \
-                     the state changed under the measurement ********\n"
-                );
-            }
-            d
-        })
-    });
+    mut run: impl FnMut(u64) -> (Duration, u64) + 'a,
+) -> Side<'a> {
+    Side::checked(name, move |n| {
+        load(start_img, rfbm);
+        let (d, got) = run(n);
+        load(init_img, rfbm);
+        let got = got & rfbm.bits();
+        if got != want
+            && WARNED
+                .lock()
+                .expect("lock")
+                .insert(format!("{label} {name}"))
+        {
+            eprintln!(
+                "\n******** WARN bench {label} ({name}): saved XSTATE_BV {got:#x}, intended \
+                 {want:#x}: the state changed under the measurement (batches counted in the \
+                 row file) ********\n"
+            );
+        }
+        (d, Held::one(got == want))
+    })
 }
 
 /// What every mask shares.
@@ -179,11 +195,9 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
     let dirty_c = dirty_image(&cmp, mask);
     let dirty_s = dirty_image(&std, mask);
     let cfg = configs_for(e, mask);
-    let std_cfg = configs_for(&s.std_e, mask);
-    // SAFETY: OSXSAVE is set and XSAVEC/XSAVEOPT are enumerated (checked in
-    // `benches`); every area given to this unit is sized by its mask's layout;
-    // restores run only inside the timed loops, where no compiler-held vector
-    // value is live.
+    // SAFETY: OSXSAVE is set (XCR0 was read in `benches`); every area given to
+    // this unit is sized by its mask's layout; restores run only inside the
+    // timed loops, where no compiler-held vector value is live.
     let mut cpu = unsafe { Cpu::user() }.expect("this CPU's XSAVE unit");
     let mut g = c.benchmark_group(group);
     let states: &[&str] = if scaling {
@@ -198,112 +212,154 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
         let param = format!("{:#x}-{state}", mask.bits());
         let img_c: &[u8] = if dirty { dirty_c.bytes() } else { init };
         let img_s: &[u8] = if dirty { dirty_s.bytes() } else { init };
-        let id = |f: &str| (BenchmarkId::new(f, &param), format!("{group}/{f}/{param}"));
+        let row = |f: &str, what: &str, form: &Layout| {
+            Row::new(group, f, &param)
+                .mask(mask)
+                .with("state", state)
+                .with("pair", what)
+                .with("bytes", form.size())
+        };
+        let label = |f: &str| format!("{group}/{f}/{param}");
 
         // XSAVEC + XRSTOR against Fpstate::save + Fpstate::restore.
-        if !scaling {
-            let mut buf = BoxedArea::zeroed(cmp.size() as usize);
-            let (i, l) = id("xsavec-bare");
-            timed(&mut g, i, l, img_c, init, mask, want, |n| {
-                let d = bare_loop::<0>(buf.bytes_mut(), mask, n);
-                (d, xstate_bv(buf.bytes()))
-            });
-        }
         let mut fp = Fpstate::new_boxed(e, &cfg, Owner::Host).expect("fpstate");
         assert_eq!(fp.info().features, mask);
         assert_eq!(fp.info().size, cmp.size());
-        let (i, l) = id("xsavec-crate");
-        timed(&mut g, i, l, img_c, init, mask, want, |n| {
-            let d = fpstate_loop(&mut fp, &mut cpu, &cfg, n);
-            (d, fp.xstate_bv().bits())
-        });
+        if !e.xsavec {
+            row("xsavec", "XSAVEC+XRSTOR", &cmp)
+                .skip("XSAVEC not enumerated (CPUID(0xD,1).EAX[1])");
+        } else if scaling {
+            let mut sides = [side(
+                "crate",
+                label("xsavec-crate"),
+                img_c,
+                init,
+                mask,
+                want,
+                |n| {
+                    let d = fpstate_loop(&mut fp, &mut cpu, &cfg, n);
+                    (d, fp.xstate_bv().bits())
+                },
+            )];
+            interleaved(
+                &mut g,
+                row("xsavec-crate", "XSAVEC+XRSTOR", &cmp),
+                &mut sides,
+            );
+        } else {
+            let mut buf = BoxedArea::zeroed(cmp.size() as usize);
+            let l = label("xsavec");
+            let mut sides = [
+                side("bare", l.clone(), img_c, init, mask, want, |n| {
+                    let d = bare_loop::<0>(buf.bytes_mut(), mask, n);
+                    (d, xstate_bv(buf.bytes()))
+                }),
+                side("crate", l, img_c, init, mask, want, |n| {
+                    let d = fpstate_loop(&mut fp, &mut cpu, &cfg, n);
+                    (d, fp.xstate_bv().bits())
+                }),
+            ];
+            interleaved(&mut g, row("xsavec", "XSAVEC+XRSTOR", &cmp), &mut sides);
+        }
         if scaling {
             continue;
         }
 
         // XSAVE + XRSTOR against the crate's XsaveUnit.
-        let mut buf = BoxedArea::zeroed(std.size() as usize);
-        let (i, l) = id("xsave-bare");
-        timed(&mut g, i, l, img_s, init, mask, want, |n| {
-            let d = bare_loop::<1>(buf.bytes_mut(), mask, n);
-            (d, xstate_bv(buf.bytes()))
-        });
-        let mut buf = BoxedArea::zeroed(std.size() as usize);
-        let (i, l) = id("xsave-crate");
-        timed(&mut g, i, l, img_s, init, mask, want, |n| {
-            let d = unit_xsave_loop(buf.bytes_mut(), &mut cpu, mask, n);
-            (d, xstate_bv(buf.bytes()))
-        });
+        let mut buf_b = BoxedArea::zeroed(std.size() as usize);
+        let mut buf_c = BoxedArea::zeroed(std.size() as usize);
+        let l = label("xsave");
+        let mut sides = [
+            side("bare", l.clone(), img_s, init, mask, want, |n| {
+                let d = bare_loop::<1>(buf_b.bytes_mut(), mask, n);
+                (d, xstate_bv(buf_b.bytes()))
+            }),
+            side("crate", l, img_s, init, mask, want, |n| {
+                let d = unit_xsave_loop(buf_c.bytes_mut(), &mut cpu, mask, n);
+                (d, xstate_bv(buf_c.bytes()))
+            }),
+        ];
+        interleaved(&mut g, row("xsave", "XSAVE+XRSTOR", &std), &mut sides);
+        // The sides hold `cpu` until dropped.
+        drop(sides);
 
         // XSAVEOPT + XRSTOR against a standard-form fpstate.
-        let mut buf = BoxedArea::zeroed(std.size() as usize);
-        let (i, l) = id("xsaveopt-bare");
-        timed(&mut g, i, l, img_s, init, mask, want, |n| {
-            let d = bare_loop::<2>(buf.bytes_mut(), mask, n);
-            (d, xstate_bv(buf.bytes()))
-        });
+        if !e.xsaveopt {
+            row("xsaveopt", "XSAVEOPT+XRSTOR", &std)
+                .skip("XSAVEOPT not enumerated (CPUID(0xD,1).EAX[0])");
+            continue;
+        }
+        let std_cfg = configs_for(&s.std_e, mask);
         let mut fp = Fpstate::new_boxed(&s.std_e, &std_cfg, Owner::Host).expect("std fpstate");
         assert_eq!(fp.info().size, std.size());
-        let (i, l) = id("xsaveopt-crate");
-        timed(&mut g, i, l, img_s, init, mask, want, |n| {
-            let d = fpstate_loop(&mut fp, &mut cpu, &std_cfg, n);
-            (d, fp.xstate_bv().bits())
-        });
+        let mut buf = BoxedArea::zeroed(std.size() as usize);
+        let l = label("xsaveopt");
+        let mut sides = [
+            side("bare", l.clone(), img_s, init, mask, want, |n| {
+                let d = bare_loop::<2>(buf.bytes_mut(), mask, n);
+                (d, xstate_bv(buf.bytes()))
+            }),
+            side("crate", l, img_s, init, mask, want, |n| {
+                let d = fpstate_loop(&mut fp, &mut cpu, &std_cfg, n);
+                (d, fp.xstate_bv().bits())
+            }),
+        ];
+        interleaved(&mut g, row("xsaveopt", "XSAVEOPT+XRSTOR", &std), &mut sides);
     }
     g.finish();
-}
-
-/// Ask Linux for AMX TILEDATA; the reason on failure.
-fn request_amx(xcr0: XFeatures) -> Result<(), String> {
-    if !xcr0.contains(XFeatures::XTILE) {
-        return Err(format!("AMX not in XCR0 ({:#x})", xcr0.bits()));
-    }
-    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, 18) only asks the kernel to permit
-    // component 18 for this process; it touches no memory of ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            ARCH_REQ_XCOMP_PERM,
-            18 as libc::c_ulong,
-        )
-    };
-    if r != 0 {
-        return Err(format!(
-            "AMX in XCR0 but ARCH_REQ_XCOMP_PERM failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 fn benches(c: &mut Criterion) {
     let xcr0 = insn::read_xcr0().expect("OSXSAVE is not enabled: no XSAVE benches possible");
     let e = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
-    assert!(
-        e.xsavec && e.xsaveopt,
-        "this bench needs XSAVEC and XSAVEOPT"
-    );
     let std_e = Enumeration::from_cpuid(&NoCompaction).expect("enumeration without XSAVEC");
     let init = init_image(&e);
+    // AMX TILEDATA sits behind XFD until this process has permission.
+    let amx = if xcr0.contains(XFeatures::XTILE) {
+        common::permit_dynamic(xcr0)
+    } else {
+        Ok(())
+    };
     let s = Setup { e, std_e, init };
-    let rows = MASKS.map(|m| (m, "save_restore"));
+    // The fixed masks, then this CPU's whole XCR0 where it is none of them.
+    let mut masks: Vec<u64> = MASKS.to_vec();
+    if !masks.contains(&xcr0.bits()) {
+        masks.push(xcr0.bits());
+    }
+    let rows = masks.into_iter().map(|m| (m, "save_restore"));
     let scaling = SCALING_EXTRA.map(|m| (m, "scaling"));
-    for (m, group) in rows.into_iter().chain(scaling) {
+    for (m, group) in rows.chain(scaling) {
         let mask = XFeatures::from_bits_retain(m);
-        let skip = if mask.contains(XFeatures::XTILE) {
-            request_amx(xcr0).err()
-        } else if !xcr0.contains(mask) {
-            Some(format!("mask {m:#x} not in XCR0 {:#x}", xcr0.bits()))
-        } else {
-            None
-        };
+        let scaled = group == "scaling";
+        let skip = missing(mask, xcr0, "XCR0").or_else(|| {
+            if mask.intersects(XFeatures::DYNAMIC) {
+                amx.clone().err()
+            } else {
+                None
+            }
+        });
         if let Some(why) = skip {
-            eprintln!(
-                "\n******** SKIP bench: {why}: the {group} {m:#x} rows are not measured ********\n"
-            );
+            let states: &[&str] = if scaled {
+                &["dirty"]
+            } else {
+                &["init", "dirty"]
+            };
+            let pairs: &[&str] = if scaled {
+                &["xsavec-crate"]
+            } else {
+                &["xsavec", "xsave", "xsaveopt"]
+            };
+            for state in states {
+                for f in pairs {
+                    Row::new(group, f, &format!("{m:#x}-{state}"))
+                        .mask(mask)
+                        .with("state", state)
+                        .skip(&why);
+                }
+            }
             continue;
         }
-        bench_mask(c, &s, mask, group, group == "scaling");
+        bench_mask(c, &s, mask, group, scaled);
     }
 }
 

@@ -1,27 +1,44 @@
 //! User-ABI copies: `uabi::export` and `uabi::import` of a fully dirty state
 //! against `memcpy` of the same number of bytes (the standard-form size: the
-//! physical limit of any copy), and against Linux's own path through KVM
-//! (KVM_GET_XSAVE2 + KVM_SET_XSAVE) where `/dev/kvm` exists.
+//! physical limit of any copy), and our KVM-format export + import against
+//! Linux's own path through KVM (KVM_GET_XSAVE2 + KVM_SET_XSAVE) where
+//! `/dev/kvm` exists.
 //!
-//! Export and import are pure memory work, so the AMX state is measured on the
-//! recorded Sapphire Rapids dump (`amx-spr`: user features 0x602e7, AMX TILEDATA
-//! allocated) and the AVX-512 state on the live CPU (`avx512-live`).
-//! - `uabi/export/{state}`: compacted fpstate -> standard user buffer;
-//! - `uabi/import/{state}`: standard user buffer -> fpstate, every check included;
-//! - `uabi/memcpy/{state}`: `copy_from_slice` of the standard size;
-//! - `uabi/memcpy-largest/{state}`: `copy_from_slice` of the largest component
-//!   alone, from its compacted offset in the fpstate to its standard offset;
-//! - `uabi/kvm-get-set/avx512-live`: KVM_GET_XSAVE2 + KVM_SET_XSAVE on a vCPU whose
-//!   XCR0 holds the same AVX-512 state (the KVM here offers guests no AMX).
+//! Rows `uabi/copy/{state}`, each named by the components it copies (the same
+//! on every CPU; a CPU that lacks them prints a loud SKIP naming what is
+//! missing):
+//! - `avx512-live`: this CPU, x87|SSE|AVX|AVX-512 (0xe7);
+//! - `amx-live`: this CPU, 0xe7 + AMX TILECFG and TILEDATA (0x600e7), TILEDATA
+//!   allocated (pure memory work: no AMX instruction runs, so no permission);
+//! - `amx-spr`: the recorded Sapphire Rapids dump with Linux's user features
+//!   (0x602e7, PKRU included), TILEDATA allocated: the AMX copy on any machine;
+//! - `xcr0-live`: every user component of this CPU's XCR0 (TILEDATA
+//!   allocated), where that is neither 0xe7 nor 0x600e7 (e.g. with PKRU).
+//!
+//! Each row times four sides in alternation (see `common::interleaved`), so
+//! the ratios memcpy / export and memcpy / import come from batches
+//! microseconds apart: `memcpy` (`copy_from_slice` of the standard size),
+//! `export` (compacted fpstate -> standard user buffer), `import` (standard
+//! user buffer -> fpstate, every check included) and `memcpy-largest` (the
+//! largest component alone, from its compacted offset in the fpstate to its
+//! standard offset: the one copy export cannot split).
+//!
+//! Row `uabi/kvm/guest`: a vCPU with what KVM offers guests on this host
+//! (`common::KvmGuest`: KVM_GET_SUPPORTED_CPUID after guest permission, the
+//! guest XCR0 read back from the vCPU, uabi size max(4096, KVM_CAP_XSAVE2)),
+//! holding every component of the guest XCR0 dirty. Sides: `kvm`
+//! (KVM_GET_XSAVE2 + KVM_SET_XSAVE, two ioctls) and `ours` (our [`export`]
+//! with KVM's mask, the guest XCR0 plus x87 and SSE, into a uabi-size buffer,
+//! then [`import_abi`] with `UserAbi::Kvm`, on a guest fpstate of this CPU).
 
 mod common;
 
 use std::hint::black_box;
+use std::ops::Range;
+use std::time::Instant;
 
-use common::{config, dirty_image};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Xsave, kvm_xcrs};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use common::{KvmGuest, Row, Side, config, dirty_image, interleaved, missing};
+use criterion::{Criterion, criterion_group, criterion_main};
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::{LiveCpuid, RecordedCpuid};
@@ -29,15 +46,21 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, Owner, Storage};
 use xstate::insn;
 use xstate::layout::Layout;
-use xstate::uabi::{export, import};
+use xstate::uabi::{UserAbi, export, import, import_abi};
 
 const SPR: &str = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
-/// `struct kvm_xsave` without its flexible tail.
-const REGION: usize = 4096;
+/// x87 and SSE: KVM always exports them, whatever the guest's CPUID says.
+const FPSSE: XFeatures = XFeatures::LEGACY;
+const AVX512_ROW: XFeatures = XFeatures::LEGACY
+    .union(XFeatures::AVX)
+    .union(XFeatures::AVX512);
+const AMX_ROW: XFeatures = AVX512_ROW.union(XFeatures::XTILE);
+/// KVM round trips per batch: about 10 us each (two ioctls), so a batch is
+/// tens of microseconds like the others.
+const KVM_BATCH: u64 = 4;
 
 /// One state to copy: enumeration, configs, a host fpstate holding it.
 struct Case {
-    name: &'static str,
     e: Enumeration,
     cfg: Configs,
     fp: Fpstate<BoxedArea>,
@@ -45,18 +68,19 @@ struct Case {
     /// The user buffer, 64-byte aligned like the fpstate (so memcpy and our
     /// copies see the same alignment).
     buf: BoxedArea,
+    out: BoxedArea,
 }
 
 impl Case {
-    fn new(name: &'static str, e: Enumeration, p: Policy, mxcsr_mask: Option<u32>) -> Self {
+    fn new(e: Enumeration, p: Policy, owner: Owner, mxcsr_mask: Option<u32>) -> Self {
         let mut cfg = Configs::new(&e, &p).expect("configs");
         if let Some(m) = mxcsr_mask {
             cfg.mxcsr_mask = m;
         }
-        let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Host).expect("fpstate");
+        let mut fp = Fpstate::new_boxed(&e, &cfg, owner).expect("fpstate");
         let user = fp.info().user_features;
         // Every user component in a non-init state (valid for import: MXCSR
-        // default, header zero but XSTATE_BV).
+        // default, PKRU key 0 usable, header zero but XSTATE_BV).
         let std = Layout::standard(&e, user).expect("standard layout");
         let mut buf = dirty_image(&std, user);
         assert_eq!(buf.bytes().len(), fp.info().user_size as usize);
@@ -65,191 +89,252 @@ impl Case {
         // From here on the buffer is what export writes (MXCSR_MASK, software
         // bytes included), so import and export move the same bytes.
         export(&e, &cfg, &fp, user, buf.bytes_mut()).expect("export");
+        let out = BoxedArea::zeroed(buf.bytes().len());
         Self {
-            name,
             e,
             cfg,
             fp,
             user,
             buf,
+            out,
         }
     }
-}
 
-/// A vCPU whose XCR0 is `xcr0` and whose XSAVE state holds `state` (standard
-/// form, at most `REGION` bytes); `Err` = why not.
-struct Vcpu {
-    _kvm: Kvm,
-    _vm: VmFd,
-    vcpu: VcpuFd,
-    xs: Xsave,
-}
-
-impl Vcpu {
-    fn open(xcr0: u64, state: &[u8]) -> Result<Self, String> {
-        let kvm = Kvm::new().map_err(|e| format!("/dev/kvm: {e}"))?;
-        let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
-        let vcpu = vm
-            .create_vcpu(0)
-            .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
-        let d0 = cpuid
-            .as_slice()
-            .iter()
-            .find(|x| x.function == 0xd && x.index == 0)
-            .copied()
-            .unwrap_or_default();
-        let guest_xcr0 = (u64::from(d0.edx) << 32) | u64::from(d0.eax);
-        if guest_xcr0 & xcr0 != xcr0 {
-            return Err(format!(
-                "KVM offers guests XCR0 {guest_xcr0:#x}, not {xcr0:#x}"
-            ));
-        }
-        // KVM takes the importable features from the vCPU's CPUID table.
-        vcpu.set_cpuid2(&cpuid)
-            .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
-        let mut x = kvm_xcrs {
-            nr_xcrs: 1,
-            ..Default::default()
+    /// The fpstate holding exactly `mask` of this CPU's components.
+    fn exactly(e: Enumeration, mask: XFeatures, mxcsr_mask: Option<u32>) -> Self {
+        let p = Policy {
+            enabled: mask,
+            dynamic: XFeatures::empty(),
+            independent: XFeatures::empty(),
+            guest_only: XFeatures::empty(),
         };
-        x.xcrs[0].xcr = 0;
-        x.xcrs[0].value = xcr0;
-        vcpu.set_xcrs(&x)
-            .map_err(|e| format!("KVM_SET_XCRS: {e}"))?;
-        let cap = vm.check_extension_int(Cap::Xsave2);
-        let size = if cap > 0 { cap as usize } else { REGION };
-        let mut xs =
-            Xsave::new(size.saturating_sub(REGION).div_ceil(4)).map_err(|e| format!("{e:?}"))?;
-        if state.len() > REGION {
-            return Err(format!(
-                "{} bytes of state exceed kvm_xsave's region",
-                state.len()
-            ));
-        }
-        // SAFETY: only the fixed region is written; the length field is untouched.
-        let region = unsafe { &mut xs.as_mut_fam_struct().xsave.region };
-        for (w, c) in region.iter_mut().zip(state.chunks(4)) {
-            let mut q = [0u8; 4];
-            q[..c.len()].copy_from_slice(c);
-            *w = u32::from_le_bytes(q);
-        }
-        // SAFETY: `xs` was allocated for KVM_CAP_XSAVE2 bytes, all KVM reads.
-        unsafe { vcpu.set_xsave2(&xs) }.map_err(|e| format!("KVM_SET_XSAVE: {e}"))?;
-        Ok(Self {
-            _kvm: kvm,
-            _vm: vm,
-            vcpu,
-            xs,
-        })
+        Self::new(e, p, Owner::Host, mxcsr_mask)
     }
 
-    fn round_trip(&mut self) {
-        // SAFETY: `xs` was allocated for KVM_CAP_XSAVE2 bytes, all KVM writes.
-        unsafe { self.vcpu.get_xsave2(&mut self.xs) }.expect("KVM_GET_XSAVE2");
-        // SAFETY: as above, for reads.
-        unsafe { self.vcpu.set_xsave2(&self.xs) }.expect("KVM_SET_XSAVE");
+    /// The largest extended component: its index, compacted range in the
+    /// fpstate and standard range in the user buffer.
+    fn largest(&self) -> (u32, Range<usize>, Range<usize>) {
+        let kernel = Layout::compacted(&self.e, self.fp.info().features).expect("compacted layout");
+        let (i, c) = self
+            .user
+            .indices()
+            .filter(|&i| i >= 2)
+            .map(|i| (i, self.e.components()[i as usize]))
+            .max_by_key(|(_, c)| c.size)
+            .expect("every case has an extended user component");
+        let src = kernel.range_of(i).expect("component in the fpstate");
+        (
+            i,
+            src,
+            c.std_offset as usize..(c.std_offset + c.size) as usize,
+        )
     }
+}
+
+fn bench_copy(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    row: Row,
+    case: &mut Case,
+) {
+    let (li, src, dst) = case.largest();
+    let Case {
+        e,
+        cfg,
+        fp,
+        user,
+        buf,
+        out,
+    } = case;
+    let user = *user;
+    // Checked outside the timing: importing the buffer gives its features,
+    // and exporting the fpstate gives the buffer back.
+    let got = import(e, cfg, fp, buf.bytes()).expect("import of the buffer");
+    assert_eq!(got, user, "import of the buffer");
+    export(e, cfg, fp, user, out.bytes_mut()).expect("export");
+    assert!(
+        out.bytes() == buf.bytes(),
+        "export gives back what was imported"
+    );
+    let row = row
+        .mask(user)
+        .with("bytes", buf.bytes().len())
+        .with("largest", xstate::feature::name_of(li))
+        .with("largest.bytes", dst.len());
+    // The sides share the fpstate and the buffers; each borrows them only
+    // while it runs.
+    let cell = std::cell::RefCell::new((fp, buf, out));
+    let e = &*e;
+    let cfg = &*cfg;
+    let mut sides = [
+        Side::new("memcpy", |n| {
+            let mut c = cell.borrow_mut();
+            let (_, buf, out) = &mut *c;
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(out.bytes_mut()).copy_from_slice(black_box(buf.bytes()));
+            }
+            t.elapsed()
+        }),
+        Side::new("export", |n| {
+            let mut c = cell.borrow_mut();
+            let (fp, _, out) = &mut *c;
+            let t = Instant::now();
+            for _ in 0..n {
+                export(
+                    black_box(e),
+                    cfg,
+                    black_box(&**fp),
+                    user,
+                    black_box(out.bytes_mut()),
+                )
+                .expect("export");
+            }
+            t.elapsed()
+        }),
+        Side::new("import", |n| {
+            let mut c = cell.borrow_mut();
+            let (fp, buf, _) = &mut *c;
+            let t = Instant::now();
+            for _ in 0..n {
+                import(
+                    black_box(e),
+                    cfg,
+                    black_box(&mut **fp),
+                    black_box(buf.bytes()),
+                )
+                .expect("import");
+            }
+            t.elapsed()
+        }),
+        Side::new("memcpy-largest", |n| {
+            let mut c = cell.borrow_mut();
+            let (fp, _, out) = &mut *c;
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(&mut out.bytes_mut()[dst.clone()])
+                    .copy_from_slice(black_box(&fp.area()[src.clone()]));
+            }
+            t.elapsed()
+        }),
+    ];
+    interleaved(g, row, &mut sides);
+}
+
+fn bench_kvm(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    kvm: Result<KvmGuest, String>,
+) {
+    let row = Row::new("uabi", "kvm", "guest");
+    let mut v = match kvm {
+        Ok(v) => v,
+        Err(why) => return row.skip(&why),
+    };
+    let live = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
+    // A guest fpstate of this CPU with every dynamic component allocated, as
+    // KVM's is for a guest whose CPUID enables them.
+    let p = Policy {
+        dynamic: XFeatures::empty(),
+        ..Policy::linux(&live)
+    };
+    let cfg = {
+        let mut c = Configs::new(&live, &p).expect("configs");
+        c.mxcsr_mask = insn::read_mxcsr_mask();
+        c
+    };
+    let mut fp = Fpstate::new_boxed(&live, &cfg, Owner::Guest).expect("guest fpstate");
+    let guest = v.guest_xcr0 | FPSSE;
+    if let Some(why) = missing(
+        guest,
+        fp.info().user_features,
+        "our guest fpstate's user features",
+    ) {
+        return row.skip(&why);
+    }
+    let std = Layout::standard(&live, guest).expect("standard layout");
+    let img = dirty_image(&std, guest);
+    let mut state = vec![0u8; v.size];
+    state[..img.bytes().len()].copy_from_slice(img.bytes());
+    if let Err(why) = v.set(&state) {
+        return row.skip(&format!("KVM refused the dirty guest state: {why}"));
+    }
+    let abi = UserAbi::Kvm {
+        supported: v.supported,
+        uabi_size: v.size,
+    };
+    import_abi(&live, &cfg, &mut fp, &state, abi).expect("our import of the guest state");
+    let mut out = vec![0u8; v.size];
+    let row = row
+        .mask(guest)
+        .with("supported", format!("{:#x}", v.supported.bits()))
+        .with("guest_xcr0", format!("{:#x}", v.guest_xcr0.bits()))
+        .with("bytes", v.size)
+        .with("state.bytes", std.size());
+    let (size, supported) = (v.size, v.supported);
+    let mut sides = [
+        Side::new("kvm", |n| v.round_trips(n)).batch(KVM_BATCH),
+        Side::new("ours", |n| {
+            let t = Instant::now();
+            for _ in 0..n {
+                export(
+                    black_box(&live),
+                    &cfg,
+                    black_box(&fp),
+                    guest,
+                    black_box(&mut out[..]),
+                )
+                .expect("export");
+                let abi = UserAbi::Kvm {
+                    supported,
+                    uabi_size: size,
+                };
+                import_abi(
+                    black_box(&live),
+                    &cfg,
+                    black_box(&mut fp),
+                    black_box(&out[..]),
+                    abi,
+                )
+                .expect("import_abi");
+            }
+            t.elapsed()
+        }),
+    ];
+    interleaved(g, row, &mut sides);
 }
 
 fn benches(c: &mut Criterion) {
-    let live = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
+    // KVM first: guest permission must be asked before any vCPU exists.
+    let kvm = KvmGuest::open();
+    let xcr0 = insn::read_xcr0().expect("OSXSAVE is not enabled");
+    let live = || Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
+    let hw_mask = Some(insn::read_mxcsr_mask());
     let spr = Enumeration::from_cpuid(&RecordedCpuid::parse(SPR).expect("SPR dump"))
         .expect("SPR enumeration");
-    let live_policy = Policy::linux(&live);
+    let mut g = c.benchmark_group("uabi");
+    let mut rows: Vec<(&str, XFeatures)> = vec![("avx512-live", AVX512_ROW), ("amx-live", AMX_ROW)];
+    let all = live();
+    let xcr0_user = Policy::linux(&all).enabled & xcr0 & XFeatures::USER;
+    if xcr0_user != AVX512_ROW && xcr0_user != AMX_ROW {
+        rows.push(("xcr0-live", xcr0_user));
+    }
+    for (name, mask) in rows {
+        let row = Row::new("uabi", "copy", name).with("cpu", "this CPU");
+        if let Some(why) = missing(mask, xcr0, "XCR0") {
+            row.skip(&why);
+            continue;
+        }
+        let mut case = Case::exactly(live(), mask, hw_mask);
+        bench_copy(&mut g, row, &mut case);
+    }
     // AMX TILEDATA allocated from the start (as after a first-use XFD fault).
     let spr_policy = Policy {
         dynamic: XFeatures::empty(),
         ..Policy::linux(&spr)
     };
-    let mut cases = [
-        Case::new(
-            "avx512-live",
-            live,
-            live_policy,
-            Some(insn::read_mxcsr_mask()),
-        ),
-        Case::new("amx-spr", spr, spr_policy, None),
-    ];
-    let mut g = c.benchmark_group("uabi");
-    for case in &mut cases {
-        let size = case.buf.bytes().len();
-        let mut out = BoxedArea::zeroed(size);
-        let Case {
-            name,
-            e,
-            cfg,
-            fp,
-            user,
-            buf,
-        } = case;
-        // Checked outside the timed closures, so a filter that skips one does
-        // not skip its check: importing the buffer gives its features, and
-        // exporting the fpstate gives the buffer back.
-        let got = import(e, cfg, fp, buf.bytes()).expect("import of the buffer");
-        assert_eq!(got, *user, "import of the buffer");
-        export(e, cfg, fp, *user, out.bytes_mut()).expect("export");
-        assert!(
-            out.bytes() == buf.bytes(),
-            "export gives back what was imported"
-        );
-        g.bench_function(BenchmarkId::new("export", *name), |b| {
-            b.iter(|| {
-                export(
-                    black_box(e),
-                    cfg,
-                    black_box(&*fp),
-                    *user,
-                    black_box(out.bytes_mut()),
-                )
-                .expect("export")
-            })
-        });
-
-        g.bench_function(BenchmarkId::new("import", *name), |b| {
-            b.iter(|| {
-                import(
-                    black_box(e),
-                    cfg,
-                    black_box(&mut *fp),
-                    black_box(buf.bytes()),
-                )
-                .expect("import")
-            })
-        });
-        g.bench_function(BenchmarkId::new("memcpy", *name), |b| {
-            b.iter(|| black_box(out.bytes_mut()).copy_from_slice(black_box(buf.bytes())))
-        });
-        // The largest single component alone, copied between the two buffers at
-        // its real offsets (compacted in the fpstate, standard in the user
-        // buffer): the one copy export cannot split, so a floor under it.
-        let kernel = Layout::compacted(e, fp.info().features).expect("compacted layout");
-        let (i, c) = user
-            .indices()
-            .filter(|&i| i >= 2)
-            .map(|i| (i, e.components()[i as usize]))
-            .max_by_key(|(_, c)| c.size)
-            .expect("every case has an extended user component");
-        let src = kernel.range_of(i).expect("component in the fpstate");
-        let dst = c.std_offset as usize..(c.std_offset + c.size) as usize;
-        g.bench_function(BenchmarkId::new("memcpy-largest", *name), |b| {
-            b.iter(|| {
-                black_box(&mut out.bytes_mut()[dst.clone()])
-                    .copy_from_slice(black_box(&fp.area()[src.clone()]))
-            })
-        });
-    }
-    let avx = &cases[0];
-    let xcr0 = insn::read_xcr0().expect("OSXSAVE").bits() & avx.user.bits();
-    match Vcpu::open(xcr0, avx.buf.bytes()) {
-        Ok(mut v) => {
-            g.bench_function(BenchmarkId::new("kvm-get-set", avx.name), |b| {
-                b.iter(|| v.round_trip())
-            });
-        }
-        Err(why) => eprintln!("\n******** SKIP bench uabi/kvm-get-set: {why} ********\n"),
-    }
+    let mut case = Case::new(spr, spr_policy, Owner::Host, None);
+    let row = Row::new("uabi", "copy", "amx-spr").with("cpu", "recorded Sapphire Rapids dump");
+    bench_copy(&mut g, row, &mut case);
+    bench_kvm(&mut g, kvm);
     g.finish();
 }
 

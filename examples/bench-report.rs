@@ -1,20 +1,32 @@
-//! Write BENCHMARKS.md from criterion's results.
+//! Write BENCHMARKS.md from criterion's results and the benches' row files.
 //!
 //! ```sh
 //! cargo bench && cargo run --release --example bench-report
+//! # shorter settings (15 samples, a quarter of the time):
+//! XSTATE_BENCH_QUICK=1 cargo bench && cargo run --release --example bench-report
 //! ```
 //!
-//! Reads every `<group>/<function>/<parameter>/new/estimates.json` under
-//! `$CRITERION_HOME`, else `$CARGO_TARGET_DIR/criterion`, else `target/criterion`
-//! (or `--criterion DIR`), takes the median's point estimate and 95% interval, and
-//! writes `BENCHMARKS.md` (or `--out FILE`): the machine, the command, one table
-//! per bench area with ratios and the goals shown met or missed, and the per-task
-//! fpstate memory of this CPU and of every dump in `layouts/` (computed here).
+//! Reads, under `$CRITERION_HOME`, else `$CARGO_TARGET_DIR/criterion`, else
+//! `target/criterion` (or `--criterion DIR`):
+//! - the row files `xstate-rows/<group>/<function>/<parameter>.txt` the
+//!   benches write (`benches/common/mod.rs`): what each row measured on this
+//!   machine (mask, components, bytes), why a row was skipped, and for rows
+//!   whose sides are timed in alternation the time of one iteration of each
+//!   side in every sample. Every ratio of this report is taken per sample
+//!   (batches of the sides alternate microseconds apart) and given as the median of those
+//!   per-sample ratios with their interquartile range and min-max;
+//! - criterion's `<group>/<function>/<parameter>/new/estimates.json` for the
+//!   layout queries (median and 95% interval).
+//!
+//! It writes `BENCHMARKS.md` (or `--out FILE`): the machine, the command and
+//! settings that produced the figures, one table per bench area with the goals
+//! shown met or missed, and the per-task fpstate memory of this CPU and of
+//! every dump in `layouts/` (computed here).
 //!
 //! Results older than the newest one by more than [`STALE_SECS`] are treated as
 //! left over from an earlier run and ignored (the row then says it is missing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +41,7 @@ use xstate::enumerate::Enumeration;
 /// Results this much older than the newest are from another run.
 const STALE_SECS: u64 = 3 * 3600;
 const COMMAND: &str = "cargo bench && cargo run --release --example bench-report";
-const SPR: &str = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
+const QUICK_ENV: &str = "XSTATE_BENCH_QUICK";
 
 /// One criterion result: the median and its 95% confidence interval, in ns.
 #[derive(Clone, Copy, Debug)]
@@ -61,36 +73,217 @@ fn parse_estimates(s: &str) -> Option<Est> {
     })
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Files under `dir` (recursively) that `keep` accepts.
+fn walk(dir: &Path, keep: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for ent in rd.flatten() {
         let p = ent.path();
         if p.is_dir() {
-            walk(&p, out);
-        } else if p.file_name().is_some_and(|n| n == "estimates.json")
-            && p.parent()
-                .and_then(Path::file_name)
-                .is_some_and(|n| n == "new")
-        {
+            walk(&p, keep, out);
+        } else if keep(&p) {
             out.push(p);
         }
     }
 }
 
-/// Every fresh result, keyed `group/function/parameter`; and the stale ones.
-fn load(root: &Path) -> (BTreeMap<String, Est>, Vec<String>) {
+fn mtime(p: &Path) -> u64 {
+    fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A row file: `key = value` lines.
+#[derive(Clone, Debug, Default)]
+struct Row(BTreeMap<String, String>);
+
+impl Row {
+    fn parse(s: &str) -> Self {
+        Self(
+            s.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split_once(" = "))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect(),
+        )
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    /// A field, or `-`.
+    fn show(&self, k: &str) -> &str {
+        self.get(k).unwrap_or("-")
+    }
+
+    fn skip(&self) -> Option<&str> {
+        self.get("skip")
+    }
+
+    /// The per-sample times of one iteration of `side` (ns).
+    fn times(&self, side: &str) -> Option<Vec<f64>> {
+        let v: Vec<f64> = self
+            .get(&format!("ns.{side}"))?
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// Spread of `side`'s per-sample time.
+    fn side(&self, side: &str) -> Option<Spread> {
+        self.times(side).map(|t| Spread::of(&t))
+    }
+
+    /// Spread of the per-sample ratio `num / den` (both timed in the same
+    /// sample).
+    fn ratio(&self, num: &str, den: &str) -> Option<Spread> {
+        let (n, d) = (self.times(num)?, self.times(den)?);
+        let r: Vec<f64> = n.iter().zip(&d).map(|(a, b)| a / b).collect();
+        (!r.is_empty()).then(|| Spread::of(&r))
+    }
+
+    /// Spread of the per-sample difference `a - b` (ns).
+    fn diff(&self, a: &str, b: &str) -> Option<Spread> {
+        let (x, y) = (self.times(a)?, self.times(b)?);
+        let r: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
+        (!r.is_empty()).then(|| Spread::of(&r))
+    }
+
+    /// The batches of `sides` that lost their state, where any did
+    /// (`lost.<side> = L of B batches`).
+    fn lost(&self, sides: &[&str]) -> Option<String> {
+        let v: Vec<String> = sides
+            .iter()
+            .filter_map(|s| {
+                let f = self.get(&format!("lost.{s}"))?;
+                let l: u64 = f.split_whitespace().next()?.parse().ok()?;
+                (l > 0).then(|| format!("{s}: {f}"))
+            })
+            .collect();
+        (!v.is_empty()).then(|| v.join(", "))
+    }
+}
+
+/// Median, quartiles and extremes of a set of samples.
+#[derive(Clone, Copy, Debug)]
+struct Spread {
+    min: f64,
+    q1: f64,
+    median: f64,
+    q3: f64,
+    max: f64,
+    n: usize,
+}
+
+impl Spread {
+    fn of(v: &[f64]) -> Self {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        // Linear interpolation between closest ranks.
+        let q = |p: f64| {
+            let x = p * (s.len() - 1) as f64;
+            let (i, f) = (x.floor() as usize, x - x.floor());
+            if i + 1 < s.len() {
+                s[i] + f * (s[i + 1] - s[i])
+            } else {
+                s[i]
+            }
+        };
+        Self {
+            min: s[0],
+            q1: q(0.25),
+            median: q(0.5),
+            q3: q(0.75),
+            max: s[s.len() - 1],
+            n: s.len(),
+        }
+    }
+
+    /// `1 / x` of every sample (order reverses).
+    fn inv(self) -> Self {
+        Self {
+            min: 1.0 / self.max,
+            q1: 1.0 / self.q3,
+            median: 1.0 / self.median,
+            q3: 1.0 / self.q1,
+            max: 1.0 / self.min,
+            n: self.n,
+        }
+    }
+
+    /// A time: median [q1–q3].
+    fn time(self) -> String {
+        format!("{} [{}–{}]", ns(self.median), ns(self.q1), ns(self.q3))
+    }
+
+    /// A ratio: median [q1–q3] (min–max).
+    fn ratio(self) -> String {
+        format!(
+            "{:.3} [{:.3}–{:.3}] ({:.3}–{:.3})",
+            self.median, self.q1, self.q3, self.min, self.max
+        )
+    }
+
+    /// A difference in ns: median [q1–q3].
+    fn delta(self) -> String {
+        format!("{:+.2} [{:+.2} to {:+.2}]", self.median, self.q1, self.q3)
+    }
+}
+
+/// Everything read from the criterion dir.
+struct Results {
+    est: BTreeMap<String, Est>,
+    rows: BTreeMap<String, Row>,
+    stale: Vec<String>,
+}
+
+impl Results {
+    fn row(&self, id: &str) -> Option<&Row> {
+        self.rows.get(id)
+    }
+
+    /// The rows of `group/function`, by parameter.
+    fn rows_of(&self, prefix: &str) -> Vec<(&str, &Row)> {
+        let p = format!("{prefix}/");
+        self.rows
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(&p)?, v)))
+            .filter(|(k, _)| !k.contains('/'))
+            .collect()
+    }
+}
+
+/// Every fresh result and row file; the stale ones by name.
+fn load(root: &Path) -> Results {
     let mut files = Vec::new();
-    walk(root, &mut files);
-    let mtime = |p: &Path| {
-        fs::metadata(p)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs())
+    let is_est = |p: &Path| {
+        p.file_name().is_some_and(|n| n == "estimates.json")
+            && p.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == "new")
     };
-    let newest = files.iter().map(|p| mtime(p)).max().unwrap_or(0);
-    let mut res = BTreeMap::new();
-    let mut stale = Vec::new();
+    walk(root, &is_est, &mut files);
+    let rows_root = root.join("xstate-rows");
+    let mut row_files = Vec::new();
+    walk(
+        &rows_root,
+        &|p: &Path| p.extension().is_some_and(|x| x == "txt"),
+        &mut row_files,
+    );
+    let newest = files
+        .iter()
+        .chain(&row_files)
+        .map(|p| mtime(p))
+        .max()
+        .unwrap_or(0);
+    let mut r = Results {
+        est: BTreeMap::new(),
+        rows: BTreeMap::new(),
+        stale: Vec::new(),
+    };
     for p in files {
         let Some(bench_dir) = p.parent().and_then(Path::parent) else {
             continue;
@@ -99,8 +292,11 @@ fn load(root: &Path) -> (BTreeMap<String, Est>, Vec<String>) {
             continue;
         };
         let key = rel.to_string_lossy().replace('\\', "/");
+        if key.starts_with("xstate-rows/") {
+            continue;
+        }
         if mtime(&p) + STALE_SECS < newest {
-            stale.push(key);
+            r.stale.push(key);
             continue;
         }
         if let Some(e) = fs::read_to_string(&p)
@@ -108,10 +304,27 @@ fn load(root: &Path) -> (BTreeMap<String, Est>, Vec<String>) {
             .as_deref()
             .and_then(parse_estimates)
         {
-            res.insert(key, e);
+            r.est.insert(key, e);
         }
     }
-    (res, stale)
+    for p in row_files {
+        let Ok(rel) = p
+            .with_extension("")
+            .strip_prefix(&rows_root)
+            .map(Path::to_path_buf)
+        else {
+            continue;
+        };
+        let key = rel.to_string_lossy().replace('\\', "/");
+        if mtime(&p) + STALE_SECS < newest {
+            r.stale.push(key);
+            continue;
+        }
+        if let Ok(s) = fs::read_to_string(&p) {
+            r.rows.insert(key, Row::parse(&s));
+        }
+    }
+    r
 }
 
 fn criterion_dir(args: &[String]) -> PathBuf {
@@ -151,7 +364,22 @@ fn cmd(c: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn machine(out: &mut String, e: &Enumeration) {
+/// The settings the row files record, each once, with the benches' groups
+/// that used them.
+fn settings(r: &Results) -> Vec<String> {
+    let mut s: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (id, row) in &r.rows {
+        if let Some(x) = row.get("settings") {
+            let group = id.split('/').next().unwrap_or(id);
+            s.entry(x).or_default().insert(group);
+        }
+    }
+    s.into_iter()
+        .map(|(x, g)| format!("{x} (`{}`)", g.into_iter().collect::<Vec<_>>().join("`, `")))
+        .collect()
+}
+
+fn machine(out: &mut String, e: &Enumeration, r: &Results) {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |k: &str| {
         cpuinfo
@@ -187,7 +415,11 @@ fn machine(out: &mut String, e: &Enumeration) {
             .unwrap_or_default()
             .trim()
     );
-    let _ = writeln!(out, "| XCR0 | {xcr0:#x} |");
+    let _ = writeln!(
+        out,
+        "| XCR0 | {xcr0:#x} ({}) |",
+        names(XFeatures::from_bits_retain(xcr0))
+    );
     let _ = writeln!(
         out,
         "| CPUID(0xD,1) | XSAVEOPT {}, XSAVEC {}, XGETBV1 {xinuse}, XSAVES {}, XFD {}; IA32_XSS supported {:#x} |",
@@ -197,15 +429,18 @@ fn machine(out: &mut String, e: &Enumeration) {
         e.xfd,
         e.xss_supported().bits()
     );
-    let _ = writeln!(
-        out,
-        "| /dev/kvm | {} |",
-        if Path::new("/dev/kvm").exists() {
-            "present"
-        } else {
-            "absent"
-        }
-    );
+    let kvm = match r.row("uabi/kvm/guest") {
+        Some(k) if k.skip().is_none() => format!(
+            "present: KVM supports {} for guests, the guest's CPUID reads back {}, uabi size {} bytes",
+            k.show("supported"),
+            k.show("guest_xcr0"),
+            k.show("bytes")
+        ),
+        Some(k) => format!("not used: {}", k.show("skip")),
+        None if Path::new("/dev/kvm").exists() => "present".to_string(),
+        None => "absent".to_string(),
+    };
+    let _ = writeln!(out, "| /dev/kvm | {kvm} |");
     let _ = writeln!(out, "| rustc | {} |", cmd("rustc", &["-V"]));
     let _ = writeln!(
         out,
@@ -218,104 +453,148 @@ fn machine(out: &mut String, e: &Enumeration) {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    let s = settings(r);
     let _ = writeln!(
         out,
-        "\nThe figures come from a **shared 2-core VM**: other processes (builds, tests) may have \
-         run during the measurement, so single figures can be a few percent off; each is \
-         criterion's median over 30 samples (2 s of measurement, 0.5 s warm-up; 1 s / 0.3 s for \
-         the pure layout queries) with its 95% confidence interval in brackets. All times in ns \
-         unless marked.\n"
+        "\nThe figures come from a **shared 2-core VM**: other engineers' builds and tests ran on \
+         the same two cores during the measurement (see the load average above), so a stretch of \
+         time can run tens of percent slow. That is why every ratio here is measured from \
+         interleaved samples: within each of criterion's samples the sides of a row run in \
+         alternating batches of tens of microseconds (the side that goes first rotating from \
+         batch to batch); a side's time in the sample is the median over its batches of the time \
+         of one iteration, and a ratio is taken per sample. Tables give times as the median \
+         [interquartile range] over the samples, in ns unless marked, and ratios as the median \
+         [interquartile range] (min–max) of the per-sample ratios. Criterion settings: {}; the \
+         layout queries (section 3) are criterion's median over its samples \
+         with its 95% confidence interval.\n",
+        if s.is_empty() {
+            "(no row files)".to_string()
+        } else {
+            s.join("; ")
+        }
     );
 }
 
-fn save_restore(out: &mut String, r: &BTreeMap<String, Est>, e: &Enumeration) -> Vec<String> {
+fn names(m: XFeatures) -> String {
+    m.indices()
+        .map(xstate::feature::name_of)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A skipped row's reason, or the fallback when no row file exists.
+fn missing_why(row: Option<&Row>) -> String {
+    match row.and_then(Row::skip) {
+        Some(why) => format!("**SKIP**: {why}"),
+        None => "not measured: no result (bench not run?)".to_string(),
+    }
+}
+
+/// Rows `group/function/<mask>-<state>` by (mask, state order, function).
+fn mask_param(p: &str) -> Option<(u64, &str)> {
+    let (m, state) = p.split_once('-')?;
+    Some((
+        u64::from_str_radix(m.trim_start_matches("0x"), 16).ok()?,
+        state,
+    ))
+}
+
+fn mask_cell(row: &Row) -> String {
+    format!("{} ({})", row.show("mask"), row.show("components"))
+}
+
+fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
     let mut verdicts = Vec::new();
-    let xcr0 = xstate::insn::read_xcr0().unwrap_or(XFeatures::empty());
     let _ = writeln!(
         out,
         "## 1. Save + restore: bare instructions against the crate\n"
     );
     let _ = writeln!(
         out,
-        "Command: `cargo bench --bench save_restore`. One iteration = save into buffer B, then \
-         XRSTOR from B (RFBM = the mask). `bare`: the instruction wrappers of `xstate::insn` on a \
-         raw 64-byte aligned buffer. `crate`: `Fpstate::save` + `Fpstate::restore` in `Mode::User` \
+        "Command: `cargo bench --bench save_restore`. Each row is named by the requested-feature \
+         mask it measured (the same components on every CPU: x87|SSE 0x3, +AVX 0x7, +AVX-512 \
+         0xe7, +AMX 0x600e7 after `ARCH_REQ_XCOMP_PERM`, and this CPU's whole XCR0 where it is \
+         none of these); a row whose mask is not in XCR0 or whose instruction the CPU lacks is \
+         a **SKIP** naming what is missing. One iteration = save into buffer B, then XRSTOR \
+         from B (RFBM = the mask). `bare`: the instruction wrappers of `xstate::insn` on a raw \
+         64-byte aligned buffer. `crate`: `Fpstate::save` + `Fpstate::restore` in `Mode::User` \
          (XSAVEC; XSAVEOPT for a standard-form config, made by hiding XSAVEC/XSAVES from this \
          CPU's enumeration), and `Cpu` as an `XsaveUnit` for XSAVE (fpstates never use plain \
-         XSAVE). `dirty`: before each timed batch every component of the mask is loaded with a \
-         non-init pattern (XRSTOR of an image); `init`: XRSTOR with XSTATE_BV = 0. Within the \
-         batch, each iteration's XRSTOR re-establishes that state for the next save, on both \
-         sides alike; after each batch the saved XSTATE_BV is checked (the bench prints `WARN` if \
-         the state was not the intended one). Goal: crate / bare <= 1.02 at the median.\n"
+         XSAVE). `bytes`: the area the pair saves on this CPU (compacted for XSAVEC, standard \
+         otherwise). `dirty`: before each timed batch every component of the mask is loaded \
+         with a non-init pattern (XRSTOR of an image); `init`: XRSTOR with XSTATE_BV = 0. Within \
+         the batch, each iteration's XRSTOR re-establishes that state for the next save, on \
+         both sides alike; after each batch the saved XSTATE_BV is checked, and a batch that \
+         ended in another state (the kernel can hand the task back with SSE in use after a \
+         context switch) is counted under the goal. bare and crate of a row are timed in \
+         alternation; crate / bare is the per-sample ratio. Goal: crate / bare <= 1.02 at the \
+         median.\n"
     );
     let _ = writeln!(
         out,
         "| mask | state | pair | bytes | bare | crate | crate / bare | goal <= 1.02 |\n|---|---|---|---|---|---|---|---|"
     );
-    for mask in [0x3u64, 0x7, 0xe7, 0x600e7] {
-        let m = XFeatures::from_bits_retain(mask);
-        for state in ["init", "dirty"] {
-            for (pair, insn) in [
-                ("XSAVEC+XRSTOR", "xsavec"),
-                ("XSAVE+XRSTOR", "xsave"),
-                ("XSAVEOPT+XRSTOR", "xsaveopt"),
-            ] {
-                let p = format!("{mask:#x}-{state}");
-                let bare = r.get(&format!("save_restore/{insn}-bare/{p}"));
-                let krate = r.get(&format!("save_restore/{insn}-crate/{p}"));
-                let bytes = if !xcr0.contains(m) {
-                    "-".to_string()
-                } else if insn == "xsavec" {
-                    e.compacted_size(m).to_string()
-                } else {
-                    e.standard_size(m).to_string()
-                };
-                match (bare, krate) {
-                    (Some(&b), Some(&c)) => {
-                        let ratio = c.median / b.median;
-                        let overlap = c.lo <= b.hi && b.lo <= c.hi;
-                        let v = if ratio <= 1.02 {
-                            "met".to_string()
-                        } else if overlap {
-                            "**missed** (95% intervals overlap: may be noise)".to_string()
-                        } else {
-                            format!("**missed** (+{} ns)", ns(c.median - b.median))
-                        };
-                        if ratio > 1.02 {
-                            verdicts
-                                .push(format!("save/restore {pair} {mask:#x} {state}: {ratio:.3}"));
-                        }
-                        let _ = writeln!(
-                            out,
-                            "| {mask:#x} | {state} | {pair} | {bytes} | {} | {} | {ratio:.3} | {v} |",
-                            est(b),
-                            est(c)
-                        );
-                    }
-                    _ => {
-                        let why =
-                            if m.contains(XFeatures::XTILE) && !xcr0.contains(XFeatures::XTILE) {
-                                format!(
-                                    "not measured: AMX not in XCR0 ({:#x}) on this CPU",
-                                    xcr0.bits()
-                                )
-                            } else {
-                                "not measured: no result (bench not run?)".to_string()
-                            };
-                        let _ = writeln!(
-                            out,
-                            "| {mask:#x} | {state} | {pair} | {bytes} | - | - | - | {why} |"
-                        );
-                    }
-                }
+    let mut keys: BTreeSet<(u64, u8, String)> = BTreeSet::new();
+    for f in ["xsavec", "xsave", "xsaveopt"] {
+        for (p, _) in r.rows_of(&format!("save_restore/{f}")) {
+            if let Some((m, state)) = mask_param(p) {
+                keys.insert((m, u8::from(state == "dirty"), state.to_string()));
             }
+        }
+    }
+    for (mask, _, state) in keys {
+        for (pair, f) in [
+            ("XSAVEC+XRSTOR", "xsavec"),
+            ("XSAVE+XRSTOR", "xsave"),
+            ("XSAVEOPT+XRSTOR", "xsaveopt"),
+        ] {
+            let row = r.row(&format!("save_restore/{f}/{mask:#x}-{state}"));
+            let m = row.map_or_else(|| format!("{mask:#x}"), mask_cell);
+            let (Some(row), Some(b), Some(c), Some(q)) = (
+                row.filter(|x| x.skip().is_none()),
+                row.and_then(|x| x.side("bare")),
+                row.and_then(|x| x.side("crate")),
+                row.and_then(|x| x.ratio("crate", "bare")),
+            ) else {
+                let _ = writeln!(
+                    out,
+                    "| {m} | {state} | {pair} | {} | - | - | - | {} |",
+                    row.map_or("-", |x| x.show("bytes")),
+                    missing_why(row)
+                );
+                continue;
+            };
+            let mut v = if q.median <= 1.02 {
+                "met".to_string()
+            } else if q.q1 <= 1.02 {
+                "**missed** (interquartile range reaches 1.02)".to_string()
+            } else {
+                format!("**missed** (+{} ns)", ns(c.median - b.median))
+            };
+            if q.median > 1.02 {
+                verdicts.push(format!(
+                    "save/restore {pair} {mask:#x} {state}: crate / bare {}",
+                    q.ratio()
+                ));
+            }
+            if let Some(l) = row.lost(&["bare", "crate"]) {
+                let _ = write!(v, "; state lost in {l}");
+            }
+            let _ = writeln!(
+                out,
+                "| {m} | {state} | {pair} | {} | {} | {} | {} | {v} |",
+                row.show("bytes"),
+                b.time(),
+                c.time(),
+                q.ratio()
+            );
         }
     }
     let _ = writeln!(out);
     verdicts
 }
 
-fn lesser_dynamic(out: &mut String, r: &BTreeMap<String, Est>, e: &Enumeration) {
+fn lesser_dynamic(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## 2. The lesser dynamic cost, on silicon\n");
     let _ = writeln!(
         out,
@@ -326,89 +605,72 @@ fn lesser_dynamic(out: &mut String, r: &BTreeMap<String, Est>, e: &Enumeration) 
          from XCOMP_BV (a host fpstate under the lesser dynamic scheme), (b) present with its \
          XSTATE_BV bit clear (\"eat the bytes\": every fpstate has the space), (c) present and in \
          use. The other components of the base are dirty. After each batch an XSAVEC checks the \
-         opmask ended init (a, b) or loaded (c).\n"
+         opmask ended init (a, b) or loaded (c). The three variants of a base are timed in \
+         alternation; `vs (a)` is the per-sample ratio and difference. The rows need AVX-512 in \
+         XCR0 and XSAVEC (else a **SKIP**).\n"
     );
     let _ = writeln!(
         out,
-        "| base | variant | buffer bytes | XRSTOR (+kmovq) | vs (a) |\n|---|---|---|---|---|"
+        "| base | variant | buffer bytes | XRSTOR (+kmovq) | vs (a): ratio | vs (a): ns |\n|---|---|---|---|---|---|"
     );
-    let mut deltas: Vec<(f64, f64, bool)> = Vec::new();
-    for (name, base) in [("avx512", 0xc7u64), ("legacy", 0x3)] {
-        let b = XFeatures::from_bits_retain(base);
-        let a = r.get(&format!("lesser_dynamic/a-absent/{name}")).copied();
-        for (v, label, size) in [
-            (
-                "a-absent",
-                "(a) absent from XCOMP_BV, in RFBM",
-                e.compacted_size(b),
-            ),
-            (
-                "b-init-in-buffer",
-                "(b) in XCOMP_BV, XSTATE_BV bit clear",
-                e.compacted_size(b | XFeatures::OPMASK),
-            ),
-            (
-                "c-in-use",
-                "(c) in XCOMP_BV and in use",
-                e.compacted_size(b | XFeatures::OPMASK),
-            ),
+    let mut worst: Option<(String, Spread, Spread)> = None;
+    for name in ["avx512", "legacy"] {
+        let row = r.row(&format!("lesser_dynamic/xrstor/{name}"));
+        let base = row.map_or_else(|| name.to_string(), |x| format!("{name}: {}", mask_cell(x)));
+        let Some(row) = row.filter(|x| x.skip().is_none() && x.times("a").is_some()) else {
+            let _ = writeln!(out, "| {base} | - | - | - | - | {} |", missing_why(row));
+            continue;
+        };
+        for (v, label) in [
+            ("a", "(a) absent from XCOMP_BV, in RFBM"),
+            ("b", "(b) in XCOMP_BV, XSTATE_BV bit clear"),
+            ("c", "(c) in XCOMP_BV and in use"),
         ] {
-            match (r.get(&format!("lesser_dynamic/{v}/{name}")), a) {
-                (Some(&x), Some(a)) => {
-                    deltas.push((
-                        x.median - a.median,
-                        x.median / a.median,
-                        x.lo <= a.hi && a.lo <= x.hi,
-                    ));
-                    let _ = writeln!(
-                        out,
-                        "| {name} ({base:#x}) | {label} | {size} | {} | {:+.2} ns ({:.3}) |",
-                        est(x),
-                        x.median - a.median,
-                        x.median / a.median
-                    );
-                }
-                _ => {
-                    let _ = writeln!(
-                        out,
-                        "| {name} ({base:#x}) | {label} | {size} | - | not measured |"
-                    );
-                }
+            let (Some(t), Some(q), Some(d)) = (row.side(v), row.ratio(v, "a"), row.diff(v, "a"))
+            else {
+                continue;
+            };
+            let mut cmp = if v == "a" {
+                "1 (itself) | 0".to_string()
+            } else {
+                format!("{} | {}", q.ratio(), d.delta())
+            };
+            if let Some(l) = row.lost(&[v]) {
+                let _ = write!(cmp, " (state lost in {l})");
+            }
+            let _ = writeln!(
+                out,
+                "| {base} | {label} | {} | {} | {cmp} |",
+                row.show(&format!("bytes.{v}")),
+                t.time()
+            );
+            if v != "a"
+                && worst
+                    .as_ref()
+                    .is_none_or(|w| d.median.abs() > w.2.median.abs())
+            {
+                worst = Some((format!("{name} ({v})"), q, d));
             }
         }
     }
-    if let Some(&(d, q, _)) = deltas.iter().max_by(|a, b| a.0.abs().total_cmp(&b.0.abs())) {
-        let overlap = deltas.iter().all(|x| x.2);
+    if let Some((which, q, d)) = worst {
         let _ = writeln!(
             out,
-            "\nLargest difference from (a): {d:+.2} ns ({q:.3}); the 95% intervals of (b) and (c) \
-             {} those of (a).",
-            if overlap {
-                "all overlap"
+            "\nLargest median difference from (a): {which}, {:+.2} ns per XRSTOR, ratio {} (the \
+             interquartile range of the ratio {} 1).",
+            d.median,
+            q.ratio(),
+            if q.q1 <= 1.0 && 1.0 <= q.q3 {
+                "includes"
             } else {
-                "do not all overlap"
+                "excludes"
             }
-        );
-    }
-    if let (Some(big), Some(small)) = (
-        r.get("lesser_dynamic/a-absent/avx512"),
-        r.get("lesser_dynamic/a-absent/legacy"),
-    ) {
-        let big_size = e.compacted_size(XFeatures::from_bits_retain(0xc7));
-        let _ = writeln!(
-            out,
-            "For scale: the same XRSTOR over the 0xc7 buffer ({big_size} bytes) costs {} ns \
-             against {} ns over the 0x3 buffer (576 bytes): {:+.2} ns for {} more bytes of state.",
-            ns(big.median),
-            ns(small.median),
-            big.median - small.median,
-            big_size - 576
         );
     }
     let _ = writeln!(out);
 }
-
-fn layout(out: &mut String, r: &BTreeMap<String, Est>) -> Vec<String> {
+fn layout(out: &mut String, res: &Results) -> Vec<String> {
+    let r = &res.est;
     let mut verdicts = Vec::new();
     let _ = writeln!(out, "## 3. Layout queries\n");
     let _ = writeln!(
@@ -417,10 +679,20 @@ fn layout(out: &mut String, r: &BTreeMap<String, Est>) -> Vec<String> {
          on a layout built beforehand. `loop`: the straightforward per-query walk over the \
          components below (SDM vol. 1 13.4.3: align, add sizes). `enumeration`: \
          `Enumeration::compacted_size`, the crate's own call that sums on each query. `spr`: the \
-         AMX mask 0x600e7 on the recorded Sapphire Rapids dump (pure computation); `live`: this \
-         CPU's XCR0. Goal: a few nanoseconds, flat in the number of features.\n"
+         AMX mask 0x600e7 on the recorded Sapphire Rapids dump (pure computation); `live`: every \
+         XCR0-capable component this CPU enumerates (the mask is this CPU's; see below). Goal: a \
+         few nanoseconds, flat in the number of features.\n"
     );
     for cpu in ["spr", "live"] {
+        if let Some(row) = res.row(&format!("layout/cpu/{cpu}")) {
+            let _ = writeln!(
+                out,
+                "`{cpu}` measured: {}, mask {}, compacted size {} bytes.\n",
+                row.show("cpu"),
+                mask_cell(row),
+                row.show("bytes")
+            );
+        }
         let _ = writeln!(
             out,
             "Offsets (`{cpu}`):\n\n| feature | precomputed | loop |\n|---|---|---|"
@@ -476,95 +748,109 @@ fn layout(out: &mut String, r: &BTreeMap<String, Est>) -> Vec<String> {
     verdicts
 }
 
-fn uabi(
-    out: &mut String,
-    r: &BTreeMap<String, Est>,
-    live: &Enumeration,
-    spr: &Enumeration,
-) -> Vec<String> {
+fn uabi(out: &mut String, r: &Results) -> Vec<String> {
     let mut verdicts = Vec::new();
     let _ = writeln!(out, "## 4. User-ABI copies\n");
     let _ = writeln!(
         out,
-        "Command: `cargo bench --bench uabi`. A host fpstate with every user component dirty; \
-         `export` writes the standard-form user buffer (gaps and unused fields zeroed), `import` \
-         validates a buffer as Linux does and writes it into the fpstate; `memcpy` copies the \
-         same number of bytes (the physical limit). `avx512-live`: this CPU, user features of \
-         Linux's policy. `amx-spr`: the Sapphire Rapids dump with AMX TILEDATA allocated (pure \
-         memory work, so the dump stands in for AMX hardware). Goal: >= 0.8 of memcpy bandwidth, \
-         i.e. memcpy time / our time >= 0.8.\n"
+        "Command: `cargo bench --bench uabi`. A host fpstate with every component of the row's \
+         mask dirty; `export` writes the standard-form user buffer (gaps and unused fields \
+         zeroed), `import` validates a buffer as Linux does and writes it into the fpstate; \
+         `memcpy` copies the same number of bytes (the physical limit). Rows, each named by what \
+         it copies (a CPU without those components prints a **SKIP**): `avx512-live`: this CPU, \
+         x87|SSE|AVX|AVX-512; `amx-live`: this CPU, that plus AMX TILECFG and TILEDATA \
+         (allocated); `xcr0-live`: every user component of this CPU's XCR0, only where that is \
+         neither; `amx-spr`: the recorded Sapphire Rapids dump with Linux's user features, \
+         TILEDATA allocated (pure memory work, so the dump stands in for AMX hardware anywhere). \
+         memcpy, export, import and the copy of the largest component alone are timed in \
+         alternation; the copy ratios are per sample. Goal: >= 0.8 of memcpy bandwidth, i.e. \
+         memcpy time / our time >= 0.8 at the median.\n"
     );
     let _ = writeln!(
         out,
-        "| state | bytes | memcpy | export | import | export: memcpy / export | import: memcpy / import |\n|---|---|---|---|---|---|---|"
+        "| row | measured | bytes | memcpy | export | import | memcpy / export | memcpy / import |\n|---|---|---|---|---|---|---|---|"
     );
-    for (name, e) in [("avx512-live", live), ("amx-spr", spr)] {
-        let bytes = Configs::new(
-            e,
-            &Policy {
-                dynamic: XFeatures::empty(),
-                ..Policy::linux(e)
-            },
-        )
-        .map(|c| c.user.max_size)
-        .unwrap_or(0);
-        let g = |f: &str| r.get(&format!("uabi/{f}/{name}")).copied();
-        let (Some(m), Some(x), Some(i)) = (g("memcpy"), g("export"), g("import")) else {
+    let mut measured = Vec::new();
+    for name in ["avx512-live", "amx-live", "xcr0-live", "amx-spr"] {
+        let Some(row) = r.row(&format!("uabi/copy/{name}")) else {
+            continue;
+        };
+        let what = format!("{}: {}", row.show("cpu"), mask_cell(row));
+        let (Some(m), Some(x), Some(i), Some(qx), Some(qi)) = (
+            row.side("memcpy"),
+            row.side("export"),
+            row.side("import"),
+            row.ratio("export", "memcpy").map(Spread::inv),
+            row.ratio("import", "memcpy").map(Spread::inv),
+        ) else {
             let _ = writeln!(
                 out,
-                "| {name} | {bytes} | - | - | - | not measured | not measured |"
+                "| {name} | {what} | {} | - | - | - | {} | |",
+                row.show("bytes"),
+                missing_why(Some(row))
             );
             continue;
         };
-        let gbs = |t: f64| f64::from(bytes) / t;
-        let mut verdict = |what: &str, t: Est| {
-            let q = m.median / t.median;
-            if q < 0.8 {
-                verdicts.push(format!("uabi {what} {name}: {q:.3} of memcpy"));
+        let bytes: f64 = row.show("bytes").parse().unwrap_or(f64::NAN);
+        let gbs = |t: f64| bytes / t;
+        let mut verdict = |what: &str, t: Spread, q: Spread| {
+            if q.median < 0.8 {
+                verdicts.push(format!("uabi {what} {name}: {} of memcpy", q.ratio()));
             }
             format!(
-                "{q:.3} ({:.1} GB/s) **{}**",
+                "{} ({:.1} GB/s) **{}**",
+                q.ratio(),
                 gbs(t.median),
-                if q >= 0.8 { "met" } else { "missed" }
+                if q.median >= 0.8 { "met" } else { "missed" }
             )
         };
-        let ve = verdict("export", x);
-        let vi = verdict("import", i);
+        let ve = verdict("export", x, qx);
+        let vi = verdict("import", i, qi);
         let _ = writeln!(
             out,
-            "| {name} | {bytes} | {} ({:.1} GB/s) | {} | {} | {ve} | {vi} |",
-            est(m),
+            "| {name} | {what} | {} | {} ({:.1} GB/s) | {} | {} | {ve} | {vi} |",
+            row.show("bytes"),
+            m.time(),
             gbs(m.median),
-            est(x),
-            est(i)
+            x.time(),
+            i.time()
         );
+        measured.push((name, row));
     }
-    match r.get("uabi/kvm-get-set/avx512-live") {
-        Some(&k) => {
-            let x = r
-                .get("uabi/export/avx512-live")
-                .map_or(f64::NAN, |e| e.median);
-            let i = r
-                .get("uabi/import/avx512-live")
-                .map_or(f64::NAN, |e| e.median);
+    match r.row("uabi/kvm/guest") {
+        Some(k) if k.skip().is_none() && k.times("kvm").is_some() => {
+            let (Some(t), Some(o), Some(q)) =
+                (k.side("kvm"), k.side("ours"), k.ratio("kvm", "ours"))
+            else {
+                unreachable!("checked above")
+            };
             let _ = writeln!(
                 out,
-                "\nKVM_GET_XSAVE2 + KVM_SET_XSAVE round trip of the same AVX-512 state on a vCPU \
-                 (Linux's own export + import, two ioctls): {}, i.e. {:.0}x our export + \
-                 import ({} ns). The KVM here offers guests no AMX, so there is no AMX round trip.\n",
-                est(k),
-                k.median / (x + i),
-                ns(x + i)
+                "\nKVM round trip (row `uabi/kvm/guest`), with what KVM offers guests on this host: \
+                 KVM supports {} for guests, the vCPU's CPUID reads back {}, so the guest holds \
+                 {} dirty ({} bytes in standard form) in a {}-byte KVM buffer (max(4096, \
+                 KVM_CAP_XSAVE2)). KVM_GET_XSAVE2 + KVM_SET_XSAVE (Linux's own export + import, \
+                 two ioctls): {}; ours, timed in alternation with it (`export` with KVM's mask, \
+                 the guest XCR0 plus x87 and SSE, into the KVM-size buffer, then `import_abi` \
+                 with `UserAbi::Kvm` into a guest fpstate): {}; KVM / ours per sample: {}.\n",
+                k.show("supported"),
+                k.show("guest_xcr0"),
+                mask_cell(k),
+                k.show("state.bytes"),
+                k.show("bytes"),
+                t.time(),
+                o.time(),
+                q.ratio()
             );
         }
-        None => {
+        k => {
             let _ = writeln!(
                 out,
-                "\nKVM_GET_XSAVE2 + KVM_SET_XSAVE: **not measured** ({}).\n",
-                if Path::new("/dev/kvm").exists() {
-                    "no result: see the bench's SKIP line"
-                } else {
-                    "/dev/kvm absent"
+                "\nKVM_GET_XSAVE2 + KVM_SET_XSAVE (row `uabi/kvm/guest`): {}.\n",
+                match k {
+                    Some(_) => missing_why(k),
+                    None if !Path::new("/dev/kvm").exists() => "**SKIP**: /dev/kvm absent".into(),
+                    None => missing_why(None),
                 }
             );
         }
@@ -579,18 +865,26 @@ fn uabi(
              is one call over the whole range, and a copy's time is not proportional to its \
              bytes:"
         );
-        for name in ["avx512-live", "amx-spr"] {
-            let g = |f: &str| r.get(&format!("uabi/{f}/{name}")).copied();
-            if let (Some(m), Some(l), Some(x)) = (g("memcpy"), g("memcpy-largest"), g("export")) {
+        for (name, row) in measured {
+            if let (Some(m), Some(l), Some(x), Some(d)) = (
+                row.side("memcpy"),
+                row.side("memcpy-largest"),
+                row.side("export"),
+                row.diff("export", "memcpy-largest"),
+            ) {
                 let _ = writeln!(
                     out,
-                    "- {name}: the largest component copied alone between the two buffers \
-                     (`uabi/memcpy-largest/{name}`) takes {}, {:.0}% of the whole-area memcpy \
-                     ({}); export spends {} on everything else.",
-                    est(l),
+                    "- {name}: the largest component ({}, {} bytes) copied alone between the two \
+                     buffers takes {}, {:.0}% of the whole-area memcpy ({}); export ({}) spends \
+                     {} ns per call on everything else (per-sample difference, median \
+                     [interquartile range]).",
+                    row.show("largest"),
+                    row.show("largest.bytes"),
+                    l.time(),
                     100.0 * l.median / m.median,
                     ns(m.median),
-                    ns(x.median - l.median)
+                    ns(x.median),
+                    d.delta()
                 );
             }
         }
@@ -599,46 +893,45 @@ fn uabi(
     verdicts
 }
 
-fn scaling(out: &mut String, r: &BTreeMap<String, Est>, e: &Enumeration) {
+fn scaling(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## 5. Scaling and per-task memory\n");
     let _ = writeln!(
         out,
         "Command: `cargo bench --bench save_restore` (groups `save_restore` and `scaling`). The \
          crate's XSAVEC + XRSTOR path (`Fpstate::save` + `restore`), dirty, against the \
-         compacted area size. Masks other than the issue's are subsets of AVX-512 (valid RFBMs).\n"
+         compacted area size on this CPU: the `crate` side of the XSAVEC rows of section 1 and \
+         the rows of group `scaling` (more masks, subsets of AVX-512, valid RFBMs). Times: \
+         median [interquartile range] of the per-sample time.\n"
     );
-    let mut rows: Vec<(u32, u64, Est)> = Vec::new();
-    for (k, v) in r {
-        let parts: Vec<&str> = k.split('/').collect();
-        if let [g, "xsavec-crate", p] = parts[..] {
-            if g != "save_restore" && g != "scaling" {
-                continue;
-            }
-            let Some(m) = p.strip_suffix("-dirty") else {
-                continue;
-            };
-            let Ok(mask) = u64::from_str_radix(m.trim_start_matches("0x"), 16) else {
-                continue;
-            };
-            rows.push((
-                e.compacted_size(XFeatures::from_bits_retain(mask)),
-                mask,
-                *v,
-            ));
+    let mut rows: Vec<(u32, String, Spread)> = Vec::new();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut add = |p: &str, row: &Row| {
+        let Some((mask, "dirty")) = mask_param(p) else {
+            return;
+        };
+        match (
+            row.skip(),
+            row.side("crate"),
+            row.show("bytes").parse::<u32>(),
+        ) {
+            (None, Some(t), Ok(b)) => rows.push((b, mask_cell(row), t)),
+            (Some(why), ..) => skipped.push((format!("{mask:#x}"), why.to_string())),
+            _ => {}
         }
+    };
+    for (p, row) in r.rows_of("save_restore/xsavec") {
+        add(p, row);
+    }
+    for (p, row) in r.rows_of("scaling/xsavec-crate") {
+        add(p, row);
     }
     rows.sort_by_key(|x| x.0);
     let _ = writeln!(out, "| bytes | mask | save + restore |\n|---|---|---|");
     for (size, mask, v) in &rows {
-        let _ = writeln!(out, "| {size} | {mask:#x} | {} |", est(*v));
+        let _ = writeln!(out, "| {size} | {mask} | {} |", v.time());
     }
-    let xcr0 = xstate::insn::read_xcr0().unwrap_or(XFeatures::empty());
-    if !xcr0.contains(XFeatures::XTILE) {
-        let _ = writeln!(
-            out,
-            "| ~10.7 KiB | 0x600e7 | **missing**: AMX not in XCR0 ({:#x}) on this CPU |",
-            xcr0.bits()
-        );
+    for (mask, why) in &skipped {
+        let _ = writeln!(out, "| - | {mask} | **SKIP**: {why} |");
     }
     // Least-squares line through the points: what each extra KiB costs.
     if rows.len() >= 3 {
@@ -720,8 +1013,8 @@ fn main() {
         || PathBuf::from("BENCHMARKS.md"),
         |i| PathBuf::from(&args[i + 1]),
     );
-    let (r, stale) = load(&root);
-    if r.is_empty() {
+    let r = load(&root);
+    if r.est.is_empty() && r.rows.is_empty() {
         eprintln!(
             "no criterion results under {}: run `cargo bench` first",
             root.display()
@@ -729,60 +1022,94 @@ fn main() {
         std::process::exit(1);
     }
     let live = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
-    let spr = Enumeration::from_cpuid(&RecordedCpuid::parse(SPR).expect("SPR dump"))
-        .expect("SPR enumeration");
 
     let mut body = String::new();
-    machine(&mut body, &live);
-    let mut missed = save_restore(&mut body, &r, &live);
-    lesser_dynamic(&mut body, &r, &live);
+    machine(&mut body, &live, &r);
+    let mut missed = save_restore(&mut body, &r);
+    lesser_dynamic(&mut body, &r);
     missed.extend(layout(&mut body, &r));
-    missed.extend(uabi(&mut body, &r, &live, &spr));
-    scaling(&mut body, &r, &live);
+    missed.extend(uabi(&mut body, &r));
+    scaling(&mut body, &r);
 
+    // The command that produced these figures: the environment the benches
+    // recorded (shorter settings) and this report's (target directory).
+    let mut env_prefix = String::new();
+    if settings(&r).iter().any(|s| s.contains(QUICK_ENV)) {
+        let _ = write!(env_prefix, "{QUICK_ENV}=1 ");
+    }
+    if let Some(t) = env::var_os("CARGO_TARGET_DIR") {
+        let _ = write!(env_prefix, "CARGO_TARGET_DIR={} ", t.to_string_lossy());
+    }
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
-        "Written by `examples/bench-report.rs` from criterion's `estimates.json` files; do not \
-         edit by hand. To reproduce (about 4 minutes on 2 cores, build included):\n\n```sh\n{COMMAND}\n```\n\n\
-         Each section names the bench that produced its table. Criterion's results are read from \
-         `$CARGO_TARGET_DIR/criterion` (default `target/criterion`).\n"
+        "Written by `examples/bench-report.rs` from criterion's output and the benches' row \
+         files; do not edit by hand. To reproduce:\n\n```sh\n{COMMAND}\n```\n\n\
+         The figures below were produced by:\n\n```sh\n{env_prefix}cargo bench && \
+         {env_prefix}cargo run --release --example bench-report\n```\n\n\
+         `{QUICK_ENV}=1` selects criterion's shorter settings (15 samples, a quarter of the \
+         warm-up and measurement time); the settings each figure came from are under Machine. \
+         Each section names the bench that produced its table, and each row says what it \
+         measured on this CPU (mask, components, bytes). Results are read from \
+         `$CARGO_TARGET_DIR/criterion` (default `target/criterion`): criterion's \
+         `estimates.json` and the row files under `xstate-rows/` that the benches write \
+         (`benches/common/mod.rs`).\n"
     );
     let _ = writeln!(out, "## Goals at a glance\n");
     if missed.is_empty() {
         let _ = writeln!(out, "Every goal with a result was met.\n");
     } else {
-        let _ = writeln!(out, "Missed (ratio measured; reasons in the sections):\n");
+        let _ = writeln!(
+            out,
+            "Missed (median [interquartile range] (min–max) of the per-sample ratios; reasons in \
+             the sections):\n"
+        );
         for m in &missed {
             let _ = writeln!(out, "- {m}");
         }
         let _ = writeln!(out);
     }
-    let xcr0 = xstate::insn::read_xcr0().unwrap_or(XFeatures::empty());
-    if !xcr0.contains(XFeatures::XTILE) {
+    // Every skipped row, grouped by reason.
+    let mut skips: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, row) in &r.rows {
+        if let Some(why) = row.skip() {
+            skips.entry(why).or_default().push(id);
+        }
+    }
+    if skips.is_empty() {
+        let _ = writeln!(out, "No row was skipped on this machine.\n");
+    } else {
         let _ = writeln!(
             out,
-            "Not measured: the +AMX (0x600e7) save/restore rows and the ~11 KiB scaling point, \
-             because AMX is not in XCR0 ({:#x}) on this CPU (`SKIP bench: AMX not in XCR0`). The \
-             AMX layout queries and AMX export/import are pure computation and are measured on \
-             the recorded Sapphire Rapids dump.\n",
-            xcr0.bits()
+            "Skipped on this machine (loud `SKIP` lines in the bench output):\n"
         );
+        for (why, ids) in &skips {
+            let _ = writeln!(
+                out,
+                "- {why}: {}",
+                ids.iter()
+                    .map(|x| format!("`{x}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let _ = writeln!(out);
     }
-    if !stale.is_empty() {
+    if !r.stale.is_empty() {
         let _ = writeln!(
             out,
             "Ignored as left over from an earlier run: {}.\n",
-            stale.join(", ")
+            r.stale.join(", ")
         );
     }
     out.push_str(&body);
     fs::write(&out_path, out).expect("write report");
     eprintln!(
-        "wrote {} ({} results from {})",
+        "wrote {} ({} criterion results, {} row files from {})",
         out_path.display(),
-        r.len(),
+        r.est.len(),
+        r.rows.len(),
         root.display()
     );
 }
