@@ -186,6 +186,41 @@ pub enum GuestError {
         /// The XCR0.
         xcr0: u64,
     },
+    /// APX (component 19) together with MPX (3-4): APX lives at MPX's standard
+    /// offset, and Linux refuses a CPU enumerating both ("Both APX/MPX present
+    /// in the CPU's xstate features"), so no guest may be shown both.
+    ApxWithMpx {
+        /// The mask holding both.
+        mask: u64,
+    },
+    /// Migration: a component of the guest's is missing on the destination,
+    /// which enumerates another at its standard offset (APX where MPX was):
+    /// its state would be dropped and its bytes read as the other's.
+    Replaced {
+        /// The guest's component.
+        index: u32,
+        /// The destination's component at its offset.
+        by: u32,
+    },
+    /// Migration: a user component of the guest's CPUID sits at another
+    /// standard offset on the destination. The guest keeps the CPUID it booted
+    /// with, so its kernel would look for the state where the hardware no
+    /// longer puts it (ptrace, signal-frame PKRU).
+    OffsetMismatch {
+        /// The component.
+        index: u32,
+        /// Its standard offset on the source.
+        src: u32,
+        /// Its standard offset on the destination.
+        dst: u32,
+    },
+    /// Migration: CPUID(0xD, `subleaf`) would read differently on the
+    /// destination (a component's alignment or XFD flag), so the guest's own
+    /// layout computations would no longer match the hardware.
+    SubleafMismatch {
+        /// The subleaf.
+        subleaf: u32,
+    },
     /// `WRMSR IA32_XFD` / `IA32_XFD_ERR`: bits outside what the guest may arm,
     /// its XCR0-allowed XFD-capable components (KVM's
     /// `kvm_guest_supported_xfd`), or any bit for a guest not shown XFD (#GP).
@@ -194,6 +229,24 @@ pub enum GuestError {
         value: u64,
         /// What the guest may arm.
         allowed: u64,
+    },
+    /// A snapshot's side state lacks a register that must travel for this
+    /// guest (Firecracker #5972: a snapshot without IA32_XSS).
+    MissingSideReg {
+        /// The register.
+        reg: SideReg,
+    },
+    /// A snapshot's side state holds a register this guest has no place for:
+    /// restoring would drop its value.
+    UnexpectedSideReg {
+        /// The register.
+        reg: SideReg,
+    },
+    /// Side-state bytes are not a valid encoding: wrong magic, count or
+    /// length, an unknown tag, tags out of order, reserved bytes set.
+    MalformedSideState {
+        /// The byte offset of the first bad field.
+        offset: usize,
     },
 }
 
@@ -294,10 +347,39 @@ impl fmt::Display for GuestError {
                     "XSTATE_BV {xstate_bv:#x} has components outside XCR0 {xcr0:#x}"
                 )
             }
+            Self::ApxWithMpx { mask } => write!(
+                f,
+                "mask {mask:#x} holds APX and MPX, which share a standard offset"
+            ),
+            Self::Replaced { index, by } => write!(
+                f,
+                "component {index} is missing on the destination, which has component {by} at its offset"
+            ),
+            Self::OffsetMismatch { index, src, dst } => write!(
+                f,
+                "component {index} is at standard offset {src} on the source and {dst} on the destination"
+            ),
+            Self::SubleafMismatch { subleaf } => write!(
+                f,
+                "CPUID(0xD,{subleaf}) differs between the source and the destination"
+            ),
             Self::XfdNotAllowed { value, allowed } => write!(
                 f,
                 "XFD value {value:#x} has bits outside the armable {allowed:#x}"
             ),
+            Self::MissingSideReg { reg } => {
+                write!(f, "side state lacks {}, which must travel", reg.name())
+            }
+            Self::UnexpectedSideReg { reg } => {
+                write!(
+                    f,
+                    "side state holds {}, which this guest cannot take",
+                    reg.name()
+                )
+            }
+            Self::MalformedSideState { offset } => {
+                write!(f, "side state bytes malformed at offset {offset}")
+            }
         }
     }
 }
@@ -717,6 +799,134 @@ impl GuestXsave {
         self.xfd_err = xfd_err;
         Ok(())
     }
+
+    /// The registers that must travel beside this guest's XSAVE buffer (see
+    /// [`SideReg`]): XCR0 always, IA32_XSS when the guest is shown XSAVES,
+    /// IA32_XFD and IA32_XFD_ERR when it is shown XFD, and the CET registers
+    /// of each CET component it may enable in IA32_XSS (CET_U: U_CET and
+    /// PL3_SSP; CET_S: S_CET, PL0..2_SSP and the interrupt SSP table; either:
+    /// SSP). The XSAVE buffer of `KVM_GET_XSAVE` holds user components only,
+    /// so the CET state travels as these registers.
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+    /// # use xstate::guest::{GuestXsave, SideReg, XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+    /// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
+    /// let g = GuestXsave::new(&e, &all, e.xcr0_supported(), XFeatures::CET_U, XsaveFlags::of(&e)).unwrap();
+    /// let regs: Vec<SideReg> = g.side_regs().iter().collect();
+    /// assert_eq!(regs, [SideReg::Xcr0, SideReg::Xss, SideReg::UCet, SideReg::Pl3Ssp, SideReg::Ssp]);
+    /// assert_eq!(SideReg::Pl3Ssp.msr(), Some(0x6a7));
+    /// ```
+    pub fn side_regs(&self) -> SideRegs {
+        let mut r = SideRegs::EMPTY.with(SideReg::Xcr0);
+        if self.flags.contains(XsaveFlags::XSAVES) {
+            r = r.with(SideReg::Xss);
+        }
+        if self.flags.contains(XsaveFlags::XFD) {
+            r = r.with(SideReg::Xfd).with(SideReg::XfdErr);
+        }
+        if self.xss_allowed.contains(XFeatures::CET_U) {
+            r = r.with(SideReg::UCet).with(SideReg::Pl3Ssp);
+        }
+        if self.xss_allowed.contains(XFeatures::CET_S) {
+            r = r
+                .with(SideReg::SCet)
+                .with(SideReg::Pl0Ssp)
+                .with(SideReg::Pl1Ssp)
+                .with(SideReg::Pl2Ssp)
+                .with(SideReg::IntSspTab);
+        }
+        if self
+            .xss_allowed
+            .intersects(XFeatures::CET_U | XFeatures::CET_S)
+        {
+            r = r.with(SideReg::Ssp);
+        }
+        r
+    }
+
+    /// A side state for this guest: every register of
+    /// [`GuestXsave::side_regs`], XCR0, IA32_XSS, IA32_XFD and IA32_XFD_ERR
+    /// filled from this guest, the CET registers 0 for the VMM to fill from
+    /// `KVM_GET_MSRS` / `KVM_GET_ONE_REG`.
+    pub fn side_state(&self) -> SideState {
+        let mut s = SideState::new(self.side_regs());
+        s.values[SideReg::Xcr0 as usize] = self.xcr0.bits();
+        s.values[SideReg::Xss as usize] = self.xss.bits();
+        s.values[SideReg::Xfd as usize] = self.xfd.bits();
+        s.values[SideReg::XfdErr as usize] = self.xfd_err.bits();
+        s
+    }
+
+    /// Restore a snapshot's side state into this guest: the snapshot must
+    /// hold exactly [`GuestXsave::side_regs`] (a missing register would be left
+    /// at its reset value, an extra one dropped), and XCR0, IA32_XSS, IA32_XFD
+    /// and IA32_XFD_ERR must be values the guest could have written. Every
+    /// check runs before anything changes; then XCR0, IA32_XSS and XFD are
+    /// set as [`GuestXsave::set_xcr0`], [`GuestXsave::set_xss`] and
+    /// [`GuestXsave::set_xfd`] do (so `fp` drops state XFD arms). The CET
+    /// registers are the VMM's to write with `KVM_SET_MSRS`.
+    ///
+    /// # Errors
+    /// [`GuestError::MissingSideReg`], [`GuestError::UnexpectedSideReg`], the
+    /// XSETBV errors, [`GuestError::XssNotAllowed`],
+    /// [`GuestError::XfdNotAllowed`].
+    pub fn restore_side<S: Storage>(
+        &mut self,
+        side: &SideState,
+        fp: &mut Fpstate<S>,
+    ) -> Result<(), GuestError> {
+        let want = self.side_regs();
+        for reg in SideReg::ALL {
+            match (want.contains(reg), side.regs.contains(reg)) {
+                (true, false) => return Err(GuestError::MissingSideReg { reg }),
+                (false, true) => return Err(GuestError::UnexpectedSideReg { reg }),
+                _ => {}
+            }
+        }
+        let get = |reg: SideReg| XFeatures::from_bits_retain(side.values[reg as usize]);
+        let xcr0 = get(SideReg::Xcr0);
+        check_xcr0(xcr0, self.xcr0_allowed)?;
+        let xss = if want.contains(SideReg::Xss) {
+            get(SideReg::Xss)
+        } else {
+            XFeatures::empty()
+        };
+        if !self.xss_allowed.contains(xss) {
+            return Err(GuestError::XssNotAllowed {
+                xss: xss.bits(),
+                allowed: self.xss_allowed.bits(),
+            });
+        }
+        let (xfd, xfd_err) = if want.contains(SideReg::Xfd) {
+            (get(SideReg::Xfd), get(SideReg::XfdErr))
+        } else {
+            (XFeatures::empty(), XFeatures::empty())
+        };
+        self.check_xfd(xfd)?;
+        self.check_xfd(xfd_err)?;
+        self.xcr0 = xcr0;
+        self.xss = xss;
+        self.xfd_err = xfd_err;
+        self.update_sizes();
+        self.set_xfd(xfd, fp)?;
+        Ok(())
+    }
+
+    /// This guest's leaf 0xD as the fixed table a VMM installs (or a
+    /// confidential guest's CPUID page holds): [`GuestXsave::subleaves`] at the
+    /// current XCR0 and IA32_XSS. Set those to what the guest's kernel will
+    /// write before taking a table whose size reports the kernel checks.
+    pub fn leaf_table(&self) -> LeafTable {
+        let mut t = LeafTable::default();
+        for (sub, regs) in self.subleaves() {
+            if let Some(slot) = t.entries.get_mut(sub as usize) {
+                *slot = Some(regs);
+            }
+        }
+        t
+    }
 }
 
 /// Only leaf 0xD is answered (every other leaf reads as zero), so
@@ -746,14 +956,19 @@ fn check_sizes(src: &Enumeration, dst: &Enumeration, mask: XFeatures) -> Result<
     Ok(())
 }
 
-/// Can a guest running with XCR0 = `src_xcr0` on the CPU `src` move to the CPU
-/// `dst`, where guests may enable `dst_xcr0_allowed`? Every component of the
-/// guest's XCR0 must be allowed there and have the same size (standard offsets may
-/// differ: [`translate`] moves the bytes).
+/// Can the XSAVE state of a guest running with XCR0 = `src_xcr0` on the CPU
+/// `src` move to the CPU `dst`, where guests may enable `dst_xcr0_allowed`?
+/// Every component of the guest's XCR0 must be allowed there and have the same
+/// size, or its state would be dropped or truncated (AMX tile data, PKRU's
+/// width). Standard offsets may differ: [`translate`] moves the bytes. This
+/// answers for the buffer only; a live guest keeps the CPUID it booted with,
+/// so a VMM moving one checks the whole guest with [`migrate`].
 ///
 /// # Errors
 /// The XSETBV errors if `src_xcr0` is not a valid XCR0 on `src`,
 /// [`GuestError::Unsupported`] if `dst_xcr0_allowed` has components `dst` lacks,
+/// [`GuestError::ApxWithMpx`] if it has APX and MPX,
+/// [`GuestError::Replaced`] (APX where the guest's MPX was) or
 /// [`GuestError::NotOnDestination`], [`GuestError::SizeMismatch`].
 ///
 /// ```
@@ -778,13 +993,60 @@ pub fn compatible(
     if !bad.is_empty() {
         return Err(GuestError::Unsupported { mask: bad.bits() });
     }
+    check_apx_mpx(dst_xcr0_allowed)?;
     let missing = src_xcr0 - dst_xcr0_allowed;
     if !missing.is_empty() {
-        return Err(GuestError::NotOnDestination {
-            mask: missing.bits(),
-        });
+        return Err(missing_on(src, dst, dst_xcr0_allowed, missing));
     }
     check_sizes(src, dst, src_xcr0)
+}
+
+/// MPX's two components and APX, which Linux places at MPX's standard offset.
+const MPX: XFeatures = XFeatures::BNDREGS.union(XFeatures::BNDCSR);
+
+/// Linux refuses a CPU enumerating APX and MPX together (6.18's
+/// `fpu__init_system_xstate`: APX reuses MPX's standard offset), and so do we,
+/// for any mask a guest could be shown.
+fn check_apx_mpx(mask: XFeatures) -> Result<(), GuestError> {
+    if mask.contains(XFeatures::APX) && mask.intersects(MPX) {
+        return Err(GuestError::ApxWithMpx { mask: mask.bits() });
+    }
+    Ok(())
+}
+
+/// The refusal for guest components `missing` the destination cannot hold:
+/// [`GuestError::Replaced`] when one of the destination's components in
+/// `dst_mask` starts at a missing component's standard offset (APX where MPX
+/// was), else [`GuestError::NotOnDestination`].
+fn missing_on(
+    src: &Enumeration,
+    dst: &Enumeration,
+    dst_mask: XFeatures,
+    missing: XFeatures,
+) -> GuestError {
+    let user = |e: &Enumeration, i: u32| {
+        e.component(i)
+            .filter(|c| !c.supervisor)
+            .map(|c| c.std_offset)
+    };
+    for index in missing.indices().filter(|&i| i >= 2) {
+        let Some(s0) = user(src, index) else {
+            continue;
+        };
+        for by in (dst_mask & dst.xcr0_supported())
+            .indices()
+            .filter(|&i| i >= 2)
+        {
+            if let Some(d0) = user(dst, by) {
+                if d0 == s0 {
+                    return GuestError::Replaced { index, by };
+                }
+            }
+        }
+    }
+    GuestError::NotOnDestination {
+        mask: missing.bits(),
+    }
 }
 
 /// Move a standard-format XSAVE buffer (`KVM_GET_XSAVE`, a signal frame, a
@@ -901,4 +1163,439 @@ pub fn required_size(
         });
     }
     Ok(e.standard_size(xstate_bv))
+}
+
+/// A register that travels beside a guest's XSAVE buffer in a snapshot or a
+/// migration stream, with where KVM gives it out. Which ones a guest needs:
+/// [`GuestXsave::side_regs`].
+///
+/// Why the list exists: a guest's XSAVE buffer is meaningless without the
+/// masks that say which components are enabled (XCR0, IA32_XSS) and armed
+/// (IA32_XFD, IA32_XFD_ERR), and the CET state is not in `KVM_GET_XSAVE`'s
+/// buffer at all (KVM gives it out as MSRs, and SSP with `KVM_GET_ONE_REG`
+/// since Linux 6.18). Firecracker's snapshots that dropped IA32_XSS crashed
+/// 6.18 guests (firecracker #5972); cloud-hypervisor's old code "truncates
+/// kvm_xsave2 data… silently permits migration between incompatible VMs"
+/// (cloud-hypervisor #7533/#7534).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum SideReg {
+    /// XCR0 (`KVM_GET_XCRS`, XCR 0).
+    Xcr0 = 0,
+    /// IA32_XSS (MSR 0xda0).
+    Xss = 1,
+    /// IA32_XFD (MSR 0x1c4).
+    Xfd = 2,
+    /// IA32_XFD_ERR (MSR 0x1c5).
+    XfdErr = 3,
+    /// IA32_U_CET (MSR 0x6a0); in the CET_U component.
+    UCet = 4,
+    /// IA32_S_CET (MSR 0x6a2); not XSAVE-managed.
+    SCet = 5,
+    /// IA32_PL0_SSP (MSR 0x6a4); in the CET_S component.
+    Pl0Ssp = 6,
+    /// IA32_PL1_SSP (MSR 0x6a5); in the CET_S component.
+    Pl1Ssp = 7,
+    /// IA32_PL2_SSP (MSR 0x6a6); in the CET_S component.
+    Pl2Ssp = 8,
+    /// IA32_PL3_SSP (MSR 0x6a7); in the CET_U component.
+    Pl3Ssp = 9,
+    /// IA32_INTERRUPT_SSP_TABLE_ADDR (MSR 0x6a8); not XSAVE-managed.
+    IntSspTab = 10,
+    /// SSP, the current shadow-stack pointer: no MSR; KVM 6.18 gives it out
+    /// with `KVM_GET_ONE_REG` (`KVM_REG_GUEST_SSP`).
+    Ssp = 11,
+}
+
+/// Where KVM gives a [`SideReg`] out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SideAccess {
+    /// `KVM_GET_XCRS` / `KVM_SET_XCRS`, this XCR index.
+    Xcr(u32),
+    /// `KVM_GET_MSRS` / `KVM_SET_MSRS`, this MSR index.
+    Msr(u32),
+    /// `KVM_GET_ONE_REG` / `KVM_SET_ONE_REG` (KVM's own register space).
+    OneReg,
+}
+
+impl SideReg {
+    /// Every register, in tag order.
+    pub const ALL: [SideReg; 12] = [
+        Self::Xcr0,
+        Self::Xss,
+        Self::Xfd,
+        Self::XfdErr,
+        Self::UCet,
+        Self::SCet,
+        Self::Pl0Ssp,
+        Self::Pl1Ssp,
+        Self::Pl2Ssp,
+        Self::Pl3Ssp,
+        Self::IntSspTab,
+        Self::Ssp,
+    ];
+
+    /// The architectural name (`"IA32_XSS"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Xcr0 => "XCR0",
+            Self::Xss => "IA32_XSS",
+            Self::Xfd => "IA32_XFD",
+            Self::XfdErr => "IA32_XFD_ERR",
+            Self::UCet => "IA32_U_CET",
+            Self::SCet => "IA32_S_CET",
+            Self::Pl0Ssp => "IA32_PL0_SSP",
+            Self::Pl1Ssp => "IA32_PL1_SSP",
+            Self::Pl2Ssp => "IA32_PL2_SSP",
+            Self::Pl3Ssp => "IA32_PL3_SSP",
+            Self::IntSspTab => "IA32_INTERRUPT_SSP_TABLE_ADDR",
+            Self::Ssp => "SSP",
+        }
+    }
+
+    /// Where KVM gives it out.
+    pub const fn access(self) -> SideAccess {
+        match self {
+            Self::Xcr0 => SideAccess::Xcr(0),
+            Self::Ssp => SideAccess::OneReg,
+            Self::Xss => SideAccess::Msr(0xda0),
+            Self::Xfd => SideAccess::Msr(0x1c4),
+            Self::XfdErr => SideAccess::Msr(0x1c5),
+            Self::UCet => SideAccess::Msr(0x6a0),
+            Self::SCet => SideAccess::Msr(0x6a2),
+            Self::Pl0Ssp => SideAccess::Msr(0x6a4),
+            Self::Pl1Ssp => SideAccess::Msr(0x6a5),
+            Self::Pl2Ssp => SideAccess::Msr(0x6a6),
+            Self::Pl3Ssp => SideAccess::Msr(0x6a7),
+            Self::IntSspTab => SideAccess::Msr(0x6a8),
+        }
+    }
+
+    /// Its MSR index, if it is an MSR.
+    pub const fn msr(self) -> Option<u32> {
+        match self.access() {
+            SideAccess::Msr(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The register with tag `tag` (its discriminant).
+    pub const fn from_tag(tag: u32) -> Option<Self> {
+        if (tag as usize) < Self::ALL.len() {
+            Some(Self::ALL[tag as usize])
+        } else {
+            None
+        }
+    }
+}
+
+/// A set of [`SideReg`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SideRegs(u16);
+
+impl SideRegs {
+    /// No register.
+    pub const EMPTY: Self = Self(0);
+
+    /// This set with `reg` added.
+    #[must_use]
+    pub const fn with(self, reg: SideReg) -> Self {
+        Self(self.0 | 1 << reg as u16)
+    }
+
+    /// Whether `reg` is in the set.
+    pub const fn contains(self, reg: SideReg) -> bool {
+        self.0 & (1 << reg as u16) != 0
+    }
+
+    /// How many registers.
+    pub const fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The registers, in tag order.
+    pub fn iter(self) -> impl Iterator<Item = SideReg> {
+        SideReg::ALL.into_iter().filter(move |&r| self.contains(r))
+    }
+}
+
+/// The side state of one guest: a value for each register of a [`SideRegs`],
+/// with a fixed little-endian encoding a snapshot stores as it is.
+///
+/// Encoding ([`SideState::to_le_bytes`]): the magic `b"XSSD"`, a `u32` count,
+/// then per register, in tag order, a `u32` tag ([`SideReg`]'s discriminant),
+/// a `u32` 0 and the `u64` value: `8 + 16 * count` bytes, at most
+/// [`SideState::MAX_ENCODED_LEN`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SideState {
+    regs: SideRegs,
+    values: [u64; 12],
+}
+
+const SIDE_MAGIC: [u8; 4] = *b"XSSD";
+
+impl SideState {
+    /// The longest encoding: every register.
+    pub const MAX_ENCODED_LEN: usize = 8 + 16 * SideReg::ALL.len();
+
+    /// A state for `regs`, every value 0.
+    pub const fn new(regs: SideRegs) -> Self {
+        Self {
+            regs,
+            values: [0; 12],
+        }
+    }
+
+    /// The registers it holds.
+    pub const fn regs(&self) -> SideRegs {
+        self.regs
+    }
+
+    /// The value of `reg`, if held.
+    pub const fn get(&self, reg: SideReg) -> Option<u64> {
+        if self.regs.contains(reg) {
+            Some(self.values[reg as usize])
+        } else {
+            None
+        }
+    }
+
+    /// Set `reg` (from `KVM_GET_MSRS` and friends).
+    ///
+    /// # Errors
+    /// [`GuestError::UnexpectedSideReg`] if the state does not hold `reg`.
+    pub fn set(&mut self, reg: SideReg, value: u64) -> Result<(), GuestError> {
+        if !self.regs.contains(reg) {
+            return Err(GuestError::UnexpectedSideReg { reg });
+        }
+        self.values[reg as usize] = value;
+        Ok(())
+    }
+
+    /// The length of the encoding.
+    pub const fn encoded_len(&self) -> usize {
+        8 + 16 * self.regs.len()
+    }
+
+    /// Encode into `out`; returns the bytes written, [`SideState::encoded_len`].
+    ///
+    /// # Errors
+    /// [`GuestError::BufferTooSmall`] (nothing is written then).
+    ///
+    /// ```
+    /// # use xstate::guest::{SideReg, SideRegs, SideState};
+    /// let mut s = SideState::new(SideRegs::EMPTY.with(SideReg::Xcr0).with(SideReg::Xss));
+    /// s.set(SideReg::Xss, 0x1800).unwrap();
+    /// let mut buf = [0u8; SideState::MAX_ENCODED_LEN];
+    /// let n = s.to_le_bytes(&mut buf).unwrap();
+    /// assert_eq!(n, 40);
+    /// assert_eq!(SideState::from_le_bytes(&buf[..n]), Ok(s));
+    /// assert!(SideState::from_le_bytes(&buf[..n - 1]).is_err());
+    /// ```
+    pub fn to_le_bytes(&self, out: &mut [u8]) -> Result<usize, GuestError> {
+        let n = self.encoded_len();
+        let got = out.len();
+        let out = out
+            .get_mut(..n)
+            .ok_or(GuestError::BufferTooSmall { needed: n, got })?;
+        out[..4].copy_from_slice(&SIDE_MAGIC);
+        out[4..8].copy_from_slice(&(self.regs.len() as u32).to_le_bytes());
+        for (k, reg) in self.regs.iter().enumerate() {
+            let e = &mut out[8 + 16 * k..8 + 16 * (k + 1)];
+            e[..4].copy_from_slice(&(reg as u32).to_le_bytes());
+            e[4..8].fill(0);
+            e[8..].copy_from_slice(&self.values[reg as usize].to_le_bytes());
+        }
+        Ok(n)
+    }
+
+    /// Decode exactly one encoding: `bytes` must be as long as its count says.
+    ///
+    /// # Errors
+    /// [`GuestError::MalformedSideState`] with the offset of the first bad
+    /// field: the magic, a count over 12 or disagreeing with the length, an
+    /// unknown tag, tags not strictly increasing, reserved bytes set.
+    pub fn from_le_bytes(bytes: &[u8]) -> Result<Self, GuestError> {
+        let bad = |offset| GuestError::MalformedSideState { offset };
+        let u32_at = |o: usize| -> Option<u32> {
+            let b = bytes.get(o..o + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        if bytes.get(..4) != Some(&SIDE_MAGIC[..]) {
+            return Err(bad(0));
+        }
+        let count = u32_at(4).ok_or(bad(4))? as usize;
+        if count > SideReg::ALL.len() || bytes.len() != 8 + 16 * count {
+            return Err(bad(4));
+        }
+        let mut s = Self::new(SideRegs::EMPTY);
+        let mut last = None;
+        for k in 0..count {
+            let at = 8 + 16 * k;
+            let tag = u32_at(at).ok_or(bad(at))?;
+            let reg = SideReg::from_tag(tag).ok_or(bad(at))?;
+            if last.is_some_and(|l| l >= reg) {
+                return Err(bad(at));
+            }
+            if u32_at(at + 4) != Some(0) {
+                return Err(bad(at + 4));
+            }
+            let v = bytes.get(at + 8..at + 16).ok_or(bad(at + 8))?;
+            let mut w = [0u8; 8];
+            w.copy_from_slice(v);
+            s.regs = s.regs.with(reg);
+            s.values[reg as usize] = u64::from_le_bytes(w);
+            last = Some(reg);
+        }
+        Ok(s)
+    }
+}
+
+/// Can the guest `src` move, as it is, to the CPU `dst` (in a process whose
+/// guest permission set is `perms`)? The guest keeps its CPUID, so every
+/// subleaf of its leaf 0xD must read the same there: every component it may
+/// enable (XCR0 and IA32_XSS) present, with the same size, standard offset
+/// and flags, and every XSAVE extension it is shown available. Returns the
+/// guest rebuilt on `dst`, with its XCR0, IA32_XSS, XFD and XFD_ERR.
+///
+/// Fails closed: nothing that would drop or truncate state passes (APX where
+/// MPX was, AMX of another size, PKRU of another width, a missing CET
+/// component), and each refusal says why.
+///
+/// # Errors
+/// [`GuestError::ApxWithMpx`] (either CPU's mask),
+/// [`GuestError::Replaced`] or [`GuestError::NotOnDestination`] (user or
+/// supervisor components missing), [`GuestError::FlagsUnsupported`],
+/// [`GuestError::SizeMismatch`], [`GuestError::OffsetMismatch`],
+/// [`GuestError::SubleafMismatch`], and [`GuestXsave::new`]'s errors for
+/// `perms`.
+///
+/// ```
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+/// # use xstate::guest::{migrate, GuestError, GuestXsave, XsaveFlags};
+/// # let amd = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+/// # let intel = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-tiger-lake-core-i7-1165g7.txt")).unwrap()).unwrap();
+/// # let all = |e: &Enumeration| PermSet { features: e.supported(), size: 0, user_size: 0 };
+/// let g = GuestXsave::new(&amd, &all(&amd), XFeatures::LEGACY | XFeatures::AVX | XFeatures::PKRU,
+///     XFeatures::empty(), XsaveFlags::of(&amd)).unwrap();
+/// // The guest's CPUID puts PKRU at AMD's 0x980; Intel's hardware writes it at 0xa80.
+/// assert_eq!(migrate(&g, &intel, &all(&intel)).unwrap_err(),
+///     GuestError::OffsetMismatch { index: 9, src: 0x980, dst: 0xa80 });
+/// ```
+pub fn migrate(
+    src: &GuestXsave,
+    dst: &Enumeration,
+    perms: &PermSet,
+) -> Result<GuestXsave, GuestError> {
+    let user = src.xcr0_allowed;
+    let sup = src.xss_allowed;
+    check_apx_mpx(user)?;
+    check_apx_mpx(dst.xcr0_supported())?;
+    let missing = user - dst.xcr0_supported();
+    if !missing.is_empty() {
+        return Err(missing_on(&src.host, dst, dst.xcr0_supported(), missing));
+    }
+    let missing = sup - dst.xss_supported();
+    if !missing.is_empty() {
+        return Err(GuestError::NotOnDestination {
+            mask: missing.bits(),
+        });
+    }
+    let host = XsaveFlags::of(dst);
+    if !host.contains(src.flags) {
+        return Err(GuestError::FlagsUnsupported {
+            flags: src.flags,
+            host,
+        });
+    }
+    check_sizes(&src.host, dst, user | sup)?;
+    for index in (user | sup).indices().filter(|&i| i >= 2) {
+        let (Some(s), Some(d)) = (src.host.component(index), dst.component(index)) else {
+            return Err(GuestError::SubleafMismatch { subleaf: index });
+        };
+        if !s.supervisor && s.std_offset != d.std_offset {
+            return Err(GuestError::OffsetMismatch {
+                index,
+                src: s.std_offset,
+                dst: d.std_offset,
+            });
+        }
+        if (s.supervisor, s.align64, s.xfd) != (d.supervisor, d.align64, d.xfd) {
+            return Err(GuestError::SubleafMismatch { subleaf: index });
+        }
+    }
+    let mut g = GuestXsave::new(dst, perms, user, sup, src.flags)?;
+    g.xcr0 = src.xcr0;
+    g.xss = src.xss;
+    g.xfd = src.xfd;
+    g.xfd_err = src.xfd_err;
+    g.update_sizes();
+    // Belt and braces: the guest must see the very same leaf.
+    for ((sub, a), (_, b)) in src.subleaves().zip(g.subleaves()) {
+        if a != b {
+            return Err(GuestError::SubleafMismatch { subleaf: sub });
+        }
+    }
+    Ok(g)
+}
+
+/// A fixed leaf 0xD table, one entry per subleaf 0..=63 (absent entries read
+/// as zeros, as a CPUID page or a `KVM_SET_CPUID2` table without them does).
+/// Every other leaf reads as zeros. [`GuestXsave::leaf_table`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafTable {
+    entries: [Option<CpuidResult>; 64],
+}
+
+impl Default for LeafTable {
+    fn default() -> Self {
+        Self {
+            entries: [None; 64],
+        }
+    }
+}
+
+impl LeafTable {
+    /// The entry of `subleaf`, if present.
+    pub fn get(&self, subleaf: u32) -> Option<CpuidResult> {
+        self.entries.get(subleaf as usize).copied().flatten()
+    }
+
+    /// Put `regs` at `subleaf` (ignored past 63).
+    pub fn insert(&mut self, subleaf: u32, regs: CpuidResult) {
+        if let Some(e) = self.entries.get_mut(subleaf as usize) {
+            *e = Some(regs);
+        }
+    }
+
+    /// Take `subleaf` out of the table (what a CPUID page missing it holds).
+    pub fn remove(&mut self, subleaf: u32) -> Option<CpuidResult> {
+        self.entries
+            .get_mut(subleaf as usize)
+            .and_then(Option::take)
+    }
+
+    /// The present entries, by subleaf.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, CpuidResult)> + '_ {
+        (0u32..)
+            .zip(self.entries.iter())
+            .filter_map(|(i, e)| e.map(|r| (i, r)))
+    }
+}
+
+impl CpuidSource for LeafTable {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        if leaf == 0xd {
+            self.get(subleaf).unwrap_or_default()
+        } else {
+            CpuidResult::default()
+        }
+    }
 }
