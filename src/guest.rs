@@ -11,8 +11,10 @@ use core::fmt;
 
 use bitflags::bitflags;
 
+use crate::config::{LINUX_SUPERVISOR, LINUX_USER};
 use crate::cpuid::{CpuidResult, CpuidSource};
 use crate::enumerate::{EXTENDED_START, Enumeration};
+use crate::feature::CATALOG;
 use crate::feature::XFeatures;
 use crate::fpstate::{Fpstate, Storage, XCOMP_BV_OFFSET, XSTATE_BV_OFFSET, get_u64};
 use crate::perm::PermSet;
@@ -917,7 +919,8 @@ impl GuestXsave {
     /// This guest's leaf 0xD as the fixed table a VMM installs (or a
     /// confidential guest's CPUID page holds): [`GuestXsave::subleaves`] at the
     /// current XCR0 and IA32_XSS. Set those to what the guest's kernel will
-    /// write before taking a table whose size reports the kernel checks.
+    /// write (for Linux: [`GuestXsave::linux_boot`] does it) before taking a
+    /// table whose size reports the kernel checks.
     pub fn leaf_table(&self) -> LeafTable {
         let mut t = LeafTable::default();
         for (sub, regs) in self.subleaves() {
@@ -926,6 +929,49 @@ impl GuestXsave {
             }
         }
         t
+    }
+
+    /// What Linux 6.18 booting in this guest does with its XSAVE support:
+    /// the guest is taken to the XCR0 and IA32_XSS Linux writes (its
+    /// `max_features` from this leaf) and [`linux_xsave`] judges the
+    /// resulting [`LeafTable`].
+    ///
+    /// # Errors
+    /// The [`LinuxRefusal`] Linux would log before disabling XSAVE.
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+    /// # use xstate::guest::{GuestXsave, XsaveFlags};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+    /// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
+    /// let g = GuestXsave::new(&e, &all, e.xcr0_supported(), e.xss_supported(), XsaveFlags::of(&e)).unwrap();
+    /// let linux = g.linux_boot().unwrap();
+    /// assert_eq!(linux.features, e.xcr0_supported() | XFeatures::CET_U | XFeatures::CET_S);
+    /// assert_eq!(linux.context_size, e.compacted_size(linux.features));
+    /// assert!(linux.compacted);
+    /// ```
+    pub fn linux_boot(&self) -> Result<LinuxXsave, LinuxRefusal> {
+        linux_xsave(&self.at_linux_boot()?.leaf_table())
+    }
+
+    /// This guest once Linux 6.18 has booted in it: XCR0 and IA32_XSS set to
+    /// the features Linux enables from this leaf (its `max_features`; IA32_XSS
+    /// only with XSAVES). Its [`GuestXsave::leaf_table`] is the table Linux's
+    /// size checks read.
+    ///
+    /// # Errors
+    /// [`LinuxRefusal::Xcr0Faults`] if that XCR0 is not one XSETBV takes.
+    pub fn at_linux_boot(&self) -> Result<GuestXsave, LinuxRefusal> {
+        let max = linux_max_features(self.leaf(0), self.leaf(1));
+        let mut g = self.clone();
+        let xcr0 = max & self.xcr0_allowed;
+        g.set_xcr0(xcr0)
+            .map_err(|_| LinuxRefusal::Xcr0Faults { xcr0: xcr0.bits() })?;
+        // Linux writes IA32_XSS only with XSAVES; its max features then hold
+        // no supervisor component without it.
+        g.xss = max & self.xss_allowed;
+        g.update_sizes();
+        Ok(g)
     }
 }
 
@@ -1598,4 +1644,285 @@ impl CpuidSource for LeafTable {
             CpuidResult::default()
         }
     }
+}
+
+/// Linux keeps XSAVE: what `fpu__init_system_xstate` ends with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinuxXsave {
+    /// The features Linux enables (`fpu_kernel_cfg.max_features`).
+    pub features: XFeatures,
+    /// The kernel's context size: the size report it checked.
+    pub context_size: u32,
+    /// Compacted (XSAVEC or XSAVES) or standard format.
+    pub compacted: bool,
+    /// The user (standard) size, CPUID(0xD,0).EBX.
+    pub user_size: u32,
+    /// Components whose CPUID size differs from Linux's structure for them:
+    /// Linux warns ("struct is N bytes, cpu state M bytes") and dumps the
+    /// leaves, but goes on.
+    pub struct_mismatch: XFeatures,
+}
+
+impl LinuxXsave {
+    /// The warnings Linux logs for [`LinuxXsave::struct_mismatch`], read off
+    /// the table `src` the verdict came from (Linux dumps the leaves after
+    /// each, and keeps XSAVE).
+    pub fn struct_warnings<'a>(
+        &self,
+        src: &'a impl CpuidSource,
+    ) -> impl Iterator<Item = StructWarning> + 'a {
+        self.struct_mismatch.indices().filter_map(move |index| {
+            let linux_size = CATALOG.get(index as usize)?.arch_size?;
+            Some(StructWarning {
+                index,
+                linux_size,
+                cpu_size: src.cpuid(0xd, index).eax,
+            })
+        })
+    }
+}
+
+/// One of Linux's structure-size warnings: CPUID gives component `index`
+/// another size than Linux's structure for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StructWarning {
+    /// The component.
+    pub index: u32,
+    /// Linux's structure size.
+    pub linux_size: u32,
+    /// What CPUID says.
+    pub cpu_size: u32,
+}
+
+impl fmt::Display for StructWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = CATALOG
+            .get(self.index as usize)
+            .map_or("unknown xstate feature", |c| c.linux_desc);
+        write!(
+            f,
+            "[{name}]: struct is {} bytes, cpu state {} bytes",
+            self.linux_size, self.cpu_size
+        )
+    }
+}
+
+impl fmt::Display for LinuxXsave {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "x86/fpu: Enabled xstate features {:#x}, context size is {} bytes, using '{}' format.",
+            self.features.bits(),
+            self.context_size,
+            if self.compacted {
+                "compacted"
+            } else {
+                "standard"
+            }
+        )
+    }
+}
+
+/// Why Linux disables XSAVE for a CPUID leaf 0xD: each variant prints the line
+/// Linux 6.18 logs (`arch/x86/kernel/fpu/xstate.c`) before it boots without
+/// XSAVE (or, for [`LinuxRefusal::Xcr0Faults`], instead of booting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinuxRefusal {
+    /// x87 or SSE missing from the features leaf 0xD enumerates.
+    FpSseMissing {
+        /// CPUID(0xD,0) EDX:EAX | CPUID(0xD,1) EDX:ECX.
+        features: u64,
+    },
+    /// APX and MPX both enumerated.
+    ApxAndMpx {
+        /// The same mask.
+        features: u64,
+    },
+    /// A component Linux enables is marked supervisor (ECX\[0\]) while the
+    /// CPU has no XSAVES.
+    SupervisorWithoutXsaves {
+        /// The component.
+        index: u32,
+    },
+    /// The size Linux computes from the subleaves of the features it enables
+    /// differs from the size report it checks (CPUID(0xD,1).EBX in the
+    /// compacted format, CPUID(0xD,0).EBX in the standard one). openvmm's TDX
+    /// guests stop here (openvmm #708: "size 10752 != kernel_size 10704"), and
+    /// so does a guest whose table lacks subleaf 11 or 12 while IA32_XSS
+    /// enables CET (igvm-tooling #60).
+    SizeMismatch {
+        /// Computed from the subleaves.
+        size: u32,
+        /// The size report.
+        kernel_size: u32,
+    },
+    /// The default (non-dynamic) buffer does not fit Linux's static
+    /// `init_fpstate` (4096 bytes).
+    InitFpstateTooSmall {
+        /// The default buffer's size.
+        size: u32,
+    },
+    /// The XCR0 Linux would write is not one XSETBV takes (a group half
+    /// enabled, e.g. TILECFG without TILEDATA once Linux drops TILEDATA for
+    /// want of XFD): the guest takes #GP at boot. Not a Linux message.
+    Xcr0Faults {
+        /// The XCR0.
+        xcr0: u64,
+    },
+}
+
+impl fmt::Display for LinuxRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::FpSseMissing { features } => write!(
+                f,
+                "x86/fpu: FP/SSE not present amongst the CPU's xstate features: {features:#x}."
+            ),
+            Self::ApxAndMpx { features } => write!(
+                f,
+                "x86/fpu: Both APX/MPX present in the CPU's xstate features: {features:#x}."
+            ),
+            Self::SupervisorWithoutXsaves { index } => write!(
+                f,
+                "XSAVE consistency problem: Got supervisor feature {index}, but XSAVES not advertised"
+            ),
+            Self::SizeMismatch { size, kernel_size } => write!(
+                f,
+                "XSAVE consistency problem: size {size} != kernel_size {kernel_size}"
+            ),
+            Self::InitFpstateTooSmall { size } => write!(
+                f,
+                "x86/fpu: init_fpstate buffer too small ({INIT_FPSTATE_SIZE} < {size})"
+            ),
+            Self::Xcr0Faults { xcr0 } => {
+                write!(f, "XSETBV of XCR0 {xcr0:#x} faults (#GP) during boot")
+            }
+        }
+    }
+}
+
+/// The size of Linux's static `init_fpstate` register area.
+const INIT_FPSTATE_SIZE: u32 = 4096;
+
+/// The features Linux 6.18 enables from leaf 0xD alone (it also drops those
+/// whose CPUID feature flag is clear; the other leaves are assumed to agree):
+/// the XCR0 and XSS masks, without TILEDATA unless XFD is enumerated, limited
+/// to the components it knows (supervisor ones only with XSAVES).
+fn linux_max_features(s0: CpuidResult, s1: CpuidResult) -> XFeatures {
+    let mut max = XFeatures::from_bits_retain(
+        u64::from(s0.eax) | u64::from(s0.edx) << 32 | u64::from(s1.ecx) | u64::from(s1.edx) << 32,
+    );
+    if s1.eax & XsaveFlags::XFD.bits() == 0 {
+        max -= XFeatures::DYNAMIC;
+    }
+    if s1.eax & XsaveFlags::XSAVES.bits() != 0 {
+        max & (LINUX_USER | LINUX_SUPERVISOR)
+    } else {
+        max & LINUX_USER
+    }
+}
+
+/// Linux's buffer size for `mask` read off the subleaves: compacted, the
+/// running sum from 576 with each 64-byte-aligned component aligned; standard,
+/// the end of the component with the highest standard offset. Saturates
+/// instead of overflowing (a hostile table).
+fn linux_size(src: &impl CpuidSource, mask: XFeatures, compacted: bool) -> u32 {
+    let mut end = u64::from(EXTENDED_START);
+    let mut top = None::<(u32, u32)>;
+    for i in mask.indices().filter(|&i| i >= 2) {
+        let r = src.cpuid(0xd, i);
+        if compacted {
+            if r.ecx & 2 != 0 {
+                end = (end + 63) & !63;
+            }
+            end += u64::from(r.eax);
+        } else if top.is_none_or(|(o, _)| r.ebx >= o) {
+            top = Some((r.ebx, r.eax));
+        }
+    }
+    if let Some((o, s)) = top {
+        end = u64::from(o) + u64::from(s);
+    }
+    u32::try_from(end).unwrap_or(u32::MAX)
+}
+
+/// Predict what Linux 6.18 booting on the leaf 0xD `src` does with XSAVE
+/// (`fpu__init_system_xstate` and its size checks): keep it, with the
+/// features, sizes and format it reports, or disable it, with the line it
+/// logs. `src` answers as the CPU would once Linux has written its XCR0 and
+/// IA32_XSS (its `max_features`): for a [`GuestXsave`] use
+/// [`GuestXsave::linux_boot`].
+///
+/// Linux is more lenient than [`Enumeration::from_cpuid`]: a component
+/// missing from the table (all zeros) is not refused as such. Linux warns that
+/// its structure is larger than the CPU's state (see
+/// [`LinuxXsave::struct_warnings`]: a warning, not a refusal), takes the size
+/// as 0, and only its size check gives it away: the compacted sum then falls
+/// short of CPUID(0xD,1).EBX, unless the next component's 64-byte alignment
+/// absorbs the difference (CET_S before AMX's TILECFG: Linux keeps XSAVE, with
+/// the warning). Never panics on any table.
+///
+/// # Errors
+/// The [`LinuxRefusal`] for the first check that fails, in Linux's order.
+///
+/// ```
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, perm::PermSet, XFeatures};
+/// # use xstate::guest::{linux_xsave, GuestXsave, LinuxRefusal, XsaveFlags};
+/// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+/// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
+/// let mut g = GuestXsave::new(&e, &all, e.xcr0_supported(), e.xss_supported(), XsaveFlags::of(&e)).unwrap();
+/// g.set_xcr0(e.xcr0_supported()).unwrap();
+/// g.set_xss(e.xss_supported()).unwrap();
+/// let mut table = g.leaf_table();
+/// assert!(linux_xsave(&table).is_ok());
+/// table.remove(12); // a CPUID page without CET_S's subleaf
+/// let err = linux_xsave(&table).unwrap_err();
+/// // CPUID(0xD,1).EBX still counts CET_S's 24 bytes; Linux's sum has 0 for it.
+/// assert_eq!(err, LinuxRefusal::SizeMismatch { size: 2456, kernel_size: 2480 });
+/// assert_eq!(err.to_string(), "XSAVE consistency problem: size 2456 != kernel_size 2480");
+/// ```
+pub fn linux_xsave(src: &impl CpuidSource) -> Result<LinuxXsave, LinuxRefusal> {
+    let (s0, s1) = (src.cpuid(0xd, 0), src.cpuid(0xd, 1));
+    let all =
+        u64::from(s0.eax) | u64::from(s0.edx) << 32 | u64::from(s1.ecx) | u64::from(s1.edx) << 32;
+    if all & XFeatures::LEGACY.bits() != XFeatures::LEGACY.bits() {
+        return Err(LinuxRefusal::FpSseMissing { features: all });
+    }
+    let enumerated = XFeatures::from_bits_retain(all);
+    if enumerated.contains(XFeatures::APX) && enumerated.intersects(MPX) {
+        return Err(LinuxRefusal::ApxAndMpx { features: all });
+    }
+    let max = linux_max_features(s0, s1);
+    let xsaves = s1.eax & XsaveFlags::XSAVES.bits() != 0;
+    let compacted = xsaves || s1.eax & XsaveFlags::XSAVEC.bits() != 0;
+    let mut struct_mismatch = XFeatures::empty();
+    for i in max.indices().filter(|&i| i >= 2) {
+        let r = src.cpuid(0xd, i);
+        // Linux's structures have the architectural sizes of the catalog.
+        let arch = CATALOG.get(i as usize).and_then(|c| c.arch_size);
+        if arch.is_some_and(|a| a != r.eax) {
+            struct_mismatch |= XFeatures::from_index(i).unwrap_or(XFeatures::empty());
+        }
+        if !xsaves && r.ecx & 1 != 0 {
+            return Err(LinuxRefusal::SupervisorWithoutXsaves { index: i });
+        }
+    }
+    let kernel_size = if compacted { s1.ebx } else { s0.ebx };
+    let size = linux_size(src, max, compacted);
+    if size != kernel_size {
+        return Err(LinuxRefusal::SizeMismatch { size, kernel_size });
+    }
+    let default = max - XFeatures::DYNAMIC - XFeatures::GUEST_ONLY;
+    let default_size = linux_size(src, default, compacted);
+    if default_size > INIT_FPSTATE_SIZE {
+        return Err(LinuxRefusal::InitFpstateTooSmall { size: default_size });
+    }
+    Ok(LinuxXsave {
+        features: max,
+        context_size: kernel_size,
+        compacted,
+        user_size: s0.ebx,
+        struct_mismatch,
+    })
 }

@@ -21,8 +21,8 @@ use xstate::cpuid::{CpuidSource, RecordedCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{Fpstate, Owner};
 use xstate::guest::{
-    GuestError, GuestXsave, SideReg, SideRegs, SideState, XsaveFlags, compatible, migrate,
-    translate,
+    GuestError, GuestXsave, LinuxRefusal, SideReg, SideRegs, SideState, XsaveFlags, compatible,
+    linux_xsave, migrate, translate,
 };
 use xstate::perm::PermSet;
 
@@ -320,7 +320,7 @@ fn apx_where_mpx_was_is_refused() {
         })
     );
     // A table enumerating both at one offset: the crate's enumeration refuses
-    // the overlap.
+    // the overlap, Linux disables XSAVE in its words.
     let mut s0b = s0;
     s0b[0] |= 0x18;
     let both_cpu = with_subleaves(
@@ -334,7 +334,19 @@ fn apx_where_mpx_was_is_refused() {
     );
 
     assert!(Enumeration::from_cpuid(&both_cpu).is_err());
-    loud!("apx/mpx: {err}");
+    let linux = linux_xsave(&both_cpu).unwrap_err();
+    assert_eq!(
+        linux,
+        LinuxRefusal::ApxAndMpx {
+            features: u64::from(s0b[0]) | xss_raw(&both_cpu)
+        }
+    );
+    assert!(
+        linux
+            .to_string()
+            .starts_with("x86/fpu: Both APX/MPX present in the CPU's xstate features: 0x")
+    );
+    loud!("apx/mpx: {err}; {linux}");
 }
 
 /// Another AMX tile-data size and a narrower PKRU: refused, never truncated.
