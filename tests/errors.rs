@@ -60,6 +60,17 @@ fn fpstate_error_texts_and_sources() {
 }
 
 #[test]
+fn layout_error_texts() {
+    distinct(&[
+        (&LayoutError::Unsupported { mask: 0x80000 }, &["0x80000"]),
+        (
+            &LayoutError::SupervisorInStandard { mask: 0x1800 },
+            &["0x1800"],
+        ),
+    ]);
+}
+
+#[test]
 fn cpu_error_texts_and_sources() {
     let cpuid = xstate::enumerate::Enumeration::from_cpuid(
         &xstate::cpuid::RecordedCpuid::parse(

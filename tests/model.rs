@@ -373,3 +373,43 @@ fn boxed_areas_allocate_whole_blocks() {
         assert_eq!(format!("{a:?}"), format!("BoxedArea {{ len: {len} }}"));
     }
 }
+
+/// A fresh fpstate holds Linux's init values (FCW 0x037f, MXCSR 0x1f80), and
+/// `grow_boxed` allocates exactly the grown size, on every recorded CPU with a
+/// dynamic component.
+#[test]
+fn fresh_and_grown_fpstates() {
+    use xstate::config::{Configs, Policy};
+    use xstate::fpstate::{Fpstate, Owner};
+    use xstate::perm::{PermKind, ProcessPerms};
+    let mut grown = 0;
+    for (name, cpu) in testkit::dumps() {
+        let e = Enumeration::from_cpuid(cpu).unwrap();
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+        for owner in [Owner::Host, Owner::Guest] {
+            let fp = Fpstate::new_boxed(&e, &cfg, owner).unwrap();
+            let a = fp.area();
+            assert_eq!(u16::from_le_bytes([a[0], a[1]]), 0x037f, "{name}: FCW");
+            assert_eq!(testkit::get_u32(a, MXCSR), 0x1f80, "{name}: MXCSR");
+            let Some(i) = cfg.policy.dynamic.indices().next() else {
+                continue;
+            };
+            let mut perms = ProcessPerms::new(&cfg);
+            let kind = match owner {
+                Owner::Host => PermKind::Task,
+                _ => PermKind::Guest,
+            };
+            perms.request(&e, &cfg, kind, i, |_| true).unwrap();
+            let g = fp.grow_boxed(&e, &cfg, &perms, i).unwrap();
+            let size = g.info().size as usize;
+            assert_eq!(g.area().len(), size);
+            assert_eq!(
+                g.into_storage().allocated(),
+                size.next_multiple_of(64),
+                "{name}"
+            );
+            grown += 1;
+        }
+    }
+    assert!(grown >= 2, "no dynamic component in layouts/");
+}
