@@ -32,7 +32,7 @@ Report the XSAVE state components, layouts and Linux-style configs of a CPU.
                    ignored); default: every supported XCR0 | IA32_XSS component
   --json           machine-readable output
   --dmesg          the x86/fpu lines Linux prints at boot for this CPU
-  --record         dump the live CPU's leaves 0, 1, 7 and 0xD in the `cpuid -r`
+  --record         dump the live CPU's leaves 0, 1, 6, 7 and 0xD in the `cpuid -r`
                    format (SOURCE_DATE from the environment dates the dump)
   -h, --help       this text
 
@@ -307,6 +307,10 @@ fn human(r: &Report) -> String {
         if c.xfd {
             flags.push("xfd");
         }
+        if !e.usable().has_index(i) {
+            // Linux switches it off: CPUID feature flag clear, or not a component it knows.
+            flags.push("off:flag-clear");
+        }
         let _ = writeln!(
             o,
             "  {i:>3}  {:<18} {:>6}  {off:>10}  {}",
@@ -317,6 +321,16 @@ fn human(r: &Report) -> String {
     }
     let _ = writeln!(o, "\nXCR0 supported: {:#x}", e.xcr0_supported().bits());
     let _ = writeln!(o, "XSS supported:  {:#x}", e.xss_supported().bits());
+    let _ = writeln!(
+        o,
+        "usable:         {:#x} ({})",
+        e.usable().bits(),
+        if e.flags_known() {
+            "CPUID feature flags of leaves 1, 6, 7 set"
+        } else {
+            "no feature leaves in the source: leaf 0xD taken at its word"
+        }
+    );
     let _ = writeln!(
         o,
         "XSAVEOPT {}  XSAVEC {}  XGETBV1 {}  XSAVES {}  XFD {}",
@@ -496,6 +510,8 @@ fn json(r: &Report) -> String {
     let _ = writeln!(o, "  \"source\": {},", json_str(&r.source));
     let _ = writeln!(o, "  \"xcr0_supported\": {},", json_hex(e.xcr0_supported()));
     let _ = writeln!(o, "  \"xss_supported\": {},", json_hex(e.xss_supported()));
+    let _ = writeln!(o, "  \"usable\": {},", json_hex(e.usable()));
+    let _ = writeln!(o, "  \"feature_flags_known\": {},", e.flags_known());
     let comps: Vec<String> = e
         .supported()
         .indices()
@@ -605,7 +621,7 @@ fn record() -> String {
         .filter(|d| !d.trim().is_empty());
     let _ = writeln!(
         o,
-        "# source: recorded by cargo run --example xstate-report -- --record{}: leaf 0, leaf 1, leaf 7.0 and 7.1, every non-zero subleaf 0..63 of leaf 0xD",
+        "# source: recorded by cargo run --example xstate-report -- --record{}: leaf 0, leaf 1, leaf 6, leaf 7.0 and 7.1, every non-zero subleaf 0..63 of leaf 0xD",
         date.map(|d| format!(" on {}", printable(d.trim().as_bytes())))
             .unwrap_or_default()
     );
@@ -643,6 +659,7 @@ fn record() -> String {
     };
     line(0, 0);
     line(1, 0);
+    line(6, 0);
     line(7, 0);
     line(7, 1);
     for sub in 0..64 {
@@ -654,8 +671,10 @@ fn record() -> String {
     o
 }
 
-fn run() -> Result<Option<String>, String> {
-    let args = match parse_args(std::env::args().skip(1))? {
+/// One run on the arguments (without the program name): the text to print, `None`
+/// for the usage text, or the one-line error.
+pub fn run(argv: impl IntoIterator<Item = String>) -> Result<Option<String>, String> {
+    let args = match parse_args(argv)? {
         Parsed::Help => return Ok(None),
         Parsed::Run(a) => a,
     };
@@ -671,17 +690,23 @@ fn run() -> Result<Option<String>, String> {
     }))
 }
 
+/// The exit status of a run: 0, or 2 for any error (a refused CPUID included).
+pub fn exit_status(r: &Result<Option<String>, String>) -> u8 {
+    if r.is_ok() { 0 } else { 2 }
+}
+
 fn main() -> ExitCode {
-    match run() {
+    let r = run(std::env::args().skip(1));
+    let status = exit_status(&r);
+    match r {
         Ok(out) => {
             let text = out.as_deref().unwrap_or(USAGE);
             // A closed pipe (`| head`) is not worth a panic.
             let _ = std::io::stdout().write_all(text.as_bytes());
-            ExitCode::SUCCESS
         }
         Err(err) => {
             eprintln!("xstate-report: error: {}", err.replace('\n', " "));
-            ExitCode::from(2)
         }
     }
+    ExitCode::from(status)
 }

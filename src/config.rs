@@ -37,13 +37,24 @@ pub const LINUX_SUPERVISOR: XFeatures = XFeatures::PASID
     .union(XFeatures::CET_S);
 
 impl Policy {
-    /// Current Linux's policy for this CPU: every component Linux knows that the CPU
-    /// supports (supervisor ones only with XSAVES), AMX TILEDATA dynamic, LBR
-    /// independent, CET_S guest-only.
+    /// Linux 6.18's policy for this CPU (`fpu__init_system_xstate`): every
+    /// component Linux knows that the CPU supports and whose CPUID feature flag is
+    /// set ([`Enumeration::usable`]: a PKU-less Zen 2 gets 0x7, not the 0x207 its
+    /// leaf 0xD lists); supervisor ones (PASID, CET_U, CET_S) and the independent LBR
+    /// only with XSAVES; AMX TILEDATA dynamic, and only with XFD
+    /// (CPUID(0xD,1).EAX\[4\]; without it Linux drops the dynamic components and keeps
+    /// TILECFG); LBR independent; CET_S guest-only.
+    ///
+    /// Linux without CPUID's FPU or SSE flag does not use XSAVE at all; the crate
+    /// has no such mode and always keeps x87 and SSE.
     pub fn linux(e: &Enumeration) -> Self {
-        let mut enabled = LINUX_USER & e.xcr0_supported();
+        let usable = e.usable();
+        let mut enabled = LINUX_USER & e.xcr0_supported() & usable;
+        if !e.xfd {
+            enabled -= XFeatures::DYNAMIC;
+        }
         if e.xsaves {
-            enabled |= (LINUX_SUPERVISOR | XFeatures::INDEPENDENT) & e.xss_supported();
+            enabled |= (LINUX_SUPERVISOR | XFeatures::INDEPENDENT) & e.xss_supported() & usable;
         }
         Self {
             enabled,
@@ -72,6 +83,14 @@ pub enum ConfigError {
         /// The unsupported bits.
         mask: u64,
     },
+    /// The policy enables supported components that are not usable: their CPUID
+    /// feature flag is clear, or they are outside the catalog
+    /// ([`Enumeration::usable`]). Their sizes were never checked against the
+    /// architecture, and Linux never enables them.
+    NotUsable {
+        /// The offending bits.
+        mask: u64,
+    },
     /// Supervisor components need XSAVES, which the CPU lacks.
     NoXsaves {
         /// The supervisor bits asked for.
@@ -98,6 +117,10 @@ impl fmt::Display for ConfigError {
             Self::Unsupported { mask } => {
                 write!(f, "policy enables unsupported components {mask:#x}")
             }
+            Self::NotUsable { mask } => write!(
+                f,
+                "policy enables components {mask:#x} whose CPUID feature flag is clear"
+            ),
             Self::NoXsaves { mask } => {
                 write!(
                     f,
@@ -155,7 +178,7 @@ pub struct Configs {
     pub mxcsr_mask: u32,
     /// Kernel-form layouts of host default, host max, guest default, guest max.
     layouts: [Layout; 4],
-    /// The CPU has XSAVEOPT (CPUID(0xD,1).EAX[0]).
+    /// The CPU has XSAVEOPT (CPUID(0xD,1).EAX\[0\]).
     xsaveopt: bool,
 }
 
@@ -163,7 +186,8 @@ impl Configs {
     /// Derive the configs.
     ///
     /// # Errors
-    /// [`ConfigError`] if the policy asks for what the CPU lacks or is inconsistent.
+    /// [`ConfigError`] if the policy asks for what the CPU lacks (a supported
+    /// component whose CPUID feature flag is clear included) or is inconsistent.
     ///
     /// ```
     /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}, XFeatures};
@@ -177,6 +201,10 @@ impl Configs {
         let bad = p.enabled - e.supported();
         if !bad.is_empty() {
             return Err(ConfigError::Unsupported { mask: bad.bits() });
+        }
+        let bad = p.enabled - e.usable();
+        if !bad.is_empty() {
+            return Err(ConfigError::NotUsable { mask: bad.bits() });
         }
         let sup = p.enabled & e.xss_supported();
         if !sup.is_empty() && !e.xsaves {

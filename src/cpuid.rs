@@ -130,8 +130,12 @@ struct Entry {
 /// Lines look like `0x0000000d 0x01: eax=0x0000000f ebx=0x000009a8 ecx=0x00001800 edx=0x00000000`,
 /// with optional leading blanks. `#` comments, blank lines and `CPU:` / `CPU 0:` headers
 /// are skipped; in a dump of several CPUs (`cpuid -r` without `-1`), only the first is
-/// read. Leaves 1, 6, 7 and 0xD are kept (the ones XSAVE enumeration reads); every
-/// other leaf is checked for syntax and dropped.
+/// read. Leaves 0, 1, 6, 7 and 0xD are kept (the ones enumeration reads: leaf 0xD
+/// for the components, leaves 1, 6 and 7 for the CPUID feature flags that decide
+/// which of them are usable, leaf 0 for the vendor); every other leaf is checked for
+/// syntax and dropped. A dump without leaf 1 has no feature flags: see
+/// [`Enumeration::usable`](crate::enumerate::Enumeration::usable) for how the crate
+/// reads it.
 #[derive(Clone, Debug)]
 pub struct RecordedCpuid {
     entries: [Entry; Self::CAPACITY],

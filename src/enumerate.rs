@@ -7,8 +7,8 @@
 
 use core::fmt;
 
-use crate::cpuid::CpuidSource;
-use crate::feature::XFeatures;
+use crate::cpuid::{CpuidResult, CpuidSource};
+use crate::feature::{CATALOG, XFeatures};
 
 /// Size of the legacy region (x87 + SSE), SDM vol. 1 13.4.1.
 pub const LEGACY_SIZE: u32 = 512;
@@ -27,11 +27,11 @@ pub struct Component {
     pub size: u32,
     /// Offset in the standard form (EBX); meaningless (0) for supervisor components.
     pub std_offset: u32,
-    /// ECX[0]: managed through IA32_XSS.
+    /// ECX\[0\]: managed through IA32_XSS.
     pub supervisor: bool,
-    /// ECX[1]: 64-byte aligned in the compacted form.
+    /// ECX\[1\]: 64-byte aligned in the compacted form.
     pub align64: bool,
-    /// ECX[2]: XFD can arm it.
+    /// ECX\[2\]: XFD can arm it.
     pub xfd: bool,
 }
 
@@ -75,7 +75,7 @@ pub enum EnumError {
         /// The component number.
         index: u32,
     },
-    /// ECX[0] (supervisor) disagrees with the mask that lists the component.
+    /// ECX\[0\] (supervisor) disagrees with the mask that lists the component.
     SupervisorMismatch {
         /// The component number.
         index: u32,
@@ -139,6 +139,20 @@ pub enum EnumError {
         /// The unsupported bits.
         mask: u64,
     },
+    /// A usable component whose size is not the one the architecture fixes for it
+    /// ([`FeatureInfo::arch_size`](crate::feature::FeatureInfo::arch_size)), or,
+    /// from a source without feature flags, is smaller (see
+    /// [`Enumeration::usable`]). Linux's `check_xstate_against_struct` compares the
+    /// same sizes with its C structures (Linux 6.18 warns and dumps the leaves; a
+    /// crate that cannot warn refuses).
+    ArchSizeMismatch {
+        /// The component number.
+        index: u32,
+        /// The size CPUID reported.
+        size: u32,
+        /// The architectural size.
+        arch_size: u32,
+    },
 }
 
 impl fmt::Display for EnumError {
@@ -189,6 +203,14 @@ impl fmt::Display for EnumError {
                 "{report} reports {reported} bytes but the components need {computed}"
             ),
             Self::NotSupported { mask } => write!(f, "mask bits {mask:#x} are not supported"),
+            Self::ArchSizeMismatch {
+                index,
+                size,
+                arch_size,
+            } => write!(
+                f,
+                "component {index} claims {size} bytes; the architecture fixes {arch_size}"
+            ),
         }
     }
 }
@@ -198,19 +220,21 @@ impl fmt::Display for EnumError {
 pub struct Enumeration {
     xcr0_supported: XFeatures,
     xss_supported: XFeatures,
+    usable: XFeatures,
+    flags_known: bool,
     comps: [Component; 64],
     reported_max_standard: u32,
     standard_max_size: u32,
     compacted_max_size: u32,
-    /// CPUID(0xD,1).EAX[0]: XSAVEOPT.
+    /// CPUID(0xD,1).EAX\[0\]: XSAVEOPT.
     pub xsaveopt: bool,
-    /// CPUID(0xD,1).EAX[1]: XSAVEC and the compacted form.
+    /// CPUID(0xD,1).EAX\[1\]: XSAVEC and the compacted form.
     pub xsavec: bool,
-    /// CPUID(0xD,1).EAX[2]: XGETBV with ECX = 1 (XINUSE).
+    /// CPUID(0xD,1).EAX\[2\]: XGETBV with ECX = 1 (XINUSE).
     pub xgetbv1: bool,
-    /// CPUID(0xD,1).EAX[3]: XSAVES/XRSTORS and IA32_XSS.
+    /// CPUID(0xD,1).EAX\[3\]: XSAVES/XRSTORS and IA32_XSS.
     pub xsaves: bool,
-    /// CPUID(0xD,1).EAX[4]: extended feature disable (XFD).
+    /// CPUID(0xD,1).EAX\[4\]: extended feature disable (XFD).
     pub xfd: bool,
 }
 
@@ -276,6 +300,8 @@ impl Enumeration {
         let mut comps = [Component::default(); 64];
         comps[..2].copy_from_slice(&LEGACY_COMPONENTS);
         let supported = XFeatures::from_bits_retain(xcr0 | xss);
+        let flags = flagged(src);
+        let usable = supported & (flags.unwrap_or(XFeatures::ALL_CATALOGUED) | XFeatures::LEGACY);
         for i in supported.indices().filter(|&i| i >= 2) {
             let r = src.cpuid(0xd, i);
             let c = Component {
@@ -296,6 +322,25 @@ impl Enumeration {
                 return Err(EnumError::AbsurdSize {
                     index: i,
                     size: c.size,
+                });
+            }
+            // Usable components only, as Linux checks only what it enables (a Zen 2
+            // lists PKRU with 64 bytes but clears PKU, and boots); without flags,
+            // only what would overflow (see `usable`).
+            let arch = CATALOG.get(i as usize).and_then(|f| f.arch_size);
+            let wrong = |a: u32| {
+                usable.has_index(i)
+                    && if flags.is_some() {
+                        c.size != a
+                    } else {
+                        c.size < a
+                    }
+            };
+            if let Some(arch_size) = arch.filter(|&a| wrong(a)) {
+                return Err(EnumError::ArchSizeMismatch {
+                    index: i,
+                    size: c.size,
+                    arch_size,
                 });
             }
             if !in_xss {
@@ -335,6 +380,8 @@ impl Enumeration {
         Ok(Self {
             xcr0_supported: user,
             xss_supported: XFeatures::from_bits_retain(xss),
+            usable,
+            flags_known: flags.is_some(),
             comps,
             reported_max_standard: s0.ecx,
             standard_max_size,
@@ -409,6 +456,53 @@ impl Enumeration {
         self.xcr0_supported.union(self.xss_supported)
     }
 
+    /// The supported components whose CPUID feature flag is set
+    /// ([`FeatureInfo::flag`](crate::feature::FeatureInfo::flag): AVX for 2, MPX for
+    /// 3 and 4, AVX512F for 5..=7, PKU for 9, ENQCMD for 10, CET_SS for 11 and 12,
+    /// ARCH_LBR for 15, AMX-TILE for 17 and 18, APX_F for 19, ...), plus x87 and
+    /// SSE, which XSAVE cannot work without. Linux 6.18 switches every other
+    /// component off (`xsave_cpuid_features[]`); so does
+    /// [`Policy::linux`](crate::config::Policy::linux). Components outside the
+    /// catalog (AMD's LWP) have no flag Linux knows and are never usable.
+    ///
+    /// The flags come from leaves 1, 6, 7.0 and 7.1 (7.1 only where CPUID(7,0).EAX
+    /// says it exists, as Linux reads it). A real CPU that answers leaf 0xD answers
+    /// those too: its highest basic leaf is at least 0xD, and leaf 1 is never all
+    /// zeros (EDX holds the FPU flag). A source whose leaf 1 reads all zeros (a
+    /// recorded dump of leaf 0xD alone, a hypervisor's table of leaf 0xD) has no
+    /// feature flags to give ([`Self::flags_known`] is false), and the crate takes
+    /// leaf 0xD at its word: every catalogued component it lists is usable.
+    ///
+    /// That is the safe reading of a source that cannot say, because of the size
+    /// check that goes with it. Where the flags are known, the crate applies
+    /// Linux's rule: every usable component with a size the architecture fixes
+    /// must have exactly that size ([`EnumError::ArchSizeMismatch`]), and a
+    /// component whose flag is clear is neither checked nor usable (a Zen 2 lists
+    /// PKRU at 64 bytes with PKU clear, and Linux boots it without PKRU). Without
+    /// flags the crate cannot tell which listed components Linux would check, so
+    /// it refuses what is unsafe whatever the flags say: a size below the
+    /// architectural one, which a buffer would have to hold when the hardware
+    /// writes the full state. So a missing leaf never lets an undersized component
+    /// through, and what leaf 0xD lists is what the SDM lets XCR0 and IA32_XSS
+    /// hold, so nothing enabled from it faults. Reading the missing flags as clear
+    /// would instead describe a CPU Linux never ran (a CET laptop recorded as leaf
+    /// 0xD would get x87 and SSE only).
+    ///
+    /// PKRU: Linux tests its synthetic OSPKE flag, which it sets itself from PKU when
+    /// it turns protection keys on; the crate tests PKU (CPUID(7,0).ECX\[3\]), since a
+    /// dump's OSPKE bit (ECX\[4\]) only says what the recording OS had done.
+    #[inline]
+    pub const fn usable(&self) -> XFeatures {
+        self.usable
+    }
+
+    /// Whether the source gave CPUID feature flags (leaf 1 not all zeros); see
+    /// [`Self::usable`] for what the crate does without them.
+    #[inline]
+    pub const fn flags_known(&self) -> bool {
+        self.flags_known
+    }
+
     /// The facts of component `index`, if supported.
     #[inline]
     pub fn component(&self, index: u32) -> Option<&Component> {
@@ -462,6 +556,27 @@ pub struct SizeCheck {
     pub standard_excess: u32,
     /// CPUID(0xD,1).EBX minus the computed compacted size (0 without XSAVEC/XSAVES).
     pub compacted_excess: u32,
+}
+
+/// The catalogued components whose CPUID feature flag is set in `src`, or `None`
+/// when `src` has no feature leaves (leaf 1 all zeros).
+fn flagged(src: &impl CpuidSource) -> Option<XFeatures> {
+    if src.cpuid(1, 0) == CpuidResult::default() {
+        return None;
+    }
+    // CPUID(7,1) exists only where CPUID(7,0).EAX (the highest subleaf) says so;
+    // a CPU may answer an undefined subleaf with anything.
+    let has_7_1 = src.cpuid(7, 0).eax >= 1;
+    Some(
+        CATALOG
+            .iter()
+            .filter(|f| {
+                let b = f.flag;
+                (b.leaf != 7 || b.subleaf == 0 || has_7_1)
+                    && b.is_set_in(src.cpuid(b.leaf, b.subleaf))
+            })
+            .fold(XFeatures::empty(), |m, f| m | f.feature.mask()),
+    )
 }
 
 fn standard_end(comps: &[Component; 64], user: XFeatures) -> u32 {

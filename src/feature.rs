@@ -186,6 +186,119 @@ pub enum Domain {
     Supervisor,
 }
 
+/// A CPUID output register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // the register names
+pub enum Reg {
+    Eax,
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+/// One feature flag: bit `bit` of register `reg` after CPUID(`leaf`, `subleaf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CpuidBit {
+    /// The leaf (EAX in).
+    pub leaf: u32,
+    /// The subleaf (ECX in).
+    pub subleaf: u32,
+    /// The output register holding the flag.
+    pub reg: Reg,
+    /// The bit, 0..=31.
+    pub bit: u32,
+}
+
+impl CpuidBit {
+    /// Whether the flag is set in `r`, the output of CPUID(`self.leaf`, `self.subleaf`).
+    #[inline]
+    pub const fn is_set_in(self, r: crate::cpuid::CpuidResult) -> bool {
+        let v = match self.reg {
+            Reg::Eax => r.eax,
+            Reg::Ebx => r.ebx,
+            Reg::Ecx => r.ecx,
+            Reg::Edx => r.edx,
+        };
+        v & (1 << (self.bit & 31)) != 0
+    }
+
+    /// The flag named by the SDM's notation in [`FeatureInfo::cpuid_flag`]:
+    /// `CPUID.01H:ECX.AVX[bit 28]` or `CPUID.(EAX=07H,ECX=0):EBX.MPX[bit 14]`.
+    /// Evaluated only in the `const` [`CATALOG`], so a malformed string fails the
+    /// build, never a run.
+    const fn parse(s: &str) -> Self {
+        let b = s.as_bytes();
+        let mut i = expect(b, 0, b"CPUID.");
+        let (leaf, subleaf);
+        if b[i] == b'(' {
+            i = expect(b, i + 1, b"EAX=");
+            let (v, j) = number(b, i, 16);
+            leaf = v;
+            i = expect(b, j, b"H,ECX=");
+            let (v, j) = number(b, i, 10);
+            subleaf = v;
+            i = expect(b, j, b")");
+        } else {
+            let (v, j) = number(b, i, 16);
+            leaf = v;
+            subleaf = 0;
+            i = expect(b, j, b"H");
+        }
+        i = expect(b, i, b":E");
+        let reg = match b[i] {
+            b'A' => Reg::Eax,
+            b'B' => Reg::Ebx,
+            b'C' => Reg::Ecx,
+            b'D' => Reg::Edx,
+            _ => panic!("cpuid_flag: register is not EAX/EBX/ECX/EDX"),
+        };
+        i = expect(b, i + 1, b"X.");
+        while b[i] != b'[' {
+            i += 1;
+        }
+        i = expect(b, i, b"[bit ");
+        let (bit, j) = number(b, i, 10);
+        let end = expect(b, j, b"]");
+        assert!(
+            end == b.len() && bit < 32,
+            "cpuid_flag: trailing text or bit > 31"
+        );
+        Self {
+            leaf,
+            subleaf,
+            reg,
+            bit,
+        }
+    }
+}
+
+/// `b[at..]` starts with `lit`: the index past it (compile-time parsing only).
+const fn expect(b: &[u8], at: usize, lit: &[u8]) -> usize {
+    let mut k = 0;
+    while k < lit.len() {
+        assert!(b[at + k] == lit[k], "cpuid_flag: unexpected text");
+        k += 1;
+    }
+    at + lit.len()
+}
+
+/// The digits at `b[at..]` in `radix` (10 or 16): value and index past them.
+const fn number(b: &[u8], at: usize, radix: u32) -> (u32, usize) {
+    let mut i = at;
+    let mut v = 0u32;
+    loop {
+        let d = match b[i] {
+            c @ b'0'..=b'9' => (c - b'0') as u32,
+            c @ b'A'..=b'F' if radix == 16 => (c - b'A') as u32 + 10,
+            _ => break,
+        };
+        v = v * radix + d;
+        i += 1;
+    }
+    assert!(i > at, "cpuid_flag: number expected");
+    (v, i)
+}
+
 /// The facts of one component. `features/NN-name.conf` holds the same facts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FeatureInfo {
@@ -199,8 +312,13 @@ pub struct FeatureInfo {
     pub linux_desc: &'static str,
     /// XCR0 or IA32_XSS.
     pub domain: Domain,
-    /// The CPUID flag enumerating the feature behind the component.
+    /// The CPUID flag enumerating the feature behind the component, as the SDM
+    /// writes it.
     pub cpuid_flag: &'static str,
+    /// The same flag as a bit to test ([`CpuidBit::is_set_in`]). Linux switches a
+    /// component off when its flag is clear (`xsave_cpuid_features[]`); so does
+    /// [`Enumeration::usable`](crate::enumerate::Enumeration::usable).
+    pub flag: CpuidBit,
     /// Size fixed by the SDM, where it fixes one (PT and LBR vary by CPU).
     pub arch_size: Option<u32>,
     /// Whether XFD can arm the component (SDM: only AMX TILEDATA so far).
@@ -218,6 +336,7 @@ macro_rules! info {
             linux_desc: $ld,
             domain: Domain::$dom,
             cpuid_flag: $flag,
+            flag: CpuidBit::parse($flag),
             arch_size: $size,
             xfd_capable: $xfd,
             sdm: $sdm,
@@ -535,6 +654,33 @@ mod tests {
                 .is_empty()
         );
         assert!(XFeatures::SUPERVISOR.contains(XFeatures::GUEST_ONLY | XFeatures::INDEPENDENT));
+    }
+
+    #[test]
+    fn flags_parse_from_the_sdm_notation() {
+        let f = |x: XFeature| x.info().flag;
+        let bit = |leaf, subleaf, reg, bit| CpuidBit {
+            leaf,
+            subleaf,
+            reg,
+            bit,
+        };
+        assert_eq!(f(XFeature::X87), bit(1, 0, Reg::Edx, 0));
+        assert_eq!(f(XFeature::Avx), bit(1, 0, Reg::Ecx, 28));
+        assert_eq!(f(XFeature::Pkru), bit(7, 0, Reg::Ecx, 3));
+        assert_eq!(f(XFeature::Hdc), bit(6, 0, Reg::Eax, 13));
+        assert_eq!(f(XFeature::XtileData), bit(7, 0, Reg::Edx, 24));
+        assert_eq!(f(XFeature::Apx), bit(7, 1, Reg::Edx, 21));
+        let r = crate::cpuid::CpuidResult {
+            eax: 0,
+            ebx: 0,
+            ecx: 1 << 3,
+            edx: 1 << 21,
+        };
+        assert!(f(XFeature::Pkru).is_set_in(r));
+        assert!(f(XFeature::Apx).is_set_in(r));
+        assert!(!f(XFeature::Avx).is_set_in(r));
+        assert!(!f(XFeature::Hdc).is_set_in(r));
     }
 
     #[test]

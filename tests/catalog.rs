@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use xstate::XFeatures;
 use xstate::cpuid::CpuidSource;
-use xstate::feature::{CATALOG, Domain, FeatureInfo, XFeature};
+use xstate::feature::{CATALOG, CpuidBit, Domain, FeatureInfo, Reg, XFeature};
 
 mod testkit;
 use testkit::loud;
@@ -471,4 +471,55 @@ fn files_agree_with_every_dump() {
         }
     }
     assert!(errors.is_empty(), "\n{}", errors.join("\n"));
+}
+
+/// The SDM notation of a file's `cpuid_flag`, read here without the crate's parser:
+/// `CPUID.01H:ECX.AVX[bit 28]` or `CPUID.(EAX=07H,ECX=1):EDX.APX_F[bit 21]`.
+fn flag_of(text: &str) -> Option<CpuidBit> {
+    let rest = text.strip_prefix("CPUID.")?;
+    let (leafpart, rest) = rest.split_once(':')?;
+    let (leaf, subleaf) = match leafpart.strip_prefix("(EAX=") {
+        Some(p) => {
+            let (l, s) = p.strip_suffix(')')?.split_once(",ECX=")?;
+            (l, s.parse().ok()?)
+        }
+        None => (leafpart, 0),
+    };
+    let leaf = u32::from_str_radix(leaf.strip_suffix('H')?, 16).ok()?;
+    let (reg, rest) = rest.split_once('.')?;
+    let reg = match reg {
+        "EAX" => Reg::Eax,
+        "EBX" => Reg::Ebx,
+        "ECX" => Reg::Ecx,
+        "EDX" => Reg::Edx,
+        _ => return None,
+    };
+    let bit = rest
+        .split_once("[bit ")?
+        .1
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    Some(CpuidBit {
+        leaf,
+        subleaf,
+        reg,
+        bit,
+    })
+}
+
+/// The bit `Enumeration::usable` tests is the one each file names.
+#[test]
+fn flags_are_the_files_cpuid_flag() {
+    let map = by_index();
+    for (i, c) in &map {
+        let want = flag_of(&c.cpuid_flag).unwrap_or_else(|| {
+            panic!(
+                "features/{}: cpuid_flag {:?} unreadable",
+                c.file, c.cpuid_flag
+            )
+        });
+        assert_eq!(CATALOG[*i as usize].flag, want, "features/{}", c.file);
+    }
+    assert_eq!(map.len(), CATALOG.len());
 }

@@ -9,7 +9,7 @@ use testkit::loud;
 
 use xstate::XFeatures;
 use xstate::config::{ConfigError, Configs, Policy};
-use xstate::cpuid::RecordedCpuid;
+use xstate::cpuid::{CpuidResult, CpuidSource, RecordedCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{Fpstate, FpstateError, MXCSR_DEFAULT, Owner};
 use xstate::layout::Form;
@@ -361,4 +361,253 @@ fn permission_errnos_are_linuxs_on_every_dump() {
     }
     loud!("permission errnos: {n} requests over every dump, {granted} granted, all Linux's");
     assert!(granted >= 2, "some dump has AMX: the grant path is covered");
+}
+
+// ---------------------------------------------------------------------------
+// Linux's CPUID feature-flag rule (`xsave_cpuid_features[]`).
+// ---------------------------------------------------------------------------
+
+/// Each catalogued component's flag as Linux 6.18 tests it, written from the SDM
+/// and `xsave_cpuid_features[]` (PKRU: PKU, from which Linux forces OSPKE):
+/// (component, leaf, subleaf, register 0..=3 for EAX..EDX, bit).
+const LINUX_FLAGS: [(u32, u32, u32, usize, u32); 15] = [
+    (0, 1, 0, 3, 0),   // FPU
+    (1, 1, 0, 3, 25),  // SSE
+    (2, 1, 0, 2, 28),  // AVX
+    (3, 7, 0, 1, 14),  // MPX
+    (4, 7, 0, 1, 14),  // MPX
+    (5, 7, 0, 1, 16),  // AVX512F
+    (6, 7, 0, 1, 16),  // AVX512F
+    (7, 7, 0, 1, 16),  // AVX512F
+    (9, 7, 0, 2, 3),   // PKU
+    (10, 7, 0, 2, 29), // ENQCMD
+    (11, 7, 0, 2, 7),  // SHSTK
+    (12, 7, 0, 2, 7),  // SHSTK
+    (17, 7, 0, 3, 24), // AMX-TILE
+    (18, 7, 0, 3, 24), // AMX-TILE
+    (19, 7, 1, 3, 21), // APX_F
+];
+
+fn raw_dumps() -> Vec<(String, RecordedCpuid)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("layouts");
+    let mut v: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let text = fs::read_to_string(&p).unwrap();
+            (name, RecordedCpuid::parse(&text).unwrap())
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn reg(r: CpuidResult, n: usize) -> u32 {
+    [r.eax, r.ebx, r.ecx, r.edx][n]
+}
+
+/// `fpu__init_system_xstate`'s mask for a dump with feature leaves, from the raw
+/// registers: leaf 0xD's components, minus those whose flag is clear, minus
+/// TILEDATA without XFD, supervisor ones only with XSAVES, then Linux's known
+/// sets (LBR aside: it is independent, enabled with XSAVES and ARCH_LBR).
+fn linux_mask(cpu: &RecordedCpuid) -> u64 {
+    let s0 = cpu.cpuid(0xd, 0);
+    let s1 = cpu.cpuid(0xd, 1);
+    let mut m = u64::from(s0.eax) | u64::from(s1.ecx);
+    for i in 0..64 {
+        let flag = LINUX_FLAGS.iter().find(|f| f.0 == i);
+        let set = flag.is_some_and(|&(_, leaf, sub, r, bit)| {
+            (sub == 0 || cpu.cpuid(7, 0).eax >= 1) && reg(cpu.cpuid(leaf, sub), r) & (1 << bit) != 0
+        });
+        if !set {
+            m &= !(1 << i);
+        }
+    }
+    if s1.eax & (1 << 4) == 0 {
+        m &= !(1 << 18);
+    }
+    // x87..AVX-512, PKRU, TILECFG, TILEDATA, APX; PASID, CET_U, CET_S.
+    let user = 0x000e_02ff;
+    let sup = (1 << 10) | (1 << 11) | (1 << 12);
+    m &= if s1.eax & (1 << 3) != 0 {
+        user | sup
+    } else {
+        user
+    };
+    let lbr =
+        s1.eax & (1 << 3) != 0 && s1.ecx & (1 << 15) != 0 && cpu.cpuid(7, 0).edx & (1 << 19) != 0;
+    m | if lbr { 1 << 15 } else { 0 }
+}
+
+#[test]
+fn linux_policy_follows_cpuid_feature_flags() {
+    let mut changed = Vec::new();
+    let mut checked = 0;
+    for (name, cpu) in raw_dumps() {
+        let e = Enumeration::from_cpuid(&cpu).unwrap();
+        let p = Policy::linux(&e);
+        assert_eq!(e.flags_known(), cpu.has_leaf(1), "{name}");
+        if !e.flags_known() {
+            continue;
+        }
+        checked += 1;
+        assert_eq!(p.enabled.bits(), linux_mask(&cpu), "{name}");
+        let cfg = Configs::new(&e, &p).unwrap();
+        let off = e.supported() - e.usable();
+        if !(off & (xstate::config::LINUX_USER | xstate::config::LINUX_SUPERVISOR)).is_empty() {
+            changed.push(format!(
+                "{name}: leaf 0xD {:#x}, Linux {:#x}, {} bytes",
+                e.supported().bits(),
+                cfg.kernel.max_features.bits(),
+                cfg.kernel.max_size
+            ));
+        }
+    }
+    loud!(
+        "feature flags: {checked} dumps with leaves 1 and 7 match Linux's mask; flags switch components off on:\n  {}",
+        changed.join("\n  ")
+    );
+    assert!(checked >= 25, "{checked} dumps with feature leaves");
+}
+
+#[test]
+fn pku_clear_zen2_gets_linuxs_0x7_and_832_bytes() {
+    for name in ["amd-zen2-epyc-7742.txt", "amd-zen2-ryzen-5-3600x.txt"] {
+        let cpu = raw_dumps().into_iter().find(|(n, _)| n == name).unwrap().1;
+        // The premise, from the raw dump: leaf 0xD lists PKRU (64 bytes), PKU is clear.
+        assert_eq!(cpu.cpuid(0xd, 0).eax, 0x207, "{name}");
+        assert_eq!(cpu.cpuid(0xd, 9).eax, 64, "{name}");
+        assert_eq!(cpu.cpuid(7, 0).ecx & (1 << 3), 0, "{name}: PKU");
+        let e = Enumeration::from_cpuid(&cpu).unwrap();
+        assert!(e.flags_known());
+        assert_eq!(e.usable().bits(), 0x7, "{name}");
+        let p = Policy::linux(&e);
+        let cfg = Configs::new(&e, &p).unwrap();
+        let got = (cfg.kernel.max_features.bits(), cfg.kernel.max_size);
+        loud!(
+            "{name}: Policy::linux {:#x} / {} bytes (leaf 0xD lists {:#x})",
+            got.0,
+            got.1,
+            e.supported().bits()
+        );
+        assert_eq!(got, (0x7, 832), "{name}");
+        assert_eq!(
+            (cfg.user.max_features.bits(), cfg.user.max_size),
+            (0x7, 832)
+        );
+        assert_eq!(cfg.xcr0.bits(), 0x7);
+        // Enabling PKRU by hand is refused: its flag is clear and its size unchecked.
+        let pkru = Policy {
+            enabled: p.enabled | XFeatures::PKRU,
+            ..p
+        };
+        let err = Configs::new(&e, &pkru).unwrap_err();
+        assert_eq!(err, ConfigError::NotUsable { mask: 0x200 });
+        assert!(err.to_string().contains("0x200"), "{err}");
+    }
+}
+
+/// A dump's text with one register line of `leaf`/`subleaf` rewritten by `f`.
+fn edit_dump(text: &str, leaf: u32, sub: u32, f: impl Fn(&mut CpuidResult)) -> String {
+    let cpu = RecordedCpuid::parse(text).unwrap();
+    let mut r = cpu.cpuid(leaf, sub);
+    f(&mut r);
+    let line = format!(
+        "0x{leaf:08x} 0x{sub:02x}: eax=0x{:08x} ebx=0x{:08x} ecx=0x{:08x} edx=0x{:08x}",
+        r.eax, r.ebx, r.ecx, r.edx
+    );
+    let prefix = format!("0x{leaf:08x} 0x{sub:02x}:");
+    let mut found = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with(&prefix) {
+                found = true;
+                line.clone()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    assert!(found, "no {prefix} line");
+    out.join("\n")
+}
+
+fn layout_text(name: &str) -> String {
+    fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("layouts")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[test]
+fn clearing_a_flag_in_a_dump_turns_its_component_off() {
+    // Zen 3 has PKU and an 8-byte PKRU: Linux enables it; with PKU cleared, not.
+    let text = layout_text("amd-zen3-epyc-7763.txt");
+    let on = Enumeration::from_cpuid(&RecordedCpuid::parse(&text).unwrap()).unwrap();
+    assert!(Policy::linux(&on).enabled.contains(XFeatures::PKRU));
+    let off_text = edit_dump(&text, 7, 0, |r| r.ecx &= !(1 << 3));
+    let off = Enumeration::from_cpuid(&RecordedCpuid::parse(&off_text).unwrap()).unwrap();
+    let p = Policy::linux(&off);
+    assert_eq!(p.enabled, Policy::linux(&on).enabled - XFeatures::PKRU);
+    // Zen 3 puts PKRU at 0x980, past AVX-512's space: the user ABI shrinks to AVX's end.
+    let raw = RecordedCpuid::parse(&text).unwrap();
+    let pkru_end = raw.cpuid(0xd, 9).ebx + raw.cpuid(0xd, 9).eax;
+    let on_cfg = Configs::new(&on, &Policy::linux(&on)).unwrap();
+    assert_eq!(on_cfg.user.max_size, pkru_end);
+    let cfg = Configs::new(&off, &p).unwrap();
+    assert_eq!(cfg.user.max_size, 576 + raw.cpuid(0xd, 2).eax);
+
+    // SHSTK clear: neither CET component (CET_S guest-only goes too).
+    let no_cet = edit_dump(&text, 7, 0, |r| r.ecx &= !(1 << 7));
+    let e = Enumeration::from_cpuid(&RecordedCpuid::parse(&no_cet).unwrap()).unwrap();
+    let p = Policy::linux(&e);
+    assert!(!p.enabled.intersects(XFeatures::CET_U | XFeatures::CET_S));
+    assert!(p.guest_only.is_empty());
+
+    // Sapphire Rapids without XFD: TILEDATA goes, TILECFG stays (Linux's order).
+    let spr = layout_text("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let no_xfd = edit_dump(&spr, 0xd, 1, |r| r.eax &= !(1 << 4));
+    let e = Enumeration::from_cpuid(&RecordedCpuid::parse(&no_xfd).unwrap()).unwrap();
+    let p = Policy::linux(&e);
+    assert!(p.enabled.contains(XFeatures::XTILE_CFG));
+    assert!(!p.enabled.contains(XFeatures::XTILE_DATA));
+    assert!(p.dynamic.is_empty());
+    Configs::new(&e, &p).unwrap();
+
+    // AMX-TILE clear: both AMX components; ARCH_LBR clear: LBR.
+    let no_amx = edit_dump(&spr, 7, 0, |r| r.edx &= !(1 << 24 | 1 << 19));
+    let e = Enumeration::from_cpuid(&RecordedCpuid::parse(&no_amx).unwrap()).unwrap();
+    let p = Policy::linux(&e);
+    assert!(!p.enabled.intersects(XFeatures::XTILE | XFeatures::LBR));
+    assert!(p.independent.is_empty());
+}
+
+#[test]
+fn dumps_without_feature_leaves_take_leaf_0xd_at_its_word() {
+    let mut n = 0;
+    for (name, cpu) in raw_dumps() {
+        if cpu.has_leaf(1) {
+            continue;
+        }
+        n += 1;
+        let e = Enumeration::from_cpuid(&cpu).unwrap();
+        assert!(!e.flags_known(), "{name}");
+        let catalogued = e.supported() & XFeatures::ALL_CATALOGUED;
+        assert_eq!(e.usable(), catalogued, "{name}");
+        let p = Policy::linux(&e);
+        let mut want = xstate::config::LINUX_USER & e.xcr0_supported();
+        if !e.xfd {
+            want -= XFeatures::DYNAMIC;
+        }
+        if e.xsaves {
+            want |= (xstate::config::LINUX_SUPERVISOR | XFeatures::INDEPENDENT) & e.xss_supported();
+        }
+        assert_eq!(p.enabled, want, "{name}");
+    }
+    assert!(n >= 1, "layouts/ has leaf-0xD-only dumps");
 }

@@ -3,6 +3,8 @@
 //!
 //! The CPUID source here is a plain table seeded from the real dumps in
 //! `layouts/` and then edited, so each hostile case is one lie away from a real CPU.
+//! Most tables hold leaf 0xD alone (no feature flags); the architectural-size cases
+//! also carry the dump's feature leaves 1, 6 and 7, as Linux reads them.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,7 +18,12 @@ use xstate::cpuid::{CpuidResult, CpuidSource, RecordedCpuid};
 use xstate::enumerate::{
     EXTENDED_START, EnumError, Enumeration, MAX_COMPONENT_SIZE, SizeCheck, SizeReport,
 };
+use xstate::feature::CATALOG;
 use xstate::layout::{Layout, LayoutError};
+
+#[path = "../examples/xstate-report.rs"]
+#[allow(dead_code)]
+mod report;
 
 // ---------------------------------------------------------------------------
 // A table-backed CPUID source.
@@ -46,6 +53,16 @@ impl Table {
             if r != CpuidResult::default() {
                 t.set(sub, r);
             }
+        }
+        t
+    }
+
+    /// Leaf 0xD plus the feature leaves (1, 6, 7.0, 7.1) of a dump.
+    fn with_feature_leaves(text: &str) -> Self {
+        let cpu = RecordedCpuid::parse(text).expect("dump parses");
+        let mut t = Self::from_dump(text);
+        for (leaf, sub) in [(1, 0), (6, 0), (7, 0), (7, 1)] {
+            t.0.insert((leaf, sub), cpu.cpuid(leaf, sub));
         }
         t
     }
@@ -1028,6 +1045,10 @@ fn arb_plausible() -> impl Strategy<Value = Table> {
             let mut off = EXTENDED_START;
             for i in order {
                 let (size, gap, align, xfd) = facts[i as usize - 2];
+                // A plausible CPU gives a catalogued component at least its
+                // architectural size (more is accepted without feature flags).
+                let arch = CATALOG.get(i as usize).and_then(|f| f.arch_size);
+                let size = arch.map_or(size, |a| size.max(a));
                 let ecx = (u32::from(align) << 1) | (u32::from(xfd) << 2);
                 if xcr0 & bit(i) != 0 {
                     off += gap;
@@ -1149,4 +1170,181 @@ fn compacted_matches_the_sdm_rule_exhaustively_on_small_masks() {
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Architectural sizes from the catalog (Linux's `check_xstate_against_struct`).
+// ---------------------------------------------------------------------------
+
+/// Every dump with its feature leaves.
+fn flagged_tables() -> Vec<(String, Table)> {
+    dumps()
+        .iter()
+        .map(|(n, t)| (n.clone(), Table::with_feature_leaves(t)))
+        .collect()
+}
+
+fn flagged(name: &str) -> Table {
+    let file = format!("{name}.txt");
+    flagged_tables()
+        .into_iter()
+        .find(|(n, _)| *n == file)
+        .unwrap_or_else(|| panic!("no layouts/{file}"))
+        .1
+}
+
+#[test]
+fn avx_of_16_bytes_is_refused() {
+    let mut t = flagged("intel-sapphire-rapids-xeon-w9-3475x");
+    assert!(accepted(&t).flags_known());
+    t.edit(2, |r| r.eax = 16);
+    let err = refused(&t);
+    assert_eq!(
+        err,
+        EnumError::ArchSizeMismatch {
+            index: 2,
+            size: 16,
+            arch_size: 256
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "component 2 claims 16 bytes; the architecture fixes 256"
+    );
+    // The same lie from a table of leaf 0xD alone: undersized is refused too.
+    let mut bare = spr();
+    bare.edit(2, |r| r.eax = 16);
+    assert_eq!(refused(&bare), err);
+    // With AVX's flag (CPUID.1:ECX[28]) clear, AVX is neither checked nor usable,
+    // as Linux would not enable it.
+    t.0.entry((1, 0)).and_modify(|r| r.ecx &= !(1 << 28));
+    let e = accepted(&t);
+    assert!(!e.usable().contains(XFeatures::AVX));
+    assert!(e.supported().contains(XFeatures::AVX));
+}
+
+/// Every catalogued component a dump makes usable, given one byte less and 64
+/// bytes more than the architecture fixes: refused with that component's error.
+#[test]
+fn every_fixed_size_is_enforced_on_every_dump() {
+    let mut cases = 0;
+    let mut components = XFeatures::empty();
+    for (name, t) in flagged_tables() {
+        let e = accepted(&t);
+        for i in e.usable().indices().filter(|&i| i >= 2) {
+            let Some(arch) = CATALOG.get(i as usize).and_then(|f| f.arch_size) else {
+                continue;
+            };
+            assert_eq!(e.component(i).unwrap().size, arch, "{name}: {i}");
+            for size in [arch - 1, arch + 64] {
+                let mut bad = t.clone();
+                bad.edit(i, |r| r.eax = size);
+                let want = EnumError::ArchSizeMismatch {
+                    index: i,
+                    size,
+                    arch_size: arch,
+                };
+                let ok_without_flags = e.flags_known() && size > arch;
+                let r = Enumeration::from_cpuid(&bad).err();
+                if e.flags_known() || size < arch {
+                    assert_eq!(r, Some(want), "{name}: component {i} at {size} bytes");
+                    cases += 1;
+                } else {
+                    // A dump without feature leaves: oversized is not refused.
+                    assert!(
+                        !matches!(r, Some(EnumError::ArchSizeMismatch { .. })),
+                        "{name}: {i}: {r:?}"
+                    );
+                }
+                // Without feature leaves the size check lets an oversized
+                // component through (other checks may still refuse its end).
+                if ok_without_flags {
+                    let mut bare = bad.clone();
+                    bare.0.retain(|&(leaf, _), _| leaf == 0xd);
+                    let r = Enumeration::from_cpuid(&bare);
+                    assert!(
+                        !matches!(r, Err(EnumError::ArchSizeMismatch { .. })),
+                        "{name}: {i}: {r:?}"
+                    );
+                }
+            }
+            components |= XFeatures::from_index(i).unwrap();
+        }
+    }
+    eprintln!(
+        "architectural sizes: {cases} lies refused over {} components {:#x}",
+        components.bits().count_ones(),
+        components.bits()
+    );
+    // AVX, AVX-512, MPX, PKRU, PASID, CET, UINTR, AMX at least.
+    let want = XFeatures::AVX
+        | XFeatures::AVX512
+        | XFeatures::BNDREGS
+        | XFeatures::BNDCSR
+        | XFeatures::PKRU
+        | XFeatures::PASID
+        | XFeatures::CET_U
+        | XFeatures::CET_S
+        | XFeatures::UINTR
+        | XFeatures::XTILE;
+    assert!(components.contains(want), "{:#x}", components.bits());
+}
+
+#[test]
+fn a_flag_clear_component_is_not_size_checked() {
+    // Zen 2 lists PKRU at 64 bytes with PKU clear: accepted, PKRU not usable.
+    let t = flagged("amd-zen2-epyc-7742");
+    assert_eq!(t.get(9).eax, 64);
+    let e = accepted(&t);
+    assert!(!e.usable().contains(XFeatures::PKRU));
+    // Were PKU set, that PKRU would be a 64-byte lie about an 8-byte state.
+    let mut pku = t.clone();
+    pku.0.entry((7, 0)).and_modify(|r| r.ecx |= 1 << 3);
+    assert_eq!(
+        refused(&pku),
+        EnumError::ArchSizeMismatch {
+            index: 9,
+            size: 64,
+            arch_size: 8
+        }
+    );
+}
+
+/// `xstate-report --cpuid FILE` on a hostile dump: one error line, exit status 2.
+#[test]
+fn report_exits_2_on_an_architectural_size_lie() {
+    let text = &dumps()
+        .iter()
+        .find(|(n, _)| n == "intel-sapphire-rapids-xeon-w9-3475x.txt")
+        .unwrap()
+        .1;
+    let lie = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("0x0000000d 0x02:") {
+                "0x0000000d 0x02: eax=0x00000010 ebx=0x00000240 ecx=0x00000000 edx=0x00000000"
+                    .to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = std::env::temp_dir().join(format!("xstate-hostile-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("good.txt"), dir.join("avx16.txt"));
+    fs::write(&good, text).unwrap();
+    fs::write(&bad, &lie).unwrap();
+    let run = |p: &PathBuf| report::run(["--cpuid".to_owned(), p.to_string_lossy().into_owned()]);
+    let ok = run(&good);
+    assert_eq!(report::exit_status(&ok), 0, "{ok:?}");
+    let r = run(&bad);
+    assert_eq!(report::exit_status(&r), 2);
+    let msg = r.unwrap_err();
+    assert!(
+        msg.contains("component 2 claims 16 bytes; the architecture fixes 256"),
+        "{msg}"
+    );
+    eprintln!("xstate-report --cpuid avx16.txt: exit 2: {msg}");
+    fs::remove_dir_all(&dir).unwrap();
 }
