@@ -1,6 +1,6 @@
 //! Fpstates: a header describing what a buffer holds plus a 64-byte aligned XSAVE
 //! area, created in init state, saved and restored through an
-//! [`XsaveUnit`](crate::insn::XsaveUnit), grown on the first XFD fault, and swapped
+//! [`XsaveUnit`], grown on the first XFD fault, and swapped
 //! between host and guest.
 //!
 //! The "lesser dynamic" rule lives here: host fpstates never get space for the

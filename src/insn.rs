@@ -24,7 +24,7 @@ cfg_if::cfg_if! {
         /// Read extended control register `xcr` (XGETBV).
         ///
         /// `xcr = 0` is XCR0 (enabled user components); `xcr = 1` is XINUSE (components
-        /// not in their init state) where CPUID(0xD,1).EAX[2] says so.
+        /// not in their init state) where CPUID(0xD,1).EAX\[2\] says so.
         ///
         /// This is the crate's own XCR0 read: the `x86` crate's `xcr0()` drops bits it
         /// does not know (AMX, APX), and a mask with holes sizes buffers wrongly.
@@ -242,7 +242,7 @@ impl Insn {
 }
 
 /// Something that executes XSAVE-family instructions on byte buffers: the real CPU
-/// ([`Cpu`]) or the software model ([`crate::model::XsaveMachine`]). Fpstate
+/// ([`Cpu`]) or the software model (`model::XsaveMachine`, `alloc` feature). Fpstate
 /// save/restore is written once against this trait, so the model can stand in for
 /// ring 0 in user-space tests.
 pub trait XsaveUnit {

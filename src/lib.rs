@@ -3,14 +3,32 @@
 //! What the Linux x86 FPU core (`arch/x86/kernel/fpu/`) does, as a reusable
 //! `no_std` crate for hobby and research kernels and for hypervisors.
 //!
-//! Data flows one way, one concern per module:
+//! Data flows one way, one concern per module, each reading only the ones above it:
 //!
 //! 1. [`cpuid`]: where CPUID values come from, the live CPU or a recorded dump;
-//! 2. [`feature`]: the component catalog and the [`XFeatures`] mask type;
-//! 3. [`enumerate`]: CPUID leaf 0xD read and validated (hostile CPUID is refused);
+//! 2. [`feature`]: the component catalog (sizes, CPUID feature flags) and the
+//!    [`XFeatures`] mask type;
+//! 3. [`enumerate`]: CPUID leaf 0xD read and validated (hostile CPUID is refused),
+//!    with the feature flags that decide which components are usable;
 //! 4. [`layout`]: standard and compacted layouts, O(1) queries;
-//! 5. [`config`]: a [`config::Policy`] turned into kernel, user and guest configs;
-//! 6. [`insn`]: the only `unsafe` code, one wrapper per XSAVE-family instruction.
+//! 5. [`config`]: a [`config::Policy`] (Linux's, or a kernel's own) turned into
+//!    kernel, user and guest configs;
+//! 6. [`perm`]: per-process task and guest permission sets for dynamic components,
+//!    with Linux's errnos;
+//! 7. [`fpstate`]: fpstate buffers: creation, save/restore through an
+//!    [`insn::XsaveUnit`], XFD growth, host/guest swaps;
+//! 8. [`uabi`]: the standard-format user ABI (signal frames, ptrace, KVM), import
+//!    validated as Linux validates it;
+//! 9. [`guest`]: a guest's CPUID leaf 0xD, its XSETBV rules and migration checks.
+//!
+//! Beside the chain: [`insn`] holds the XSAVE-family instructions (`unsafe fn`
+//! wrappers and the [`insn::Cpu`] that checks every area before the instruction
+//! runs), and `model` (with the `alloc` feature) is `XsaveMachine`, the SDM's
+//! semantics in software, for testing ring-0 behaviour in user space.
+//!
+//! `unsafe` code lives in two modules: [`insn`] (the instructions, XGETBV/XSETBV,
+//! FXSAVE for MXCSR_MASK) and [`fpstate`] (the heap-backed area's byte views, with
+//! `alloc`). Every block carries a `SAFETY` proof; everything else is safe Rust.
 //!
 //! ```
 //! use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, layout::Layout, XFeatures};
