@@ -3,10 +3,10 @@
 //! preempted by a timer whose fpstates the crate switches, and no register value
 //! of one task ever seen by another.
 //!
-//! Four boots: `-cpu max` (XSAVEOPT, XGETBV1, AVX, MPX, PKU), `-cpu Haswell-v4`
-//! (no XGETBV1, no MPX, no PKU: other choices), `-cpu max` with lazy restore
-//! (CR0.TS and #NM), and `-cpu max` with restores sabotaged, which the checks
-//! must catch. Without `qemu-system-x86_64` each test
+//! Five boots: `-cpu max` (XSAVEOPT, XGETBV1, AVX, MPX, PKU), `-cpu Haswell-v4`
+//! (no XGETBV1, no MPX, no PKU: other choices), `-cpu max,-xsaveopt` (plain
+//! XSAVE), `-cpu max` with lazy restore (CR0.TS and #NM), and `-cpu max` with
+//! restores sabotaged, which the checks must catch. Without `qemu-system-x86_64` each test
 //! prints a SKIP line naming what is missing.
 
 mod testkit;
@@ -333,4 +333,17 @@ fn requires_qemu_kernel_catches_a_sabotaged_switch() {
     assert_eq!(b.status, Some(FAIL), "a sabotaged run fails:\n{}", b.out);
     assert!(b.bleeds > 0, "bleeds seen: {}", b.bleeds);
     assert!(b.out.contains("bleed: task "), "the first bleed is named");
+}
+
+/// A CPU with XSAVE but no XSAVEOPT (`-cpu max,-xsaveopt`): the crate must
+/// save with plain XSAVE, as Linux does (it once picked XSAVEOPT there, a #UD
+/// in ring 0).
+#[test]
+fn requires_qemu_kernel_uses_plain_xsave_without_xsaveopt() {
+    let Some(b) = boot("kernel_boot no-xsaveopt", "max,-xsaveopt", "") else {
+        return;
+    };
+    assert!(!b.flag("xsaveopt"), "XSAVEOPT still enumerated:\n{}", b.out);
+    assert_clean("max,-xsaveopt", &b);
+    assert_eq!(b.mode, "xsave/xrstor");
 }
