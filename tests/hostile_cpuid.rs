@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use xstate::XFeatures;
+use xstate::config::{Configs, Policy};
 use xstate::cpuid::{CpuidResult, CpuidSource, RecordedCpuid};
 use xstate::enumerate::{
     EXTENDED_START, EnumError, Enumeration, MAX_COMPONENT_SIZE, SizeCheck, SizeReport,
@@ -848,6 +849,26 @@ fn check_ok(t: &Table, e: &Enumeration) -> Result<(), TestCaseError> {
     prop_assert_eq!(e.supported().bits() >> 63, 0);
     prop_assert_eq!(e.reported_max_standard(), reported);
 
+    // Usable components are supported, and hold the catalog's size: exactly with
+    // feature flags, at least without.
+    prop_assert!(e.supported().contains(e.usable()));
+    prop_assert!(e.usable().contains(XFeatures::LEGACY));
+    prop_assert_eq!(e.flags_known(), t.cpuid(1, 0) != CpuidResult::default());
+    for i in e.usable().indices().filter(|&i| i >= 2) {
+        if let Some(arch) = CATALOG.get(i as usize).and_then(|f| f.arch_size) {
+            let size = e.component(i).unwrap().size;
+            if e.flags_known() {
+                prop_assert_eq!(size, arch, "component {}", i);
+            } else {
+                prop_assert!(size >= arch, "component {} at {} < {}", i, size, arch);
+            }
+        }
+    }
+    // Linux's policy never enables what is not usable, and configs from it never panic.
+    let p = Policy::linux(e);
+    prop_assert!(e.usable().contains(p.enabled));
+    let _ = Configs::new(e, &p);
+
     let user: Vec<u32> = xcr0.indices().filter(|&i| i >= 2).collect();
     for i in e.supported().indices().filter(|&i| i >= 2) {
         let c = e.component(i).unwrap();
@@ -1347,4 +1368,26 @@ fn report_exits_2_on_an_architectural_size_lie() {
     );
     eprintln!("xstate-report --cpuid avx16.txt: exit 2: {msg}");
     fs::remove_dir_all(&dir).unwrap();
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    /// Any feature leaves (1, 6, 7.0, 7.1) on any dump: sound, and Linux's policy
+    /// only enables components whose flag is set.
+    #[test]
+    fn random_feature_leaves_never_panic(
+        which in 0usize..64,
+        leaves in prop::collection::vec(arb_regs(), 4),
+        keep in prop::collection::vec(any::<bool>(), 4),
+    ) {
+        let tables = flagged_tables();
+        let mut t = tables[which % tables.len()].1.clone();
+        for (((leaf, sub), r), k) in [(1, 0), (6, 0), (7, 0), (7, 1)].into_iter().zip(leaves).zip(keep) {
+            if !k {
+                t.0.insert((leaf, sub), r);
+            }
+        }
+        from_cpuid_is_sound(&t)?;
+    }
 }
