@@ -454,10 +454,26 @@ fn machine(out: &mut String, e: &Enumeration, r: &Results) {
             .join(" ")
     );
     let s = settings(r);
+    let loads: Vec<f64> = r
+        .rows
+        .values()
+        .filter_map(|x| x.get("loadavg")?.parse().ok())
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        loads.iter().copied().reduce(f64::min),
+        loads.iter().copied().reduce(f64::max),
+    ) {
+        let _ = writeln!(
+            out,
+            "| load while measuring | 1-minute load average {lo:.2} to {hi:.2} as the {} timed \
+             rows finished (2 logical CPUs) |",
+            loads.len()
+        );
+    }
     let _ = writeln!(
         out,
         "\nThe figures come from a **shared 2-core VM**: other engineers' builds and tests ran on \
-         the same two cores during the measurement (see the load average above), so a stretch of \
+         the same two cores during the measurement (see the load averages above), so a stretch of \
          time can run tens of percent slow. That is why every ratio here is measured from \
          interleaved samples: within each of criterion's samples the sides of a row run in \
          alternating batches of tens of microseconds (the side that goes first rotating from \

@@ -351,8 +351,9 @@ fn median(v: &mut [f64]) -> f64 {
 /// timed total of all batches; its own estimate of that is not used by the
 /// report.
 ///
-/// The row file gets `sides`, `settings`, `batch.<side>`, `iters` (criterion's
-/// `n` per sample) and, per side, its time of one iteration in every sample
+/// The row file gets `sides`, `settings`, `loadavg` (the 1-minute load
+/// average when the row finished), `batch.<side>`, `iters` (criterion's `n`
+/// per sample) and, per side, its time of one iteration in every sample
 /// (`ns.<side>`) and the batches that did not hold their state (`lost.<side>
 /// = L of B batches`).
 pub fn interleaved(g: &mut BenchmarkGroup<'_, WallTime>, row: Row, sides: &mut [Side<'_>]) {
@@ -408,8 +409,12 @@ pub fn interleaved_with(
     }
     let m = &calls[calls.len() - settings.samples..];
     let iters: Vec<String> = m.iter().map(|c| c.0.to_string()).collect();
+    // The machine is shared: what else ran while the row was measured.
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load1 = load.split_whitespace().next().unwrap_or("?");
     let mut row = row
         .with("settings", settings.describe())
+        .with("loadavg", load1)
         .with(
             "sides",
             sides.iter().map(|s| s.name).collect::<Vec<_>>().join(" "),
