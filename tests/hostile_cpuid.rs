@@ -1391,3 +1391,36 @@ proptest! {
         from_cpuid_is_sound(&t)?;
     }
 }
+
+/// APX's flag sits in CPUID(7,1).EDX bit 21: read only where CPUID(7,0).EAX says
+/// subleaf 1 exists (a CPU may answer an undefined subleaf with anything).
+#[test]
+fn apx_flag_is_read_only_where_leaf_7_1_exists() {
+    let mut t = flagged("intel-sapphire-rapids-xeon-w9-3475x");
+    t.set_xcr0(t.xcr0() | bit(19));
+    t.set_comp(19, 128, 960, 0);
+    t.0.insert((7, 1), regs(0, 0, 0, 1 << 21));
+    for (max_sub, usable) in [(0, false), (1, true), (2, true)] {
+        t.0.entry((7, 0)).and_modify(|r| r.eax = max_sub);
+        let e = accepted(&t);
+        assert_eq!(
+            e.usable().contains(XFeatures::APX),
+            usable,
+            "7.0.EAX {max_sub}"
+        );
+        assert_eq!(Policy::linux(&e).enabled.contains(XFeatures::APX), usable);
+    }
+    // With the flag read, APX's size is checked: 64 bytes is a lie about 128.
+    t.set_comp(19, 64, 960, 0);
+    assert_eq!(
+        refused(&t),
+        EnumError::ArchSizeMismatch {
+            index: 19,
+            size: 64,
+            arch_size: 128
+        }
+    );
+    // Not read (7.0.EAX = 0): APX is not usable and its size is not Linux's concern.
+    t.0.entry((7, 0)).and_modify(|r| r.eax = 0);
+    assert!(!accepted(&t).usable().contains(XFeatures::APX));
+}
