@@ -71,12 +71,14 @@ impl PermError {
 impl fmt::Display for PermError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::Invalid { index } => write!(f, "{index} is not an XSAVE component number"),
+            Self::Invalid { index } => {
+                write!(f, "{index} is not a component number Linux knows (0..=19)")
+            }
             Self::Unsupported { index } => write!(f, "component {index} is not enabled"),
             Self::NotDynamic { index } => {
                 write!(
                     f,
-                    "component {index} is not a dynamic component of this set"
+                    "component {index} is not dynamic: only AMX TILEDATA is requested"
                 )
             }
             Self::Locked => write!(f, "guest permissions are locked: a guest fpstate exists"),

@@ -611,3 +611,63 @@ fn dumps_without_feature_leaves_take_leaf_0xd_at_its_word() {
     }
     assert!(n >= 1, "layouts/ has leaf-0xD-only dumps");
 }
+
+#[test]
+fn errors_say_what_was_refused() {
+    let perm = [
+        (
+            PermError::Invalid { index: 20 },
+            "20 is not a component number Linux knows (0..=19)",
+        ),
+        (
+            PermError::Unsupported { index: 18 },
+            "component 18 is not enabled",
+        ),
+        (
+            PermError::NotDynamic { index: 17 },
+            "component 17 is not dynamic: only AMX TILEDATA is requested",
+        ),
+        (
+            PermError::Locked,
+            "guest permissions are locked: a guest fpstate exists",
+        ),
+        (
+            PermError::SigStackTooSmall { user_size: 11008 },
+            "signal stack too small for a 11008-byte XSAVE area",
+        ),
+    ];
+    for (err, text) in perm {
+        assert_eq!(err.to_string(), text);
+        let _: &dyn std::error::Error = &err;
+    }
+    let config = [
+        (
+            ConfigError::Unsupported { mask: 0x60000 },
+            "policy enables unsupported components 0x60000",
+        ),
+        (
+            ConfigError::NotUsable { mask: 0x200 },
+            "policy enables components 0x200 whose CPUID feature flag is clear",
+        ),
+        (
+            ConfigError::NoXsaves { mask: 0x800 },
+            "supervisor components 0x800 need XSAVES, which the CPU lacks",
+        ),
+        (
+            ConfigError::LegacyDisabled,
+            "policy must enable x87 and SSE",
+        ),
+        (
+            ConfigError::BadDynamic { mask: 0x4 },
+            "dynamic components 0x4 must be enabled, user and XFD-capable",
+        ),
+        (
+            ConfigError::BadSupervisorGroup { mask: 0x1000 },
+            "guest-only/independent components 0x1000 must be enabled supervisor components in one group only",
+        ),
+    ];
+    for (err, text) in config {
+        assert_eq!(err.to_string(), text);
+        let _: &dyn std::error::Error = &err;
+    }
+}
