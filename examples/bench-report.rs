@@ -18,7 +18,8 @@
 //! - criterion's `<group>/<function>/<parameter>/new/estimates.json` for the
 //!   layout queries (median and 95% interval).
 //!
-//! It writes `BENCHMARKS.md` (or `--out FILE`): the machine, the command and
+//! It writes `BENCHMARKS.md` (or `--out FILE`; `--note TEXT` adds a paragraph
+//! under the command, e.g. which commit was measured): the machine, the command and
 //! settings that produced the figures, one table per bench area with the goals
 //! shown met or missed, and the per-task fpstate memory of this CPU and of
 //! every dump in `layouts/` (computed here).
@@ -219,10 +220,17 @@ impl Spread {
         format!("{} [{}–{}]", ns(self.median), ns(self.q1), ns(self.q3))
     }
 
-    /// A ratio: median [q1–q3] (min–max).
+    /// A ratio: median [q1–q3] (min–max), three decimals below 10.
     fn ratio(self) -> String {
+        let p = if self.median >= 100.0 {
+            0
+        } else if self.median >= 10.0 {
+            1
+        } else {
+            3
+        };
         format!(
-            "{:.3} [{:.3}–{:.3}] ({:.3}–{:.3})",
+            "{:.p$} [{:.p$}–{:.p$}] ({:.p$}–{:.p$})",
             self.median, self.q1, self.q3, self.min, self.max
         )
     }
@@ -551,6 +559,8 @@ fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
         "| mask | state | pair | bytes | bare | crate | crate / bare | goal <= 1.02 |\n|---|---|---|---|---|---|---|---|"
     );
     let mut keys: BTreeSet<(u64, u8, String)> = BTreeSet::new();
+    let mut diffs: Vec<f64> = Vec::new();
+    let (mut bare_lo, mut bare_hi) = (f64::MAX, f64::MIN);
     for f in ["xsavec", "xsave", "xsaveopt"] {
         for (p, _) in r.rows_of(&format!("save_restore/{f}")) {
             if let Some((m, state)) = mask_param(p) {
@@ -604,7 +614,27 @@ fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
                 c.time(),
                 q.ratio()
             );
+            if let Some(d) = row.diff("crate", "bare") {
+                diffs.push(d.median);
+                bare_lo = bare_lo.min(b.median);
+                bare_hi = bare_hi.max(b.median);
+            }
         }
+    }
+    if let (Some(lo), Some(hi)) = (
+        diffs.iter().copied().reduce(f64::min),
+        diffs.iter().copied().reduce(f64::max),
+    ) {
+        let _ = writeln!(
+            out,
+            "\ncrate − bare, per-sample difference, median per row: {lo:+.2} to {hi:+.2} ns over \
+             the {} measured rows, against bare times of {} to {} ns: a fixed cost per call of the \
+             crate's path (argument checks, the choice of instruction) weighs most, as a ratio, \
+             where the instructions are cheapest.",
+            diffs.len(),
+            ns(bare_lo),
+            ns(bare_hi)
+        );
     }
     let _ = writeln!(out);
     verdicts
@@ -1056,6 +1086,12 @@ fn main() {
     if let Some(t) = env::var_os("CARGO_TARGET_DIR") {
         let _ = write!(env_prefix, "CARGO_TARGET_DIR={} ", t.to_string_lossy());
     }
+    // `--note TEXT`: how the run was made, beyond the command (where, on
+    // which commit).
+    let note = args
+        .iter()
+        .position(|a| a == "--note")
+        .map_or_else(String::new, |i| format!("{}\n\n", args[i + 1]));
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
@@ -1063,7 +1099,7 @@ fn main() {
         "Written by `examples/bench-report.rs` from criterion's output and the benches' row \
          files; do not edit by hand. To reproduce:\n\n```sh\n{COMMAND}\n```\n\n\
          The figures below were produced by:\n\n```sh\n{env_prefix}cargo bench && \
-         {env_prefix}cargo run --release --example bench-report\n```\n\n\
+         {env_prefix}cargo run --release --example bench-report\n```\n\n{note}\
          `{QUICK_ENV}=1` selects criterion's shorter settings (15 samples, a quarter of the \
          warm-up and measurement time); the settings each figure came from are under Machine. \
          Each section names the bench that produced its table, and each row says what it \
