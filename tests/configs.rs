@@ -244,7 +244,9 @@ fn permission_requests_follow_linux() {
             .contains(XFeatures::XTILE_DATA),
         "sets are separate"
     );
+    assert!(!p.guest_locked(), "a new process's guest set is open");
     p.lock_guest();
+    assert!(p.guest_locked());
     assert_eq!(
         p.request(&e, &cfg, PermKind::Guest, 18, |_| true),
         Err(PermError::Locked)
