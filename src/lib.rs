@@ -68,8 +68,29 @@ pub use feature::{XCOMP_BV_COMPACTED, XFeature, XFeatures};
 impl core::error::Error for config::ConfigError {}
 impl core::error::Error for cpuid::ParseError {}
 impl core::error::Error for enumerate::EnumError {}
-impl core::error::Error for fpstate::FpstateError {}
+impl core::error::Error for fpstate::FpstateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Fault(f) => Some(f),
+            Self::Layout(l) => Some(l),
+            _ => None,
+        }
+    }
+}
 impl core::error::Error for guest::GuestError {}
 impl core::error::Error for layout::LayoutError {}
 impl core::error::Error for perm::PermError {}
-impl core::error::Error for uabi::UabiError {}
+impl core::error::Error for uabi::UabiError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Layout(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+/// The README's code blocks, compiled and run as doctests (`no_run` where they
+/// need the live CPU in a mode a test cannot give).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
