@@ -15,7 +15,7 @@ use xstate::uabi;
 
 #[test]
 fn export_writes_exactly_its_image_whatever_the_buffer_held() {
-    let mut rng = Rng(0x5eed_0f_e8_0a7);
+    let mut rng = Rng(0x05ee_d0fe_80a7);
     let (mut exports, mut imports) = (0usize, 0usize);
     for (name, cpu) in dumps() {
         let e = Enumeration::from_cpuid(cpu).unwrap();
