@@ -774,7 +774,9 @@ impl GuestXsave {
     /// # let all = PermSet { features: e.supported(), size: 0, user_size: 0 };
     /// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
     /// let mut g = GuestXsave::new(&e, &all, e.xcr0_supported(), XFeatures::empty(), XsaveFlags::of(&e))?;
-    /// let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
+    /// # #[repr(C, align(64))] struct Storage([u8; 16384]);
+    /// # let mut storage = Storage([0; 16384]);
+    /// let mut fp = Fpstate::new_in(&e, &cfg, Owner::Guest, &mut storage.0[..]).unwrap();
     /// assert_eq!(g.xfd_allowed(), XFeatures::XTILE_DATA);
     /// assert_eq!(g.set_xfd(XFeatures::XTILE_DATA, &mut fp), Ok(XFeatures::empty()));
     /// assert!(matches!(g.set_xfd(XFeatures::XTILE_CFG, &mut fp), Err(GuestError::XfdNotAllowed { .. })));
