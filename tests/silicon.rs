@@ -144,6 +144,16 @@ fn area_of(bytes: &[u8]) -> Area {
     a
 }
 
+/// What a recorded output holds where `canary` had filled the buffer: the
+/// recorded bits where something wrote them, the canary's elsewhere (the
+/// recording's own unwritten bytes hold its canary 0xcc).
+fn with_canary(want: &[u8], written: &[u8], canary: u8) -> Vec<u8> {
+    want.iter()
+        .zip(written)
+        .map(|(&b, &w)| (b & w) | (canary & !w))
+        .collect()
+}
+
 /// Tallies and the first disagreements.
 #[derive(Default)]
 struct Tally {
@@ -212,12 +222,7 @@ fn saves(m: &Machine, v: &str, t: &mut Tally) {
             let r = cpu.save(insn, a.bytes_mut(), xcr0);
             t.check(r.is_ok(), || format!("{}: {out}: model {r:?}", m.name));
             let written = m.written(&out, want.len());
-            // The recording's unwritten bytes hold its own canary 0xcc.
-            let want: Vec<u8> = want
-                .iter()
-                .zip(&written)
-                .map(|(&b, &w)| (b & w) | (canary & !w))
-                .collect();
+            let want = with_canary(&want, &written, canary);
             t.bytes(
                 &format!("{}: {out}", m.name),
                 a.bytes(),
@@ -379,11 +384,7 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
                 want.len()
             )
         });
-        let want: Vec<u8> = want
-            .iter()
-            .zip(&written)
-            .map(|(&b, &w)| (b & w) | (canary & !w))
-            .collect();
+        let want = with_canary(&want, &written, canary);
         t.bytes(
             &format!("{}: {v}.sigframe", m.name),
             &out[..want.len()],
@@ -419,11 +420,7 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
         let mut a = Area::new(want.len(), canary);
         cpu.save(Insn::Xsavec, a.bytes_mut(), e.xcr0_supported())
             .unwrap();
-        let want: Vec<u8> = want
-            .iter()
-            .zip(&written)
-            .map(|(&b, &w)| (b & w) | (canary & !w))
-            .collect();
+        let want = with_canary(&want, &written, canary);
         t.bytes(
             &format!("{}: {v}.ptrace imported, XSAVEC", m.name),
             a.bytes(),
