@@ -11,7 +11,7 @@ use core::fmt;
 
 use bitflags::bitflags;
 
-use crate::config::{LINUX_SUPERVISOR, LINUX_USER};
+use crate::config::{Configs, LINUX_SUPERVISOR, LINUX_USER};
 use crate::cpuid::{CpuidResult, CpuidSource};
 use crate::enumerate::{EXTENDED_START, Enumeration};
 use crate::feature::CATALOG;
@@ -746,6 +746,18 @@ impl GuestXsave {
             });
         }
         Ok(())
+    }
+
+    /// The dynamic component (AMX TILEDATA) this guest's CPUID lets it enable
+    /// that the guest fpstate `fp` has no space for, if any. KVM grows a guest
+    /// fpstate on `KVM_SET_CPUID2` when the CPUID enables one (its
+    /// `fpu_enable_guest_xfd_features`), not on the guest's first use: grow
+    /// `fp` with [`Fpstate::grow`] for the returned index (which needs the
+    /// process's guest permission) before the vCPU runs.
+    pub fn dynamic_to_grow<S: Storage>(&self, cfg: &Configs, fp: &Fpstate<S>) -> Option<u32> {
+        ((self.xcr0_allowed & cfg.policy.dynamic) - fp.info().features)
+            .indices()
+            .next()
     }
 
     /// The guest writes IA32_XFD (or a VMM restores it): accept `xfd` if the

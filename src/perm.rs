@@ -157,6 +157,56 @@ impl ProcessPerms {
         self.guest_locked = true;
     }
 
+    /// The permissions Linux reports for a process: `task` as
+    /// `ARCH_GET_XCOMP_PERM` returns it, `guest` as `ARCH_GET_XCOMP_GUEST_PERM`
+    /// does. A VMM that asked the kernel (`ARCH_REQ_XCOMP_GUEST_PERM`) builds
+    /// the crate's sets from what the kernel granted instead of asking twice.
+    ///
+    /// Linux reports user components only; the supervisor components a set
+    /// holds (a guest's CET_S) are the config's defaults, which every set keeps.
+    /// Every dynamic component reported is granted as by [`Self::request`] (the
+    /// kernel already checked the signal stacks); the guest set is not locked.
+    ///
+    /// # Errors
+    /// [`PermError::Invalid`] for a bit past the catalog,
+    /// [`PermError::Unsupported`] for a component outside the user config, and
+    /// [`PermError::NotDynamic`] for a non-dynamic component the set does not
+    /// hold by default (the kernel never reports one).
+    ///
+    /// ```
+    /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}, XFeatures};
+    /// # use xstate::perm::{PermKind, ProcessPerms};
+    /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
+    /// let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    /// let default = cfg.kernel.default_features & cfg.user.max_features;
+    /// let p = ProcessPerms::from_linux(&e, &cfg, default, default | XFeatures::XTILE_DATA).unwrap();
+    /// assert!(!p.get(PermKind::Task).features.contains(XFeatures::XTILE_DATA));
+    /// assert!(p.get(PermKind::Guest).features.contains(XFeatures::XTILE_DATA | XFeatures::CET_S));
+    /// ```
+    pub fn from_linux(
+        e: &Enumeration,
+        cfg: &Configs,
+        task: XFeatures,
+        guest: XFeatures,
+    ) -> Result<Self, PermError> {
+        let mut p = Self::new(cfg);
+        for (kind, value) in [(PermKind::Task, task), (PermKind::Guest, guest)] {
+            for index in value.indices() {
+                let bit = XFeature::from_index(index)
+                    .ok_or(PermError::Invalid { index })?
+                    .mask();
+                if !cfg.user.max_features.contains(bit) {
+                    return Err(PermError::Unsupported { index });
+                }
+                if p.get(kind).features.contains(bit) {
+                    continue;
+                }
+                p.request(e, cfg, kind, index, |_| true)?;
+            }
+        }
+        Ok(p)
+    }
+
     /// Request component `index` for the set `kind`, with Linux 6.18's checks in
     /// Linux's order (`xstate_request_perm`): a number past the catalog is
     /// [`PermError::Invalid`]; a component that is not dynamic
