@@ -16,8 +16,9 @@ use crate::cpuid::{CpuidResult, CpuidSource};
 use crate::enumerate::{EXTENDED_START, Enumeration};
 use crate::feature::CATALOG;
 use crate::feature::XFeatures;
-use crate::fpstate::{Fpstate, Storage, XCOMP_BV_OFFSET, XSTATE_BV_OFFSET, get_u64};
+use crate::fpstate::{Fpstate, Storage};
 use crate::perm::PermSet;
+use crate::uabi::UabiError;
 
 bitflags! {
     /// The XSAVE instruction-set extensions CPUID(0xD,1).EAX enumerates: which a
@@ -167,20 +168,10 @@ pub enum GuestError {
         /// Its size on the destination.
         dst: u32,
     },
-    /// A buffer is smaller than its XSTATE_BV (or the format) needs.
-    BufferTooSmall {
-        /// Bytes needed.
-        needed: usize,
-        /// Bytes given.
-        got: usize,
-    },
-    /// XCOMP_BV is not zero: migration buffers are in the standard form.
-    CompactedForm {
-        /// The XCOMP_BV found.
-        xcomp_bv: u64,
-    },
-    /// Header bytes 16..64 are not all zero (XRSTOR and KVM_SET_XSAVE refuse them).
-    ReservedHeader,
+    /// A buffer the user ABI refuses: too short for its XSTATE_BV or format,
+    /// XCOMP_BV not zero (migration buffers are in the standard form), reserved
+    /// header bytes set. The same checks and errors as [`crate::uabi`]'s.
+    Uabi(UabiError),
     /// XSTATE_BV has components XCR0 does not enable.
     NotInXcr0 {
         /// The XSTATE_BV.
@@ -262,9 +253,15 @@ impl GuestError {
             Self::Unsupported { .. } => 95,      // EOPNOTSUPP
             Self::FlagsUnsupported { .. } => 95, // EOPNOTSUPP
             Self::NotOnDestination { .. } => 95, // EOPNOTSUPP
-            Self::BufferTooSmall { .. } => 14,   // EFAULT
-            _ => 22,                             // EINVAL
+            Self::Uabi(e) => e.errno(),
+            _ => 22, // EINVAL
         }
+    }
+}
+
+impl From<UabiError> for GuestError {
+    fn from(e: UabiError) -> Self {
+        Self::Uabi(e)
     }
 }
 
@@ -333,16 +330,7 @@ impl fmt::Display for GuestError {
                 f,
                 "component {index} is {src} bytes on the source and {dst} on the destination"
             ),
-            Self::BufferTooSmall { needed, got } => {
-                write!(f, "buffer of {got} bytes, {needed} needed")
-            }
-            Self::CompactedForm { xcomp_bv } => {
-                write!(
-                    f,
-                    "XCOMP_BV {xcomp_bv:#x}: migration buffers must be in the standard form"
-                )
-            }
-            Self::ReservedHeader => write!(f, "reserved XSAVE header bytes are not zero"),
+            Self::Uabi(e) => write!(f, "buffer refused: {e}"),
             Self::NotInXcr0 { xstate_bv, xcr0 } => {
                 write!(
                     f,
@@ -1116,8 +1104,8 @@ fn missing_on(
 /// `dst`'s standard size for XSTATE_BV; `out` beyond it is untouched.
 ///
 /// # Errors
-/// [`GuestError::BufferTooSmall`], [`GuestError::CompactedForm`],
-/// [`GuestError::ReservedHeader`], [`GuestError::NotOnSource`],
+/// [`GuestError::Uabi`] (a short buffer, XCOMP_BV set, reserved header bytes
+/// set: the user ABI's own checks), [`GuestError::NotOnSource`],
 /// [`GuestError::NotOnDestination`], [`GuestError::SizeMismatch`]. `out` is not
 /// written then.
 ///
@@ -1140,18 +1128,11 @@ pub fn translate(
     out: &mut [u8],
 ) -> Result<usize, GuestError> {
     let head = EXTENDED_START as usize;
-    let header = buf_src.get(..head).ok_or(GuestError::BufferTooSmall {
+    let xstate_bv = crate::uabi::standard_header(buf_src)?;
+    let header = buf_src.get(..head).ok_or(UabiError::BufferTooSmall {
         needed: head,
         got: buf_src.len(),
     })?;
-    let xstate_bv = XFeatures::from_bits_retain(get_u64(header, XSTATE_BV_OFFSET));
-    let xcomp_bv = get_u64(header, XCOMP_BV_OFFSET);
-    if xcomp_bv != 0 {
-        return Err(GuestError::CompactedForm { xcomp_bv });
-    }
-    if header[XCOMP_BV_OFFSET + 8..].iter().any(|&b| b != 0) {
-        return Err(GuestError::ReservedHeader);
-    }
     let bad = xstate_bv - src.xcr0_supported();
     if !bad.is_empty() {
         return Err(GuestError::NotOnSource { mask: bad.bits() });
@@ -1162,15 +1143,20 @@ pub fn translate(
     }
     check_sizes(src, dst, xstate_bv)?;
     let needed = src.standard_size(xstate_bv) as usize;
-    let buf_src = buf_src.get(..needed).ok_or(GuestError::BufferTooSmall {
-        needed,
-        got: buf_src.len(),
-    })?;
+    let buf_src = buf_src
+        .get(..needed)
+        .ok_or(GuestError::Uabi(UabiError::BufferTooSmall {
+            needed,
+            got: buf_src.len(),
+        }))?;
     let size = dst.standard_size(xstate_bv) as usize;
     let got = out.len();
     let out = out
         .get_mut(..size)
-        .ok_or(GuestError::BufferTooSmall { needed: size, got })?;
+        .ok_or(GuestError::Uabi(UabiError::BufferTooSmall {
+            needed: size,
+            got,
+        }))?;
 
     out[..head].copy_from_slice(header);
     out[head..].fill(0);
@@ -1447,7 +1433,7 @@ impl SideState {
     /// Encode into `out`; returns the bytes written, [`SideState::encoded_len`].
     ///
     /// # Errors
-    /// [`GuestError::BufferTooSmall`] (nothing is written then).
+    /// [`GuestError::Uabi`] with [`UabiError::BufferTooSmall`] (nothing is written then).
     ///
     /// ```
     /// # use xstate::guest::{SideReg, SideRegs, SideState};
@@ -1464,7 +1450,10 @@ impl SideState {
         let got = out.len();
         let out = out
             .get_mut(..n)
-            .ok_or(GuestError::BufferTooSmall { needed: n, got })?;
+            .ok_or(GuestError::Uabi(UabiError::BufferTooSmall {
+                needed: n,
+                got,
+            }))?;
         out[..4].copy_from_slice(&SIDE_MAGIC);
         out[4..8].copy_from_slice(&(self.regs.len() as u32).to_le_bytes());
         for (k, reg) in self.regs.iter().enumerate() {

@@ -77,7 +77,14 @@ impl core::error::Error for fpstate::FpstateError {
         }
     }
 }
-impl core::error::Error for guest::GuestError {}
+impl core::error::Error for guest::GuestError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Uabi(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 impl core::error::Error for layout::LayoutError {}
 impl core::error::Error for perm::PermError {}
 impl core::error::Error for uabi::UabiError {

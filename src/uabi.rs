@@ -760,6 +760,18 @@ fn check_header(
     Ok(xstate_bv)
 }
 
+/// The checks every user ABI makes of a standard-form header before any
+/// feature mask: the buffer holds the legacy region and header, XCOMP_BV is
+/// zero, the reserved header bytes are zero. Returns XSTATE_BV.
+pub(crate) fn standard_header(buf: &[u8]) -> Result<XFeatures, UabiError> {
+    let end = EXTENDED_START as usize;
+    let header = buf.get(..end).ok_or(UabiError::BufferTooSmall {
+        needed: end,
+        got: buf.len(),
+    })?;
+    check_header(header, XFeatures::from_bits_retain(u64::MAX), end)
+}
+
 /// MXCSR must have no bit outside the CPU's MXCSR mask (XRSTOR's #GP).
 fn check_mxcsr(cfg: &Configs, value: u32) -> Result<(), UabiError> {
     if value & !cfg.mxcsr_mask == 0 {

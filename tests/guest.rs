@@ -11,6 +11,7 @@ use xstate::enumerate::Enumeration;
 use xstate::guest::{GuestError, GuestXsave, XsaveFlags, compatible, required_size, translate};
 use xstate::layout::Layout;
 use xstate::perm::{PermKind, PermSet, ProcessPerms};
+use xstate::uabi::UabiError;
 
 mod testkit;
 use testkit::loud;
@@ -994,25 +995,28 @@ fn translate_refuses_bad_buffers() {
     let cases = [
         (
             good[..575].to_vec(),
-            GuestError::BufferTooSmall {
+            GuestError::Uabi(UabiError::BufferTooSmall {
                 needed: 576,
                 got: 575,
-            },
+            }),
         ),
         (
             good[..0x980].to_vec(),
-            GuestError::BufferTooSmall {
+            GuestError::Uabi(UabiError::BufferTooSmall {
                 needed: 0x988,
                 got: 0x980,
-            },
+            }),
         ),
         (
             with(&|b| put_u64(b, XCOMP_BV, 1 << 63 | bv)),
-            GuestError::CompactedForm {
+            GuestError::Uabi(UabiError::CompactedForm {
                 xcomp_bv: 1 << 63 | bv,
-            },
+            }),
         ),
-        (with(&|b| b[575] = 1), GuestError::ReservedHeader),
+        (
+            with(&|b| b[575] = 1),
+            GuestError::Uabi(UabiError::ReservedHeader),
+        ),
         (
             with(&|b| put_u64(b, XSTATE_BV, bv | 1 << 18)),
             GuestError::NotOnSource { mask: 1 << 18 },
@@ -1023,10 +1027,10 @@ fn translate_refuses_bad_buffers() {
     }
     assert_eq!(
         translate(&amd, &intel, &good, &mut out[..0xa87]),
-        Err(GuestError::BufferTooSmall {
+        Err(GuestError::Uabi(UabiError::BufferTooSmall {
             needed: 0xa88,
             got: 0xa87
-        })
+        }))
     );
     assert!(out.iter().all(|&x| x == 0));
 
