@@ -65,3 +65,72 @@ fn export_writes_exactly_its_image_whatever_the_buffer_held() {
     }
     eprintln!("{imports} imports, {exports} exports: every image byte written, none past it");
 }
+
+/// A component whose state went back to init keeps its old bytes in the
+/// kernel's buffer (XSAVES and XSAVEC skip init components), and the exports
+/// must not show them: `export` and `export_sigframe` write its init value
+/// (zeros), as Linux's XSAVE into a frame does; AMX components in a signal
+/// frame are the exception Linux leaves unwritten, so they are not compared.
+#[test]
+fn init_components_export_as_init_whatever_the_kernel_buffer_kept() {
+    use xstate::fpstate::Mode;
+    use xstate::insn::{Insn, XsaveUnit};
+    use xstate::model::{Quirks, XsaveMachine};
+    let mut checked = 0;
+    for (name, cpu) in dumps() {
+        let e = Enumeration::from_cpuid(cpu).unwrap();
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+        let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
+        let supervisor = e.xsaves;
+        let mode = if supervisor {
+            Mode::Supervisor
+        } else {
+            Mode::User
+        };
+        if mode == Mode::User && !(fp.info().features & cfg.xss).is_empty() {
+            continue;
+        }
+        let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+        m.set_cpl0(supervisor);
+        // Every user extended component live with non-zero bytes, saved...
+        let comps: Vec<u32> = (fp.info().user_features & m.xcr0())
+            .indices()
+            .filter(|&i| i >= 2 && i != 17)
+            .collect();
+        for &i in &comps {
+            let len = m.reg(i).unwrap().len();
+            m.write_reg(i, 0, &vec![0x5a; len]).unwrap();
+        }
+        fp.save(&mut m, &cfg, mode).unwrap();
+        // ...then everything back to init and saved again: the buffer keeps
+        // the old bytes under XSTATE_BV bits that are now clear.
+        let mut init = testkit::Area::new(e.standard_size(m.xcr0()) as usize, 0);
+        init.bytes_mut()[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        put_u32(init.bytes_mut(), MXCSR, 0x1f80);
+        m.restore(Insn::Xrstor, init.bytes(), m.xcr0()).unwrap();
+        fp.save(&mut m, &cfg, mode).unwrap();
+        let user = fp.info().user_features;
+        let size = e.standard_size(user) as usize;
+        let mut out = vec![0xa5u8; size + 64];
+        uabi::export(&e, &cfg, &fp, user, &mut out).unwrap();
+        let mut frame = vec![0xa5u8; size + 64];
+        uabi::export_sigframe(&e, &cfg, &fp, user, &mut frame).unwrap();
+        for &i in &comps {
+            let c = e.component(i).unwrap();
+            let r = c.std_offset as usize..(c.std_offset + c.size) as usize;
+            assert!(
+                out[r.clone()].iter().all(|&b| b == 0),
+                "{name}: export, component {i}"
+            );
+            if !XFeatures::XTILE.has_index(i) {
+                assert!(
+                    frame[r].iter().all(|&b| b == 0),
+                    "{name}: signal frame, component {i}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} CPUs");
+    eprintln!("{checked} CPUs: init components export as zeros over the kernel buffer's old bytes");
+}
