@@ -44,8 +44,9 @@ use xstate::uabi::{UabiError, UserAbi, export, import, import_abi};
 const NT_X86_XSTATE: libc::c_int = 0x202;
 /// Random register states the child loads.
 const STATES: usize = 400;
-/// Mutated buffers in all, shared by the verdict children.
-const VERDICTS: usize = 12_000;
+/// Mutated buffers in all, shared by the verdict children (issue 12 asks for
+/// 100,000 verdicts against the kernel).
+const VERDICTS: usize = 100_000;
 
 /// The live CPU as Linux configures it for user space.
 struct Live {
