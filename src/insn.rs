@@ -151,10 +151,9 @@ cfg_if::cfg_if! {
                 #[inline]
                 pub unsafe fn $name(area: *const u8, rfbm: XFeatures) {
                     let (lo, hi) = split(rfbm);
-                    // SAFETY: the caller guarantees alignment, size, a valid header and the
-                    // CPU feature. The instruction only reads memory (`readonly`), does not
-                    // touch the stack or flags, and every register it may load is in the C
-                    // ABI's clobber set (XMM/YMM/ZMM, k0-k7, x87/MMX).
+                    // The instruction only reads memory, touches no stack or flags, and every
+                    // register it may load is in the C ABI's clobber set.
+                    // SAFETY: the caller guarantees alignment, size, header and the feature.
                     unsafe {
                         asm!(concat!($mnemonic, " [{}]"), in(reg) area, in("eax") lo, in("edx") hi,
                              clobber_abi("C"), options(readonly, nostack, preserves_flags));
@@ -475,10 +474,9 @@ impl XsaveUnit for Cpu {
         }
         let p = area.as_ptr();
         if supervisor {
-            // SAFETY: OSXSAVE and XSAVES were checked when the unit was built and
-            // `Cpu::supervisor`'s contract covers CPL 0 and the registers
-            // replaced; `area` is aligned and holds every byte its header makes
-            // XRSTORS read.
+            // `area` is aligned and holds every byte its header makes XRSTORS read.
+            // SAFETY: OSXSAVE and XSAVES checked at build; `Cpu::supervisor`'s
+            // contract covers CPL 0 and the registers replaced.
             unsafe { xrstors(p, rfbm) }
         } else {
             // SAFETY: OSXSAVE was checked when the unit was built and `Cpu::user`'s
