@@ -91,7 +91,7 @@ fn benches(c: &mut Criterion) {
         // The opmask instruction needs AVX-512F state enabled, which Linux
         // enables only with all three AVX-512 components.
         let skip = missing(rfbm | XFeatures::AVX512, xcr0, "XCR0").or_else(|| {
-            (!e.xsavec).then(|| "XSAVEC not enumerated (CPUID(0xD,1).EAX[1])".to_string())
+            (!e.xsavec()).then(|| "XSAVEC not enumerated (CPUID(0xD,1).EAX[1])".to_string())
         });
         if let Some(why) = skip {
             row.skip(&why);

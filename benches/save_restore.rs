@@ -223,11 +223,11 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
 
         // XSAVEC + XRSTOR against Fpstate::save + Fpstate::restore (on a CPU
         // without XSAVEC the fpstate is standard-form: nothing to compare).
-        if !e.xsavec {
+        if !e.xsavec() {
             let f = if scaling { "xsavec-crate" } else { "xsavec" };
             row(f, "XSAVEC+XRSTOR", &cmp).skip("XSAVEC not enumerated (CPUID(0xD,1).EAX[1])");
         } else {
-            let mut fp = Fpstate::new_boxed(e, &cfg, Owner::Host).expect("fpstate");
+            let mut fp = Fpstate::new_boxed(&cfg, Owner::Host).expect("fpstate");
             assert_eq!(fp.info().features, mask);
             assert_eq!(fp.info().size, cmp.size());
             let l = label(if scaling { "xsavec-crate" } else { "xsavec" });
@@ -273,13 +273,13 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
         drop(sides);
 
         // XSAVEOPT + XRSTOR against a standard-form fpstate.
-        if !e.xsaveopt {
+        if !e.xsaveopt() {
             row("xsaveopt", "XSAVEOPT+XRSTOR", &std)
                 .skip("XSAVEOPT not enumerated (CPUID(0xD,1).EAX[0])");
             continue;
         }
         let std_cfg = configs_for(&s.std_e, mask);
-        let mut fp = Fpstate::new_boxed(&s.std_e, &std_cfg, Owner::Host).expect("std fpstate");
+        let mut fp = Fpstate::new_boxed(&std_cfg, Owner::Host).expect("std fpstate");
         assert_eq!(fp.info().size, std.size());
         let mut buf = BoxedArea::zeroed(std.size() as usize);
         let l = label("xsaveopt");

@@ -61,7 +61,6 @@ const KVM_BATCH: u64 = 4;
 
 /// One state to copy: enumeration, configs, a host fpstate holding it.
 struct Case {
-    e: Enumeration,
     cfg: Configs,
     fp: Fpstate<BoxedArea>,
     user: XFeatures,
@@ -73,25 +72,25 @@ struct Case {
 
 impl Case {
     fn new(e: Enumeration, p: Policy, owner: Owner, mxcsr_mask: Option<u32>) -> Self {
-        let mut cfg = Configs::new(&e, &p).expect("configs");
-        if let Some(m) = mxcsr_mask {
-            cfg.mxcsr_mask = m;
-        }
-        let mut fp = Fpstate::new_boxed(&e, &cfg, owner).expect("fpstate");
+        let e = match mxcsr_mask {
+            Some(m) => e.with_mxcsr_mask(m).expect("a real CPU's MXCSR_MASK"),
+            None => e,
+        };
+        let cfg = Configs::new(&e, &p).expect("configs");
+        let mut fp = Fpstate::new_boxed(&cfg, owner).expect("fpstate");
         let user = fp.info().user_features;
         // Every user component in a non-init state (valid for import: MXCSR
         // default, PKRU key 0 usable, header zero but XSTATE_BV).
         let std = Layout::standard(&e, user).expect("standard layout");
         let mut buf = dirty_image(&std, user);
         assert_eq!(buf.bytes().len(), fp.info().user_size as usize);
-        let got = import(&e, &cfg, &mut fp, buf.bytes()).expect("import of the dirty buffer");
+        let got = import(&cfg, &mut fp, buf.bytes()).expect("import of the dirty buffer");
         assert_eq!(got, user);
         // From here on the buffer is what export writes (MXCSR_MASK, software
         // bytes included), so import and export move the same bytes.
-        export(&e, &cfg, &fp, user, buf.bytes_mut()).expect("export");
+        export(&cfg, &fp, user, buf.bytes_mut()).expect("export");
         let out = BoxedArea::zeroed(buf.bytes().len());
         Self {
-            e,
             cfg,
             fp,
             user,
@@ -114,12 +113,13 @@ impl Case {
     /// The largest extended component: its index, compacted range in the
     /// fpstate and standard range in the user buffer.
     fn largest(&self) -> (u32, Range<usize>, Range<usize>) {
-        let kernel = Layout::compacted(&self.e, self.fp.info().features).expect("compacted layout");
+        let e = self.cfg.enumeration();
+        let kernel = Layout::compacted(e, self.fp.info().features).expect("compacted layout");
         let (i, c) = self
             .user
             .indices()
             .filter(|&i| i >= 2)
-            .map(|i| (i, self.e.components()[i as usize]))
+            .map(|i| (i, e.components()[i as usize]))
             .max_by_key(|(_, c)| c.size)
             .expect("every case has an extended user component");
         let src = kernel.range_of(i).expect("component in the fpstate");
@@ -138,7 +138,6 @@ fn bench_copy(
 ) {
     let (li, src, dst) = case.largest();
     let Case {
-        e,
         cfg,
         fp,
         user,
@@ -148,9 +147,9 @@ fn bench_copy(
     let user = *user;
     // Checked outside the timing: importing the buffer gives its features,
     // and exporting the fpstate gives the buffer back.
-    let got = import(e, cfg, fp, buf.bytes()).expect("import of the buffer");
+    let got = import(cfg, fp, buf.bytes()).expect("import of the buffer");
     assert_eq!(got, user, "import of the buffer");
-    export(e, cfg, fp, user, out.bytes_mut()).expect("export");
+    export(cfg, fp, user, out.bytes_mut()).expect("export");
     assert!(
         out.bytes() == buf.bytes(),
         "export gives back what was imported"
@@ -163,7 +162,6 @@ fn bench_copy(
     // The sides share the fpstate and the buffers; each borrows them only
     // while it runs.
     let cell = std::cell::RefCell::new((fp, buf, out));
-    let e = &*e;
     let cfg = &*cfg;
     let mut sides = [
         Side::new("memcpy", |n| {
@@ -180,14 +178,7 @@ fn bench_copy(
             let (fp, _, out) = &mut *c;
             let t = Instant::now();
             for _ in 0..n {
-                export(
-                    black_box(e),
-                    cfg,
-                    black_box(&**fp),
-                    user,
-                    black_box(out.bytes_mut()),
-                )
-                .expect("export");
+                export(cfg, black_box(&**fp), user, black_box(out.bytes_mut())).expect("export");
             }
             t.elapsed()
         }),
@@ -196,13 +187,7 @@ fn bench_copy(
             let (fp, buf, _) = &mut *c;
             let t = Instant::now();
             for _ in 0..n {
-                import(
-                    black_box(e),
-                    cfg,
-                    black_box(&mut **fp),
-                    black_box(buf.bytes()),
-                )
-                .expect("import");
+                import(cfg, black_box(&mut **fp), black_box(buf.bytes())).expect("import");
             }
             t.elapsed()
         }),
@@ -236,12 +221,8 @@ fn bench_kvm(
         dynamic: XFeatures::empty(),
         ..Policy::linux(&live)
     };
-    let cfg = {
-        let mut c = Configs::new(&live, &p).expect("configs");
-        c.mxcsr_mask = insn::read_mxcsr_mask();
-        c
-    };
-    let mut fp = Fpstate::new_boxed(&live, &cfg, Owner::Guest).expect("guest fpstate");
+    let cfg = { Configs::new(&live, &p).expect("configs") };
+    let mut fp = Fpstate::new_boxed(&cfg, Owner::Guest).expect("guest fpstate");
     let guest = v.guest_xcr0 | FPSSE;
     if let Some(why) = missing(
         guest,
@@ -261,7 +242,7 @@ fn bench_kvm(
         supported: v.supported,
         uabi_size: v.size,
     };
-    import_abi(&live, &cfg, &mut fp, &state, abi).expect("our import of the guest state");
+    import_abi(&cfg, &mut fp, &state, abi).expect("our import of the guest state");
     let mut out = vec![0u8; v.size];
     let row = row
         .mask(guest)
@@ -276,8 +257,7 @@ fn bench_kvm(
             let t = Instant::now();
             for _ in 0..n {
                 export(
-                    black_box(&live),
-                    &cfg,
+                    black_box(&cfg),
                     black_box(&fp),
                     guest,
                     black_box(&mut out[..]),
@@ -288,8 +268,7 @@ fn bench_kvm(
                     uabi_size: size,
                 };
                 import_abi(
-                    black_box(&live),
-                    &cfg,
+                    black_box(&cfg),
                     black_box(&mut fp),
                     black_box(&out[..]),
                     abi,

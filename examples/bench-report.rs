@@ -402,7 +402,7 @@ fn machine(out: &mut String, e: &Enumeration, r: &Results) {
         .count();
     let hyper = field("flags").split_whitespace().any(|f| f == "hypervisor");
     let xcr0 = xstate::insn::read_xcr0().map_or(0, |x| x.bits());
-    let xinuse = if e.xgetbv1 { "yes" } else { "no" };
+    let xinuse = if e.xgetbv1() { "yes" } else { "no" };
     let _ = writeln!(out, "## Machine\n");
     let _ = writeln!(out, "| | |\n|---|---|");
     let _ = writeln!(
@@ -431,10 +431,10 @@ fn machine(out: &mut String, e: &Enumeration, r: &Results) {
     let _ = writeln!(
         out,
         "| CPUID(0xD,1) | XSAVEOPT {}, XSAVEC {}, XGETBV1 {xinuse}, XSAVES {}, XFD {}; IA32_XSS supported {:#x} |",
-        e.xsaveopt,
-        e.xsavec,
-        e.xsaves,
-        e.xfd,
+        e.xsaveopt(),
+        e.xsavec(),
+        e.xsaves(),
+        e.xfd(),
         e.xss_supported().bits()
     );
     let kvm = match r.row("uabi/kvm/guest") {
@@ -1037,11 +1037,11 @@ fn scaling(out: &mut String, r: &Results) {
                 let _ = writeln!(
                     out,
                     "| {name} | {} | {} | {:+} | {} | {} |",
-                    c.kernel.default_size,
-                    c.guest.default_size,
-                    i64::from(c.guest.default_size) - i64::from(c.kernel.default_size),
-                    c.kernel.max_size,
-                    c.user.default_size
+                    c.kernel().default_size,
+                    c.guest().default_size,
+                    i64::from(c.guest().default_size) - i64::from(c.kernel().default_size),
+                    c.kernel().max_size,
+                    c.user().default_size
                 );
             }
             Err(x) => {

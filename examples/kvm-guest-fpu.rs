@@ -722,9 +722,7 @@ pub fn run() -> Result<Outcome, String> {
 
     // --- The host ---
     let e = Enumeration::from_cpuid(&LiveCpuid).map_err(|err| format!("enumeration: {err}"))?;
-    let mut cfg = Configs::new(&e, &Policy::linux(&e)).map_err(|err| format!("configs: {err}"))?;
-    // KVM checks imported MXCSR values against this CPU's mask: use the same one.
-    cfg.mxcsr_mask = xstate::insn::read_mxcsr_mask();
+    let cfg = Configs::new(&e, &Policy::linux(&e)).map_err(|err| format!("configs: {err}"))?;
     let mut perms = ProcessPerms::new(&cfg);
     let amx =
         LiveCpuid.cpuid(7, 0).edx >> 24 & 1 != 0 && e.xcr0_supported().contains(XFeatures::XTILE);
@@ -740,7 +738,7 @@ pub fn run() -> Result<Outcome, String> {
             ));
         }
         perms
-            .request(&e, &cfg, PermKind::Guest, 18, |_| true)
+            .request(&cfg, PermKind::Guest, 18, |_| true)
             .map_err(|err| {
                 format!("the model refused the guest AMX permission Linux granted: {err}")
             })?;
@@ -754,7 +752,7 @@ pub fn run() -> Result<Outcome, String> {
         "host: XCR0 mask {:#x}, IA32_XSS mask {:#x}, user features {:#x}, XSAVE extensions {:#x}",
         e.xcr0_supported().bits(),
         e.xss_supported().bits(),
-        cfg.user.max_features.bits(),
+        cfg.user().max_features.bits(),
         XsaveFlags::of(&e).bits()
     );
 
@@ -773,7 +771,7 @@ pub fn run() -> Result<Outcome, String> {
     let (k0, k1) = (kvm_sub(0), kvm_sub(1));
     let kvm_xcr0 = XFeatures::from_bits_retain(u64::from(k0.edx) << 32 | u64::from(k0.eax));
     let perm = *perms.get(PermKind::Guest);
-    let mut xcr0 = cfg.user.max_features & kvm_xcr0 & perm.features;
+    let mut xcr0 = cfg.user().max_features & kvm_xcr0 & perm.features;
     for group in [
         XFeatures::BNDREGS | XFeatures::BNDCSR,
         XFeatures::AVX512,
@@ -783,11 +781,11 @@ pub fn run() -> Result<Outcome, String> {
             xcr0 -= group;
         }
     }
-    if xcr0 != cfg.user.max_features {
+    if xcr0 != cfg.user().max_features {
         println!(
             "NOTE guest XCR0 {:#x} < host user features {:#x} (KVM supports {:#x})",
             xcr0.bits(),
-            cfg.user.max_features.bits(),
+            cfg.user().max_features.bits(),
             kvm_xcr0.bits()
         );
     }
@@ -980,11 +978,10 @@ pub fn run() -> Result<Outcome, String> {
 
     // --- Into a guest fpstate, grown for the dynamic components the guest's
     // CPUID enables, as KVM grows its own on KVM_SET_CPUID2 ---
-    let mut fp =
-        Fpstate::new_boxed(e, cfg, Owner::Guest).map_err(|err| format!("fpstate: {err}"))?;
-    if let Some(i) = (xcr0 & cfg.policy.dynamic).indices().next() {
+    let mut fp = Fpstate::new_boxed(cfg, Owner::Guest).map_err(|err| format!("fpstate: {err}"))?;
+    if let Some(i) = (xcr0 & cfg.policy().dynamic).indices().next() {
         fp = fp
-            .grow_boxed(e, cfg, &perms, i)
+            .grow_boxed(cfg, &perms, i)
             .map_err(|err| format!("growing the guest fpstate for component {i}: {err}"))?;
     }
     // The masks KVM applies: KVM_SET_XSAVE refuses XSTATE_BV bits outside what
@@ -1005,7 +1002,7 @@ pub fn run() -> Result<Outcome, String> {
         (kvm_xcr0 & fp.info().user_features).bits(),
         export_mask.bits()
     );
-    let imported = uabi::import_abi(e, cfg, &mut fp, &got1, abi)
+    let imported = uabi::import_abi(cfg, &mut fp, &got1, abi)
         .map_err(|err| format!("uabi::import_abi refused KVM's buffer: {err}"))?;
     checks.check(
         "uabi::import_abi(Kvm) takes KVM_GET_XSAVE2's buffer",
@@ -1067,7 +1064,7 @@ pub fn run() -> Result<Outcome, String> {
 
     // --- Export and round trip through KVM ---
     let mut exported = vec![0u8; kvm_size];
-    let n = uabi::export(e, cfg, &fp, export_mask, &mut exported)
+    let n = uabi::export(cfg, &fp, export_mask, &mut exported)
         .map_err(|err| format!("uabi::export: {err}"))?;
     // Every byte of KVM's buffer: MXCSR_MASK (the one KVM's buffer held comes
     // back, as Linux's export returns it), PKRU's reserved bytes (zero), the
@@ -1092,9 +1089,9 @@ pub fn run() -> Result<Outcome, String> {
     );
 
     // --- Phase 2: new state (P3) through import/export into the guest's registers ---
-    uabi::import(e, cfg, &mut fp, &p3).map_err(|err| format!("uabi::import(P3): {err}"))?;
+    uabi::import(cfg, &mut fp, &p3).map_err(|err| format!("uabi::import(P3): {err}"))?;
     let mut e3 = vec![0u8; kvm_size];
-    uabi::export(e, cfg, &fp, export_mask, &mut e3)
+    uabi::export(cfg, &fp, export_mask, &mut e3)
         .map_err(|err| format!("uabi::export(P3): {err}"))?;
     set_xsave(vcpu, &e3, kvm_size)?;
     match run_until_stop(vcpu)? {

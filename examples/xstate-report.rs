@@ -17,7 +17,9 @@ use std::process::ExitCode;
 use xstate::XFeatures;
 use xstate::config::{Configs, FpuConfig, Policy};
 use xstate::cpuid::{CpuidSource, LiveCpuid, RecordedCpuid};
-use xstate::enumerate::{EXTENDED_START, EnumError, Enumeration, LEGACY_SIZE, SizeCheck};
+use xstate::enumerate::{
+    EXTENDED_START, EnumError, Enumeration, LEGACY_SIZE, MxcsrMaskSource, SizeCheck,
+};
 use xstate::feature::{CATALOG, name_of};
 use xstate::layout::{Form, Layout};
 
@@ -133,16 +135,6 @@ fn live_xcr0() -> Option<XFeatures> {
     xstate::insn::read_xcr0()
 }
 
-#[cfg(target_arch = "x86_64")]
-fn live_mxcsr_mask() -> Option<u32> {
-    Some(xstate::insn::read_mxcsr_mask())
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn live_mxcsr_mask() -> Option<u32> {
-    None
-}
-
 #[cfg(not(target_arch = "x86_64"))]
 fn live_xcr0() -> Option<XFeatures> {
     None
@@ -192,17 +184,14 @@ fn build(args: &Args) -> Result<Report, String> {
             )
         }
     };
-    let mut configs = Configs::new(&e, &Policy::linux(&e))
+    let configs = Configs::new(&e, &Policy::linux(&e))
         .map_err(|err| format!("Linux policy refused: {err}"))?;
     let xcomp_bv = args.xcomp_bv.unwrap_or(e.supported());
     let compacted = Layout::compacted(&e, xcomp_bv)
         .map_err(|err| format!("--xcomp-bv {:#x}: {err}", xcomp_bv.bits()))?;
-    if let Some(mask) = live_src.then(live_mxcsr_mask).flatten() {
-        configs.mxcsr_mask = mask;
-    }
     let live = live_src.then(|| {
         let xcr0 = live_xcr0();
-        let xss = configs.xss;
+        let xss = configs.xss();
         let check = xcr0.map(|x| e.check_live_sizes(&LiveCpuid, x, xss));
         Live { xcr0, xss, check }
     });
@@ -334,11 +323,11 @@ fn human(r: &Report) -> String {
     let _ = writeln!(
         o,
         "XSAVEOPT {}  XSAVEC {}  XGETBV1 {}  XSAVES {}  XFD {}",
-        yes(e.xsaveopt),
-        yes(e.xsavec),
-        yes(e.xgetbv1),
-        yes(e.xsaves),
-        yes(e.xfd)
+        yes(e.xsaveopt()),
+        yes(e.xsavec()),
+        yes(e.xgetbv1()),
+        yes(e.xsaves()),
+        yes(e.xfd())
     );
 
     let l = &r.compacted;
@@ -392,7 +381,17 @@ fn human(r: &Report) -> String {
             "  IA32_XSS: not readable from user space; assumed {:#x}, what Linux loads",
             live.xss.bits()
         );
-        let _ = writeln!(o, "  MXCSR_MASK (FXSAVE): {:#x}", r.configs.mxcsr_mask);
+        let e = r.configs.enumeration();
+        let _ = writeln!(
+            o,
+            "  MXCSR_MASK ({}): {:#x}",
+            match e.mxcsr_source() {
+                MxcsrMaskSource::Measured => "FXSAVE",
+                MxcsrMaskSource::Vendor => "the vendor's; the source cannot run FXSAVE",
+                _ => "baseline; the source names no vendor and cannot run FXSAVE",
+            },
+            e.mxcsr_mask()
+        );
         match &live.check {
             Some(Ok(c)) => {
                 let _ = writeln!(
@@ -430,9 +429,9 @@ fn human(r: &Report) -> String {
 
 fn configs(c: &Configs) -> [(&'static str, &FpuConfig); 3] {
     [
-        ("kernel", &c.kernel),
-        ("user", &c.user),
-        ("guest", &c.guest),
+        ("kernel", c.kernel()),
+        ("user", c.user()),
+        ("guest", c.guest()),
     ]
 }
 
@@ -578,7 +577,7 @@ fn dmesg(r: &Report) -> Result<String, String> {
         p.guest_only &= p.enabled;
     }
     let c = Configs::new(e, &p).map_err(|err| format!("Linux policy refused: {err}"))?;
-    let mask = c.guest.max_features;
+    let mask = c.guest().max_features;
     let l =
         Layout::compacted(e, mask).map_err(|err| format!("layout of {:#x}: {err}", mask.bits()))?;
     let mut o = String::new();
@@ -606,8 +605,8 @@ fn dmesg(r: &Report) -> Result<String, String> {
         o,
         "x86/fpu: Enabled xstate features {:#x}, context size is {} bytes, using '{}' format.",
         mask.bits(),
-        c.guest.max_size,
-        form_name(c.guest.form)
+        c.guest().max_size,
+        form_name(c.guest().form)
     );
     Ok(o)
 }

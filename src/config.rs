@@ -50,10 +50,10 @@ impl Policy {
     pub fn linux(e: &Enumeration) -> Self {
         let usable = e.usable();
         let mut enabled = LINUX_USER & e.xcr0_supported() & usable;
-        if !e.xfd {
+        if !e.xfd() {
             enabled -= XFeatures::DYNAMIC;
         }
-        if e.xsaves {
+        if e.xsaves() {
             enabled |= (LINUX_SUPERVISOR | XFeatures::INDEPENDENT) & e.xss_supported() & usable;
         }
         Self {
@@ -141,7 +141,10 @@ impl fmt::Display for ConfigError {
 }
 
 /// One configuration: which components its buffers hold and how big they are.
+/// Made only by [`Configs::new`], read through [`Configs::kernel`],
+/// [`Configs::user`] and [`Configs::guest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FpuConfig {
     /// Every component a buffer of this config can ever hold.
     pub max_features: XFeatures,
@@ -156,30 +159,49 @@ pub struct FpuConfig {
     pub form: Form,
 }
 
-/// The three configurations a kernel keeps, plus what they were derived from.
+/// The handle every fpstate belongs to: the CPU's [`Enumeration`], the
+/// [`Policy`] applied to it, and the three configurations derived from them
+/// (Linux's `fpu_kernel_cfg`, `fpu_user_cfg` and guest defaults).
+///
+/// Built and checked once by [`Configs::new`], then read through accessors:
+/// nothing can make the configs disagree with the enumeration they came from.
+/// Every fpstate operation takes this one handle, and an fpstate remembers the
+/// handle it was made under: handing it to another one is refused
+/// ([`ForeignFpstate`](crate::error::ForeignFpstate)).
+///
+/// Nothing outside the crate can change a config once made, nor make one:
+///
+/// ```compile_fail
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}, layout::Form};
+/// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-knights-landing-xeon-phi-7210.txt")).unwrap()).unwrap();
+/// let mut cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+/// cfg.kernel.form = Form::Compacted; // a standard-form CPU's configs, claiming compacted buffers
+/// ```
+///
+/// ```compile_fail
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration};
+/// # let mut e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-haswell-core-i7-4770.txt")).unwrap()).unwrap();
+/// e.xsavec = true; // an instruction the CPU lacks
+/// ```
+///
+/// ```compile_fail
+/// # use xstate::{config::FpuConfig, layout::Form, XFeatures};
+/// let forged = FpuConfig { max_features: XFeatures::all(), default_features: XFeatures::all(),
+///     max_size: 576, default_size: 576, form: Form::Compacted };
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Configs {
-    /// Host kernel fpstates (compacted with XSAVEC/XSAVES, standard otherwise).
-    pub kernel: FpuConfig,
-    /// The user ABI (standard form): signal frames, ptrace, KVM_GET/SET_XSAVE.
-    pub user: FpuConfig,
-    /// Guest fpstates: like the kernel's, plus the guest-only components.
-    pub guest: FpuConfig,
-    /// The policy.
-    pub policy: Policy,
-    /// The value to load into XCR0.
-    pub xcr0: XFeatures,
-    /// The value to load into IA32_XSS (fpstate components and independent ones).
-    pub xss: XFeatures,
-    /// MXCSR bits the CPU supports (what FXSAVE reports as MXCSR_MASK). CPUID does
-    /// not tell; every CPU with XSAVE has DAZ, so the default is 0xffff. A kernel
-    /// sets what it read at boot ([`crate::insn::read_mxcsr_mask`]): AMD CPUs
-    /// report 0x2ffff, and with the default Linux-valid MXCSR values are refused.
-    pub mxcsr_mask: u32,
+    e: Enumeration,
+    kernel: FpuConfig,
+    user: FpuConfig,
+    guest: FpuConfig,
+    policy: Policy,
+    xcr0: XFeatures,
+    xss: XFeatures,
     /// Kernel-form layouts of host default, host max, guest default, guest max.
     layouts: [Layout; 4],
-    /// The CPU has XSAVEOPT (CPUID(0xD,1).EAX\[0\]).
-    xsaveopt: bool,
+    /// A fingerprint of everything above, stamped into each fpstate.
+    stamp: u64,
 }
 
 impl Configs {
@@ -193,9 +215,9 @@ impl Configs {
     /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}, XFeatures};
     /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
     /// let c = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    /// assert!(!c.kernel.default_features.contains(XFeatures::CET_S));
-    /// assert!(c.guest.default_features.contains(XFeatures::CET_S));
-    /// assert_eq!(c.guest.default_size, c.kernel.default_size + 24);
+    /// assert!(!c.kernel().default_features.contains(XFeatures::CET_S));
+    /// assert!(c.guest().default_features.contains(XFeatures::CET_S));
+    /// assert_eq!(c.guest().default_size, c.kernel().default_size + 24);
     /// ```
     pub fn new(e: &Enumeration, p: &Policy) -> Result<Self, ConfigError> {
         let bad = p.enabled - e.supported();
@@ -207,7 +229,7 @@ impl Configs {
             return Err(ConfigError::NotUsable { mask: bad.bits() });
         }
         let sup = p.enabled & e.xss_supported();
-        if !sup.is_empty() && !e.xsaves {
+        if !sup.is_empty() && !e.xsaves() {
             return Err(ConfigError::NoXsaves { mask: sup.bits() });
         }
         if !p.enabled.contains(XFeatures::LEGACY) {
@@ -227,7 +249,7 @@ impl Configs {
         if !bad.is_empty() {
             return Err(ConfigError::BadSupervisorGroup { mask: bad.bits() });
         }
-        let form = if e.xsavec || e.xsaves {
+        let form = if e.xsavec() || e.xsaves() {
             Form::Compacted
         } else {
             Form::Standard
@@ -267,24 +289,117 @@ impl Configs {
                 mask: guest_max.bits(),
             })?,
         ];
-        Ok(Self {
+        let mut c = Self {
+            e: e.clone(),
             kernel: cfg(host_max, host_default, form, &size),
             user: cfg(user_max, user_max - p.dynamic, Form::Standard, &std_size),
             guest: cfg(guest_max, guest_default, form, &size),
             policy: *p,
             xcr0: user_max,
             xss: sup,
-            mxcsr_mask: 0xffff,
             layouts,
-            xsaveopt: e.xsaveopt,
-        })
+            stamp: 0,
+        };
+        c.stamp = c.fingerprint();
+        Ok(c)
     }
 
-    /// Whether the CPU has XSAVEOPT: a standard-form save uses it, else plain
-    /// XSAVE (Linux's order: XSAVES, XSAVEC, XSAVEOPT, XSAVE).
+    /// FNV-1a over what decides an fpstate's layout and meaning: the masks, the
+    /// sizes and forms, the component table and the MXCSR mask.
+    fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |v: u64| {
+            for b in v.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        let p = &self.policy;
+        for m in [
+            p.enabled,
+            p.dynamic,
+            p.independent,
+            p.guest_only,
+            self.xcr0,
+            self.xss,
+        ] {
+            mix(m.bits());
+        }
+        for c in [&self.kernel, &self.user, &self.guest] {
+            mix(c.max_features.bits());
+            mix(c.default_features.bits());
+            mix(u64::from(c.max_size) << 32 | u64::from(c.default_size));
+            mix(u64::from(c.form == Form::Compacted));
+        }
+        for c in self.e.components() {
+            mix(u64::from(c.size) << 32 | u64::from(c.std_offset));
+            mix(u64::from(c.supervisor) | u64::from(c.align64) << 1 | u64::from(c.xfd) << 2);
+        }
+        mix(u64::from(self.e.mxcsr_mask()));
+        mix(u64::from(self.e.xsaveopt()));
+        h
+    }
+
+    /// The enumeration these configs were derived from.
+    #[inline]
+    pub const fn enumeration(&self) -> &Enumeration {
+        &self.e
+    }
+
+    /// Host kernel fpstates (compacted with XSAVEC/XSAVES, standard otherwise).
+    #[inline]
+    pub const fn kernel(&self) -> &FpuConfig {
+        &self.kernel
+    }
+
+    /// The user ABI (standard form): signal frames, ptrace, KVM_GET/SET_XSAVE.
+    #[inline]
+    pub const fn user(&self) -> &FpuConfig {
+        &self.user
+    }
+
+    /// Guest fpstates: like the kernel's, plus the guest-only components.
+    #[inline]
+    pub const fn guest(&self) -> &FpuConfig {
+        &self.guest
+    }
+
+    /// The policy the configs apply.
+    #[inline]
+    pub const fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The value to load into XCR0.
+    #[inline]
+    pub const fn xcr0(&self) -> XFeatures {
+        self.xcr0
+    }
+
+    /// The value to load into IA32_XSS (fpstate components and independent ones).
+    #[inline]
+    pub const fn xss(&self) -> XFeatures {
+        self.xss
+    }
+
+    /// MXCSR bits the CPU supports (FXSAVE's MXCSR_MASK), from the enumeration
+    /// ([`Enumeration::mxcsr_mask`]): user MXCSR values outside it are refused,
+    /// and the uabi export writes it.
+    #[inline]
+    pub const fn mxcsr_mask(&self) -> u32 {
+        self.e.mxcsr_mask()
+    }
+
+    /// The stamp an fpstate made under these configs carries.
+    #[inline]
+    pub(crate) const fn stamp(&self) -> u64 {
+        self.stamp
+    }
+
+    /// Whether the CPU has XSAVEOPT (CPUID(0xD,1).EAX\[0\]): a standard-form save
+    /// uses it, else plain XSAVE (Linux's order: XSAVES, XSAVEC, XSAVEOPT, XSAVE).
     #[inline]
     pub const fn has_xsaveopt(&self) -> bool {
-        self.xsaveopt
+        self.e.xsaveopt()
     }
 
     /// The RFBM every fpstate save and restore uses: all fpstate components, the

@@ -26,11 +26,23 @@ pub trait CpuidSource {
     /// The registers for `leaf`, `subleaf`. A source that has no entry answers
     /// all zeros, as a CPU does for a subleaf it does not define.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult;
+
+    /// MXCSR_MASK as FXSAVE reports it on this CPU (0 read as the architectural
+    /// 0xffbf), if the source can measure it: CPUID does not enumerate it. The
+    /// live CPU can; a recording cannot, and
+    /// [`Enumeration::mxcsr_mask`](crate::enumerate::Enumeration::mxcsr_mask) then
+    /// takes the vendor's value.
+    fn mxcsr_mask(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl<T: CpuidSource + ?Sized> CpuidSource for &T {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         (**self).cpuid(leaf, subleaf)
+    }
+    fn mxcsr_mask(&self) -> Option<u32> {
+        (**self).mxcsr_mask()
     }
 }
 
@@ -45,6 +57,11 @@ cfg_if::cfg_if! {
             fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
                 let r = x86::cpuid::native_cpuid::cpuid_count(leaf, subleaf);
                 CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+            }
+
+            /// FXSAVE's MXCSR_MASK ([`crate::insn::read_mxcsr_mask`]).
+            fn mxcsr_mask(&self) -> Option<u32> {
+                Some(crate::insn::read_mxcsr_mask())
             }
         }
     } else {

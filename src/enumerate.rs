@@ -16,12 +16,17 @@ pub const LEGACY_SIZE: u32 = 512;
 pub const HEADER_SIZE: u32 = 64;
 /// Where the extended region starts, in both forms.
 pub const EXTENDED_START: u32 = LEGACY_SIZE + HEADER_SIZE;
+/// The MXCSR bits every CPU with XSAVE implements (the architectural MXCSR_MASK
+/// of a CPU without DAZ, which FXSAVE reports as 0): an MXCSR_MASK without all of
+/// them is not a real CPU's.
+pub const MXCSR_MASK_MIN: u32 = 0xffbf;
 /// Largest size accepted for one component. The largest defined today is AMX
 /// TILEDATA, 8 KiB; anything past 1 MiB is a lie meant to overflow something.
 pub const MAX_COMPONENT_SIZE: u32 = 1 << 20;
 
 /// One component as CPUID(0xD, i) describes it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Component {
     /// Size in bytes (EAX).
     pub size: u32,
@@ -153,6 +158,11 @@ pub enum EnumError {
         /// The architectural size.
         arch_size: u32,
     },
+    /// An MXCSR_MASK without every bit of [`MXCSR_MASK_MIN`].
+    BadMxcsrMask {
+        /// The mask given.
+        mask: u32,
+    },
 }
 
 impl fmt::Display for EnumError {
@@ -211,12 +221,19 @@ impl fmt::Display for EnumError {
                 f,
                 "component {index} claims {size} bytes; the architecture fixes {arch_size}"
             ),
+            Self::BadMxcsrMask { mask } => write!(
+                f,
+                "MXCSR_MASK {mask:#x} lacks bits every XSAVE CPU implements ({MXCSR_MASK_MIN:#x})"
+            ),
         }
     }
 }
 
 /// The XSAVE facts of one CPU, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Two enumerations are equal when they state the same facts: where the MXCSR
+/// mask came from ([`Self::mxcsr_source`]) is not one of them.
+#[derive(Clone, Debug)]
 pub struct Enumeration {
     xcr0_supported: XFeatures,
     xss_supported: XFeatures,
@@ -226,17 +243,67 @@ pub struct Enumeration {
     reported_max_standard: u32,
     standard_max_size: u32,
     compacted_max_size: u32,
-    /// CPUID(0xD,1).EAX\[0\]: XSAVEOPT.
-    pub xsaveopt: bool,
-    /// CPUID(0xD,1).EAX\[1\]: XSAVEC and the compacted form.
-    pub xsavec: bool,
-    /// CPUID(0xD,1).EAX\[2\]: XGETBV with ECX = 1 (XINUSE).
-    pub xgetbv1: bool,
-    /// CPUID(0xD,1).EAX\[3\]: XSAVES/XRSTORS and IA32_XSS.
-    pub xsaves: bool,
-    /// CPUID(0xD,1).EAX\[4\]: extended feature disable (XFD).
-    pub xfd: bool,
+    xsaveopt: bool,
+    xsavec: bool,
+    xgetbv1: bool,
+    xsaves: bool,
+    xfd: bool,
+    mxcsr_mask: u32,
+    mxcsr_source: MxcsrMaskSource,
 }
+
+impl PartialEq for Enumeration {
+    fn eq(&self, o: &Self) -> bool {
+        // Every field but the MXCSR mask's provenance, listed so that a new
+        // field cannot be forgotten here.
+        let Self {
+            xcr0_supported,
+            xss_supported,
+            usable,
+            flags_known,
+            comps,
+            reported_max_standard,
+            standard_max_size,
+            compacted_max_size,
+            xsaveopt,
+            xsavec,
+            xgetbv1,
+            xsaves,
+            xfd,
+            mxcsr_mask,
+            mxcsr_source: _,
+        } = self;
+        (
+            *xcr0_supported,
+            *xss_supported,
+            *usable,
+            *flags_known,
+            comps,
+            *reported_max_standard,
+            *standard_max_size,
+            *compacted_max_size,
+        ) == (
+            o.xcr0_supported,
+            o.xss_supported,
+            o.usable,
+            o.flags_known,
+            &o.comps,
+            o.reported_max_standard,
+            o.standard_max_size,
+            o.compacted_max_size,
+        ) && (*xsaveopt, *xsavec, *xgetbv1, *xsaves, *xfd, *mxcsr_mask)
+            == (
+                o.xsaveopt,
+                o.xsavec,
+                o.xgetbv1,
+                o.xsaves,
+                o.xfd,
+                o.mxcsr_mask,
+            )
+    }
+}
+
+impl Eq for Enumeration {}
 
 /// The facts of the legacy components, fixed by the SDM (Linux uses the same).
 const LEGACY_COMPONENTS: [Component; 2] = [
@@ -370,6 +437,11 @@ impl Enumeration {
         // Every supported component, compacted: the largest area XSAVES can write.
         let compacted_max_size =
             compacted_end(&comps, supported).ok_or(EnumError::CompactedTooLarge)?;
+        let (mxcsr_mask, mxcsr_source) = match src.mxcsr_mask() {
+            Some(m) if m & MXCSR_MASK_MIN == MXCSR_MASK_MIN => (m, MxcsrMaskSource::Measured),
+            Some(m) => return Err(EnumError::BadMxcsrMask { mask: m }),
+            None => vendor_mxcsr_mask(src),
+        };
         if s0.ecx < standard_max_size {
             return Err(EnumError::ReportedTooSmall {
                 report: SizeReport::MaxStandard,
@@ -391,7 +463,73 @@ impl Enumeration {
             xgetbv1: s1.eax & 4 != 0,
             xsaves: s1.eax & 8 != 0,
             xfd: s1.eax & 16 != 0,
+            mxcsr_mask,
+            mxcsr_source,
         })
+    }
+
+    /// This enumeration with MXCSR_MASK `mask`: what FXSAVE reported on the CPU
+    /// the enumeration describes, when the [`CpuidSource`] could not measure it
+    /// (a recording taken on another machine, with the value noted beside it).
+    ///
+    /// # Errors
+    /// [`EnumError::BadMxcsrMask`] if `mask` lacks a bit every CPU with XSAVE
+    /// implements ([`MXCSR_MASK_MIN`]); such a mask would refuse valid user state.
+    pub const fn with_mxcsr_mask(mut self, mask: u32) -> Result<Self, EnumError> {
+        if mask & MXCSR_MASK_MIN != MXCSR_MASK_MIN {
+            return Err(EnumError::BadMxcsrMask { mask });
+        }
+        self.mxcsr_mask = mask;
+        self.mxcsr_source = MxcsrMaskSource::Measured;
+        Ok(self)
+    }
+
+    /// CPUID(0xD,1).EAX\[0\]: XSAVEOPT.
+    #[inline]
+    pub const fn xsaveopt(&self) -> bool {
+        self.xsaveopt
+    }
+
+    /// CPUID(0xD,1).EAX\[1\]: XSAVEC and the compacted form.
+    #[inline]
+    pub const fn xsavec(&self) -> bool {
+        self.xsavec
+    }
+
+    /// CPUID(0xD,1).EAX\[2\]: XGETBV with ECX = 1 (XINUSE).
+    #[inline]
+    pub const fn xgetbv1(&self) -> bool {
+        self.xgetbv1
+    }
+
+    /// CPUID(0xD,1).EAX\[3\]: XSAVES/XRSTORS and IA32_XSS.
+    #[inline]
+    pub const fn xsaves(&self) -> bool {
+        self.xsaves
+    }
+
+    /// CPUID(0xD,1).EAX\[4\]: extended feature disable (XFD).
+    #[inline]
+    pub const fn xfd(&self) -> bool {
+        self.xfd
+    }
+
+    /// The MXCSR bits the CPU implements, as FXSAVE reports them in MXCSR_MASK:
+    /// Linux refuses user MXCSR values outside it, and its uabi export writes it.
+    /// CPUID does not enumerate it; [`Self::mxcsr_source`] says where it came
+    /// from ([`MxcsrMaskSource`]): measured by the source (the live CPU runs
+    /// FXSAVE) or given to [`Self::with_mxcsr_mask`]; else the vendor's value;
+    /// else the baseline 0xffff, the smaller choice, so that nothing a CPU
+    /// would refuse is ever accepted.
+    #[inline]
+    pub const fn mxcsr_mask(&self) -> u32 {
+        self.mxcsr_mask
+    }
+
+    /// Where [`Self::mxcsr_mask`] came from.
+    #[inline]
+    pub const fn mxcsr_source(&self) -> MxcsrMaskSource {
+        self.mxcsr_source
     }
 
     /// Cross-check the live size reports, which depend on the XCR0 and IA32_XSS in
@@ -556,6 +694,37 @@ pub struct SizeCheck {
     pub standard_excess: u32,
     /// CPUID(0xD,1).EBX minus the computed compacted size (0 without XSAVEC/XSAVES).
     pub compacted_excess: u32,
+}
+
+/// Where an enumeration's MXCSR mask came from (see [`Enumeration::mxcsr_mask`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MxcsrMaskSource {
+    /// FXSAVE on the CPU itself ([`CpuidSource::mxcsr_mask`]), or a value given
+    /// to [`Enumeration::with_mxcsr_mask`].
+    Measured,
+    /// The vendor's value, from CPUID leaf 0: 0x2ffff for AMD and Hygon (bit 17,
+    /// misaligned-SSE mode, which AMD CPUs with XSAVE implement: a Zen 4 reports
+    /// 0x2ffff), 0xffff for the others (every CPU with XSAVE has DAZ).
+    Vendor,
+    /// The source names no vendor (a recording of leaf 0xD without leaf 0):
+    /// 0xffff, the mask every CPU with XSAVE has. On an AMD CPU it refuses MXCSR
+    /// values with bit 17 that the CPU would take: a kernel measures instead.
+    Baseline,
+}
+
+/// MXCSR_MASK by vendor, for a source that cannot run FXSAVE (see
+/// [`MxcsrMaskSource`]).
+fn vendor_mxcsr_mask(src: &impl CpuidSource) -> (u32, MxcsrMaskSource) {
+    let v = src.cpuid(0, 0);
+    let vendor = v.ebx.to_le_bytes();
+    if vendor == *b"Auth" || vendor == *b"Hygo" {
+        (0x2_ffff, MxcsrMaskSource::Vendor)
+    } else if v.ebx != 0 {
+        (0xffff, MxcsrMaskSource::Vendor)
+    } else {
+        (0xffff, MxcsrMaskSource::Baseline)
+    }
 }
 
 /// The catalogued components whose CPUID feature flag is set in `src`, or `None`

@@ -301,6 +301,7 @@ const fn number(b: &[u8], at: usize, radix: u32) -> (u32, usize) {
 
 /// The facts of one component. `features/NN-name.conf` holds the same facts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FeatureInfo {
     /// The component.
     pub feature: XFeature,

@@ -14,7 +14,7 @@ use memoffset::offset_of;
 use static_assertions::const_assert_eq;
 
 use crate::config::Configs;
-use crate::enumerate::Enumeration;
+use crate::error::{BufferTooSmall, ForeignFpstate};
 use crate::feature::XFeatures;
 use crate::insn::{Fault, Insn, XsaveUnit};
 use crate::layout::{Form, Layout, LayoutError, XSAVE_ALIGN};
@@ -100,12 +100,9 @@ pub const FCW_DEFAULT: u16 = 0x037f;
 #[non_exhaustive]
 pub enum FpstateError {
     /// The storage is smaller than the buffer needs.
-    BufferTooSmall {
-        /// Bytes needed.
-        needed: u32,
-        /// Bytes given.
-        got: usize,
-    },
+    BufferTooSmall(BufferTooSmall),
+    /// The fpstate was made under other configs.
+    Foreign(ForeignFpstate),
     /// The storage does not start on a 64-byte boundary.
     Misaligned {
         /// The address modulo 64.
@@ -133,9 +130,8 @@ pub enum FpstateError {
 impl fmt::Display for FpstateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::BufferTooSmall { needed, got } => {
-                write!(f, "buffer of {got} bytes, {needed} needed")
-            }
+            Self::BufferTooSmall(b) => write!(f, "storage: {b}"),
+            Self::Foreign(x) => x.fmt(f),
             Self::Misaligned { misalignment } => {
                 write!(f, "buffer is {misalignment} bytes past a 64-byte boundary")
             }
@@ -155,6 +151,12 @@ impl fmt::Display for FpstateError {
 impl From<LayoutError> for FpstateError {
     fn from(e: LayoutError) -> Self {
         Self::Layout(e)
+    }
+}
+
+impl From<ForeignFpstate> for FpstateError {
+    fn from(x: ForeignFpstate) -> Self {
+        Self::Foreign(x)
     }
 }
 
@@ -261,6 +263,7 @@ pub enum Mode {
 
 /// What an fpstate holds, like the header of Linux's `struct fpstate`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FpstateInfo {
     /// Components with space in the buffer (XCOMP_BV without bit 63).
     pub features: XFeatures,
@@ -282,6 +285,8 @@ pub struct FpstateInfo {
 #[derive(Debug)]
 pub struct Fpstate<S: Storage> {
     info: FpstateInfo,
+    /// [`Configs`]' stamp: the handle this fpstate was made under.
+    stamp: u64,
     storage: S,
 }
 
@@ -294,37 +299,32 @@ impl<S: Storage> Fpstate<S> {
     /// # Errors
     /// [`FpstateError::BufferTooSmall`] or [`FpstateError::Misaligned`]; the
     /// storage is not written then.
-    pub fn new_in(
-        e: &Enumeration,
-        cfg: &Configs,
-        owner: Owner,
-        storage: S,
-    ) -> Result<Self, FpstateError> {
+    pub fn new_in(cfg: &Configs, owner: Owner, storage: S) -> Result<Self, FpstateError> {
         let features = match owner {
-            Owner::Host => cfg.kernel.default_features,
-            Owner::Guest => cfg.guest.default_features,
+            Owner::Host => cfg.kernel().default_features,
+            Owner::Guest => cfg.guest().default_features,
         };
-        Self::with_features(e, cfg, owner, features, storage)
+        Self::with_features(cfg, owner, features, storage)
     }
 
     fn with_features(
-        e: &Enumeration,
         cfg: &Configs,
         owner: Owner,
         features: XFeatures,
         mut storage: S,
     ) -> Result<Self, FpstateError> {
-        let form = cfg.kernel.form;
+        let e = cfg.enumeration();
+        let form = cfg.kernel().form;
         let size = match form {
             Form::Compacted => e.compacted_size(features),
             Form::Standard => e.standard_size(features),
         };
         check_storage(storage.bytes(), size)?;
-        let user_features = features & cfg.user.max_features;
+        let user_features = features & cfg.user().max_features;
         let info = FpstateInfo {
             features,
             user_features,
-            xfd: cfg.policy.dynamic - features,
+            xfd: cfg.policy().dynamic - features,
             size,
             user_size: e.standard_size(user_features),
             form,
@@ -341,7 +341,24 @@ impl<S: Storage> Fpstate<S> {
                 crate::XCOMP_BV_COMPACTED | features.bits(),
             );
         }
-        Ok(Self { info, storage })
+        Ok(Self {
+            info,
+            stamp: cfg.stamp(),
+            storage,
+        })
+    }
+
+    /// Whether this fpstate was made under `cfg`.
+    ///
+    /// # Errors
+    /// [`ForeignFpstate`] if it was made under other configs.
+    #[inline]
+    pub fn check_configs(&self, cfg: &Configs) -> Result<(), ForeignFpstate> {
+        if self.stamp == cfg.stamp() {
+            Ok(())
+        } else {
+            Err(ForeignFpstate)
+        }
     }
 
     /// What the fpstate holds.
@@ -415,7 +432,7 @@ impl<S: Storage> Fpstate<S> {
         let insn = self.insn(cfg, mode, false)?;
         let rfbm = match mode {
             Mode::Supervisor => cfg.rfbm(),
-            Mode::User => cfg.rfbm() & cfg.xcr0,
+            Mode::User => cfg.rfbm() & cfg.xcr0(),
         };
         unit.restore(insn, self.area(), rfbm)?;
         Ok(())
@@ -423,12 +440,13 @@ impl<S: Storage> Fpstate<S> {
 
     #[inline]
     fn insn(&self, cfg: &Configs, mode: Mode, save: bool) -> Result<Insn, FpstateError> {
+        self.check_configs(cfg)?;
         Ok(match (mode, self.info.form, save) {
             (Mode::Supervisor, _, true) => Insn::Xsaves,
             (Mode::Supervisor, _, false) => Insn::Xrstors,
-            (Mode::User, _, _) if !(self.info.features & cfg.xss).is_empty() => {
+            (Mode::User, _, _) if !(self.info.features & cfg.xss()).is_empty() => {
                 return Err(FpstateError::NeedsSupervisor {
-                    mask: (self.info.features & cfg.xss).bits(),
+                    mask: (self.info.features & cfg.xss()).bits(),
                 });
             }
             (Mode::User, Form::Compacted, true) => Insn::Xsavec,
@@ -456,21 +474,22 @@ impl<S: Storage> Fpstate<S> {
     /// of [`Fpstate::new_in`].
     pub fn grow<T: Storage>(
         &self,
-        e: &Enumeration,
         cfg: &Configs,
         perms: &ProcessPerms,
         index: u32,
         storage: T,
     ) -> Result<Fpstate<T>, FpstateError> {
+        self.check_configs(cfg)?;
+        let e = cfg.enumeration();
         let permitted = perms.get(self.perm_kind()).features;
         if !permitted.has_index(index) {
             return Err(FpstateError::NotPermitted { index });
         }
-        let features = self.info.features | (permitted & cfg.policy.dynamic);
+        let features = self.info.features | (permitted & cfg.policy().dynamic);
         if features == self.info.features {
             return Err(FpstateError::NothingToGrow);
         }
-        let mut new = Fpstate::with_features(e, cfg, self.info.owner, features, storage)?;
+        let mut new = Fpstate::with_features(cfg, self.info.owner, features, storage)?;
         let (old_l, new_l) = match self.info.form {
             Form::Compacted => (
                 Layout::compacted(e, self.info.features)?,
@@ -503,14 +522,13 @@ impl Fpstate<BoxedArea> {
     /// A fresh fpstate on the heap, exactly as large as its config says.
     ///
     /// # Errors
-    /// [`FpstateError::BufferTooSmall`] only if `cfg` was derived from another
-    /// enumeration than `e`.
-    pub fn new_boxed(e: &Enumeration, cfg: &Configs, owner: Owner) -> Result<Self, FpstateError> {
+    /// None in practice: the area is sized from `cfg` itself.
+    pub fn new_boxed(cfg: &Configs, owner: Owner) -> Result<Self, FpstateError> {
         let size = match owner {
-            Owner::Host => cfg.kernel.default_size,
-            Owner::Guest => cfg.guest.default_size,
+            Owner::Host => cfg.kernel().default_size,
+            Owner::Guest => cfg.guest().default_size,
         };
-        Self::new_in(e, cfg, owner, BoxedArea::zeroed(size as usize))
+        Self::new_in(cfg, owner, BoxedArea::zeroed(size as usize))
     }
 
     /// [`Fpstate::grow`] into a fresh heap area.
@@ -519,18 +537,19 @@ impl Fpstate<BoxedArea> {
     /// As for [`Fpstate::grow`].
     pub fn grow_boxed(
         &self,
-        e: &Enumeration,
         cfg: &Configs,
         perms: &ProcessPerms,
         index: u32,
     ) -> Result<Self, FpstateError> {
+        self.check_configs(cfg)?;
+        let e = cfg.enumeration();
         let features =
-            self.info.features | (perms.get(self.perm_kind()).features & cfg.policy.dynamic);
+            self.info.features | (perms.get(self.perm_kind()).features & cfg.policy().dynamic);
         let size = match self.info.form {
             Form::Compacted => e.compacted_size(features),
             Form::Standard => e.standard_size(features),
         };
-        self.grow(e, cfg, perms, index, BoxedArea::zeroed(size as usize))
+        self.grow(cfg, perms, index, BoxedArea::zeroed(size as usize))
     }
 }
 
@@ -558,10 +577,10 @@ fn check_storage(bytes: &[u8], size: u32) -> Result<(), FpstateError> {
         return Err(FpstateError::Misaligned { misalignment });
     }
     if bytes.len() < size as usize {
-        return Err(FpstateError::BufferTooSmall {
-            needed: size,
+        return Err(FpstateError::BufferTooSmall(BufferTooSmall {
+            needed: size as usize,
             got: bytes.len(),
-        });
+        }));
     }
     Ok(())
 }

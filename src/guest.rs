@@ -14,6 +14,7 @@ use bitflags::bitflags;
 use crate::config::{Configs, LINUX_SUPERVISOR, LINUX_USER};
 use crate::cpuid::{CpuidResult, CpuidSource};
 use crate::enumerate::{EXTENDED_START, Enumeration};
+use crate::error::BufferTooSmall;
 use crate::feature::CATALOG;
 use crate::feature::XFeatures;
 use crate::fpstate::{Fpstate, Storage};
@@ -48,19 +49,19 @@ impl XsaveFlags {
     /// ```
     pub const fn of(e: &Enumeration) -> Self {
         let mut f = Self::empty();
-        if e.xsaveopt {
+        if e.xsaveopt() {
             f = f.union(Self::XSAVEOPT);
         }
-        if e.xsavec {
+        if e.xsavec() {
             f = f.union(Self::XSAVEC);
         }
-        if e.xgetbv1 {
+        if e.xgetbv1() {
             f = f.union(Self::XGETBV1);
         }
-        if e.xsaves {
+        if e.xsaves() {
             f = f.union(Self::XSAVES);
         }
-        if e.xfd {
+        if e.xfd() {
             f = f.union(Self::XFD);
         }
         f
@@ -743,7 +744,7 @@ impl GuestXsave {
     /// `fp` with [`Fpstate::grow`] for the returned index (which needs the
     /// process's guest permission) before the vCPU runs.
     pub fn dynamic_to_grow<S: Storage>(&self, cfg: &Configs, fp: &Fpstate<S>) -> Option<u32> {
-        ((self.xcr0_allowed & cfg.policy.dynamic) - fp.info().features)
+        ((self.xcr0_allowed & cfg.policy().dynamic) - fp.info().features)
             .indices()
             .next()
     }
@@ -776,7 +777,7 @@ impl GuestXsave {
     /// let mut g = GuestXsave::new(&e, &all, e.xcr0_supported(), XFeatures::empty(), XsaveFlags::of(&e))?;
     /// # #[repr(C, align(64))] struct Storage([u8; 16384]);
     /// # let mut storage = Storage([0; 16384]);
-    /// let mut fp = Fpstate::new_in(&e, &cfg, Owner::Guest, &mut storage.0[..]).unwrap();
+    /// let mut fp = Fpstate::new_in(&cfg, Owner::Guest, &mut storage.0[..]).unwrap();
     /// assert_eq!(g.xfd_allowed(), XFeatures::XTILE_DATA);
     /// assert_eq!(g.set_xfd(XFeatures::XTILE_DATA, &mut fp), Ok(XFeatures::empty()));
     /// assert!(matches!(g.set_xfd(XFeatures::XTILE_CFG, &mut fp), Err(GuestError::XfdNotAllowed { .. })));
@@ -978,7 +979,8 @@ impl GuestXsave {
 }
 
 /// Only leaf 0xD is answered (every other leaf reads as zero), so
-/// [`Enumeration::from_cpuid`] reads back exactly what the guest would.
+/// [`Enumeration::from_cpuid`] reads back exactly what the guest would. The
+/// guest runs on the host's SSE unit: its MXCSR_MASK is the host's.
 impl CpuidSource for GuestXsave {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         if leaf == 0xd {
@@ -986,6 +988,10 @@ impl CpuidSource for GuestXsave {
         } else {
             CpuidResult::default()
         }
+    }
+
+    fn mxcsr_mask(&self) -> Option<u32> {
+        Some(self.host.mxcsr_mask())
     }
 }
 
@@ -1129,10 +1135,12 @@ pub fn translate(
 ) -> Result<usize, GuestError> {
     let head = EXTENDED_START as usize;
     let xstate_bv = crate::uabi::standard_header(buf_src)?;
-    let header = buf_src.get(..head).ok_or(UabiError::BufferTooSmall {
-        needed: head,
-        got: buf_src.len(),
-    })?;
+    let header = buf_src
+        .get(..head)
+        .ok_or(UabiError::BufferTooSmall(BufferTooSmall {
+            needed: head,
+            got: buf_src.len(),
+        }))?;
     let bad = xstate_bv - src.xcr0_supported();
     if !bad.is_empty() {
         return Err(GuestError::NotOnSource { mask: bad.bits() });
@@ -1145,18 +1153,19 @@ pub fn translate(
     let needed = src.standard_size(xstate_bv) as usize;
     let buf_src = buf_src
         .get(..needed)
-        .ok_or(GuestError::Uabi(UabiError::BufferTooSmall {
-            needed,
-            got: buf_src.len(),
-        }))?;
+        .ok_or(GuestError::Uabi(UabiError::BufferTooSmall(
+            BufferTooSmall {
+                needed,
+                got: buf_src.len(),
+            },
+        )))?;
     let size = dst.standard_size(xstate_bv) as usize;
     let got = out.len();
     let out = out
         .get_mut(..size)
-        .ok_or(GuestError::Uabi(UabiError::BufferTooSmall {
-            needed: size,
-            got,
-        }))?;
+        .ok_or(GuestError::Uabi(UabiError::BufferTooSmall(
+            BufferTooSmall { needed: size, got },
+        )))?;
 
     out[..head].copy_from_slice(header);
     out[head..].fill(0);
@@ -1450,10 +1459,9 @@ impl SideState {
         let got = out.len();
         let out = out
             .get_mut(..n)
-            .ok_or(GuestError::Uabi(UabiError::BufferTooSmall {
-                needed: n,
-                got,
-            }))?;
+            .ok_or(GuestError::Uabi(UabiError::BufferTooSmall(
+                BufferTooSmall { needed: n, got },
+            )))?;
         out[..4].copy_from_slice(&SIDE_MAGIC);
         out[4..8].copy_from_slice(&(self.regs.len() as u32).to_le_bytes());
         for (k, reg) in self.regs.iter().enumerate() {
@@ -1651,6 +1659,7 @@ impl CpuidSource for LeafTable {
 
 /// Linux keeps XSAVE: what `fpu__init_system_xstate` ends with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LinuxXsave {
     /// The features Linux enables (`fpu_kernel_cfg.max_features`).
     pub features: XFeatures,
@@ -1688,6 +1697,7 @@ impl LinuxXsave {
 /// One of Linux's structure-size warnings: CPUID gives component `index`
 /// another size than Linux's structure for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StructWarning {
     /// The component.
     pub index: u32,

@@ -358,7 +358,7 @@ impl Cpu {
             return Err(CpuError::XsaveNotEnabled);
         }
         let e = Enumeration::from_cpuid(&LiveCpuid)?;
-        if supervisor && !e.xsaves {
+        if supervisor && !e.xsaves() {
             return Err(CpuError::NoXsaves);
         }
         Ok(Self {
@@ -409,10 +409,10 @@ impl XsaveUnit for Cpu {
         let e = &self.e;
         let (have, compacted, enabled) = match insn {
             Insn::Xsave => (true, false, e.xcr0_supported()),
-            Insn::Xsaveopt => (e.xsaveopt, false, e.xcr0_supported()),
-            Insn::Xsavec => (e.xsavec, true, e.xcr0_supported()),
+            Insn::Xsaveopt => (e.xsaveopt(), false, e.xcr0_supported()),
+            Insn::Xsavec => (e.xsavec(), true, e.xcr0_supported()),
             Insn::Xsaves if !self.supervisor => return Err(Fault::Gp),
-            Insn::Xsaves => (e.xsaves, true, e.supported()),
+            Insn::Xsaves => (e.xsaves(), true, e.supported()),
             Insn::Xrstor | Insn::Xrstors => return Err(Fault::Ud),
         };
         if !have {

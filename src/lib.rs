@@ -3,7 +3,8 @@
 //! What the Linux x86 FPU core (`arch/x86/kernel/fpu/`) does, as a reusable
 //! `no_std` crate for hobby and research kernels and for hypervisors.
 //!
-//! Data flows one way, one concern per module, each reading only the ones above it:
+//! Data flows one way, one concern per module, each reading only the ones above it
+//! (and [`error`], the error facts several modules share):
 //!
 //! 1. [`cpuid`]: where CPUID values come from, the live CPU or a recorded dump;
 //! 2. [`feature`]: the component catalog (sizes, CPUID feature flags) and the
@@ -53,6 +54,7 @@ extern crate alloc;
 pub mod config;
 pub mod cpuid;
 pub mod enumerate;
+pub mod error;
 pub mod feature;
 pub mod fpstate;
 pub mod guest;
@@ -71,6 +73,8 @@ impl core::error::Error for enumerate::EnumError {}
 impl core::error::Error for fpstate::FpstateError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
+            Self::BufferTooSmall(b) => Some(b),
+            Self::Foreign(x) => Some(x),
             Self::Fault(f) => Some(f),
             Self::Layout(l) => Some(l),
             _ => None,
@@ -90,6 +94,8 @@ impl core::error::Error for perm::PermError {}
 impl core::error::Error for uabi::UabiError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
+            Self::BufferTooSmall(b) => Some(b),
+            Self::Foreign(x) => Some(x),
             Self::Layout(l) => Some(l),
             _ => None,
         }

@@ -63,8 +63,6 @@ fn bit(i: u32) -> XFeatures {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Quirks {
-    /// MXCSR_MASK as FXSAVE reports it (bits MXCSR may hold).
-    pub mxcsr_mask: u32,
     /// XRSTOR(S) loading a component whose bytes are its init values tracks it
     /// as init (XINUSE\[i\] = 0), instead of as in use. (Zen 4: measured by
     /// `model_vs_hw`. The Intel Xeon recording's `probes.txt` shows the
@@ -118,11 +116,10 @@ pub struct Quirks {
 const LA57: u32 = 1 << 16;
 
 impl Quirks {
-    /// The SDM's reading, as Intel CPUs behave (MXCSR_MASK 0xffff, as the Intel
-    /// recording's saves write it; FIP canonical to 48 bits, the linear-address
-    /// width of a CPU without LA57).
+    /// The SDM's reading, as Intel CPUs behave (FIP canonical to 48 bits, the
+    /// linear-address width of a CPU without LA57). The model's MXCSR_MASK is the
+    /// enumeration's ([`Enumeration::mxcsr_mask`]).
     pub const INTEL: Self = Self {
-        mxcsr_mask: 0xffff,
         init_by_value: false,
         mxcsr_in_sse_init: true,
         mxcsr_only_with_sse: true,
@@ -135,7 +132,6 @@ impl Quirks {
 
     /// AMD Zen (measured on a Zen 4 EPYC, see `tests/model_vs_hw.rs`).
     pub const AMD_ZEN: Self = Self {
-        mxcsr_mask: 0x2ffff,
         init_by_value: true,
         mxcsr_in_sse_init: true,
         mxcsr_only_with_sse: true,
@@ -148,8 +144,6 @@ impl Quirks {
 
     /// The quirks of the CPU `src` describes: [`Quirks::AMD_ZEN`] for AMD and
     /// Hygon, [`Quirks::INTEL`] otherwise, with the FIP width from LA57.
-    /// MXCSR_MASK is the vendor's usual value; a caller that can run FXSAVE
-    /// should replace it with [`Quirks::with_mxcsr_mask`].
     pub fn for_cpu(src: &impl CpuidSource) -> Self {
         let v = src.cpuid(0, 0);
         let amd = [*b"Auth", *b"Hygo"]
@@ -162,15 +156,6 @@ impl Quirks {
         Self {
             fip_canonical_bits: Some(if la57 { 57 } else { 48 }),
             ..Self::INTEL
-        }
-    }
-
-    /// These quirks with MXCSR_MASK `mask` (what FXSAVE reports).
-    #[must_use]
-    pub const fn with_mxcsr_mask(self, mask: u32) -> Self {
-        Self {
-            mxcsr_mask: mask,
-            ..self
         }
     }
 }
@@ -366,7 +351,7 @@ impl XsaveMachine {
         if !self.xcr0.contains(XFeatures::SSE) {
             return Err(Fault::Ud);
         }
-        if value & !self.quirks.mxcsr_mask != 0 {
+        if value & !self.e.mxcsr_mask() != 0 {
             return Err(Fault::Gp);
         }
         self.mxcsr = value;
@@ -550,9 +535,9 @@ impl XsaveMachine {
     fn save_impl(&mut self, insn: Insn, area: &mut [u8], rfbm: XFeatures) -> Result<(), Fault> {
         let supported = match insn {
             Insn::Xsave => true,
-            Insn::Xsaveopt => self.e.xsaveopt,
-            Insn::Xsavec => self.e.xsavec,
-            Insn::Xsaves => self.e.xsaves,
+            Insn::Xsaveopt => self.e.xsaveopt(),
+            Insn::Xsavec => self.e.xsavec(),
+            Insn::Xsaves => self.e.xsaves(),
             Insn::Xrstor | Insn::Xrstors => false,
         };
         if !supported {
@@ -628,7 +613,7 @@ impl XsaveMachine {
         if mxcsr_saved {
             area[MXCSR_OFFSET..MXCSR_OFFSET + 4].copy_from_slice(&self.mxcsr.to_le_bytes());
             area[MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4]
-                .copy_from_slice(&self.quirks.mxcsr_mask.to_le_bytes());
+                .copy_from_slice(&self.e.mxcsr_mask().to_le_bytes());
         }
         let mut ext = rfbm.bits() >> 2 << 2;
         while ext != 0 {
@@ -668,7 +653,7 @@ impl XsaveMachine {
     fn restore_impl(&mut self, insn: Insn, area: &[u8], rfbm: XFeatures) -> Result<(), Fault> {
         let supervisor = match insn {
             Insn::Xrstor => false,
-            Insn::Xrstors if self.e.xsaves => true,
+            Insn::Xrstors if self.e.xsaves() => true,
             _ => return Err(Fault::Ud),
         };
         if supervisor && !self.cpl0 {
@@ -703,7 +688,7 @@ impl XsaveMachine {
             return Err(Fault::Gp);
         }
         let layout = if compacted {
-            if !self.e.xsavec && !supervisor {
+            if !self.e.xsavec() && !supervisor {
                 return Err(Fault::Gp);
             }
             let comp = xcomp_bv & !XCOMP_BV_COMPACTED;
@@ -748,7 +733,7 @@ impl XsaveMachine {
                 .try_into()
                 .map_err(|_| Fault::Gp)?,
         );
-        if mxcsr_from_area && mxcsr & !self.quirks.mxcsr_mask != 0 {
+        if mxcsr_from_area && mxcsr & !self.e.mxcsr_mask() != 0 {
             return Err(Fault::Gp);
         }
 

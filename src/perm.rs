@@ -9,7 +9,6 @@
 use core::fmt;
 
 use crate::config::Configs;
-use crate::enumerate::Enumeration;
 use crate::feature::{XFeature, XFeatures};
 use crate::layout::Form;
 
@@ -126,11 +125,11 @@ impl ProcessPerms {
         let set = |c: &crate::config::FpuConfig| PermSet {
             features: c.default_features,
             size: c.default_size,
-            user_size: cfg.user.default_size,
+            user_size: cfg.user().default_size,
         };
         Self {
-            task: set(&cfg.kernel),
-            guest: set(&cfg.guest),
+            task: set(cfg.kernel()),
+            guest: set(cfg.guest()),
             guest_locked: false,
         }
     }
@@ -178,30 +177,25 @@ impl ProcessPerms {
     /// # use xstate::perm::{PermKind, ProcessPerms};
     /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
     /// let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    /// let default = cfg.kernel.default_features & cfg.user.max_features;
-    /// let p = ProcessPerms::from_linux(&e, &cfg, default, default | XFeatures::XTILE_DATA).unwrap();
+    /// let default = cfg.kernel().default_features & cfg.user().max_features;
+    /// let p = ProcessPerms::from_linux(&cfg, default, default | XFeatures::XTILE_DATA).unwrap();
     /// assert!(!p.get(PermKind::Task).features.contains(XFeatures::XTILE_DATA));
     /// assert!(p.get(PermKind::Guest).features.contains(XFeatures::XTILE_DATA | XFeatures::CET_S));
     /// ```
-    pub fn from_linux(
-        e: &Enumeration,
-        cfg: &Configs,
-        task: XFeatures,
-        guest: XFeatures,
-    ) -> Result<Self, PermError> {
+    pub fn from_linux(cfg: &Configs, task: XFeatures, guest: XFeatures) -> Result<Self, PermError> {
         let mut p = Self::new(cfg);
         for (kind, value) in [(PermKind::Task, task), (PermKind::Guest, guest)] {
             for index in value.indices() {
                 let bit = XFeature::from_index(index)
                     .ok_or(PermError::Invalid { index })?
                     .mask();
-                if !cfg.user.max_features.contains(bit) {
+                if !cfg.user().max_features.contains(bit) {
                     return Err(PermError::Unsupported { index });
                 }
                 if p.get(kind).features.contains(bit) {
                     continue;
                 }
-                p.request(e, cfg, kind, index, |_| true)?;
+                p.request(cfg, kind, index, |_| true)?;
             }
         }
         Ok(p)
@@ -231,16 +225,15 @@ impl ProcessPerms {
     /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
     /// let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
     /// let mut p = ProcessPerms::new(&cfg);
-    /// let grant = p.request(&e, &cfg, PermKind::Task, 18, |_| true).unwrap();
-    /// assert_eq!(grant.size, cfg.kernel.max_size);
-    /// let cet_s = p.request(&e, &cfg, PermKind::Guest, 12, |_| true);
+    /// let grant = p.request(&cfg, PermKind::Task, 18, |_| true).unwrap();
+    /// assert_eq!(grant.size, cfg.kernel().max_size);
+    /// let cet_s = p.request(&cfg, PermKind::Guest, 12, |_| true);
     /// assert_eq!(cet_s, Err(PermError::NotDynamic { index: 12 }));
     /// assert_eq!(cet_s.unwrap_err().errno(), 95); // EOPNOTSUPP
-    /// assert_eq!(p.request(&e, &cfg, PermKind::Task, 20, |_| true).unwrap_err().errno(), 22);
+    /// assert_eq!(p.request(&cfg, PermKind::Task, 20, |_| true).unwrap_err().errno(), 22);
     /// ```
     pub fn request(
         &mut self,
-        e: &Enumeration,
         cfg: &Configs,
         kind: PermKind,
         index: u32,
@@ -252,7 +245,7 @@ impl ProcessPerms {
         if !XFeatures::DYNAMIC.contains(bit) {
             return Err(PermError::NotDynamic { index });
         }
-        if !cfg.user.max_features.contains(bit) {
+        if !cfg.user().max_features.contains(bit) {
             return Err(PermError::Unsupported { index });
         }
         let set = match kind {
@@ -268,11 +261,12 @@ impl ProcessPerms {
             return Err(PermError::Locked);
         }
         let features = set.features | bit;
-        let size = match cfg.kernel.form {
+        let e = cfg.enumeration();
+        let size = match cfg.kernel().form {
             Form::Compacted => e.compacted_size(features),
             Form::Standard => e.standard_size(features),
         };
-        let user_size = e.standard_size(features & cfg.user.max_features);
+        let user_size = e.standard_size(features & cfg.user().max_features);
         if kind == PermKind::Task && user_size > set.user_size && !sigstack_ok(user_size) {
             return Err(PermError::SigStackTooSmall { user_size });
         }

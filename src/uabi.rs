@@ -18,6 +18,7 @@ use core::fmt;
 
 use crate::config::Configs;
 use crate::enumerate::{EXTENDED_START, Enumeration};
+use crate::error::{BufferTooSmall, ForeignFpstate};
 use crate::feature::XFeatures;
 use crate::fpstate::{
     FCW_OFFSET, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Storage, XCOMP_BV_OFFSET,
@@ -42,12 +43,9 @@ const X87_HEAD: usize = MXCSR_OFFSET;
 #[non_exhaustive]
 pub enum UabiError {
     /// The user buffer is smaller than the format needs.
-    BufferTooSmall {
-        /// Bytes needed.
-        needed: usize,
-        /// Bytes given.
-        got: usize,
-    },
+    BufferTooSmall(BufferTooSmall),
+    /// The fpstate was made under other configs.
+    Foreign(ForeignFpstate),
     /// XSTATE_BV has bits the fpstate cannot take from user space: unknown,
     /// supervisor, or dynamic ones not granted (no space in the buffer).
     FeaturesNotPermitted {
@@ -103,8 +101,8 @@ impl UabiError {
     /// The Linux errno (positive) a kernel returns for this error.
     pub const fn errno(self) -> i32 {
         match self {
-            Self::BufferTooSmall { .. } => 14, // EFAULT: the copy would run past the buffer
-            _ => 22,                           // EINVAL
+            Self::BufferTooSmall(_) => 14, // EFAULT: the copy would run past the buffer
+            _ => 22,                       // EINVAL
         }
     }
 }
@@ -112,9 +110,8 @@ impl UabiError {
 impl fmt::Display for UabiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::BufferTooSmall { needed, got } => {
-                write!(f, "buffer of {got} bytes, {needed} needed")
-            }
+            Self::BufferTooSmall(b) => b.fmt(f),
+            Self::Foreign(x) => x.fmt(f),
             Self::FeaturesNotPermitted { mask } => {
                 write!(
                     f,
@@ -185,7 +182,7 @@ fn kernel_layout<'a, S: Storage>(
 /// - MXCSR and MXCSR_MASK travel as one unit: from the fpstate when SSE or AVX
 ///   is exported live (so the MXCSR_MASK the last [`import`] took comes back,
 ///   as Linux's does), else MXCSR's default and the CPU's mask
-///   (`cfg.mxcsr_mask`, what Linux's init state holds);
+///   (`cfg.mxcsr_mask()`, what Linux's init state holds);
 /// - PKRU's slot (when the fpstate has PKRU and the slot lies in the range) is
 ///   the fpstate's PKRU if live, else 0, and its reserved bytes 4..8 are zero:
 ///   Linux writes its own copy of the register there (`struct pkru_state`),
@@ -194,24 +191,28 @@ fn kernel_layout<'a, S: Storage>(
 /// # Errors
 /// [`UabiError::BufferTooSmall`] (nothing is written then).
 pub fn export<S: Storage>(
-    e: &Enumeration,
     cfg: &Configs,
     fp: &Fpstate<S>,
     mask: XFeatures,
     out: &mut [u8],
 ) -> Result<usize, UabiError> {
+    fp.check_configs(cfg).map_err(UabiError::Foreign)?;
+    let e = cfg.enumeration();
     let user = mask & fp.info().user_features;
     let size = e.standard_size(user) as usize;
     let got = out.len();
     let out = out
         .get_mut(..size)
-        .ok_or(UabiError::BufferTooSmall { needed: size, got })?;
+        .ok_or(UabiError::BufferTooSmall(BufferTooSmall {
+            needed: size,
+            got,
+        }))?;
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     let src = fp.area();
     let xstate_bv = fp.xstate_bv() & user;
 
-    write_legacy(out, src, xstate_bv, cfg.mxcsr_mask);
+    write_legacy(out, src, xstate_bv, cfg.mxcsr_mask());
     if xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX) {
         let mask = get_u32(src, MXCSR_MASK_OFFSET);
         put_u32(out, MXCSR_MASK_OFFSET, mask);
@@ -238,7 +239,7 @@ pub fn export<S: Storage>(
     // The software-reserved bytes carry the user feature mask, as ptrace's
     // NT_X86_XSTATE and KVM_GET_XSAVE do (Linux's USER_XSTATE_XCR0_WORD); the
     // header is zero but XSTATE_BV.
-    put_u64(out, SW_BYTES_OFFSET, cfg.user.max_features.bits());
+    put_u64(out, SW_BYTES_OFFSET, cfg.user().max_features.bits());
     put_u64(out, XSTATE_BV_OFFSET, xstate_bv.bits());
     Ok(size)
 }
@@ -389,31 +390,32 @@ const SIGFRAME_INITOPT: XFeatures = XFeatures::XTILE;
 /// # Errors
 /// [`UabiError::BufferTooSmall`] (nothing is written then).
 pub fn export_sigframe<S: Storage>(
-    e: &Enumeration,
     cfg: &Configs,
     fp: &Fpstate<S>,
     mask: XFeatures,
     out: &mut [u8],
 ) -> Result<usize, UabiError> {
+    fp.check_configs(cfg).map_err(UabiError::Foreign)?;
+    let e = cfg.enumeration();
     let user = mask & fp.info().user_features;
     let size = e.standard_size(user) as usize;
     let needed = size + 4;
     let got = out.len();
     let out = out
         .get_mut(..needed)
-        .ok_or(UabiError::BufferTooSmall { needed, got })?;
+        .ok_or(UabiError::BufferTooSmall(BufferTooSmall { needed, got }))?;
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     let src = fp.area();
     let xstate_bv = fp.xstate_bv() & user;
-    let dynamic = cfg.user.max_features.intersects(cfg.policy.dynamic);
+    let dynamic = cfg.user().max_features.intersects(cfg.policy().dynamic);
     let rfbm = if dynamic {
         user - (SIGFRAME_INITOPT - xstate_bv)
     } else {
         user
     };
 
-    write_legacy(out, src, xstate_bv, cfg.mxcsr_mask);
+    write_legacy(out, src, xstate_bv, cfg.mxcsr_mask());
     let sw = SW_BYTES_OFFSET;
     out[sw..XSTATE_BV_OFFSET].fill(0);
     put_u32(out, sw, FP_XSTATE_MAGIC1);
@@ -457,11 +459,12 @@ pub fn export_sigframe<S: Storage>(
 /// # Errors
 /// A [`UabiError`] for the first check that fails; `fp` is unchanged then.
 pub fn import<S: Storage>(
-    e: &Enumeration,
     cfg: &Configs,
     fp: &mut Fpstate<S>,
     buf: &[u8],
 ) -> Result<XFeatures, UabiError> {
+    fp.check_configs(cfg).map_err(UabiError::Foreign)?;
+    let e = cfg.enumeration();
     let hdr = validate(e, cfg, fp, buf)?;
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
@@ -479,7 +482,7 @@ pub enum UserAbi {
     /// `PTRACE_SETREGSET(NT_X86_XSTATE)` (Linux's `ptrace_regset` and
     /// `xstateregs_set`): the regset counts 8-byte words, so a length that is
     /// not a multiple of 8 is refused first ([`UabiError::UnalignedLength`],
-    /// EINVAL); a longer buffer is cut to the user size (`cfg.user.max_size`,
+    /// EINVAL); a longer buffer is cut to the user size (`cfg.user().max_size`,
     /// whether or not the fpstate has grown), a shorter one is refused whole
     /// ([`UabiError::BufferTooSmall`], EFAULT), even if it holds every
     /// component its XSTATE_BV names.
@@ -513,38 +516,39 @@ pub enum UserAbi {
 /// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}};
 /// # use xstate::fpstate::{Fpstate, Owner};
 /// # use xstate::XFeatures;
+/// use xstate::error::BufferTooSmall;
 /// use xstate::uabi::{import_abi, UabiError, UserAbi};
 /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt")).unwrap()).unwrap();
 /// let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
 /// # #[repr(C, align(64))] struct Storage([u8; 16384]);
 /// # let mut storage = Storage([0; 16384]);
-/// let mut fp = Fpstate::new_in(&e, &cfg, Owner::Guest, &mut storage.0[..]).unwrap();
-/// let mut buf = vec![0u8; cfg.user.max_size as usize];
+/// let mut fp = Fpstate::new_in(&cfg, Owner::Guest, &mut storage.0[..]).unwrap();
+/// let mut buf = vec![0u8; cfg.user().max_size as usize];
 /// buf[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
 /// buf[512] = 0b111; // x87, SSE, AVX
 /// // ptrace reads the whole user size: 1,024 bytes holding x87..AVX are refused.
 /// assert_eq!(
-///     import_abi(&e, &cfg, &mut fp, &buf[..1024], UserAbi::Ptrace),
-///     Err(UabiError::BufferTooSmall { needed: buf.len(), got: 1024 })
+///     import_abi(&cfg, &mut fp, &buf[..1024], UserAbi::Ptrace),
+///     Err(UabiError::BufferTooSmall(BufferTooSmall { needed: buf.len(), got: 1024 }))
 /// );
 /// // KVM refuses what it does not support for guests, whatever the fpstate holds.
 /// let kvm = UserAbi::Kvm { supported: XFeatures::X87 | XFeatures::SSE, uabi_size: 4096 };
 /// assert_eq!(
-///     import_abi(&e, &cfg, &mut fp, &buf[..4096], kvm),
+///     import_abi(&cfg, &mut fp, &buf[..4096], kvm),
 ///     Err(UabiError::FeaturesNotPermitted { mask: XFeatures::AVX.bits() })
 /// );
-/// assert!(import_abi(&e, &cfg, &mut fp, &buf, UserAbi::Ptrace).is_ok());
+/// assert!(import_abi(&cfg, &mut fp, &buf, UserAbi::Ptrace).is_ok());
 /// ```
 ///
 /// # Errors
 /// A [`UabiError`] for the first check that fails; `fp` is unchanged then.
 pub fn import_abi<S: Storage>(
-    e: &Enumeration,
     cfg: &Configs,
     fp: &mut Fpstate<S>,
     buf: &[u8],
     abi: UserAbi,
 ) -> Result<XFeatures, UabiError> {
+    fp.check_configs(cfg).map_err(UabiError::Foreign)?;
     let (len, supported) = match abi {
         UserAbi::Ptrace => {
             const WORD: usize = 8;
@@ -554,17 +558,19 @@ pub fn import_abi<S: Storage>(
                     unit: WORD,
                 });
             }
-            (cfg.user.max_size as usize, None)
+            (cfg.user().max_size as usize, None)
         }
         UserAbi::Kvm {
             supported,
             uabi_size,
         } => (uabi_size, Some(supported)),
     };
-    let buf = buf.get(..len).ok_or(UabiError::BufferTooSmall {
-        needed: len,
-        got: buf.len(),
-    })?;
+    let buf = buf
+        .get(..len)
+        .ok_or(UabiError::BufferTooSmall(BufferTooSmall {
+            needed: len,
+            got: buf.len(),
+        }))?;
     // KVM's own check comes first; a buffer too short for a header is left
     // to import, which says so.
     if let Some(supported) = supported.filter(|_| len >= EXTENDED_START as usize) {
@@ -573,7 +579,7 @@ pub fn import_abi<S: Storage>(
             return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
         }
     }
-    import(e, cfg, fp, buf)
+    import(cfg, fp, buf)
 }
 
 /// How [`import_sigframe`] took a signal frame.
@@ -618,24 +624,25 @@ pub struct SigframeImport {
 /// A [`UabiError`] (where Linux's sigreturn fails with SIGSEGV); `fp` is
 /// unchanged then.
 pub fn import_sigframe<S: Storage>(
-    e: &Enumeration,
     cfg: &Configs,
     fp: &mut Fpstate<S>,
     buf: &[u8],
 ) -> Result<SigframeImport, UabiError> {
+    fp.check_configs(cfg).map_err(UabiError::Foreign)?;
+    let e = cfg.enumeration();
     // The legacy region, software bytes included.
     if buf.len() < XSTATE_BV_OFFSET {
-        return Err(UabiError::BufferTooSmall {
+        return Err(UabiError::BufferTooSmall(BufferTooSmall {
             needed: XSTATE_BV_OFFSET,
             got: buf.len(),
-        });
+        }));
     }
     let fpsse = XFeatures::X87 | XFeatures::SSE;
     let user_max = fp.info().user_features;
     let fx_only = match check_sw_bytes(fp, buf) {
         Ok(()) => None,
         // Reading magic2 would run past the frame: sigreturn faults on that.
-        Err(x @ UabiError::BufferTooSmall { .. }) => return Err(x),
+        Err(x @ UabiError::BufferTooSmall(BufferTooSmall { .. })) => return Err(x),
         Err(why) => Some(why),
     };
     let (load, mxcsr_checked, mxcsr_loaded) = match fx_only {
@@ -643,7 +650,7 @@ pub fn import_sigframe<S: Storage>(
         None => {
             // XRSTOR's #GP: bits outside XCR0, the compacted form, header
             // bytes 16..24 (a standard-form XRSTOR does not look further).
-            let enabled = cfg.user.max_features;
+            let enabled = cfg.user().max_features;
             let xstate_bv = check_header(buf, enabled, XCOMP_BV_OFFSET + 16)?;
             let rfbm = XFeatures::from_bits_retain(get_u64(buf, SW_BYTES_OFFSET + 8)) & enabled;
             let load = xstate_bv & rfbm;
@@ -653,10 +660,10 @@ pub fn import_sigframe<S: Storage>(
             }
             let needed = e.standard_size(load) as usize;
             if buf.len() < needed {
-                return Err(UabiError::BufferTooSmall {
+                return Err(UabiError::BufferTooSmall(BufferTooSmall {
                     needed,
                     got: buf.len(),
-                });
+                }));
             }
             (
                 load,
@@ -686,7 +693,7 @@ pub fn import_sigframe<S: Storage>(
         dst[32..X87_END].copy_from_slice(&buf[32..X87_END]);
     }
     put_u32(dst, MXCSR_OFFSET, mxcsr);
-    put_u32(dst, MXCSR_MASK_OFFSET, cfg.mxcsr_mask);
+    put_u32(dst, MXCSR_MASK_OFFSET, cfg.mxcsr_mask());
     if load.contains(XFeatures::SSE) {
         dst[SSE_RANGE].copy_from_slice(&buf[SSE_RANGE]);
     } else if features.contains(XFeatures::SSE) {
@@ -722,10 +729,10 @@ fn check_sw_bytes<S: Storage>(fp: &Fpstate<S>, buf: &[u8]) -> Result<(), UabiErr
     let magic2 = match buf.get(at..at + 4) {
         Some(w) => u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
         None => {
-            return Err(UabiError::BufferTooSmall {
+            return Err(UabiError::BufferTooSmall(BufferTooSmall {
                 needed: at + 4,
                 got: buf.len(),
-            });
+            }));
         }
     };
     if magic2 != FP_XSTATE_MAGIC2 {
@@ -765,21 +772,23 @@ fn check_header(
 /// zero, the reserved header bytes are zero. Returns XSTATE_BV.
 pub(crate) fn standard_header(buf: &[u8]) -> Result<XFeatures, UabiError> {
     let end = EXTENDED_START as usize;
-    let header = buf.get(..end).ok_or(UabiError::BufferTooSmall {
-        needed: end,
-        got: buf.len(),
-    })?;
+    let header = buf
+        .get(..end)
+        .ok_or(UabiError::BufferTooSmall(BufferTooSmall {
+            needed: end,
+            got: buf.len(),
+        }))?;
     check_header(header, XFeatures::from_bits_retain(u64::MAX), end)
 }
 
 /// MXCSR must have no bit outside the CPU's MXCSR mask (XRSTOR's #GP).
 fn check_mxcsr(cfg: &Configs, value: u32) -> Result<(), UabiError> {
-    if value & !cfg.mxcsr_mask == 0 {
+    if value & !cfg.mxcsr_mask() == 0 {
         Ok(())
     } else {
         Err(UabiError::InvalidMxcsr {
             value,
-            mask: cfg.mxcsr_mask,
+            mask: cfg.mxcsr_mask(),
         })
     }
 }
@@ -792,10 +801,10 @@ fn validate<S: Storage>(
 ) -> Result<XFeatures, UabiError> {
     let header_end = EXTENDED_START as usize;
     if buf.len() < header_end {
-        return Err(UabiError::BufferTooSmall {
+        return Err(UabiError::BufferTooSmall(BufferTooSmall {
             needed: header_end,
             got: buf.len(),
-        });
+        }));
     }
     // Linux's `validate_user_xstate_header`: every reserved header byte.
     let xstate_bv = check_header(buf, fp.info().user_features, header_end)?;
@@ -805,10 +814,10 @@ fn validate<S: Storage>(
     // Every component the header claims must be inside the buffer.
     let needed = e.standard_size(xstate_bv) as usize;
     if buf.len() < needed {
-        return Err(UabiError::BufferTooSmall {
+        return Err(UabiError::BufferTooSmall(BufferTooSmall {
             needed,
             got: buf.len(),
-        });
+        }));
     }
     Ok(xstate_bv)
 }
@@ -860,14 +869,13 @@ fn write_validated<S: Storage>(
 /// # Errors
 /// As [`import_abi`]; `fp` is unchanged then.
 pub fn import_guest<S: Storage>(
-    e: &Enumeration,
     cfg: &Configs,
     fp: &mut Fpstate<S>,
     buf: &[u8],
     abi: UserAbi,
     xfd: XFeatures,
 ) -> Result<XFeatures, UabiError> {
-    let taken = import_abi(e, cfg, fp, buf, abi)?;
+    let taken = import_abi(cfg, fp, buf, abi)?;
     clear_xstate_bv(fp, xfd);
     Ok(taken - xfd)
 }

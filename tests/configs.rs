@@ -11,6 +11,7 @@ use xstate::XFeatures;
 use xstate::config::{ConfigError, Configs, Policy};
 use xstate::cpuid::{CpuidResult, CpuidSource, RecordedCpuid};
 use xstate::enumerate::Enumeration;
+use xstate::error::BufferTooSmall;
 use xstate::fpstate::{Fpstate, FpstateError, MXCSR_DEFAULT, Owner};
 use xstate::layout::Form;
 use xstate::perm::{PermError, PermKind, ProcessPerms};
@@ -57,48 +58,53 @@ fn lesser_dynamic_cet_s_on_every_dump() {
     for (name, e) in dumps() {
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         assert!(
-            !cfg.kernel.max_features.contains(XFeatures::CET_S),
+            !cfg.kernel().max_features.contains(XFeatures::CET_S),
             "{name}"
         );
         assert!(
-            !cfg.kernel.default_features.contains(XFeatures::CET_S),
+            !cfg.kernel().default_features.contains(XFeatures::CET_S),
             "{name}"
         );
-        let size = |m| match cfg.kernel.form {
+        let size = |m| match cfg.kernel().form {
             Form::Compacted => sdm_compacted_size(&e, m),
             Form::Standard => e.standard_size(m),
         };
         assert_eq!(
-            cfg.kernel.default_size,
-            size(cfg.kernel.default_features),
+            cfg.kernel().default_size,
+            size(cfg.kernel().default_features),
             "{name}"
         );
-        assert_eq!(cfg.kernel.max_size, size(cfg.kernel.max_features), "{name}");
-        if !(e.xsaves && e.xss_supported().contains(XFeatures::CET_S)) {
+        assert_eq!(
+            cfg.kernel().max_size,
+            size(cfg.kernel().max_features),
+            "{name}"
+        );
+        if !(e.xsaves() && e.xss_supported().contains(XFeatures::CET_S)) {
             assert_eq!(
-                cfg.guest.default_features, cfg.kernel.default_features,
+                cfg.guest().default_features,
+                cfg.kernel().default_features,
                 "{name}"
             );
             continue;
         }
         with_cet += 1;
-        let host = cfg.kernel.default_features;
+        let host = cfg.kernel().default_features;
         assert_eq!(
-            cfg.guest.default_features,
+            cfg.guest().default_features,
             host | XFeatures::CET_S,
             "{name}"
         );
         let want = sdm_compacted_size(&e, host | XFeatures::CET_S);
-        assert_eq!(cfg.guest.default_size, want, "{name}");
+        assert_eq!(cfg.guest().default_size, want, "{name}");
         assert!(
             cfg.rfbm().contains(XFeatures::CET_S),
             "{name}: restores must init CET_S"
         );
-        let extra = cfg.guest.default_size - cfg.kernel.default_size;
+        let extra = cfg.guest().default_size - cfg.kernel().default_size;
         loud!(
             "{name}: host {} guest {} (+{extra})",
-            cfg.kernel.default_size,
-            cfg.guest.default_size
+            cfg.kernel().default_size,
+            cfg.guest().default_size
         );
         if extra == 0 {
             free += 1;
@@ -119,23 +125,30 @@ fn lesser_dynamic_cet_s_on_every_dump() {
 fn user_config_is_the_standard_abi() {
     let e = dump("intel-sapphire-rapids-xeon-w9-3475x.txt");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    assert_eq!(cfg.user.form, Form::Standard);
-    assert_eq!(cfg.user.max_features, e.xcr0_supported());
-    assert_eq!(cfg.user.max_size, e.standard_max_size());
+    assert_eq!(cfg.user().form, Form::Standard);
+    assert_eq!(cfg.user().max_features, e.xcr0_supported());
+    assert_eq!(cfg.user().max_size, e.standard_max_size());
     assert_eq!(
-        cfg.user.default_features,
+        cfg.user().default_features,
         e.xcr0_supported() - XFeatures::XTILE_DATA
     );
     // TILEDATA is the last standard component, so the default ABI size stops at TILECFG's end.
     let cfg_end = e.component(17).unwrap().std_offset + 64;
-    assert_eq!(cfg.user.default_size, cfg_end);
-    assert!(cfg.kernel.max_features.contains(XFeatures::XTILE_DATA));
-    assert!(!cfg.kernel.default_features.contains(XFeatures::XTILE_DATA));
+    assert_eq!(cfg.user().default_size, cfg_end);
+    assert!(cfg.kernel().max_features.contains(XFeatures::XTILE_DATA));
     assert!(
-        !cfg.kernel.max_features.contains(XFeatures::LBR),
+        !cfg.kernel()
+            .default_features
+            .contains(XFeatures::XTILE_DATA)
+    );
+    assert!(
+        !cfg.kernel().max_features.contains(XFeatures::LBR),
         "LBR is independent"
     );
-    assert!(cfg.xss.contains(XFeatures::LBR), "but IA32_XSS enables it");
+    assert!(
+        cfg.xss().contains(XFeatures::LBR),
+        "but IA32_XSS enables it"
+    );
 }
 
 #[test]
@@ -178,7 +191,7 @@ fn policies_the_cpu_cannot_serve_are_refused() {
     let haswell = dump("intel-haswell-core-i7-4770.txt");
     let p = Policy::linux(&haswell);
     assert_eq!(
-        Configs::new(&haswell, &p).unwrap().kernel.form,
+        Configs::new(&haswell, &p).unwrap().kernel().form,
         Form::Standard,
         "no XSAVEC: standard buffers"
     );
@@ -189,12 +202,15 @@ fn permission_requests_follow_linux() {
     let e = dump("intel-sapphire-rapids-xeon-w9-3475x.txt");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
     let mut p = ProcessPerms::new(&cfg);
-    assert_eq!(p.get(PermKind::Task).features, cfg.kernel.default_features);
+    assert_eq!(
+        p.get(PermKind::Task).features,
+        cfg.kernel().default_features
+    );
     assert!(p.get(PermKind::Guest).features.contains(XFeatures::CET_S));
     let before = p;
     // Past the catalog (Linux: idx >= XFEATURE_MAX): EINVAL.
     for index in [20, 62, 63, 64, u32::MAX] {
-        let r = p.request(&e, &cfg, PermKind::Task, index, |_| true);
+        let r = p.request(&cfg, PermKind::Task, index, |_| true);
         assert_eq!(r, Err(PermError::Invalid { index }));
         assert_eq!(r.unwrap_err().errno(), 22);
     }
@@ -202,7 +218,7 @@ fn permission_requests_follow_linux() {
     // components every set holds already (x87, AVX, TILECFG) and the guest-only CET_S.
     for index in [0, 1, 2, 12, 15, 17, 19] {
         for kind in [PermKind::Task, PermKind::Guest] {
-            let r = p.request(&e, &cfg, kind, index, |_| panic!("nothing to size"));
+            let r = p.request(&cfg, kind, index, |_| panic!("nothing to size"));
             assert_eq!(r, Err(PermError::NotDynamic { index }), "{kind:?}");
             assert_eq!(r.unwrap_err().errno(), 95);
         }
@@ -211,31 +227,31 @@ fn permission_requests_follow_linux() {
     // TILEDATA where the CPU has no AMX: EOPNOTSUPP.
     let zen4 = dump("amd-zen4-ryzen-9-7950x.txt");
     let zcfg = Configs::new(&zen4, &Policy::linux(&zen4)).unwrap();
-    let r = ProcessPerms::new(&zcfg).request(&zen4, &zcfg, PermKind::Guest, 18, |_| true);
+    let r = ProcessPerms::new(&zcfg).request(&zcfg, PermKind::Guest, 18, |_| true);
     assert_eq!(r, Err(PermError::Unsupported { index: 18 }));
     assert_eq!(r.unwrap_err().errno(), 95);
     // The signal stack check sees the new ABI size and can refuse.
     let mut seen = 0;
-    let r = p.request(&e, &cfg, PermKind::Task, 18, |sz| {
+    let r = p.request(&cfg, PermKind::Task, 18, |sz| {
         seen = sz;
         false
     });
     assert_eq!(
         r,
         Err(PermError::SigStackTooSmall {
-            user_size: cfg.user.max_size
+            user_size: cfg.user().max_size
         })
     );
-    assert_eq!(seen, cfg.user.max_size);
+    assert_eq!(seen, cfg.user().max_size);
     assert_eq!(r.unwrap_err().errno(), 28);
     assert_eq!(p, before, "refused requests change nothing");
-    let g = p.request(&e, &cfg, PermKind::Task, 18, |_| true).unwrap();
+    let g = p.request(&cfg, PermKind::Task, 18, |_| true).unwrap();
     assert_eq!(
         (g.features, g.size, g.user_size),
         (
-            cfg.kernel.max_features,
-            cfg.kernel.max_size,
-            cfg.user.max_size
+            cfg.kernel().max_features,
+            cfg.kernel().max_size,
+            cfg.user().max_size
         )
     );
     assert!(
@@ -248,18 +264,18 @@ fn permission_requests_follow_linux() {
     p.lock_guest();
     assert!(p.guest_locked());
     assert_eq!(
-        p.request(&e, &cfg, PermKind::Guest, 18, |_| true),
+        p.request(&cfg, PermKind::Guest, 18, |_| true),
         Err(PermError::Locked)
     );
     assert_eq!(PermError::Locked.errno(), 16);
     let mut q = ProcessPerms::new(&cfg);
     let g = q
-        .request(&e, &cfg, PermKind::Guest, 18, |_| {
+        .request(&cfg, PermKind::Guest, 18, |_| {
             panic!("guests have no signal stack")
         })
         .unwrap();
-    assert_eq!(g.features, cfg.guest.max_features);
-    assert_eq!(g.size, sdm_compacted_size(&e, cfg.guest.max_features));
+    assert_eq!(g.features, cfg.guest().max_features);
+    assert_eq!(g.size, sdm_compacted_size(&e, cfg.guest().max_features));
 }
 
 #[repr(C, align(64))]
@@ -270,36 +286,36 @@ fn fresh_fpstates_are_init_and_storage_is_checked() {
     let e = dump("amd-zen4-ryzen-9-7950x.txt");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
     let mut buf = Box::new(Aligned([0xa5; 16384]));
-    let n = cfg.kernel.default_size as usize;
+    let n = cfg.kernel().default_size as usize;
     let short = &mut buf.0[..n - 1];
     assert_eq!(
-        Fpstate::new_in(&e, &cfg, Owner::Host, short).unwrap_err(),
-        FpstateError::BufferTooSmall {
-            needed: n as u32,
+        Fpstate::new_in(&cfg, Owner::Host, short).unwrap_err(),
+        FpstateError::BufferTooSmall(BufferTooSmall {
+            needed: n,
             got: n - 1
-        }
+        })
     );
     let mis = &mut buf.0[8..8 + n];
     assert_eq!(
-        Fpstate::new_in(&e, &cfg, Owner::Host, mis).unwrap_err(),
+        Fpstate::new_in(&cfg, Owner::Host, mis).unwrap_err(),
         FpstateError::Misaligned { misalignment: 8 }
     );
     assert!(
         buf.0.iter().all(|&b| b == 0xa5),
         "refused storage is not written"
     );
-    let f = Fpstate::new_in(&e, &cfg, Owner::Host, &mut buf.0[..]).unwrap();
+    let f = Fpstate::new_in(&cfg, Owner::Host, &mut buf.0[..]).unwrap();
     assert_eq!(f.info().size as usize, n);
     assert_eq!(f.xstate_bv(), XFeatures::empty());
-    assert_eq!(f.xcomp_bv(), 1 << 63 | cfg.kernel.default_features.bits());
+    assert_eq!(f.xcomp_bv(), 1 << 63 | cfg.kernel().default_features.bits());
     assert_eq!(
         u32::from_le_bytes(f.area()[24..28].try_into().unwrap()),
         MXCSR_DEFAULT
     );
     assert!(f.area()[576..].iter().all(|&b| b == 0));
-    let g = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
-    assert_eq!(g.xcomp_bv(), 1 << 63 | cfg.guest.default_features.bits());
-    assert_eq!(g.info().size, cfg.kernel.default_size + 24);
+    let g = Fpstate::new_boxed(&cfg, Owner::Guest).unwrap();
+    assert_eq!(g.xcomp_bv(), 1 << 63 | cfg.guest().default_features.bits());
+    assert_eq!(g.info().size, cfg.kernel().default_size + 24);
     assert_eq!(g.area().as_ptr() as usize % 64, 0);
 }
 
@@ -308,22 +324,20 @@ fn xfd_growth_needs_permission_and_carries_state() {
     let e = dump("intel-sapphire-rapids-xeon-w9-3475x.txt");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
     let mut perms = ProcessPerms::new(&cfg);
-    let f = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
+    let f = Fpstate::new_boxed(&cfg, Owner::Host).unwrap();
     assert_eq!(f.info().xfd, XFeatures::XTILE_DATA);
     assert_eq!(
-        f.grow_boxed(&e, &cfg, &perms, 18).unwrap_err(),
+        f.grow_boxed(&cfg, &perms, 18).unwrap_err(),
         FpstateError::NotPermitted { index: 18 }
     );
-    perms
-        .request(&e, &cfg, PermKind::Task, 18, |_| true)
-        .unwrap();
-    let g = f.grow_boxed(&e, &cfg, &perms, 18).unwrap();
-    assert_eq!(g.info().features, cfg.kernel.max_features);
+    perms.request(&cfg, PermKind::Task, 18, |_| true).unwrap();
+    let g = f.grow_boxed(&cfg, &perms, 18).unwrap();
+    assert_eq!(g.info().features, cfg.kernel().max_features);
     assert_eq!(g.info().xfd, XFeatures::empty());
-    assert_eq!(g.info().size, cfg.kernel.max_size);
-    assert_eq!(g.xcomp_bv(), 1 << 63 | cfg.kernel.max_features.bits());
+    assert_eq!(g.info().size, cfg.kernel().max_size);
+    assert_eq!(g.xcomp_bv(), 1 << 63 | cfg.kernel().max_features.bits());
     assert_eq!(
-        g.grow_boxed(&e, &cfg, &perms, 18).unwrap_err(),
+        g.grow_boxed(&cfg, &perms, 18).unwrap_err(),
         FpstateError::NothingToGrow
     );
 }
@@ -350,11 +364,11 @@ fn permission_errnos_are_linuxs_on_every_dump() {
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         for kind in [PermKind::Task, PermKind::Guest] {
             for index in 0..64 {
-                let ours = match ProcessPerms::new(&cfg).request(&e, &cfg, kind, index, |_| true) {
+                let ours = match ProcessPerms::new(&cfg).request(&cfg, kind, index, |_| true) {
                     Ok(_) => 0,
                     Err(err) => err.errno(),
                 };
-                let want = linux_request_errno(cfg.user.max_features, index);
+                let want = linux_request_errno(cfg.user().max_features, index);
                 assert_eq!(ours, want, "{name}: {kind:?} request for {index}");
                 n += 1;
                 granted += usize::from(want == 0);
@@ -462,8 +476,8 @@ fn linux_policy_follows_cpuid_feature_flags() {
             changed.push(format!(
                 "{name}: leaf 0xD {:#x}, Linux {:#x}, {} bytes",
                 e.supported().bits(),
-                cfg.kernel.max_features.bits(),
-                cfg.kernel.max_size
+                cfg.kernel().max_features.bits(),
+                cfg.kernel().max_size
             ));
         }
     }
@@ -487,7 +501,7 @@ fn pku_clear_zen2_gets_linuxs_0x7_and_832_bytes() {
         assert_eq!(e.usable().bits(), 0x7, "{name}");
         let p = Policy::linux(&e);
         let cfg = Configs::new(&e, &p).unwrap();
-        let got = (cfg.kernel.max_features.bits(), cfg.kernel.max_size);
+        let got = (cfg.kernel().max_features.bits(), cfg.kernel().max_size);
         loud!(
             "{name}: Policy::linux {:#x} / {} bytes (leaf 0xD lists {:#x})",
             got.0,
@@ -496,10 +510,10 @@ fn pku_clear_zen2_gets_linuxs_0x7_and_832_bytes() {
         );
         assert_eq!(got, (0x7, 832), "{name}");
         assert_eq!(
-            (cfg.user.max_features.bits(), cfg.user.max_size),
+            (cfg.user().max_features.bits(), cfg.user().max_size),
             (0x7, 832)
         );
-        assert_eq!(cfg.xcr0.bits(), 0x7);
+        assert_eq!(cfg.xcr0().bits(), 0x7);
         // Enabling PKRU by hand is refused: its flag is clear and its size unchecked.
         let pkru = Policy {
             enabled: p.enabled | XFeatures::PKRU,
@@ -560,9 +574,9 @@ fn clearing_a_flag_in_a_dump_turns_its_component_off() {
     let raw = RecordedCpuid::parse(&text).unwrap();
     let pkru_end = raw.cpuid(0xd, 9).ebx + raw.cpuid(0xd, 9).eax;
     let on_cfg = Configs::new(&on, &Policy::linux(&on)).unwrap();
-    assert_eq!(on_cfg.user.max_size, pkru_end);
+    assert_eq!(on_cfg.user().max_size, pkru_end);
     let cfg = Configs::new(&off, &p).unwrap();
-    assert_eq!(cfg.user.max_size, 576 + raw.cpuid(0xd, 2).eax);
+    assert_eq!(cfg.user().max_size, 576 + raw.cpuid(0xd, 2).eax);
 
     // SHSTK clear: neither CET component (CET_S guest-only goes too).
     let no_cet = edit_dump(&text, 7, 0, |r| r.ecx &= !(1 << 7));
@@ -603,10 +617,10 @@ fn dumps_without_feature_leaves_take_leaf_0xd_at_its_word() {
         assert_eq!(e.usable(), catalogued, "{name}");
         let p = Policy::linux(&e);
         let mut want = xstate::config::LINUX_USER & e.xcr0_supported();
-        if !e.xfd {
+        if !e.xfd() {
             want -= XFeatures::DYNAMIC;
         }
-        if e.xsaves {
+        if e.xsaves() {
             want |= (xstate::config::LINUX_SUPERVISOR | XFeatures::INDEPENDENT) & e.xss_supported();
         }
         assert_eq!(p.enabled, want, "{name}");

@@ -32,8 +32,8 @@ fn short_areas_are_refused_and_nothing_past_them_is_written() {
     let mut checked = 0;
     let saves = [
         (Insn::Xsave, true, false),
-        (Insn::Xsaveopt, e.xsaveopt, false),
-        (Insn::Xsavec, e.xsavec, true),
+        (Insn::Xsaveopt, e.xsaveopt(), false),
+        (Insn::Xsavec, e.xsavec(), true),
     ];
     // Every XCR0 component beyond the legacy ones, alone with x87 and SSE.
     for i in xcr0.indices().filter(|&i| i >= 2) {
@@ -109,7 +109,7 @@ fn restores_read_no_more_than_the_header_allows() {
     put_u64(a.bytes_mut(), XSTATE_BV, 0);
     assert_eq!(cpu.restore(Insn::Xrstor, &a.bytes()[..576], xcr0), Ok(()));
     // A compacted header is read by XCOMP_BV, whatever RFBM says.
-    if e.xsavec {
+    if e.xsavec() {
         put_u64(a.bytes_mut(), XCOMP_BV, (1 << 63) | top);
         let need = e.compacted_size(XFeatures::from_bits_retain(top)) as usize;
         assert_eq!(

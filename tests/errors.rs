@@ -5,6 +5,7 @@
 use std::error::Error;
 use std::fmt::Display;
 
+use xstate::error::BufferTooSmall;
 use xstate::fpstate::FpstateError;
 use xstate::insn::{CpuError, Fault};
 use xstate::layout::LayoutError;
@@ -38,10 +39,10 @@ fn fpstate_error_texts_and_sources() {
     let layout = LayoutError::Unsupported { mask: 0x40000 };
     distinct(&[
         (
-            &FpstateError::BufferTooSmall {
+            &FpstateError::BufferTooSmall(BufferTooSmall {
                 needed: 2696,
                 got: 2432,
-            },
+            }),
             &["2696", "2432"],
         ),
         (&FpstateError::Misaligned { misalignment: 16 }, &["16"]),

@@ -8,6 +8,7 @@ use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::{CpuidResult, CpuidSource, LiveCpuid, RecordedCpuid};
 use xstate::enumerate::Enumeration;
+use xstate::error::BufferTooSmall;
 use xstate::guest::{GuestError, GuestXsave, XsaveFlags, compatible, required_size, translate};
 use xstate::layout::Layout;
 use xstate::perm::{PermKind, PermSet, ProcessPerms};
@@ -330,7 +331,7 @@ fn synthesized_leaf_matches_live_cpu() {
         return;
     };
     // IA32_XSS cannot be read from user space: Linux loads the configs' value.
-    let xss = Configs::new(&e, &Policy::linux(&e)).unwrap().xss;
+    let xss = Configs::new(&e, &Policy::linux(&e)).unwrap().xss();
     let mut g = host_guest(&e);
     g.set_xcr0(xcr0).unwrap();
     g.set_xss(xss).unwrap();
@@ -644,7 +645,7 @@ fn set_xcr0_follows_the_sdm_on_every_dump() {
             if res.is_ok() {
                 assert_eq!(g.xcr0().bits(), v);
                 assert_eq!(g.leaf(0).ebx, std_size_raw(&cpu, v), "{name}: XCR0 {v:#x}");
-                let want = if e.xsavec || e.xsaves {
+                let want = if e.xsavec() || e.xsaves() {
                     cmp_size_raw(&cpu, v | e.xss_supported().bits())
                 } else {
                     0
@@ -864,9 +865,7 @@ fn construction_errors() {
             mask: XFeatures::PT.bits()
         }
     );
-    perms
-        .request(&spr, &cfg, PermKind::Guest, 18, |_| true)
-        .unwrap();
+    perms.request(&cfg, PermKind::Guest, 18, |_| true).unwrap();
     let g = GuestXsave::new(&spr, perms.get(PermKind::Guest), x, XFeatures::empty(), f).unwrap();
     assert_eq!(g.leaf(0).ecx, 0x2b00);
     assert_eq!(g.leaf(18).ecx & 4, 4, "TILEDATA keeps the host's XFD bit");
@@ -995,17 +994,17 @@ fn translate_refuses_bad_buffers() {
     let cases = [
         (
             good[..575].to_vec(),
-            GuestError::Uabi(UabiError::BufferTooSmall {
+            GuestError::Uabi(UabiError::BufferTooSmall(BufferTooSmall {
                 needed: 576,
                 got: 575,
-            }),
+            })),
         ),
         (
             good[..0x980].to_vec(),
-            GuestError::Uabi(UabiError::BufferTooSmall {
+            GuestError::Uabi(UabiError::BufferTooSmall(BufferTooSmall {
                 needed: 0x988,
                 got: 0x980,
-            }),
+            })),
         ),
         (
             with(&|b| put_u64(b, XCOMP_BV, 1 << 63 | bv)),
@@ -1027,10 +1026,12 @@ fn translate_refuses_bad_buffers() {
     }
     assert_eq!(
         translate(&amd, &intel, &good, &mut out[..0xa87]),
-        Err(GuestError::Uabi(UabiError::BufferTooSmall {
-            needed: 0xa88,
-            got: 0xa87
-        }))
+        Err(GuestError::Uabi(UabiError::BufferTooSmall(
+            BufferTooSmall {
+                needed: 0xa88,
+                got: 0xa87
+            }
+        )))
     );
     assert!(out.iter().all(|&x| x == 0));
 

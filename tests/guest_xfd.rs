@@ -51,7 +51,7 @@ fn xfd_hosts() -> Vec<Host> {
         let Ok(e) = Enumeration::from_cpuid(cpu) else {
             continue;
         };
-        if !e.xfd
+        if !e.xfd()
             || !e
                 .supported()
                 .indices()
@@ -59,13 +59,10 @@ fn xfd_hosts() -> Vec<Host> {
         {
             continue;
         }
-        let mut cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-        cfg.mxcsr_mask = Quirks::for_cpu(cpu).mxcsr_mask;
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         let mut perms = ProcessPerms::new(&cfg);
-        for i in cfg.policy.dynamic.indices() {
-            perms
-                .request(&e, &cfg, PermKind::Guest, i, |_| true)
-                .unwrap();
+        for i in cfg.policy().dynamic.indices() {
+            perms.request(&cfg, PermKind::Guest, i, |_| true).unwrap();
         }
         let gperm = perms.get(PermKind::Guest);
         let xcr0_allowed = gperm.features & e.xcr0_supported();
@@ -77,9 +74,9 @@ fn xfd_hosts() -> Vec<Host> {
             XsaveFlags::of(&e),
         )
         .unwrap();
-        let fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
-        let first_dynamic = cfg.policy.dynamic.indices().next().unwrap();
-        let fp = fp.grow_boxed(&e, &cfg, &perms, first_dynamic).unwrap();
+        let fp = Fpstate::new_boxed(&cfg, Owner::Guest).unwrap();
+        let first_dynamic = cfg.policy().dynamic.indices().next().unwrap();
+        let fp = fp.grow_boxed(&cfg, &perms, first_dynamic).unwrap();
         assert!(fp.info().user_features.contains(xcr0_allowed), "{name}");
         let uabi_size = (e.standard_size(xcr0_allowed) as usize).max(4096);
         let abi = UserAbi::Kvm {
@@ -112,7 +109,7 @@ fn uabi_size(h: &Host) -> usize {
 fn buffer(h: &Host, xstate_bv: u64, rng: &mut Rng) -> Vec<u8> {
     let mut b = vec![0u8; uabi_size(h)];
     rng.fill(&mut b[..512]);
-    put_u32(&mut b, MXCSR, rng.next() as u32 & h.cfg.mxcsr_mask);
+    put_u32(&mut b, MXCSR, rng.next() as u32 & h.cfg.mxcsr_mask());
     for i in testkit::bits(xstate_bv).filter(|&i| i >= 2) {
         let r = h.cpu.cpuid(0xd, i);
         rng.fill(&mut b[r.ebx as usize..(r.ebx + r.eax) as usize]);
@@ -146,9 +143,9 @@ struct Counts {
 fn check_one(h: &Host, buf: &[u8], xfd: XFeatures, c: &Counts) -> Result<(), TestCaseError> {
     c.buffers.fetch_add(1, Relaxed);
     let mut fp = clone_fp(h);
-    let got = import_guest(&h.e, &h.cfg, &mut fp, buf, h.abi, xfd);
+    let got = import_guest(&h.cfg, &mut fp, buf, h.abi, xfd);
     let mut plain = clone_fp(h);
-    let plain_got = import_abi(&h.e, &h.cfg, &mut plain, buf, h.abi);
+    let plain_got = import_abi(&h.cfg, &mut plain, buf, h.abi);
     // The XFD import refuses exactly what the plain one refuses.
     prop_assert_eq!(got.is_ok(), plain_got.is_ok(), "{}", h.name);
     let Ok(live) = got else {
@@ -190,15 +187,13 @@ fn check_one(h: &Host, buf: &[u8], xfd: XFeatures, c: &Counts) -> Result<(), Tes
 }
 
 fn clone_fp(h: &Host) -> Fpstate<BoxedArea> {
-    let mut fp = Fpstate::new_boxed(&h.e, &h.cfg, Owner::Guest).unwrap();
+    let mut fp = Fpstate::new_boxed(&h.cfg, Owner::Guest).unwrap();
     let mut perms = ProcessPerms::new(&h.cfg);
-    for i in h.cfg.policy.dynamic.indices() {
-        perms
-            .request(&h.e, &h.cfg, PermKind::Guest, i, |_| true)
-            .unwrap();
+    for i in h.cfg.policy().dynamic.indices() {
+        perms.request(&h.cfg, PermKind::Guest, i, |_| true).unwrap();
     }
-    let first = h.cfg.policy.dynamic.indices().next().unwrap();
-    fp = fp.grow_boxed(&h.e, &h.cfg, &perms, first).unwrap();
+    let first = h.cfg.policy().dynamic.indices().next().unwrap();
+    fp = fp.grow_boxed(&h.cfg, &perms, first).unwrap();
     fp
 }
 
@@ -343,7 +338,7 @@ fn xfd_write_clears_saved_live_state() {
                 let xfd = XFeatures::from_bits_retain(xfd);
                 let buf = buffer(h, bv, &mut rng);
                 let mut fp = clone_fp(h);
-                let taken = import_abi(&h.e, &h.cfg, &mut fp, &buf, h.abi).unwrap();
+                let taken = import_abi(&h.cfg, &mut fp, &buf, h.abi).unwrap();
                 let before = fp.xstate_bv();
                 let mut g = h.guest.clone();
                 let cleared = g.set_xfd(xfd, &mut fp).unwrap();

@@ -751,7 +751,7 @@ fn live_sizes_under_reported() {
     // Without XSAVEC or XSAVES, CPUID(0xD,1).EBX means nothing and is not checked.
     let mut t = dump("firecracker-t2a-guest-on-m6a-metal-amd");
     let e = accepted(&t);
-    assert!(!e.xsavec && !e.xsaves);
+    assert!(!e.xsavec() && !e.xsaves());
     t.edit(1, |r| r.ebx = 0);
     assert_eq!(
         e.check_live_sizes(&t, e.xcr0_supported(), XFeatures::empty()),

@@ -278,7 +278,7 @@ impl Live {
         let xcr0 = read_xcr0().expect("hw_oracle: OSXSAVE is clear, XCR0 cannot be read");
         let e =
             Enumeration::from_cpuid(&LiveCpuid).expect("hw_oracle: live CPUID leaf 0xD refused");
-        if !e.xsavec {
+        if !e.xsavec() {
             loud!(
                 "*** SKIP hw_oracle: no XSAVEC (CPUID(0xD,1).EAX[1] clear): compacted placements not checked ***"
             );
@@ -458,7 +458,7 @@ fn xsavec_and_xsave_put_every_component_where_layout_says() {
 
     for rfbm in subsets(full) {
         // Compacted, where the CPU has XSAVEC.
-        if live.e.xsavec {
+        if live.e.xsavec() {
             let layout =
                 Layout::compacted(&live.e, rfbm).expect("compacted layout of an XCR0 subset");
             let size = live.e.compacted_size(rfbm) as usize;
@@ -597,7 +597,7 @@ fn xsavec_and_xsave_put_every_component_where_layout_says() {
     }
 
     let n_sub = 1usize << full.bits().count_ones();
-    let n_compacted = if live.e.xsavec { n_sub } else { 0 };
+    let n_compacted = if live.e.xsavec() { n_sub } else { 0 };
     assert_eq!((n_xsavec, n_xsave), (n_compacted, n_sub));
     loud!(
         "hw oracle: XCR0 {:#x}, exercised {:#x}: {n_xsavec} XSAVEC masks, {n_xsave} XSAVE masks, \
@@ -614,7 +614,7 @@ fn xsavec_and_xsave_put_every_component_where_layout_says() {
 #[test]
 fn crate_wrappers_back_to_back_match_the_asm_block() {
     let mut live = Live::get();
-    if !live.e.xsavec {
+    if !live.e.xsavec() {
         loud!("*** SKIP crate_wrappers_back_to_back: no XSAVEC on this CPU ***");
         return;
     }

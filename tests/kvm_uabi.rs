@@ -86,19 +86,17 @@ impl Ours {
     /// `KVM_SET_CPUID2` (the process holds guest permission for them).
     fn new(guest_xcr0: u64) -> Self {
         let e = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
-        let mut cfg = Configs::new(&e, &Policy::linux(&e)).expect("linux configs");
-        // What a kernel using the crate does; `Linux::hw_mask` checks it.
-        cfg.mxcsr_mask = xstate::insn::read_mxcsr_mask();
-        let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).expect("guest fpstate");
-        let dynamic = XFeatures::from_bits_retain(guest_xcr0) & cfg.policy.dynamic;
+        let cfg = Configs::new(&e, &Policy::linux(&e)).expect("linux configs");
+        let mut fp = Fpstate::new_boxed(&cfg, Owner::Guest).expect("guest fpstate");
+        let dynamic = XFeatures::from_bits_retain(guest_xcr0) & cfg.policy().dynamic;
         if let Some(i) = dynamic.indices().next() {
             let mut perms = ProcessPerms::new(&cfg);
             for i in dynamic.indices() {
                 perms
-                    .request(&e, &cfg, PermKind::Guest, i, |_| true)
+                    .request(&cfg, PermKind::Guest, i, |_| true)
                     .expect("guest permission");
             }
-            fp = fp.grow_boxed(&e, &cfg, &perms, i).expect("grow");
+            fp = fp.grow_boxed(&cfg, &perms, i).expect("grow");
         }
         Self { e, cfg, fp }
     }
@@ -112,7 +110,7 @@ impl Ours {
     /// x87 and SSE.
     fn export(&self, guest_xcr0: u64, out: &mut [u8]) -> usize {
         let mask = XFeatures::from_bits_retain(guest_xcr0 | FPSSE);
-        export(&self.e, &self.cfg, &self.fp, mask, out).expect("export")
+        export(&self.cfg, &self.fp, mask, out).expect("export")
     }
 }
 
@@ -545,10 +543,10 @@ impl Rig {
         // the dynamic ones the guest's CPUID enabled; ours must hold the same.
         let kvm_user = Configs::new(&ours.e, &Policy::linux(&ours.e))
             .expect("configs")
-            .user
+            .user()
             .default_features
             .bits()
-            | (v.guest_xcr0 & ours.cfg.policy.dynamic.bits());
+            | (v.guest_xcr0 & ours.cfg.policy().dynamic.bits());
         assert_eq!(ours.user(), kvm_user, "our guest fpstate's user features");
         loud!(
             "kvm_uabi: host XCR0 {xcr0:#x}, KVM supports {:#x}, guest CPUID allows {:#x}, \
@@ -575,7 +573,7 @@ impl Rig {
             uabi_size: self.v.size,
         };
         let o = &mut self.ours;
-        import_abi(&o.e, &o.cfg, &mut o.fp, buf, abi)
+        import_abi(&o.cfg, &mut o.fp, buf, abi)
     }
 
     /// XSTATE_BV bits both sides accept: what KVM supports and our fpstate holds.
@@ -780,9 +778,7 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
     let n = 2000;
     for i in 0..n {
         let buf = valid_buffer(&mut rng, ours.std_size(), user, hw_mask);
-        let hdr = import(&ours.e, &ours.cfg, &mut ours.fp, &buf)
-            .unwrap()
-            .bits();
+        let hdr = import(&ours.cfg, &mut ours.fp, &buf).unwrap().bits();
         let mask = if rng.below(4) == 0 { rng.next() } else { user };
         let out_features = mask & user;
         let live = hdr & out_features;
@@ -791,7 +787,6 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
         let run = |fill: u8| {
             let mut out = vec![fill; size + 512];
             let n = export(
-                &ours.e,
                 &ours.cfg,
                 &ours.fp,
                 XFeatures::from_bits_retain(mask),
@@ -846,7 +841,7 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
         assert!(a[416..464].iter().all(|&x| x == 0), "#{i}: legacy padding");
         assert_eq!(
             get_u64(&a, 464),
-            ours.cfg.user.max_features.bits(),
+            ours.cfg.user().max_features.bits(),
             "#{i}: USER_XSTATE_XCR0_WORD"
         );
         assert!(

@@ -103,7 +103,7 @@ fn check_invariants(cpu: &Cpu, owners: &[Slot], running: usize, m: &XsaveMachine
                 "{name}: guest {k}"
             );
             assert!(
-                cfg.kernel.max_features.contains(host_part),
+                cfg.kernel().max_features.contains(host_part),
                 "{name}: guest {k}"
             );
             assert_eq!(
@@ -126,7 +126,7 @@ fn check_invariants(cpu: &Cpu, owners: &[Slot], running: usize, m: &XsaveMachine
                 "{name}: task {k}"
             );
             assert_eq!(info.size, raw_size(cpu, info.features), "{name}: task {k}");
-            assert!(info.size <= cfg.kernel.max_size, "{name}: task {k}");
+            assert!(info.size <= cfg.kernel().max_size, "{name}: task {k}");
         }
     }
     let cur = &owners[running];
@@ -147,27 +147,25 @@ fn check_invariants(cpu: &Cpu, owners: &[Slot], running: usize, m: &XsaveMachine
 fn run(cpu: &Cpu, task_amx: bool, actions: &[Action]) {
     let (e, cfg) = (&cpu.e, &cpu.cfg);
     let mut m = XsaveMachine::new(e, Quirks::INTEL);
-    m.set_xcr0(cfg.xcr0).unwrap();
-    m.set_xss(cfg.xss & e.xss_supported()).unwrap();
+    m.set_xcr0(cfg.xcr0()).unwrap();
+    m.set_xss(cfg.xss() & e.xss_supported()).unwrap();
     let mut perms = ProcessPerms::new(cfg);
     // A hypervisor asks for the guest AMX permission before its first vCPU.
-    let amx = cfg.policy.dynamic.contains(XFeatures::XTILE_DATA);
+    let amx = cfg.policy().dynamic.contains(XFeatures::XTILE_DATA);
     if amx {
-        perms
-            .request(e, cfg, PermKind::Guest, 18, |_| true)
-            .unwrap();
+        perms.request(cfg, PermKind::Guest, 18, |_| true).unwrap();
     }
     // Some processes have asked for AMX for their tasks (ARCH_REQ_XCOMP_PERM);
     // the others get SIGILL on first use.
     if amx && task_amx {
-        perms.request(e, cfg, PermKind::Task, 18, |_| true).unwrap();
+        perms.request(cfg, PermKind::Task, 18, |_| true).unwrap();
     }
     let mut owners: Vec<Slot> = (0..4)
         .map(|k| {
             let guest = k >= 2;
             let owner = if guest { Owner::Guest } else { Owner::Host };
             Slot {
-                fp: Fpstate::new_boxed(e, cfg, owner).unwrap(),
+                fp: Fpstate::new_boxed(cfg, owner).unwrap(),
                 guest,
                 cet_s: 0,
             }
@@ -175,7 +173,7 @@ fn run(cpu: &Cpu, task_amx: bool, actions: &[Action]) {
         .collect();
     perms.lock_guest();
     let mut running = 0;
-    m.set_xfd(owners[0].fp.info().xfd & cfg.policy.dynamic)
+    m.set_xfd(owners[0].fp.info().xfd & cfg.policy().dynamic)
         .unwrap();
     owners[0].fp.restore(&mut m, cfg, Mode::Supervisor).unwrap();
     check_invariants(cpu, &owners, running, &m);
@@ -210,7 +208,7 @@ fn run(cpu: &Cpu, task_amx: bool, actions: &[Action]) {
                     // the kernel's own shadow stack is out of scope).
                     continue;
                 }
-                if !(cfg.xcr0 | cfg.xss).has_index(i) {
+                if !(cfg.xcr0() | cfg.xss()).has_index(i) {
                     continue;
                 }
                 let len = m.reg(i).map_or(0, <[u8]>::len);
@@ -221,7 +219,7 @@ fn run(cpu: &Cpu, task_amx: bool, actions: &[Action]) {
                         // First use of an XFD-armed component: grow or refuse.
                         let o = &mut owners[running];
                         o.fp.save(&mut m, cfg, Mode::Supervisor).unwrap();
-                        match o.fp.grow_boxed(e, cfg, &perms, i) {
+                        match o.fp.grow_boxed(cfg, &perms, i) {
                             Ok(grown) => {
                                 o.fp = grown;
                                 m.set_xfd(o.fp.info().xfd).unwrap();
@@ -269,8 +267,8 @@ fn both_kinds_of_cet_s_cpus_are_covered() {
     let mut free = 0;
     let mut paid = 0;
     for c in cpus {
-        let extra = c.cfg.guest.default_size - c.cfg.kernel.default_size;
-        let kernel = c.cfg.kernel.default_features;
+        let extra = c.cfg.guest().default_size - c.cfg.kernel().default_size;
+        let kernel = c.cfg.kernel().default_features;
         let expected = raw_size(c, kernel | XFeatures::CET_S) - raw_size(c, kernel);
         assert_eq!(extra, expected, "{}", c.name);
         match extra {

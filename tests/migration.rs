@@ -194,7 +194,7 @@ fn every_pair_of_dumps_migrates_losslessly_or_is_refused_with_the_reason() {
                     let read = SideState::from_le_bytes(&bytes[..len]).unwrap();
                     assert_eq!(read, side, "{what}");
                     let cfg = Configs::new(b, &Policy::linux(b)).unwrap();
-                    let mut fp = Fpstate::new_boxed(b, &cfg, Owner::Guest).unwrap();
+                    let mut fp = Fpstate::new_boxed(&cfg, Owner::Guest).unwrap();
                     let mut fresh = GuestXsave::new(
                         b,
                         &all_perms(b),
@@ -418,7 +418,7 @@ fn side_state_missing_or_extra_registers_are_refused() {
     let want = g.side_regs();
     assert!(want.contains(SideReg::Xss) && want.contains(SideReg::Pl0Ssp));
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
+    let mut fp = Fpstate::new_boxed(&cfg, Owner::Guest).unwrap();
     let mut regs = SideRegs::EMPTY;
     for r in want.iter().filter(|&r| r != SideReg::Xss) {
         regs = regs.with(r);

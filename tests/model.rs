@@ -247,9 +247,9 @@ fn fpstates_pick_instructions_every_recorded_cpu_has() {
         let e = Enumeration::from_cpuid(cpu).unwrap();
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         for owner in [Owner::Host, Owner::Guest] {
-            let mut fp = Fpstate::new_boxed(&e, &cfg, owner).unwrap();
-            let supervisor_state = !(fp.info().features & cfg.xss).is_empty();
-            let modes: &[Mode] = if e.xsaves {
+            let mut fp = Fpstate::new_boxed(&cfg, owner).unwrap();
+            let supervisor_state = !(fp.info().features & cfg.xss()).is_empty();
+            let modes: &[Mode] = if e.xsaves() {
                 &[Mode::User, Mode::Supervisor]
             } else {
                 &[Mode::User]
@@ -262,13 +262,13 @@ fn fpstates_pick_instructions_every_recorded_cpu_has() {
                 u.m.set_cpl0(mode == Mode::Supervisor);
                 let want_save = match mode {
                     Mode::Supervisor => Insn::Xsaves,
-                    _ if e.xsavec => Insn::Xsavec,
-                    _ if e.xsaveopt => Insn::Xsaveopt,
+                    _ if e.xsavec() => Insn::Xsavec,
+                    _ if e.xsaveopt() => Insn::Xsaveopt,
                     _ => Insn::Xsave,
                 };
                 let r = fp.save(&mut u, &cfg, mode);
                 if mode == Mode::User && supervisor_state {
-                    let mask = (fp.info().features & cfg.xss).bits();
+                    let mask = (fp.info().features & cfg.xss()).bits();
                     assert_eq!(r, Err(FpstateError::NeedsSupervisor { mask }), "{name}");
                     assert_eq!(
                         fp.restore(&mut u, &cfg, mode),
@@ -294,7 +294,7 @@ fn fpstates_pick_instructions_every_recorded_cpu_has() {
                 ran += 1;
             }
         }
-        if !e.xsaveopt && !e.xsavec && !e.xsaves {
+        if !e.xsaveopt() && !e.xsavec() && !e.xsaves() {
             assert!(!cfg.has_xsaveopt());
             plain_xsave += 1;
         }
@@ -321,11 +321,11 @@ fn user_mode_switch_restores_every_user_component() {
     for (name, cpu) in testkit::dumps() {
         let e = Enumeration::from_cpuid(cpu).unwrap();
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-        let mut a = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
-        if !(a.info().features & cfg.xss).is_empty() {
+        let mut a = Fpstate::new_boxed(&cfg, Owner::Host).unwrap();
+        if !(a.info().features & cfg.xss()).is_empty() {
             continue;
         }
-        let mut b = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
+        let mut b = Fpstate::new_boxed(&cfg, Owner::Host).unwrap();
         let mut m = XsaveMachine::new(&e, Quirks::INTEL);
         m.set_cpl0(false);
         // Components whose registers hold any byte pattern (x87 and TILECFG
@@ -387,11 +387,11 @@ fn fresh_and_grown_fpstates() {
         let e = Enumeration::from_cpuid(cpu).unwrap();
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         for owner in [Owner::Host, Owner::Guest] {
-            let fp = Fpstate::new_boxed(&e, &cfg, owner).unwrap();
+            let fp = Fpstate::new_boxed(&cfg, owner).unwrap();
             let a = fp.area();
             assert_eq!(u16::from_le_bytes([a[0], a[1]]), 0x037f, "{name}: FCW");
             assert_eq!(testkit::get_u32(a, MXCSR), 0x1f80, "{name}: MXCSR");
-            let Some(i) = cfg.policy.dynamic.indices().next() else {
+            let Some(i) = cfg.policy().dynamic.indices().next() else {
                 continue;
             };
             let mut perms = ProcessPerms::new(&cfg);
@@ -399,8 +399,8 @@ fn fresh_and_grown_fpstates() {
                 Owner::Host => PermKind::Task,
                 _ => PermKind::Guest,
             };
-            perms.request(&e, &cfg, kind, i, |_| true).unwrap();
-            let g = fp.grow_boxed(&e, &cfg, &perms, i).unwrap();
+            perms.request(&cfg, kind, i, |_| true).unwrap();
+            let g = fp.grow_boxed(&cfg, &perms, i).unwrap();
             let size = g.info().size as usize;
             assert_eq!(g.area().len(), size);
             assert_eq!(

@@ -18,8 +18,9 @@ use std::arch::asm;
 use std::ptr;
 
 use xstate::XFeatures;
-use xstate::cpuid::LiveCpuid;
+use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
+use xstate::enumerate::MxcsrMaskSource;
 use xstate::insn::{Fault, Insn, XsaveUnit, read_xcr0};
 use xstate::layout::Layout;
 use xstate::model::{Quirks, XsaveMachine};
@@ -186,8 +187,8 @@ impl Caps {
             xcr0,
             avx: xcr0.contains(XFeatures::AVX),
             avx512: xcr0.contains(XFeatures::AVX512),
-            xsaveopt: e.xsaveopt,
-            xsavec: e.xsavec,
+            xsaveopt: e.xsaveopt(),
+            xsavec: e.xsavec(),
             amx: xcr0.has_index(TILECFG) && xcr0.has_index(TILEDATA),
             tiles_warm: false,
         }
@@ -1067,12 +1068,27 @@ fn model_matches_this_cpu() {
 
     let mxcsr_mask = xstate::insn::read_mxcsr_mask();
     let quirks = Quirks::for_cpu(&LiveCpuid);
-    // The vendor's usual MXCSR_MASK is what this CPU's FXSAVE says, or the
-    // quirk table is wrong for it.
+    // What a recording of this CPU would get (the vendor's MXCSR_MASK) is what
+    // its FXSAVE says, or the vendor rule is wrong for it.
+    struct CpuidOnly;
+    impl CpuidSource for CpuidOnly {
+        fn cpuid(&self, leaf: u32, subleaf: u32) -> xstate::cpuid::CpuidResult {
+            LiveCpuid.cpuid(leaf, subleaf)
+        }
+    }
+    let recorded = Enumeration::from_cpuid(&CpuidOnly).expect("live enumeration");
+    assert_eq!(recorded.mxcsr_source(), MxcsrMaskSource::Vendor);
     assert_eq!(
-        quirks.mxcsr_mask, mxcsr_mask,
-        "Quirks::for_cpu's MXCSR_MASK vs FXSAVE"
+        recorded.mxcsr_mask(),
+        mxcsr_mask,
+        "the vendor's MXCSR_MASK (what a recording gets) vs FXSAVE"
     );
+    assert_eq!(
+        e.mxcsr_mask(),
+        mxcsr_mask,
+        "LiveCpuid's MXCSR_MASK vs FXSAVE"
+    );
+    assert_eq!(e.mxcsr_source(), MxcsrMaskSource::Measured);
     loud!("model quirks for this CPU: {quirks:x?}");
 
     let mut s = Shared::map(buf);

@@ -33,7 +33,7 @@ fn sets_from_the_running_kernels_values() {
     // its own process), so its values carry a granted one where there is one.
     let e = Enumeration::from_cpuid(&LiveCpuid).expect("live CPUID");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    for i in cfg.policy.dynamic.indices() {
+    for i in cfg.policy().dynamic.indices() {
         for (code, what) in [
             (ARCH_REQ_XCOMP_PERM, "task"),
             (ARCH_REQ_XCOMP_GUEST_PERM, "guest"),
@@ -45,7 +45,7 @@ fn sets_from_the_running_kernels_values() {
             }
         }
     }
-    if cfg.policy.dynamic.is_empty() {
+    if cfg.policy().dynamic.is_empty() {
         loud!("SKIP perm_from_linux: no dynamic component on this CPU: only default sets compared");
     }
     let (Some(task), Some(guest)) = (
@@ -61,16 +61,16 @@ fn sets_from_the_running_kernels_values() {
         XFeatures::from_bits_retain(task),
         XFeatures::from_bits_retain(guest),
     );
-    let p = ProcessPerms::from_linux(&e, &cfg, task, guest)
+    let p = ProcessPerms::from_linux(&cfg, task, guest)
         .unwrap_or_else(|err| panic!("the kernel's own values {task:?} / {guest:?}: {err}"));
-    let user = cfg.user.max_features;
+    let user = cfg.user().max_features;
     assert_eq!(p.get(PermKind::Task).features & user, task);
     assert_eq!(p.get(PermKind::Guest).features & user, guest);
     // The same sets as asking the crate for each dynamic component reported.
     let mut asked = ProcessPerms::new(&cfg);
     for (kind, value) in [(PermKind::Task, task), (PermKind::Guest, guest)] {
-        for i in (value & cfg.policy.dynamic).indices() {
-            asked.request(&e, &cfg, kind, i, |_| true).unwrap();
+        for i in (value & cfg.policy().dynamic).indices() {
+            asked.request(&cfg, kind, i, |_| true).unwrap();
         }
     }
     assert_eq!(p, asked);
@@ -78,7 +78,7 @@ fn sets_from_the_running_kernels_values() {
     // defaults (a guest's CET_S where the CPU has it).
     assert_eq!(
         p.get(PermKind::Guest).features - user,
-        cfg.guest.default_features - user
+        cfg.guest().default_features - user
     );
     loud!(
         "perm_from_linux: task {:#x}, guest {:#x} from this kernel; sets equal the crate's requests",
@@ -91,20 +91,20 @@ fn sets_from_the_running_kernels_values() {
 fn values_no_kernel_reports_are_refused() {
     let (_, e) = load("intel-sapphire-rapids-xeon-w9-3475x.txt");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    let base = cfg.kernel.default_features & cfg.user.max_features;
+    let base = cfg.kernel().default_features & cfg.user().max_features;
     let bad = XFeatures::from_bits_retain(1 << 40);
     assert_eq!(
-        ProcessPerms::from_linux(&e, &cfg, base | bad, base),
+        ProcessPerms::from_linux(&cfg, base | bad, base),
         Err(PermError::Invalid { index: 40 })
     );
     // MPX is off in Linux's policy on this CPU (no MPX flag): not in the user config.
     assert!(
-        !cfg.user
+        !cfg.user()
             .max_features
             .contains(XFeatures::from_bits_retain(1 << 3))
     );
     assert_eq!(
-        ProcessPerms::from_linux(&e, &cfg, base, base | XFeatures::from_bits_retain(1 << 3)),
+        ProcessPerms::from_linux(&cfg, base, base | XFeatures::from_bits_retain(1 << 3)),
         Err(PermError::Unsupported { index: 3 })
     );
 }
@@ -113,12 +113,12 @@ fn values_no_kernel_reports_are_refused() {
 fn guest_fpstate_grows_when_its_cpuid_enables_amx() {
     let (_, e) = load("intel-sapphire-rapids-xeon-w9-3475x.txt");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    let user = cfg.user.max_features;
-    let base = cfg.kernel.default_features & user;
-    let perms = ProcessPerms::from_linux(&e, &cfg, base, base | XFeatures::XTILE_DATA).unwrap();
-    let fp = Fpstate::new_boxed(&e, &cfg, Owner::Guest).unwrap();
+    let user = cfg.user().max_features;
+    let base = cfg.kernel().default_features & user;
+    let perms = ProcessPerms::from_linux(&cfg, base, base | XFeatures::XTILE_DATA).unwrap();
+    let fp = Fpstate::new_boxed(&cfg, Owner::Guest).unwrap();
     let flags = XsaveFlags::of(&e);
-    let xss = cfg.guest.default_features & e.xss_supported();
+    let xss = cfg.guest().default_features & e.xss_supported();
     let amx = GuestXsave::new(&e, perms.get(PermKind::Guest), user, xss, flags).unwrap();
     let no_amx = GuestXsave::new(
         &e,
@@ -130,14 +130,14 @@ fn guest_fpstate_grows_when_its_cpuid_enables_amx() {
     .unwrap();
     assert_eq!(no_amx.dynamic_to_grow(&cfg, &fp), None);
     assert_eq!(amx.dynamic_to_grow(&cfg, &fp), Some(18));
-    let grown = fp.grow_boxed(&e, &cfg, &perms, 18).unwrap();
+    let grown = fp.grow_boxed(&cfg, &perms, 18).unwrap();
     assert_eq!(amx.dynamic_to_grow(&cfg, &grown), None);
-    assert_eq!(grown.info().size, cfg.guest.max_size);
+    assert_eq!(grown.info().size, cfg.guest().max_size);
     // Without the guest permission the growth is refused, as KVM_SET_CPUID2
     // fails without ARCH_REQ_XCOMP_GUEST_PERM.
     let none = ProcessPerms::new(&cfg);
     assert_eq!(
-        fp.grow_boxed(&e, &cfg, &none, 18).map(|_| ()),
+        fp.grow_boxed(&cfg, &none, 18).map(|_| ()),
         Err(FpstateError::NotPermitted { index: 18 })
     );
 }

@@ -93,7 +93,7 @@ mod linux {
         let cfg = Configs::new(&e, &Policy::linux(&e)).expect("Linux policy");
         loud!(
             "ARCH_GET_XCOMP_SUPP {supp:#x}, crate user config {:#x}",
-            cfg.user.max_features.bits()
+            cfg.user().max_features.bits()
         );
         let mut agree = 0;
         let mut disagree = Vec::new();
@@ -108,7 +108,7 @@ mod linux {
         ] {
             for index in 0..64u32 {
                 let kernel = kernel_answer(code, index);
-                let ours = match ProcessPerms::new(&cfg).request(&e, &cfg, kind, index, |_| true) {
+                let ours = match ProcessPerms::new(&cfg).request(&cfg, kind, index, |_| true) {
                     Ok(_) => 0,
                     Err(err) => err.errno(),
                 };

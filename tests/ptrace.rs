@@ -36,7 +36,7 @@ use xstate::config::{Configs, Policy};
 use xstate::cpuid::LiveCpuid;
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, MXCSR_DEFAULT, Owner};
-use xstate::insn::{read_mxcsr_mask, read_xcr0};
+use xstate::insn::read_xcr0;
 use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi::{UabiError, UserAbi, export, import, import_abi};
 
@@ -68,18 +68,17 @@ impl Live {
             return None;
         };
         let e = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
-        let mut cfg = Configs::new(&e, &Policy::linux(&e)).expect("linux configs");
-        cfg.mxcsr_mask = read_mxcsr_mask();
-        let all = xcr0 & cfg.user.max_features;
+        let cfg = Configs::new(&e, &Policy::linux(&e)).expect("linux configs");
+        let all = xcr0 & cfg.user().max_features;
         let mut perms = ProcessPerms::new(&cfg);
-        for i in (all & cfg.policy.dynamic).indices() {
+        for i in (all & cfg.policy().dynamic).indices() {
             request_xcomp_perm(i, false)
                 .unwrap_or_else(|err| panic!("ARCH_REQ_XCOMP_PERM({i}): errno {err}"));
             perms
-                .request(&e, &cfg, PermKind::Task, i, |_| true)
+                .request(&cfg, PermKind::Task, i, |_| true)
                 .expect("permission");
         }
-        if (all & cfg.policy.dynamic).is_empty() {
+        if (all & cfg.policy().dynamic).is_empty() {
             loud!(
                 "SKIP ptrace/amx: XCR0 {:#x} has no dynamic component (AMX TILEDATA): \
                  no child grows its fpstate here",
@@ -97,7 +96,7 @@ impl Live {
         if !all.contains(XFeatures::PKRU) {
             loud!("SKIP ptrace/pkru: XCR0 {:#x} lacks PKRU", xcr0.bits());
         }
-        let user_size = cfg.user.max_size as usize;
+        let user_size = cfg.user().max_size as usize;
         Some(Self {
             e,
             cfg,
@@ -109,11 +108,9 @@ impl Live {
 
     /// A host fpstate like the child's: grown for AMX or not.
     fn fpstate(&self, grown: bool) -> Fpstate<BoxedArea> {
-        let fp = Fpstate::new_boxed(&self.e, &self.cfg, Owner::Host).expect("host fpstate");
-        match (self.all & self.cfg.policy.dynamic).indices().next() {
-            Some(i) if grown => fp
-                .grow_boxed(&self.e, &self.cfg, &self.perms, i)
-                .expect("grow"),
+        let fp = Fpstate::new_boxed(&self.cfg, Owner::Host).expect("host fpstate");
+        match (self.all & self.cfg.policy().dynamic).indices().next() {
+            Some(i) if grown => fp.grow_boxed(&self.cfg, &self.perms, i).expect("grow"),
             _ => fp,
         }
     }
@@ -122,7 +119,7 @@ impl Live {
     /// past what export writes (Linux zeroes the rest of its buffer).
     fn export(&self, fp: &Fpstate<BoxedArea>) -> Vec<u8> {
         let mut out = vec![0u8; self.user_size];
-        export(&self.e, &self.cfg, fp, fp.info().user_features, &mut out).expect("export");
+        export(&self.cfg, fp, fp.info().user_features, &mut out).expect("export");
         out
     }
 }
@@ -146,12 +143,12 @@ fn random_image(rng: &mut Rng, l: &Live, size: usize) -> Area {
         put_u32(b, 0, 0x037f);
     }
     let mxcsr = if bv.contains(XFeatures::SSE) {
-        (rng.next() as u32 & l.cfg.mxcsr_mask) | 0x1f80
+        (rng.next() as u32 & l.cfg.mxcsr_mask()) | 0x1f80
     } else {
         0x1f80
     };
     put_u32(b, MXCSR, mxcsr);
-    put_u32(b, MXCSR_MASK, l.cfg.mxcsr_mask);
+    put_u32(b, MXCSR_MASK, l.cfg.mxcsr_mask());
     if bv.contains(XFeatures::SSE) {
         b[160..416].copy_from_slice(&noise[160..416]);
     }
@@ -382,7 +379,7 @@ fn getregset_equals_export_of_random_states() {
     // What the child's fpstate holds at bytes 24..32 (MXCSR, MXCSR_MASK) from
     // saves: see `stale_mxcsr`. Fork copies the parent's (the default MXCSR and
     // the CPU's mask: this test thread runs no code that changes MXCSR).
-    let harness_mxcsr = [MXCSR_DEFAULT, l.cfg.mxcsr_mask];
+    let harness_mxcsr = [MXCSR_DEFAULT, l.cfg.mxcsr_mask()];
     let mut saved = harness_mxcsr;
     for (n, img) in images.iter().enumerate() {
         assert_eq!(wait_stop(pid), libc::SIGSTOP, "state {n}: stop signal");
@@ -390,14 +387,14 @@ fn getregset_equals_export_of_random_states() {
         let bv = XFeatures::from_bits_retain(get_u64(img.bytes(), XSTATE_BV));
         // Linux grows the child's fpstate at its first live TILEDATA XRSTOR,
         // into a zeroed buffer.
-        if bv.intersects(l.cfg.policy.dynamic) && !grown {
+        if bv.intersects(l.cfg.policy().dynamic) && !grown {
             grown = true;
             saved = [0, 0];
         }
         amx += usize::from(bv.contains(XFeatures::XTILE_DATA));
         pkru += usize::from(bv.contains(XFeatures::PKRU));
         let mut fp = l.fpstate(grown);
-        import(&l.e, &l.cfg, &mut fp, img.bytes())
+        import(&l.cfg, &mut fp, img.bytes())
             .unwrap_or_else(|e| panic!("state {n}: import refused the loaded image: {e}"));
         let mut ours = l.export(&fp);
         for i in init_tracking(&l.e, &mut ours, &kernel) {
@@ -407,7 +404,7 @@ fn getregset_equals_export_of_random_states() {
             stale += 1;
             saved = k;
         } else if bv.contains(XFeatures::SSE) {
-            saved = [get_u32(img.bytes(), MXCSR), l.cfg.mxcsr_mask];
+            saved = [get_u32(img.bytes(), MXCSR), l.cfg.mxcsr_mask()];
         }
         if let Some(d) = first_difference(&kernel, &ours) {
             reap(pid);
@@ -480,7 +477,7 @@ fn verdicts(
     // Our mirror starts from what the child holds now.
     let mut fp = l.fpstate(grown);
     let start = getregset(pid, l.user_size);
-    import_abi(&l.e, &l.cfg, &mut fp, &start, UserAbi::Ptrace)
+    import_abi(&l.cfg, &mut fp, &start, UserAbi::Ptrace)
         .unwrap_or_else(|e| panic!("the child's own state refused: {e}"));
     if let Some(d) = first_difference(&start, &l.export(&fp)) {
         reap(pid);
@@ -496,14 +493,14 @@ fn verdicts(
         rng.fill(&mut buf);
         put_u64(&mut buf, XSTATE_BV, rng.next() & valid);
         buf[XCOMP_BV..576].fill(0);
-        put_u32(&mut buf, MXCSR, rng.next() as u32 & l.cfg.mxcsr_mask);
+        put_u32(&mut buf, MXCSR, rng.next() as u32 & l.cfg.mxcsr_mask());
         if rng.below(4) != 0 {
             mutate_header(&mut rng, &mut buf);
         }
         buf.truncate(len);
         let before = fp.area().to_vec();
         let k = setregset(pid, &mut buf);
-        let o = import_abi(&l.e, &l.cfg, &mut fp, &buf, UserAbi::Ptrace);
+        let o = import_abi(&l.cfg, &mut fp, &buf, UserAbi::Ptrace);
         let same = match (&k, &o) {
             (Ok(()), Ok(_)) => {
                 accepted += 1;
@@ -540,7 +537,7 @@ fn verdicts(
             // Both sides back to one state, so the run goes on.
             let mut sync = start.clone();
             setregset(pid, &mut sync).expect("the child's own state");
-            import_abi(&l.e, &l.cfg, &mut fp, &sync, UserAbi::Ptrace).expect("own state");
+            import_abi(&l.cfg, &mut fp, &sync, UserAbi::Ptrace).expect("own state");
             continue;
         }
         // After every call, refused ones included: the same state, every byte.
@@ -567,7 +564,7 @@ fn setregset_accepts_what_import_accepts() {
     };
     let start = std::time::Instant::now();
     let mut runs = vec![(false, 0x7365_7472_6567_7331)];
-    if l.all.intersects(l.cfg.policy.dynamic) {
+    if l.all.intersects(l.cfg.policy().dynamic) {
         runs.push((true, 0x7365_7472_6567_7332));
     }
     let (mut n, mut agree, mut disagree, mut accepted) = (0, 0, 0, 0);

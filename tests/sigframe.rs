@@ -77,7 +77,7 @@ use xstate::fpstate::{
     BoxedArea, FCW_DEFAULT, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Mode, Owner,
     XSTATE_BV_OFFSET,
 };
-use xstate::insn::{Cpu, read_mxcsr_mask, read_xcr0};
+use xstate::insn::{Cpu, read_xcr0};
 use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi::{self, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET};
 
@@ -497,15 +497,14 @@ fn live(test: &str) -> Option<Live> {
         guest_only: XFeatures::empty(),
         ..linux
     };
-    let mut cfg = Configs::new(&e, &user_only).expect("configs");
+    let cfg = Configs::new(&e, &user_only).expect("configs");
     assert_eq!(
-        cfg.user,
-        Configs::new(&e, &linux).expect("linux configs").user,
+        cfg.user(),
+        Configs::new(&e, &linux).expect("linux configs").user(),
         "dropping supervisor components changed the user config"
     );
-    cfg.mxcsr_mask = read_mxcsr_mask();
-    let full = xcr0 & cfg.user.default_features;
-    let all = xcr0 & cfg.user.max_features;
+    let full = xcr0 & cfg.user().default_features;
+    let all = xcr0 & cfg.user().max_features;
     let unknown = all - LOADED;
     if !unknown.is_empty() {
         loud!(
@@ -545,19 +544,19 @@ fn sigframe_matches_kernel() {
         return;
     };
     let (e, cfg, xcr0) = (&l.e, &l.cfg, l.xcr0);
-    let mxcsr_mask = cfg.mxcsr_mask;
+    let mxcsr_mask = cfg.mxcsr_mask();
     // Every area is sized for all of XCR0 and every XSAVE/XRSTOR of the
     // harness covers it: XSAVE of a component XFD still guards saves it as
     // init, and XRSTOR of an init one does not fault.
     let big = e.standard_size(l.all) as usize;
     let mut harness = Area::new(big, 0);
-    let host = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
+    let host = Fpstate::new_boxed(cfg, Owner::Host).expect("host fpstate");
     let mut phases = vec![Phase {
         name: "before-amx",
         features: l.full,
-        fp: Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate"),
+        fp: Fpstate::new_boxed(cfg, Owner::Host).expect("host fpstate"),
     }];
-    let dynamic = l.all & cfg.policy.dynamic;
+    let dynamic = l.all & cfg.policy().dynamic;
     if dynamic.is_empty() {
         loud!(
             "SKIP sigframe_matches_kernel/after-amx: XCR0 {:#x} has no dynamic component (AMX TILEDATA): \
@@ -570,14 +569,14 @@ fn sigframe_matches_kernel() {
             request_xcomp_perm(i, false)
                 .unwrap_or_else(|err| panic!("ARCH_REQ_XCOMP_PERM({i}): errno {err}"));
             perms
-                .request(e, cfg, PermKind::Task, i, |_| true)
+                .request(cfg, PermKind::Task, i, |_| true)
                 .expect("permission");
         }
         let first = dynamic.indices().next().unwrap_or(XTILEDATA);
         phases.push(Phase {
             name: "after-amx",
             features: l.all,
-            fp: host.grow_boxed(e, cfg, &perms, first).expect("grow"),
+            fp: host.grow_boxed(cfg, &perms, first).expect("grow"),
         });
     }
 
@@ -585,7 +584,7 @@ fn sigframe_matches_kernel() {
     let (mut ran, mut compared, mut unwritten) = (0, 0, 0);
     let mut lens = Vec::new();
     for phase in &mut phases {
-        if phase.features.intersects(cfg.policy.dynamic) {
+        if phase.features.intersects(cfg.policy().dynamic) {
             // The first use of TILEDATA in this thread: #NM, Linux grows the
             // thread's fpstate and retries the XRSTOR. Frames are larger from
             // here on, whatever the registers hold.
@@ -625,7 +624,7 @@ fn sigframe_matches_kernel() {
         for (seed, &(bv, mxcsr, zero, name)) in (1..).zip(&patterns) {
             if !phase.features.contains(bv) {
                 let missing = bv - phase.features;
-                if missing.intersects(cfg.policy.dynamic) && l.all.contains(bv) {
+                if missing.intersects(cfg.policy().dynamic) && l.all.contains(bv) {
                     loud!(
                         "sigframe/{}/{name}: loads TILEDATA, so it runs after the first use (after-amx)",
                         phase.name
@@ -690,7 +689,7 @@ fn run_pattern(
 ) -> Outcome {
     let (e, cfg) = (&l.e, &l.cfg);
     let name = format!("{}/{}/{how:?}", phase.name, p.name);
-    let img = image(e, p, cfg.mxcsr_mask, big);
+    let img = image(e, p, cfg.mxcsr_mask(), big);
     let size = e.standard_size(phase.features) as usize;
     let len = size + 4;
 
@@ -755,7 +754,7 @@ fn run_pattern(
     );
 
     // Crate path: the same load, then Fpstate::save (XSAVEC) right after it.
-    let mut fp = fresh_like(e, cfg, &phase.fp);
+    let mut fp = fresh_like(cfg, &phase.fp);
     // Built before the load: it enumerates CPUID in Rust code that may use
     // vector registers.
     // SAFETY: the unit only saves here, which replaces no register state.
@@ -769,7 +768,7 @@ fn run_pattern(
     saved.expect("Fpstate::save");
     let ours = CANARIES.map(|c| {
         let mut f = vec![c; len];
-        let n = uabi::export_sigframe(e, cfg, &fp, cfg.user.max_features, &mut f)
+        let n = uabi::export_sigframe(cfg, &fp, cfg.user().max_features, &mut f)
             .expect("export_sigframe");
         assert_eq!(n, len, "{name}: export_sigframe length");
         f
@@ -802,8 +801,8 @@ fn run_pattern(
 
     // The kernel's frame is a valid signal frame for the crate, and exporting
     // what it loads gives the kernel's frame back, byte for byte.
-    let mut fp2 = fresh_like(e, cfg, &fp);
-    let got = uabi::import_sigframe(e, cfg, &mut fp2, kernel)
+    let mut fp2 = fresh_like(cfg, &fp);
+    let got = uabi::import_sigframe(cfg, &mut fp2, kernel)
         .unwrap_or_else(|x| panic!("{name}: import_sigframe refused the kernel's frame: {x}"));
     assert_eq!(
         got.fx_only, None,
@@ -811,11 +810,11 @@ fn run_pattern(
     );
     assert_eq!(
         got.features,
-        kbv & cfg.user.max_features,
+        kbv & cfg.user().max_features,
         "{name}: imported XSTATE_BV"
     );
     let mut again = vec![CANARIES[0]; len];
-    uabi::export_sigframe(e, cfg, &fp2, cfg.user.max_features, &mut again).expect("re-export");
+    uabi::export_sigframe(cfg, &fp2, cfg.user().max_features, &mut again).expect("re-export");
     if let Some(j) = (0..len).find(|&j| !excluded(j) && again[j] != kernel[j]) {
         panic!("{name}: kernel frame -> import -> export changed byte {j}");
     }
@@ -831,22 +830,22 @@ fn run_pattern(
 }
 
 /// A fresh fpstate with the same features as `like` (grown or not).
-fn fresh_like(e: &Enumeration, cfg: &Configs, like: &Fpstate<BoxedArea>) -> Fpstate<BoxedArea> {
-    let fp = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
+fn fresh_like(cfg: &Configs, like: &Fpstate<BoxedArea>) -> Fpstate<BoxedArea> {
+    let fp = Fpstate::new_boxed(cfg, Owner::Host).expect("host fpstate");
     if fp.info().features == like.info().features {
         return fp;
     }
     let mut perms = ProcessPerms::new(cfg);
-    for i in (like.info().features & cfg.policy.dynamic).indices() {
+    for i in (like.info().features & cfg.policy().dynamic).indices() {
         perms
-            .request(e, cfg, PermKind::Task, i, |_| true)
+            .request(cfg, PermKind::Task, i, |_| true)
             .expect("permission");
     }
-    let first = (like.info().features & cfg.policy.dynamic)
+    let first = (like.info().features & cfg.policy().dynamic)
         .indices()
         .next()
         .unwrap_or(XTILEDATA);
-    fp.grow_boxed(e, cfg, &perms, first).expect("grow")
+    fp.grow_boxed(cfg, &perms, first).expect("grow")
 }
 
 /// Bytes of components this test does not load (beyond [`LOADED`]): left out,
@@ -976,7 +975,7 @@ fn sigreturn_model(l: &Live, frame: &[u8]) -> (Vec<u8>, bool) {
     put_u32(&mut out, MXCSR, MXCSR_DEFAULT);
     if fx_only {
         out[..416].copy_from_slice(&frame[..416]);
-        put_u32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
+        put_u32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask());
         return (out, true);
     }
     let rfbm = get_u64(frame, SW_BYTES_OFFSET + 8) & l.full.bits();
@@ -992,7 +991,7 @@ fn sigreturn_model(l: &Live, frame: &[u8]) -> (Vec<u8>, bool) {
         MXCSR_DEFAULT
     };
     put_u32(&mut out, MXCSR, mxcsr);
-    put_u32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask);
+    put_u32(&mut out, MXCSR_MASK, l.cfg.mxcsr_mask());
     (out, false)
 }
 
@@ -1014,7 +1013,7 @@ fn sigreturn_matches_import() {
     let frame_pattern = Pattern {
         name: "frame",
         xstate_bv: all,
-        mxcsr: 0x9fc0 & cfg.mxcsr_mask,
+        mxcsr: 0x9fc0 & cfg.mxcsr_mask(),
         zero: false,
         seed: 11,
     };
@@ -1029,11 +1028,11 @@ fn sigreturn_matches_import() {
             zero: false,
             seed: 12,
         },
-        cfg.mxcsr_mask,
+        cfg.mxcsr_mask(),
         size,
     );
     // The frame, built here: the image plus the software bytes and magic2.
-    let mut base = image(e, &frame_pattern, cfg.mxcsr_mask, size)
+    let mut base = image(e, &frame_pattern, cfg.mxcsr_mask(), size)
         .bytes()
         .to_vec();
     base.resize(size + 4, 0);
@@ -1092,8 +1091,8 @@ fn sigreturn_matches_import() {
         );
 
         // Crate: import_sigframe, Fpstate::restore, the same XSAVE.
-        let mut fp = Fpstate::new_boxed(e, cfg, Owner::Host).expect("host fpstate");
-        let got = uabi::import_sigframe(e, cfg, &mut fp, &frame).unwrap_or_else(|x| {
+        let mut fp = Fpstate::new_boxed(cfg, Owner::Host).expect("host fpstate");
+        let got = uabi::import_sigframe(cfg, &mut fp, &frame).unwrap_or_else(|x| {
             panic!("{name}: import_sigframe refused it ({x}); sigreturn took it")
         });
         assert_eq!(

@@ -58,8 +58,7 @@ impl Machine {
         let cpu = RecordedCpuid::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let e = Enumeration::from_cpuid(&cpu).unwrap_or_else(|err| panic!("{name}: {err}"));
         let quirks = Quirks::for_cpu(&cpu);
-        let mut cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-        cfg.mxcsr_mask = quirks.mxcsr_mask;
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         let mut unwritten = BTreeMap::new();
         for line in fs::read_to_string(dir.join("unwritten.txt"))
             .unwrap()
@@ -340,19 +339,19 @@ fn probes(m: &Machine, t: &mut Tally) {
 fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
     let (e, cfg) = (&m.e, &m.cfg);
     let input = area_of(&m.bin(&format!("{v}.input.bin")));
-    let mut fp = Fpstate::new_boxed(e, cfg, Owner::Host).unwrap();
+    let mut fp = Fpstate::new_boxed(cfg, Owner::Host).unwrap();
     if bv >> TILEDATA & 1 != 0 {
         let mut perms = ProcessPerms::new(cfg);
         perms
-            .request(e, cfg, PermKind::Task, TILEDATA, |_| true)
+            .request(cfg, PermKind::Task, TILEDATA, |_| true)
             .unwrap();
-        fp = fp.grow_boxed(e, cfg, &perms, TILEDATA).unwrap();
+        fp = fp.grow_boxed(cfg, &perms, TILEDATA).unwrap();
     }
     let mut cpu = m.model();
     cpu.restore(Insn::Xrstor, input.bytes(), e.xcr0_supported())
         .unwrap();
     // The kernel saves the task (XSAVES where the CPU has it, at CPL 0).
-    let mode = if e.xsaves {
+    let mode = if e.xsaves() {
         cpu.set_cpl0(true);
         Mode::Supervisor
     } else {
@@ -362,7 +361,7 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
 
     let want = m.bin(&format!("{v}.ptrace.bin"));
     let mut out = vec![0u8; want.len()];
-    let r = uabi::export(e, cfg, &fp, cfg.user.max_features, &mut out);
+    let r = uabi::export(cfg, &fp, cfg.user().max_features, &mut out);
     t.check(r.is_ok(), || {
         format!("{}: {v}.ptrace: export {r:?}", m.name)
     });
@@ -376,7 +375,7 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
     let written = m.written(&format!("{v}.sigframe"), want.len());
     for canary in CANARIES {
         let mut out = vec![canary; want.len() + 64];
-        let r = uabi::export_sigframe(e, cfg, &fp, cfg.user.max_features, &mut out);
+        let r = uabi::export_sigframe(cfg, &fp, cfg.user().max_features, &mut out);
         t.check(r == Ok(want.len()), || {
             format!(
                 "{}: {v}.sigframe: export_sigframe {r:?}, the kernel wrote {} bytes",
@@ -396,15 +395,15 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
 
     // ptrace's image back in, then XSAVEC of what the fpstate restores.
     let ptrace = m.bin(&format!("{v}.ptrace.bin"));
-    let mut back = Fpstate::new_boxed(e, cfg, Owner::Host).unwrap();
+    let mut back = Fpstate::new_boxed(cfg, Owner::Host).unwrap();
     if fp.info().features != back.info().features {
         let mut perms = ProcessPerms::new(cfg);
         perms
-            .request(e, cfg, PermKind::Task, TILEDATA, |_| true)
+            .request(cfg, PermKind::Task, TILEDATA, |_| true)
             .unwrap();
-        back = back.grow_boxed(e, cfg, &perms, TILEDATA).unwrap();
+        back = back.grow_boxed(cfg, &perms, TILEDATA).unwrap();
     }
-    let r = uabi::import(e, cfg, &mut back, &ptrace);
+    let r = uabi::import(cfg, &mut back, &ptrace);
     t.check(r.is_ok(), || {
         format!("{}: {v}.ptrace import: {r:?}", m.name)
     });

@@ -9,6 +9,7 @@ use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::RecordedCpuid;
 use xstate::enumerate::Enumeration;
+use xstate::error::BufferTooSmall;
 use xstate::fpstate::{
     BoxedArea, Fpstate, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Owner, XCOMP_BV_OFFSET, XSTATE_BV_OFFSET,
 };
@@ -30,36 +31,36 @@ fn setup() -> Setup {
     let raw = RecordedCpuid::parse(DUMP).expect("dump");
     let e = Enumeration::from_cpuid(&raw).expect("enumeration");
     let cfg = Configs::new(&e, &Policy::linux(&e)).expect("configs");
-    assert!(cfg.policy.dynamic.contains(XFeatures::XTILE_DATA));
+    assert!(cfg.policy().dynamic.contains(XFeatures::XTILE_DATA));
     Setup { e, cfg }
 }
 
 /// A host fpstate with every user component it holds in use, in a pattern.
 fn primed(s: &Setup) -> Fpstate<BoxedArea> {
-    let mut fp = Fpstate::new_boxed(&s.e, &s.cfg, Owner::Host).expect("host fpstate");
+    let mut fp = Fpstate::new_boxed(&s.cfg, Owner::Host).expect("host fpstate");
     let user = fp.info().user_features;
     let mut b: Vec<u8> = (0..fp.info().user_size as usize)
         .map(|k| (k as u8).wrapping_mul(29) | 1)
         .collect();
     put_u32(&mut b, MXCSR, 0x1f80);
-    put_u32(&mut b, MXCSR_MASK, s.cfg.mxcsr_mask);
+    put_u32(&mut b, MXCSR_MASK, s.cfg.mxcsr_mask());
     b[XSTATE_BV..XSTATE_BV + 64].fill(0);
     put_u64(&mut b, XSTATE_BV, user.bits());
-    uabi::import(&s.e, &s.cfg, &mut fp, &b).expect("primer");
+    uabi::import(&s.cfg, &mut fp, &b).expect("primer");
     fp
 }
 
 /// A valid signal frame of another state (`import` of the same bytes works too).
 fn frame(s: &Setup) -> Vec<u8> {
-    let mut other = Fpstate::new_boxed(&s.e, &s.cfg, Owner::Host).expect("host fpstate");
+    let mut other = Fpstate::new_boxed(&s.cfg, Owner::Host).expect("host fpstate");
     let size = other.info().user_size as usize;
     let mut b = vec![0x3cu8; size];
     put_u32(&mut b, MXCSR, 0x9fc0);
     b[XSTATE_BV..XSTATE_BV + 64].fill(0);
     put_u64(&mut b, XSTATE_BV, other.info().user_features.bits());
-    uabi::import(&s.e, &s.cfg, &mut other, &b).expect("frame source");
+    uabi::import(&s.cfg, &mut other, &b).expect("frame source");
     let mut f = vec![0u8; size + 4];
-    let n = uabi::export_sigframe(&s.e, &s.cfg, &other, other.info().user_features, &mut f)
+    let n = uabi::export_sigframe(&s.cfg, &other, other.info().user_features, &mut f)
         .expect("export_sigframe");
     assert_eq!(n, size + 4);
     f
@@ -74,9 +75,9 @@ fn refused(s: &Setup, buf: &[u8], want: Option<UabiError>, want_sig: Option<Uabi
         let mut fp = primed(s);
         let before = fp.area().to_vec();
         let got = if sig {
-            uabi::import_sigframe(&s.e, &s.cfg, &mut fp, buf).map(|r| r.features)
+            uabi::import_sigframe(&s.cfg, &mut fp, buf).map(|r| r.features)
         } else {
-            uabi::import(&s.e, &s.cfg, &mut fp, buf)
+            uabi::import(&s.cfg, &mut fp, buf)
         };
         assert_eq!(got, Err(want), "sigframe path: {sig}");
         assert!(fp.area() == &before[..], "{want}: the fpstate changed");
@@ -89,13 +90,13 @@ fn each_refusal_has_its_own_error() {
     let s = setup();
     let f = frame(&s);
     let size = f.len() - 4;
-    let user = s.cfg.user.default_features;
-    let mask = s.cfg.mxcsr_mask;
+    let user = s.cfg.user().default_features;
+    let mask = s.cfg.mxcsr_mask();
 
     // Sanity: the unmodified frame goes through both paths.
     let mut fp = primed(&s);
-    uabi::import(&s.e, &s.cfg, &mut fp, &f[..size]).expect("valid buffer");
-    let got = uabi::import_sigframe(&s.e, &s.cfg, &mut fp, &f).expect("valid frame");
+    uabi::import(&s.cfg, &mut fp, &f[..size]).expect("valid buffer");
+    let got = uabi::import_sigframe(&s.cfg, &mut fp, &f).expect("valid frame");
     assert_eq!(
         got,
         SigframeImport {
@@ -108,26 +109,26 @@ fn each_refusal_has_its_own_error() {
     refused(
         &s,
         &f[..500],
-        Some(UabiError::BufferTooSmall {
+        Some(UabiError::BufferTooSmall(BufferTooSmall {
             needed: 576,
             got: 500,
-        }),
-        Some(UabiError::BufferTooSmall {
+        })),
+        Some(UabiError::BufferTooSmall(BufferTooSmall {
             needed: 512,
             got: 500,
-        }),
+        })),
     );
     refused(
         &s,
         &f[..size - 1],
-        Some(UabiError::BufferTooSmall {
+        Some(UabiError::BufferTooSmall(BufferTooSmall {
             needed: size,
             got: size - 1,
-        }),
-        Some(UabiError::BufferTooSmall {
+        })),
+        Some(UabiError::BufferTooSmall(BufferTooSmall {
             needed: size + 4,
             got: size - 1,
-        }),
+        })),
     );
 
     // XSTATE_BV: AMX TILEDATA (not granted to this task), a supervisor bit
@@ -147,7 +148,7 @@ fn each_refusal_has_its_own_error() {
             // bit is ignored, as XRSTOR ignores XSTATE_BV bits outside RFBM.
             refused(&s, &b, Some(e), None);
             let mut fp = primed(&s);
-            let got = uabi::import_sigframe(&s.e, &s.cfg, &mut fp, &b).expect("AMX outside RFBM");
+            let got = uabi::import_sigframe(&s.cfg, &mut fp, &b).expect("AMX outside RFBM");
             assert_eq!(got.features, user);
             put_u64(&mut b, SW_BYTES_OFFSET + 8, (user | bit).bits());
         }
@@ -175,7 +176,7 @@ fn each_refusal_has_its_own_error() {
     b[XSTATE_BV + 40] = 1;
     refused(&s, &b, Some(UabiError::ReservedHeader), None);
     let mut fp = primed(&s);
-    uabi::import_sigframe(&s.e, &s.cfg, &mut fp, &b).expect("header bytes 24..64");
+    uabi::import_sigframe(&s.cfg, &mut fp, &b).expect("header bytes 24..64");
 
     // MXCSR with a reserved bit.
     let mut b = f.clone();
@@ -187,11 +188,8 @@ fn each_refusal_has_its_own_error() {
     put_u64(&mut b, XSTATE_BV, 0);
     put_u64(&mut b, SW_BYTES_OFFSET + 8, 1);
     let mut fp = primed(&s);
-    assert_eq!(
-        uabi::import(&s.e, &s.cfg, &mut fp, &b),
-        Ok(XFeatures::empty())
-    );
-    let got = uabi::import_sigframe(&s.e, &s.cfg, &mut fp, &b).expect("x87-only frame");
+    assert_eq!(uabi::import(&s.cfg, &mut fp, &b), Ok(XFeatures::empty()));
+    let got = uabi::import_sigframe(&s.cfg, &mut fp, &b).expect("x87-only frame");
     assert_eq!(got.features, XFeatures::empty());
 }
 
@@ -240,7 +238,7 @@ fn bad_software_bytes_make_an_fx_only_frame() {
         mutate(&mut b, size);
         let mut fp = primed(&s);
         let xcomp = fp.xcomp_bv();
-        let got = uabi::import_sigframe(&s.e, &s.cfg, &mut fp, &b).expect(name);
+        let got = uabi::import_sigframe(&s.cfg, &mut fp, &b).expect(name);
         let why = got.fx_only.unwrap_or_else(|| panic!("{name}: not fx only"));
         assert_eq!(
             core::mem::discriminant(&why),
@@ -253,7 +251,7 @@ fn bad_software_bytes_make_an_fx_only_frame() {
         assert_eq!(fp.xstate_bv(), XFeatures::X87 | XFeatures::SSE, "{name}");
         assert_eq!(fp.xcomp_bv(), xcomp, "{name}");
         let mut out = vec![0u8; size];
-        uabi::export(&s.e, &s.cfg, &fp, s.cfg.user.default_features, &mut out).expect("export");
+        uabi::export(&s.cfg, &fp, s.cfg.user().default_features, &mut out).expect("export");
         assert!(
             out[..416] == b[..416],
             "{name}: legacy region not the frame's"
@@ -274,14 +272,14 @@ fn software_xfeatures_limit_the_restore() {
     let keep = XFeatures::X87 | XFeatures::SSE | XFeatures::AVX;
     put_u64(&mut f, SW_BYTES_OFFSET + 8, keep.bits());
     let mut fp = primed(&s);
-    let got = uabi::import_sigframe(&s.e, &s.cfg, &mut fp, &f).expect("frame");
+    let got = uabi::import_sigframe(&s.cfg, &mut fp, &f).expect("frame");
     assert_eq!(got.fx_only, None);
     assert_eq!(got.features, keep);
     assert_eq!(fp.xstate_bv(), keep);
     let avx = &s.e.components()[2];
     let size = f.len() - 4;
     let mut out = vec![0u8; size];
-    uabi::export(&s.e, &s.cfg, &fp, s.cfg.user.default_features, &mut out).expect("export");
+    uabi::export(&s.cfg, &fp, s.cfg.user().default_features, &mut out).expect("export");
     let r = avx.std_offset as usize..(avx.std_offset + avx.size) as usize;
     assert!(out[r.clone()] == f[r.clone()], "AVX not the frame's");
     assert!(out[r.end..].iter().all(|&x| x == 0), "beyond AVX not init");
@@ -306,10 +304,10 @@ fn area_offsets_are_the_sdm_ones() {
 #[test]
 fn import_abi_refusals() {
     let s = setup();
-    let user_size = s.cfg.user.max_size as usize;
+    let user_size = s.cfg.user().max_size as usize;
     let mut valid = vec![0u8; user_size + 64];
     put_u32(&mut valid, MXCSR, 0x1f80);
-    put_u32(&mut valid, MXCSR_MASK, s.cfg.mxcsr_mask);
+    put_u32(&mut valid, MXCSR_MASK, s.cfg.mxcsr_mask());
     put_u64(&mut valid, XSTATE_BV, 0b111);
     let kvm = |supported: u64| uabi::UserAbi::Kvm {
         supported: XFeatures::from_bits_retain(supported),
@@ -330,19 +328,19 @@ fn import_abi_refusals() {
             "ptrace, short but holding XSTATE_BV's components",
             &valid[..1024],
             ptrace,
-            Some(UabiError::BufferTooSmall {
+            Some(UabiError::BufferTooSmall(BufferTooSmall {
                 needed: user_size,
                 got: 1024,
-            }),
+            })),
         ),
         (
             "ptrace, empty",
             &valid[..0],
             ptrace,
-            Some(UabiError::BufferTooSmall {
+            Some(UabiError::BufferTooSmall(BufferTooSmall {
                 needed: user_size,
                 got: 0,
-            }),
+            })),
         ),
         ("ptrace, exact", &valid[..user_size], ptrace, None),
         ("ptrace, longer", &valid[..user_size + 64], ptrace, None),
@@ -350,10 +348,10 @@ fn import_abi_refusals() {
             "kvm, short",
             &valid[..4000],
             kvm(0xe7),
-            Some(UabiError::BufferTooSmall {
+            Some(UabiError::BufferTooSmall(BufferTooSmall {
                 needed: 4096,
                 got: 4000,
-            }),
+            })),
         ),
         (
             "kvm, AVX not supported for guests",
@@ -371,12 +369,12 @@ fn import_abi_refusals() {
     for (name, buf, abi, want) in cases {
         let mut fp = primed(&s);
         let before = fp.area().to_vec();
-        let got = uabi::import_abi(&s.e, &s.cfg, &mut fp, buf, abi);
+        let got = uabi::import_abi(&s.cfg, &mut fp, buf, abi);
         match want {
             Some(want) => {
                 assert_eq!(got, Err(want), "{name}");
                 assert_eq!(fp.area(), &before[..], "{name}: fpstate changed");
-                let errno = if matches!(want, UabiError::BufferTooSmall { .. }) {
+                let errno = if matches!(want, UabiError::BufferTooSmall(_)) {
                     14
                 } else {
                     22

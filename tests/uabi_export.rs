@@ -19,10 +19,9 @@ fn export_writes_exactly_its_image_whatever_the_buffer_held() {
     let (mut exports, mut imports) = (0usize, 0usize);
     for (name, cpu) in dumps() {
         let e = Enumeration::from_cpuid(cpu).unwrap();
-        let mut cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-        cfg.mxcsr_mask = 0xffff;
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         for owner in [Owner::Host, Owner::Guest] {
-            let mut fp = Fpstate::new_boxed(&e, &cfg, owner).unwrap();
+            let mut fp = Fpstate::new_boxed(&cfg, owner).unwrap();
             let user = fp.info().user_features;
             let size = e.standard_size(user) as usize;
             for _ in 0..8 {
@@ -35,7 +34,7 @@ fn export_writes_exactly_its_image_whatever_the_buffer_held() {
                 put_u64(&mut img, XSTATE_BV, bv.bits());
                 put_u32(&mut img, MXCSR, 0x1f80 | (rng.next() as u32 & 0x7f));
                 img[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-                uabi::import(&e, &cfg, &mut fp, &img).unwrap_or_else(|err| {
+                uabi::import(&cfg, &mut fp, &img).unwrap_or_else(|err| {
                     panic!("{name}: import refused an image Linux takes: {err}")
                 });
                 imports += 1;
@@ -46,8 +45,8 @@ fn export_writes_exactly_its_image_whatever_the_buffer_held() {
                     let want = e.standard_size(mask & user) as usize;
                     let mut zeroed = vec![0u8; size + 64];
                     let mut dirty = vec![0xa5u8; size + 64];
-                    let n = uabi::export(&e, &cfg, &fp, mask, &mut zeroed).unwrap();
-                    let m = uabi::export(&e, &cfg, &fp, mask, &mut dirty).unwrap();
+                    let n = uabi::export(&cfg, &fp, mask, &mut zeroed).unwrap();
+                    let m = uabi::export(&cfg, &fp, mask, &mut dirty).unwrap();
                     assert_eq!((n, m), (want, want), "{name}: export length for {mask:?}");
                     assert_eq!(
                         zeroed[..n],
@@ -80,14 +79,14 @@ fn init_components_export_as_init_whatever_the_kernel_buffer_kept() {
     for (name, cpu) in dumps() {
         let e = Enumeration::from_cpuid(cpu).unwrap();
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-        let mut fp = Fpstate::new_boxed(&e, &cfg, Owner::Host).unwrap();
-        let supervisor = e.xsaves;
+        let mut fp = Fpstate::new_boxed(&cfg, Owner::Host).unwrap();
+        let supervisor = e.xsaves();
         let mode = if supervisor {
             Mode::Supervisor
         } else {
             Mode::User
         };
-        if mode == Mode::User && !(fp.info().features & cfg.xss).is_empty() {
+        if mode == Mode::User && !(fp.info().features & cfg.xss()).is_empty() {
             continue;
         }
         let mut m = XsaveMachine::new(&e, Quirks::INTEL);
@@ -112,9 +111,9 @@ fn init_components_export_as_init_whatever_the_kernel_buffer_kept() {
         let user = fp.info().user_features;
         let size = e.standard_size(user) as usize;
         let mut out = vec![0xa5u8; size + 64];
-        uabi::export(&e, &cfg, &fp, user, &mut out).unwrap();
+        uabi::export(&cfg, &fp, user, &mut out).unwrap();
         let mut frame = vec![0xa5u8; size + 64];
-        uabi::export_sigframe(&e, &cfg, &fp, user, &mut frame).unwrap();
+        uabi::export_sigframe(&cfg, &fp, user, &mut frame).unwrap();
         for &i in &comps {
             let c = e.component(i).unwrap();
             let r = c.std_offset as usize..(c.std_offset + c.size) as usize;

@@ -71,15 +71,15 @@ fn cpus() -> &'static [Cpu] {
         });
         let amx = v
             .iter()
-            .filter(|c| c.cfg.policy.dynamic.contains(XFeatures::XTILE_DATA))
+            .filter(|c| c.cfg.policy().dynamic.contains(XFeatures::XTILE_DATA))
             .count();
         let pkru = v
             .iter()
-            .filter(|c| c.cfg.user.max_features.contains(XFeatures::PKRU))
+            .filter(|c| c.cfg.user().max_features.contains(XFeatures::PKRU))
             .count();
         let cet_s = v
             .iter()
-            .filter(|c| c.cfg.guest.default_features.contains(XFeatures::CET_S))
+            .filter(|c| c.cfg.guest().default_features.contains(XFeatures::CET_S))
             .count();
         assert!(
             amx > 0 && pkru > 0 && cet_s > 0,
@@ -105,13 +105,13 @@ fn fresh(c: &Cpu, kind: Kind) -> (Fpstate<BoxedArea>, Option<core::ops::Range<us
         Kind::Host => Owner::Host,
         Kind::Guest | Kind::GuestAmx => Owner::Guest,
     };
-    let mut fp = Fpstate::new_boxed(&c.e, &c.cfg, owner).unwrap();
-    if matches!(kind, Kind::GuestAmx) && c.cfg.policy.dynamic.contains(XFeatures::XTILE_DATA) {
+    let mut fp = Fpstate::new_boxed(&c.cfg, owner).unwrap();
+    if matches!(kind, Kind::GuestAmx) && c.cfg.policy().dynamic.contains(XFeatures::XTILE_DATA) {
         let mut perms = ProcessPerms::new(&c.cfg);
         perms
-            .request(&c.e, &c.cfg, PermKind::Guest, 18, |_| true)
+            .request(&c.cfg, PermKind::Guest, 18, |_| true)
             .unwrap();
-        fp = fp.grow_boxed(&c.e, &c.cfg, &perms, 18).unwrap();
+        fp = fp.grow_boxed(&c.cfg, &perms, 18).unwrap();
         assert!(fp.info().user_features.contains(XFeatures::XTILE_DATA));
     }
     let cet = paint_cet_s(&c.e, &c.cfg, &mut fp);
@@ -133,9 +133,8 @@ fn invariant(
 /// fault: the model executes it (XRSTORS where the CPU has it, else XRSTOR),
 /// with the SDM's #GP checks on the header and MXCSR.
 fn restores_cleanly(c: &Cpu, fp: &Fpstate<BoxedArea>) -> Result<(), String> {
-    let quirks = Quirks::INTEL.with_mxcsr_mask(c.cfg.mxcsr_mask);
-    let mut m = XsaveMachine::new(&c.e, quirks);
-    let mode = if c.e.xsaves {
+    let mut m = XsaveMachine::new(c.cfg.enumeration(), Quirks::INTEL);
+    let mode = if c.e.xsaves() {
         Mode::Supervisor
     } else {
         Mode::User
@@ -146,7 +145,7 @@ fn restores_cleanly(c: &Cpu, fp: &Fpstate<BoxedArea>) -> Result<(), String> {
 
 fn export_all(c: &Cpu, fp: &Fpstate<BoxedArea>) -> Vec<u8> {
     let mut out = vec![0u8; fp.info().user_size as usize];
-    let n = export(&c.e, &c.cfg, fp, fp.info().user_features, &mut out).unwrap();
+    let n = export(&c.cfg, fp, fp.info().user_features, &mut out).unwrap();
     assert_eq!(n, out.len());
     out
 }
@@ -175,7 +174,7 @@ fn shape(c: &Cpu, fp: &Fpstate<BoxedArea>, mut b: Vec<u8>, bv: u64, knobs: u8) -
         b[XCOMP_BV..576].fill(0);
     }
     if knobs & 8 != 0 {
-        let m = get_u32(&b, MXCSR) & c.cfg.mxcsr_mask;
+        let m = get_u32(&b, MXCSR) & c.cfg.mxcsr_mask();
         put_u32(&mut b, MXCSR, m);
     }
     b
@@ -212,7 +211,7 @@ proptest! {
         let buf = shape(c, &fp, bytes, bv, knobs);
         let before = fp.area().to_vec();
         let inv = invariant(&fp, &cet);
-        match import(&c.e, &c.cfg, &mut fp, &buf) {
+        match import(&c.cfg, &mut fp, &buf) {
             Err(e) => {
                 prop_assert!(fp.area() == &before[..], "{}: refused ({e}) but changed", c.name);
             }
@@ -233,7 +232,7 @@ proptest! {
         // Mostly valid: header, XCOMP_BV/reserved and MXCSR fixed, full length.
         let buf = shape(c, &fp, bytes, bv, (knobs & !2) | 1 | 4 | 8 | 16);
         let inv = invariant(&fp, &cet);
-        let Ok(_) = import(&c.e, &c.cfg, &mut fp, &buf) else {
+        let Ok(_) = import(&c.cfg, &mut fp, &buf) else {
             return Err(TestCaseError::fail(format!("{}: a valid buffer was refused", c.name)));
         };
         let x1 = export_all(c, &fp);
@@ -257,13 +256,13 @@ proptest! {
             }
             prop_assert!(x1[o..o + s] == buf[o..o + s], "{}: component {}", &c.name, i);
         }
-        let r = import(&c.e, &c.cfg, &mut fp, &x1);
+        let r = import(&c.cfg, &mut fp, &x1);
         prop_assert!(r.is_ok(), "{}: our own export refused: {:?}", &c.name, r);
         let x2 = export_all(c, &fp);
         prop_assert!(x1 == x2, "{}: export is not a fixed point", &c.name);
         // Into a fresh fpstate too: the export carries the whole user state.
         let (mut fp2, _) = fresh(c, kind(k));
-        import(&c.e, &c.cfg, &mut fp2, &x1).unwrap();
+        import(&c.cfg, &mut fp2, &x1).unwrap();
         prop_assert!(export_all(c, &fp2) == x1, "{}: fresh import differs", &c.name);
         prop_assert_eq!(invariant(&fp, &cet), inv, "{}: XCOMP_BV/supervisor state moved", &c.name);
         if let Some(r) = cet {
@@ -279,10 +278,10 @@ proptest! {
         let c = &cpus()[ci];
         let (mut fp, _) = fresh(c, kind(k));
         let buf = shape(c, &fp, bytes, bv, (knobs & !2) | 1 | 4 | 8 | 16);
-        import(&c.e, &c.cfg, &mut fp, &buf).unwrap();
+        import(&c.cfg, &mut fp, &buf).unwrap();
         let size = fp.info().user_size as usize;
         let mut frame = vec![0xa5u8; size + 64];
-        let n = export_sigframe(&c.e, &c.cfg, &fp, fp.info().user_features, &mut frame).unwrap();
+        let n = export_sigframe(&c.cfg, &fp, fp.info().user_features, &mut frame).unwrap();
         prop_assert_eq!(n, size + 4);
         prop_assert_eq!(get_u32(&frame, SW_BYTES_OFFSET), FP_XSTATE_MAGIC1);
         prop_assert_eq!(get_u32(&frame, SW_BYTES_OFFSET + 4) as usize, size + 4);
@@ -292,7 +291,7 @@ proptest! {
         prop_assert!(frame[size + 4..].iter().all(|&b| b == 0xa5));
         let (mut fp2, cet2) = fresh(c, kind(k));
         let inv2 = invariant(&fp2, &cet2);
-        let got = import_sigframe(&c.e, &c.cfg, &mut fp2, &frame[..n]);
+        let got = import_sigframe(&c.cfg, &mut fp2, &frame[..n]);
         prop_assert!(got.is_ok(), "{}: own frame refused: {:?}", &c.name, got);
         let got = got.unwrap();
         prop_assert_eq!(got.fx_only, None);
@@ -309,12 +308,12 @@ proptest! {
         // MXCSR_MASK: a frame carries the CPU's (XSAVE writes it), which the
         // frame's import keeps; the first import kept the buffer's, which
         // export gives back while SSE or AVX is live.
-        prop_assert_eq!(get_u32(&a, MXCSR_MASK), c.cfg.mxcsr_mask);
+        prop_assert_eq!(get_u32(&a, MXCSR_MASK), c.cfg.mxcsr_mask());
         let live = fp.xstate_bv() & fp.info().user_features;
         let want = if live.intersects(XFeatures::SSE | XFeatures::AVX) {
             get_u32(&buf, MXCSR_MASK)
         } else {
-            c.cfg.mxcsr_mask
+            c.cfg.mxcsr_mask()
         };
         prop_assert_eq!(get_u32(&b, MXCSR_MASK), want);
         put_u32(&mut a, MXCSR_MASK, 0);
@@ -325,7 +324,7 @@ proptest! {
         prop_assert_eq!(invariant(&fp2, &cet2), inv2);
         // A frame cut before its trailing magic is refused, and changes nothing.
         let before = fp2.area().to_vec();
-        prop_assert!(import_sigframe(&c.e, &c.cfg, &mut fp2, &frame[..n - 1]).is_err());
+        prop_assert!(import_sigframe(&c.cfg, &mut fp2, &frame[..n - 1]).is_err());
         prop_assert!(fp2.area() == &before[..]);
     }
 
@@ -352,7 +351,7 @@ proptest! {
         }
         let before = fp.area().to_vec();
         let inv = invariant(&fp, &cet);
-        match import_sigframe(&c.e, &c.cfg, &mut fp, &buf) {
+        match import_sigframe(&c.cfg, &mut fp, &buf) {
             Err(e) => {
                 prop_assert!(fp.area() == &before[..], "{}: refused ({e}) but changed", c.name);
             }
@@ -377,7 +376,7 @@ fn shaped_buffers_cover_both_verdicts() {
         let c = &cpus()[ci];
         let (mut fp, _) = fresh(c, kind(k));
         let buf = shape(c, &fp, bytes, bv, knobs);
-        match import(&c.e, &c.cfg, &mut fp, &buf) {
+        match import(&c.cfg, &mut fp, &buf) {
             Ok(_) => ok += 1,
             Err(_) => err += 1,
         }

@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for owner in [Owner::Host, Owner::Guest] {
-        if let Ok(fp) = Fpstate::new_boxed(&e, &cfg, owner) {
+        if let Ok(fp) = Fpstate::new_boxed(&cfg, owner) {
             assert_eq!(fp.area().len(), fp.info().size as usize);
         }
     }

@@ -47,10 +47,11 @@ fn cpus() -> &'static [Cpu] {
             .iter()
             .map(|&(name, text, mxcsr_mask)| {
                 let raw = RecordedCpuid::parse(text).unwrap_or_else(|x| panic!("{name}: {x}"));
-                let e = Enumeration::from_cpuid(&raw).unwrap_or_else(|x| panic!("{name}: {x}"));
-                let mut cfg =
+                let e = Enumeration::from_cpuid(&raw)
+                    .and_then(|e| e.with_mxcsr_mask(mxcsr_mask))
+                    .unwrap_or_else(|x| panic!("{name}: {x}"));
+                let cfg =
                     Configs::new(&e, &Policy::linux(&e)).unwrap_or_else(|x| panic!("{name}: {x}"));
-                cfg.mxcsr_mask = mxcsr_mask;
                 Cpu { e, cfg }
             })
             .collect()
@@ -65,17 +66,17 @@ fn get_u64(b: &[u8], o: usize) -> u64 {
 /// for, in a fixed pattern), so "unchanged on refusal" is checked against more
 /// than zeros.
 fn fresh(c: &Cpu) -> Fpstate<BoxedArea> {
-    let mut fp = Fpstate::new_boxed(&c.e, &c.cfg, Owner::Guest).expect("guest fpstate");
+    let mut fp = Fpstate::new_boxed(&c.cfg, Owner::Guest).expect("guest fpstate");
     let user = fp.info().user_features;
     let mut b = vec![0u8; c.e.standard_size(user) as usize];
     for (k, x) in b.iter_mut().enumerate() {
         *x = (k as u8).wrapping_mul(37) | 1;
     }
     b[MXCSR_OFFSET..][..4].copy_from_slice(&MXCSR_DEFAULT.to_le_bytes());
-    b[MXCSR_MASK_OFFSET..][..4].copy_from_slice(&c.cfg.mxcsr_mask.to_le_bytes());
+    b[MXCSR_MASK_OFFSET..][..4].copy_from_slice(&c.cfg.mxcsr_mask().to_le_bytes());
     b[XSTATE_BV_OFFSET..][..64].fill(0);
     b[XSTATE_BV_OFFSET..][..8].copy_from_slice(&user.bits().to_le_bytes());
-    uabi::import(&c.e, &c.cfg, &mut fp, &b).expect("primer import");
+    uabi::import(&c.cfg, &mut fp, &b).expect("primer import");
     fp
 }
 
@@ -84,9 +85,9 @@ fn check_import(c: &Cpu, data: &[u8], sigframe: bool) {
     let before = fp.area().to_vec();
     let user = fp.info().user_features;
     let r = if sigframe {
-        uabi::import_sigframe(&c.e, &c.cfg, &mut fp, data).map(|r| r.features)
+        uabi::import_sigframe(&c.cfg, &mut fp, data).map(|r| r.features)
     } else {
-        uabi::import(&c.e, &c.cfg, &mut fp, data)
+        uabi::import(&c.cfg, &mut fp, data)
     };
     let hdr = match r {
         Err(_) => {
@@ -117,7 +118,7 @@ fn check_import(c: &Cpu, data: &[u8], sigframe: bool) {
     // What was imported reads back as given.
     let size = c.e.standard_size(user) as usize;
     let mut out = vec![0u8; size + 4];
-    let n = uabi::export(&c.e, &c.cfg, &fp, user, &mut out).expect("export");
+    let n = uabi::export(&c.cfg, &fp, user, &mut out).expect("export");
     assert_eq!(n, size);
     let comps = c.e.components();
     for i in hdr.indices().filter(|&i| i >= 2) {
@@ -127,8 +128,14 @@ fn check_import(c: &Cpu, data: &[u8], sigframe: bool) {
             // PKRU: the register is 4 bytes; export writes the reserved 4..8
             // as zero, as Linux does.
             let at = r.start;
-            assert!(out[at..at + 4] == data[at..at + 4], "PKRU did not round-trip");
-            assert!(out[at + 4..r.end].iter().all(|&b| b == 0), "PKRU bytes 4..8 not zero");
+            assert!(
+                out[at..at + 4] == data[at..at + 4],
+                "PKRU did not round-trip"
+            );
+            assert!(
+                out[at + 4..r.end].iter().all(|&b| b == 0),
+                "PKRU bytes 4..8 not zero"
+            );
             continue;
         }
         assert!(
@@ -149,18 +156,18 @@ fn check_import(c: &Cpu, data: &[u8], sigframe: bool) {
     let mut fp2 = fresh(c);
     if sigframe {
         let mut f1 = vec![0u8; size + 4];
-        uabi::export_sigframe(&c.e, &c.cfg, &fp, user, &mut f1).expect("export_sigframe");
-        uabi::import_sigframe(&c.e, &c.cfg, &mut fp2, &f1).expect("own sigframe refused");
+        uabi::export_sigframe(&c.cfg, &fp, user, &mut f1).expect("export_sigframe");
+        uabi::import_sigframe(&c.cfg, &mut fp2, &f1).expect("own sigframe refused");
         let mut f2 = vec![0u8; size + 4];
-        uabi::export_sigframe(&c.e, &c.cfg, &fp2, user, &mut f2).expect("export_sigframe");
+        uabi::export_sigframe(&c.cfg, &fp2, user, &mut f2).expect("export_sigframe");
         assert!(
             f1 == f2,
             "sigframe export/import/export is not a fixed point"
         );
     } else {
-        uabi::import(&c.e, &c.cfg, &mut fp2, &out[..n]).expect("own export refused");
+        uabi::import(&c.cfg, &mut fp2, &out[..n]).expect("own export refused");
         let mut out2 = vec![0u8; size];
-        uabi::export(&c.e, &c.cfg, &fp2, user, &mut out2).expect("export");
+        uabi::export(&c.cfg, &fp2, user, &mut out2).expect("export");
         assert!(
             out[..n] == out2[..],
             "export/import/export is not a fixed point"
@@ -177,7 +184,7 @@ fn edited(c: &Cpu, data: &[u8]) -> Option<(Vec<u8>, bool)> {
     let user = fp.info().user_features;
     let size = c.e.standard_size(user) as usize;
     let mut f = vec![0u8; size + 4];
-    uabi::export_sigframe(&c.e, &c.cfg, &fp, user, &mut f).expect("export_sigframe");
+    uabi::export_sigframe(&c.cfg, &fp, user, &mut f).expect("export_sigframe");
     let mut edits = rest.chunks_exact(3);
     for e in &mut edits {
         let off = usize::from(u16::from_le_bytes([e[0], e[1]])) % f.len();

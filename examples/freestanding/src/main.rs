@@ -160,7 +160,7 @@ extern "C" fn kmain() -> ! {
     write(b"xcr0 ");
     hex(xcr0.bits());
     write(b"\n");
-    if !xcr0.contains(XFeatures::AVX512) || !e.xsavec {
+    if !xcr0.contains(XFeatures::AVX512) || !e.xsavec() {
         write(b"SKIP: this check needs AVX-512 and XSAVEC\n");
         exit(77)
     }
@@ -178,13 +178,13 @@ extern "C" fn kmain() -> ! {
         exit(2)
     };
     write(b"fpstate size ");
-    hex(u64::from(cfg.kernel.default_size));
+    hex(u64::from(cfg.kernel().default_size));
     write(b"\n");
     let (mut ba, mut bb, mut bg) = (Area([0; 16384]), Area([0; 16384]), Area([0; 16384]));
     let (Ok(mut a), Ok(mut b), Ok(mut g)) = (
-        Fpstate::new_in(&e, &cfg, Owner::Host, &mut ba.0[..]),
-        Fpstate::new_in(&e, &cfg, Owner::Host, &mut bb.0[..]),
-        Fpstate::new_in(&e, &cfg, Owner::Guest, &mut bg.0[..]),
+        Fpstate::new_in(&cfg, Owner::Host, &mut ba.0[..]),
+        Fpstate::new_in(&cfg, Owner::Host, &mut bb.0[..]),
+        Fpstate::new_in(&cfg, Owner::Guest, &mut bg.0[..]),
     ) else {
         write(b"fpstate storage refused\n");
         exit(2)

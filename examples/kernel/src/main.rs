@@ -33,7 +33,7 @@ use xstate::config::{Configs, Policy};
 use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::feature::name_of;
-use xstate::insn::{read_mxcsr_mask, read_xcr0, read_xinuse};
+use xstate::insn::{read_xcr0, read_xinuse};
 
 use hw::{EXIT_FAILURE, EXIT_SUCCESS, Frame, exit};
 use tasks::{CAPS, FIRST_BLEED, QUIET, REGISTER_NAMES, STATS, TASKS};
@@ -138,11 +138,11 @@ extern "C" fn kmain() -> ! {
     );
     kprintln!(
         "xstate: xsaveopt {}, xsavec {}, xgetbv1 {}, xsaves {}, xfd {}",
-        yes(e.xsaveopt),
-        yes(e.xsavec),
-        yes(e.xgetbv1),
-        yes(e.xsaves),
-        yes(e.xfd)
+        yes(e.xsaveopt()),
+        yes(e.xsavec()),
+        yes(e.xgetbv1()),
+        yes(e.xsaves()),
+        yes(e.xfd())
     );
     for i in e.supported().indices().filter(|&i| i >= 2) {
         if let Some(c) = e.component(i) {
@@ -161,15 +161,14 @@ extern "C" fn kmain() -> ! {
         e.compacted_max_size()
     );
 
-    let mut cfg = match Configs::new(&e, &Policy::linux(&e)) {
+    let cfg = match Configs::new(&e, &Policy::linux(&e)) {
         Ok(c) => c,
         Err(err) => fail(format_args!("the crate refused Linux's policy: {err}")),
     };
-    cfg.mxcsr_mask = read_mxcsr_mask();
     for (name, c) in [
-        ("kernel", &cfg.kernel),
-        ("user", &cfg.user),
-        ("guest", &cfg.guest),
+        ("kernel", &cfg.kernel()),
+        ("user", &cfg.user()),
+        ("guest", &cfg.guest()),
     ] {
         kprintln!(
             "config: {name:6} {:?} form, default {:#x} ({} bytes), max {:#x} ({} bytes)",
@@ -182,10 +181,10 @@ extern "C" fn kmain() -> ! {
     }
     kprintln!(
         "config: xcr0 {:#x} ({}), xss {:#x}, mxcsr mask {:#x}",
-        cfg.xcr0.bits(),
-        Names(cfg.xcr0),
-        cfg.xss.bits(),
-        cfg.mxcsr_mask
+        cfg.xcr0().bits(),
+        Names(cfg.xcr0()),
+        cfg.xss().bits(),
+        cfg.mxcsr_mask()
     );
 
     let (agreed, probes) = rules::run(&e, &cfg);
@@ -194,22 +193,22 @@ extern "C" fn kmain() -> ! {
         "xsetbv: {agreed} of {probes} verdicts agree; xcr0 now {:#x}",
         xcr0.bits()
     );
-    if xcr0 != cfg.xcr0 {
+    if xcr0 != cfg.xcr0() {
         fail(format_args!(
             "xcr0 reads {:#x}, the config says {:#x}",
             xcr0.bits(),
-            cfg.xcr0.bits()
+            cfg.xcr0().bits()
         ));
     }
-    match e.check_live_sizes(&cpu, cfg.xcr0, XFeatures::empty()) {
+    match e.check_live_sizes(&cpu, cfg.xcr0(), XFeatures::empty()) {
         Ok(s) => kprintln!(
             "xstate: live CPUID sizes for xcr0 agree (standard {} bytes, excess {})",
-            e.standard_size(cfg.xcr0),
+            e.standard_size(cfg.xcr0()),
             s.standard_excess
         ),
         Err(err) => fail(format_args!("live CPUID sizes: {err}")),
     }
-    let mpx_on = mpx && cfg.xcr0.contains(XFeatures::BNDREGS | XFeatures::BNDCSR);
+    let mpx_on = mpx && cfg.xcr0().contains(XFeatures::BNDREGS | XFeatures::BNDCSR);
     if mpx_on {
         // SAFETY: CPUID enumerates MPX and XCR0 enables its components; EN and
         // BNDPRESERVE only make BND instructions act, which only the tasks use.
@@ -225,14 +224,14 @@ extern "C" fn kmain() -> ! {
         Err(err) => fail(format_args!("no XSAVE unit for this CPU: {err}")),
     };
     // SAFETY: once, interrupts off.
-    if let Err(err) = unsafe { sched::init(&e, cfg.clone(), unit, tasks::task_main, SWITCHES) } {
+    if let Err(err) = unsafe { sched::init(cfg.clone(), unit, tasks::task_main, SWITCHES) } {
         fail(format_args!("the crate refused fpstate storage: {err}"));
     }
     kprintln!(
         "fpstate: {} contexts of {} bytes, {:?} form, xstate_bv 0 (init)",
         TASKS + 1,
-        cfg.kernel.default_size,
-        cfg.kernel.form
+        cfg.kernel().default_size,
+        cfg.kernel().form
     );
 
     // Which components XINUSE tracks here: those it reports as init right after
@@ -242,10 +241,10 @@ extern "C" fn kmain() -> ! {
         fail(format_args!("the crate refused the init restore: {err}"));
     }
     let (tracked, xinuse_line) = match read_xinuse() {
-        Some(x) => (cfg.xcr0 - x, x),
+        Some(x) => (cfg.xcr0() - x, x),
         None => (XFeatures::empty(), XFeatures::empty()),
     };
-    if e.xgetbv1 {
+    if e.xgetbv1() {
         kprintln!(
             "xinuse: {:#x} right after an init restore; tracked here: {}",
             xinuse_line.bits(),
@@ -254,12 +253,12 @@ extern "C" fn kmain() -> ! {
     } else {
         kprintln!("xinuse: no XGETBV1 on this CPU: init state checked by value only");
     }
-    let avx = cfg.xcr0.contains(XFeatures::AVX);
-    CAPS.set(avx, pku, mpx_on, e.xgetbv1, tracked);
+    let avx = cfg.xcr0().contains(XFeatures::AVX);
+    CAPS.set(avx, pku, mpx_on, e.xgetbv1(), tracked);
     let quiet_tracked = tracked & tasks::quiet_untouched();
     kprintln!(
         "tasks: {TASKS}, task {QUIET} never writes {}; XINUSE checked for it: {}",
-        Names(tasks::quiet_untouched() & cfg.xcr0),
+        Names(tasks::quiet_untouched() & cfg.xcr0()),
         Names(quiet_tracked)
     );
 
@@ -345,7 +344,7 @@ fn report(cfg: &Configs) -> ! {
         ok &= s.lazy_restores > 0;
     }
     let xcr0 = read_xcr0().unwrap_or(XFeatures::empty());
-    ok &= bleeds == 0 && xcr0 == cfg.xcr0 && s.switches >= SWITCHES;
+    ok &= bleeds == 0 && xcr0 == cfg.xcr0() && s.switches >= SWITCHES;
     kprintln!(
         "kernel: {TASKS} tasks, {} switches, {bleeds} bleeds, mode {}, xcr0 {:#x}",
         s.switches,

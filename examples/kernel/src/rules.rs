@@ -52,7 +52,7 @@ fn xsetbv_faults(v: u64) -> bool {
     CAUGHT.load(SeqCst) != before
 }
 
-/// Try every probe value, then write `cfg.xcr0`. Returns (agreed, probes).
+/// Try every probe value, then write `cfg.xcr0()`. Returns (agreed, probes).
 pub fn run(e: &Enumeration, cfg: &Configs) -> (u32, u32) {
     let supported = e.xcr0_supported();
     let perms = PermSet {
@@ -89,7 +89,7 @@ pub fn run(e: &Enumeration, cfg: &Configs) -> (u32, u32) {
         probes[6] = Some(("half of MPX", (legacy | XFeatures::BNDREGS).bits()));
     }
     probes[7] = Some(("reserved bit 63", legacy.bits() | 1 << 63));
-    probes[8] = Some(("the kernel config's", cfg.xcr0.bits()));
+    probes[8] = Some(("the kernel config's", cfg.xcr0().bits()));
     let (mut agreed, mut total) = (0, 0);
     for (what, v) in probes.into_iter().flatten() {
         let predicted = rules.set_xcr0(XFeatures::from_bits_retain(v));

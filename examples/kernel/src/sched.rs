@@ -67,7 +67,7 @@ impl Unit {
             // would claim XSAVES, which no TCG CPU model has; a kernel on a CPU
             // without XSAVES runs the crate's "user" instruction set in ring 0.
             cpu: unsafe { Cpu::user() }?,
-            xsaveopt: e.xsaveopt,
+            xsaveopt: e.xsaveopt(),
             counts: [0; 6],
         })
     }
@@ -173,7 +173,6 @@ pub static SLICES: [AtomicU64; CONTEXTS] = [const { AtomicU64::new(0) }; CONTEXT
 /// # Safety
 /// Called once, with interrupts off; `unit` as for [`Unit::new`].
 pub unsafe fn init(
-    e: &Enumeration,
     cfg: Configs,
     unit: Unit,
     task: extern "C" fn(u64) -> !,
@@ -184,7 +183,7 @@ pub unsafe fn init(
     let mut areas = areas.iter_mut();
     let mut next = || -> Result<Fpstate<&'static mut [u8]>, FpstateError> {
         let a = areas.next().map(|a| &mut a.0[..]).unwrap_or(&mut []);
-        Fpstate::new_in(e, &cfg, Owner::Host, a)
+        Fpstate::new_in(&cfg, Owner::Host, a)
     };
     const _: () = assert!(CONTEXTS == 5, "one `next()` per context below");
     let fp = [next()?, next()?, next()?, next()?, next()?];
