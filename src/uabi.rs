@@ -14,6 +14,18 @@
 //! (ptrace reads exactly the user size, KVM its uabi size and only what it
 //! supports for guests); [`import`] is the length-lenient form.
 
+// The bytes this module reads come from user space: no index, slice or sum
+// may panic or wrap unseen. Where one stays (on the copy paths), an
+// `#[expect]` beside it gives the check that bounds it.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use core::fmt;
 
 use crate::config::Configs;
@@ -37,6 +49,8 @@ const X87_END: usize = 160;
 const SSE_RANGE: core::ops::Range<usize> = 160..416;
 /// Bytes 0..24 of the legacy region: the x87 control state before MXCSR.
 const X87_HEAD: usize = MXCSR_OFFSET;
+/// The legacy region (FXSAVE image).
+const LEGACY: usize = crate::enumerate::LEGACY_SIZE as usize;
 
 /// Why an import or export was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,8 +225,14 @@ pub fn export<S: Storage>(
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     let src = fp.area();
     let xstate_bv = fp.xstate_bv() & user;
-
-    write_legacy(out, src, xstate_bv, cfg.mxcsr_mask());
+    let (Some(o), Some(s)) = (out.first_chunk_mut(), src.first_chunk()) else {
+        // A standard size and an fpstate area are never below 576 bytes.
+        return Err(UabiError::BufferTooSmall(BufferTooSmall {
+            needed: LEGACY,
+            got: got.min(src.len()),
+        }));
+    };
+    write_legacy(o, s, xstate_bv, cfg.mxcsr_mask());
     if xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX) {
         let mask = get_u32(src, MXCSR_MASK_OFFSET);
         put_u32(out, MXCSR_MASK_OFFSET, mask);
@@ -223,6 +243,14 @@ pub fn export<S: Storage>(
 
     // Extended region: the live components in order, every byte that is not
     // live state (gaps, components in init state) zeroed.
+    #[expect(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "runs() yields only components of `xstate_bv`, a subset of `user`: their \
+                  standard ranges end by standard_size(user) = out.len() (enumeration checked \
+                  every std_offset + size against it, in u32), and their kernel ranges come \
+                  from the layout of the fpstate's features, whose size is the area's length"
+    )]
     for r in runs(e, layout, xstate_bv) {
         if zero_from < r.std {
             out[zero_from..r.std].fill(0);
@@ -230,8 +258,8 @@ pub fn export<S: Storage>(
         out[r.std..r.std + r.len].copy_from_slice(&src[r.kernel..r.kernel + r.len]);
         zero_from = zero_from.max(r.std + r.len);
     }
-    if zero_from < size {
-        out[zero_from..].fill(0);
+    if let Some(rest) = out.get_mut(zero_from..) {
+        rest.fill(0);
     }
     if fp.info().user_features.contains(XFeatures::PKRU) {
         write_pkru(e, layout, fp, out);
@@ -247,7 +275,7 @@ pub fn export<S: Storage>(
 /// Bytes 0..416 of a standard-form export: x87 state from the buffer or its
 /// init values, MXCSR live with SSE or AVX (else its default), MXCSR_MASK
 /// `mxcsr_mask`, XMM registers with SSE (else zeros).
-fn write_legacy(out: &mut [u8], src: &[u8], xstate_bv: XFeatures, mxcsr_mask: u32) {
+fn write_legacy(out: &mut [u8; LEGACY], src: &[u8; LEGACY], xstate_bv: XFeatures, mxcsr_mask: u32) {
     if xstate_bv.contains(XFeatures::X87) {
         // The common case in one copy; MXCSR, its mask and the XMM registers
         // are rewritten below where they are not live.
@@ -277,9 +305,14 @@ fn write_legacy(out: &mut [u8], src: &[u8], xstate_bv: XFeatures, mxcsr_mask: u3
 /// enumerates as the whole component everywhere Linux keeps XSAVE enabled).
 fn write_pkru<S: Storage>(e: &Enumeration, layout: &Layout, fp: &Fpstate<S>, out: &mut [u8]) {
     let i = XFeatures::PKRU.bits().trailing_zeros();
-    let c = &e.components()[i as usize];
+    let Some(c) = e.component(i) else {
+        return;
+    };
     let at = c.std_offset as usize;
-    let Some(slot) = out.get_mut(at..at + (c.size as usize).max(4)) else {
+    let Some(slot) = at
+        .checked_add((c.size as usize).max(4))
+        .and_then(|end| out.get_mut(at..end))
+    else {
         return;
     };
     let value = match layout.range_of(i) {
@@ -292,6 +325,12 @@ fn write_pkru<S: Storage>(e: &Enumeration, layout: &Layout, fp: &Fpstate<S>, out
 
 /// Copy the extended components of `mask` from a standard-form `buf` into the
 /// kernel buffer `dst` laid out by `layout`.
+#[expect(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "callers pass a `mask` whose standard size `buf` was checked to hold (validate, \
+              import_sigframe) and `dst` is the area `layout` was made for; ends fit in u32"
+)]
 fn copy_components(e: &Enumeration, layout: &Layout, mask: XFeatures, buf: &[u8], dst: &mut [u8]) {
     for r in runs(e, layout, mask) {
         dst[r.kernel..r.kernel + r.len].copy_from_slice(&buf[r.std..r.std + r.len]);
@@ -332,6 +371,13 @@ struct Runs<'a> {
 impl Iterator for Runs<'_> {
     type Item = Run;
 
+    #[expect(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "`left != 0`, so `left - 1` cannot wrap; `i < 64` indexes the 64-entry \
+                  table; offsets and lengths are u32 values of one enumeration whose ends \
+                  were checked to fit in u32, so their sums fit in usize"
+    )]
     fn next(&mut self) -> Option<Run> {
         while self.left != 0 {
             let i = self.left.trailing_zeros();
@@ -398,8 +444,11 @@ pub fn export_sigframe<S: Storage>(
     fp.check_configs(cfg).map_err(UabiError::Foreign)?;
     let e = cfg.enumeration();
     let user = mask & fp.info().user_features;
-    let size = e.standard_size(user) as usize;
-    let needed = size + 4;
+    let size32 = e.standard_size(user);
+    let size = size32 as usize;
+    // A standard size is at most 64 components of at most 1 MiB past their offsets.
+    let needed32 = size32.saturating_add(4);
+    let needed = needed32 as usize;
     let got = out.len();
     let out = out
         .get_mut(..needed)
@@ -410,29 +459,47 @@ pub fn export_sigframe<S: Storage>(
     let xstate_bv = fp.xstate_bv() & user;
     let dynamic = cfg.user().max_features.intersects(cfg.policy().dynamic);
     let rfbm = if dynamic {
-        user - (SIGFRAME_INITOPT - xstate_bv)
+        user.difference(SIGFRAME_INITOPT.difference(xstate_bv))
     } else {
         user
     };
 
-    write_legacy(out, src, xstate_bv, cfg.mxcsr_mask());
-    let sw = SW_BYTES_OFFSET;
-    out[sw..XSTATE_BV_OFFSET].fill(0);
-    put_u32(out, sw, FP_XSTATE_MAGIC1);
-    put_u32(out, sw + 4, needed as u32);
-    put_u64(out, sw + 8, user.bits());
-    put_u32(out, sw + 16, size as u32);
-    out[XSTATE_BV_OFFSET..EXTENDED_START as usize].fill(0);
+    let (Some(o), Some(s)) = (out.first_chunk_mut(), src.first_chunk()) else {
+        // A standard size and an fpstate area are never below 576 bytes.
+        return Err(UabiError::BufferTooSmall(BufferTooSmall {
+            needed: LEGACY,
+            got: got.min(src.len()),
+        }));
+    };
+    write_legacy(o, s, xstate_bv, cfg.mxcsr_mask());
+    let Some((head, _)) = out.split_first_chunk_mut::<{ EXTENDED_START as usize }>() else {
+        return Err(UabiError::BufferTooSmall(BufferTooSmall { needed, got }));
+    };
+    head[SW_BYTES_OFFSET..].fill(0);
+    put_u32(head, SW_BYTES_OFFSET, FP_XSTATE_MAGIC1);
+    put_u32(head, SW_BYTES_OFFSET + 4, needed32);
+    put_u64(head, SW_BYTES_OFFSET + 8, user.bits());
+    put_u32(head, SW_BYTES_OFFSET + 16, size32);
     let mut bv = xstate_bv | XFeatures::X87 | XFeatures::SSE;
     if user.contains(XFeatures::PKRU) {
         bv |= XFeatures::PKRU;
     }
     put_u64(out, XSTATE_BV_OFFSET, bv.bits());
     for i in rfbm.indices().filter(|&i| i >= 2) {
-        let c = &e.components()[i as usize];
+        let Some(c) = e.component(i) else {
+            continue;
+        };
         let at = c.std_offset as usize;
+        #[expect(
+            clippy::indexing_slicing,
+            clippy::arithmetic_side_effects,
+            reason = "`i` is a user component of `user`, so its standard range ends by \
+                      standard_size(user) = size < out.len(); the kernel range `k` comes from \
+                      the layout of the fpstate's features, whose size is the area's length"
+        )]
         let dst = &mut out[at..at + c.size as usize];
         match layout.range_of(i) {
+            #[expect(clippy::indexing_slicing, reason = "as above: `k` lies in the area")]
             Some(k) if xstate_bv.has_index(i) => dst.copy_from_slice(&src[k]),
             _ => dst.fill(0),
         }
@@ -468,7 +535,7 @@ pub fn import<S: Storage>(
     let hdr = validate(e, cfg, fp, buf)?;
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
-    write_validated(e, layout, fp, buf, hdr);
+    write_validated(e, layout, fp, buf, hdr)?;
     Ok(hdr)
 }
 
@@ -574,7 +641,7 @@ pub fn import_abi<S: Storage>(
     // KVM's own check comes first; a buffer too short for a header is left
     // to import, which says so.
     if let Some(supported) = supported.filter(|_| len >= EXTENDED_START as usize) {
-        let bad = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET)) - supported;
+        let bad = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET)).difference(supported);
         if !bad.is_empty() {
             return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
         }
@@ -654,7 +721,7 @@ pub fn import_sigframe<S: Storage>(
             let xstate_bv = check_header(buf, enabled, XCOMP_BV_OFFSET + 16)?;
             let rfbm = XFeatures::from_bits_retain(get_u64(buf, SW_BYTES_OFFSET + 8)) & enabled;
             let load = xstate_bv & rfbm;
-            let bad = load - user_max;
+            let bad = load.difference(user_max);
             if !bad.is_empty() {
                 return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
             }
@@ -688,22 +755,30 @@ pub fn import_sigframe<S: Storage>(
     }
     let old_bv = fp.xstate_bv();
     let dst = fp.area_mut();
+    // Both hold the legacy region: `buf` was checked above, and every fpstate
+    // area holds at least the legacy region and header.
+    let (Some(d), Some(b)) = (dst.first_chunk_mut::<LEGACY>(), buf.first_chunk::<LEGACY>()) else {
+        return Err(UabiError::BufferTooSmall(BufferTooSmall {
+            needed: LEGACY,
+            got: buf.len().min(dst.len()),
+        }));
+    };
     if load.contains(XFeatures::X87) {
-        dst[..X87_HEAD].copy_from_slice(&buf[..X87_HEAD]);
-        dst[32..X87_END].copy_from_slice(&buf[32..X87_END]);
+        d[..X87_HEAD].copy_from_slice(&b[..X87_HEAD]);
+        d[32..X87_END].copy_from_slice(&b[32..X87_END]);
     }
-    put_u32(dst, MXCSR_OFFSET, mxcsr);
-    put_u32(dst, MXCSR_MASK_OFFSET, cfg.mxcsr_mask());
+    put_u32(d, MXCSR_OFFSET, mxcsr);
+    put_u32(d, MXCSR_MASK_OFFSET, cfg.mxcsr_mask());
     if load.contains(XFeatures::SSE) {
-        dst[SSE_RANGE].copy_from_slice(&buf[SSE_RANGE]);
+        d[SSE_RANGE].copy_from_slice(&b[SSE_RANGE]);
     } else if features.contains(XFeatures::SSE) {
-        dst[SSE_RANGE].fill(0);
+        d[SSE_RANGE].fill(0);
     }
     copy_components(e, layout, load, buf, dst);
     put_u64(
         dst,
         XSTATE_BV_OFFSET,
-        ((old_bv - user_max) | features).bits(),
+        (old_bv.difference(user_max) | features).bits(),
     );
     Ok(SigframeImport { features, fx_only })
 }
@@ -725,12 +800,14 @@ fn check_sw_bytes<S: Storage>(fp: &Fpstate<S>, buf: &[u8]) -> Result<(), UabiErr
             extended_size,
         });
     }
+    // `xstate_size` is at most the user size, a u32: the sum cannot wrap.
     let at = xstate_size as usize;
-    let magic2 = match buf.get(at..at + 4) {
-        Some(w) => u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+    let needed = at.saturating_add(4);
+    let magic2 = match buf.get(at..needed).and_then(|w| w.first_chunk::<4>()) {
+        Some(w) => u32::from_le_bytes(*w),
         None => {
             return Err(UabiError::BufferTooSmall(BufferTooSmall {
-                needed: at + 4,
+                needed,
                 got: buf.len(),
             }));
         }
@@ -750,7 +827,7 @@ fn check_header(
     reserved_end: usize,
 ) -> Result<XFeatures, UabiError> {
     let xstate_bv = XFeatures::from_bits_retain(get_u64(buf, XSTATE_BV_OFFSET));
-    let bad = xstate_bv - permitted;
+    let bad = xstate_bv.difference(permitted);
     if !bad.is_empty() {
         return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
     }
@@ -828,30 +905,38 @@ fn write_validated<S: Storage>(
     fp: &mut Fpstate<S>,
     buf: &[u8],
     hdr: XFeatures,
-) {
+) -> Result<(), UabiError> {
     let old_bv = fp.xstate_bv();
     let user_max = fp.info().user_features;
     let dst = fp.area_mut();
+    // validate() checked `buf` holds the header; every fpstate area does.
+    let (Some(d), Some(b)) = (dst.first_chunk_mut::<LEGACY>(), buf.first_chunk::<LEGACY>()) else {
+        return Err(UabiError::BufferTooSmall(BufferTooSmall {
+            needed: LEGACY,
+            got: buf.len().min(dst.len()),
+        }));
+    };
     if hdr.contains(XFeatures::X87 | XFeatures::SSE) {
         // x87 (bytes 0..160, MXCSR and its mask included, like Linux) and the
         // XMM registers in one copy.
-        dst[..SSE_RANGE.end].copy_from_slice(&buf[..SSE_RANGE.end]);
+        d[..SSE_RANGE.end].copy_from_slice(&b[..SSE_RANGE.end]);
     } else {
         if hdr.contains(XFeatures::X87) {
-            dst[..X87_END].copy_from_slice(&buf[..X87_END]);
+            d[..X87_END].copy_from_slice(&b[..X87_END]);
         }
         if hdr.intersects(XFeatures::SSE | XFeatures::AVX) {
-            dst[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]
-                .copy_from_slice(&buf[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]);
+            d[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]
+                .copy_from_slice(&b[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]);
         }
         if hdr.contains(XFeatures::SSE) {
-            dst[SSE_RANGE].copy_from_slice(&buf[SSE_RANGE]);
+            d[SSE_RANGE].copy_from_slice(&b[SSE_RANGE]);
         }
     }
     copy_components(e, layout, hdr, buf, dst);
     // Supervisor state and anything else not user-visible keeps its bits.
-    let new_bv = (old_bv - user_max) | hdr;
+    let new_bv = old_bv.difference(user_max) | hdr;
     put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
+    Ok(())
 }
 
 /// [`import_abi`] into a guest fpstate under the guest's IA32_XFD: every
@@ -877,7 +962,7 @@ pub fn import_guest<S: Storage>(
 ) -> Result<XFeatures, UabiError> {
     let taken = import_abi(cfg, fp, buf, abi)?;
     clear_xstate_bv(fp, xfd);
-    Ok(taken - xfd)
+    Ok(taken.difference(xfd))
 }
 
 /// Clear `mask`'s bits in `fp`'s XSTATE_BV (those components read as init on
@@ -887,7 +972,7 @@ pub(crate) fn clear_xstate_bv<S: Storage>(fp: &mut Fpstate<S>, mask: XFeatures) 
     let bv = fp.xstate_bv();
     let cleared = bv & mask;
     if !cleared.is_empty() {
-        put_u64(fp.area_mut(), XSTATE_BV_OFFSET, (bv - mask).bits());
+        put_u64(fp.area_mut(), XSTATE_BV_OFFSET, bv.difference(mask).bits());
     }
     cleared
 }
