@@ -5,6 +5,15 @@
 //! A recorded dump and the live CPU are one trait, so every piece of logic above
 //! this module runs the same on both (raw-cpuid's `CpuIdReader` is the model).
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use core::fmt;
 
 /// The four registers one CPUID query returns.
@@ -183,18 +192,18 @@ impl RecordedCpuid {
             entries: [Entry::default(); Self::CAPACITY],
             len: 0,
         };
-        let mut cpus_seen = 0u32;
+        let mut cpu_seen = false;
         for (n, raw) in text.lines().enumerate() {
-            let line = u32::try_from(n + 1).unwrap_or(u32::MAX);
+            let line = u32::try_from(n.saturating_add(1)).unwrap_or(u32::MAX);
             let t = raw.trim();
             if t.is_empty() || t.starts_with('#') {
                 continue;
             }
             if t.starts_with("CPU") && t.ends_with(':') {
-                cpus_seen += 1;
-                if cpus_seen > 1 {
+                if cpu_seen {
                     break;
                 }
+                cpu_seen = true;
                 continue;
             }
             let e = parse_line(t, line)?;
@@ -217,17 +226,24 @@ impl RecordedCpuid {
                 .get_mut(out.len)
                 .ok_or(ParseError::TooManyEntries { line })?;
             *slot = e;
-            out.len += 1;
+            // Never saturates: `get_mut(out.len)` just found a slot, so
+            // `out.len < CAPACITY`.
+            out.len = out.len.saturating_add(1);
         }
-        if !out.entries[..out.len].iter().any(|e| e.leaf == 0xd) {
+        if !out.kept().any(|e| e.leaf == 0xd) {
             return Err(ParseError::NoLeafD);
         }
         Ok(out)
     }
 
+    /// The entries parsed so far (`len` of them; `len <= CAPACITY` always, and
+    /// `take` would stop at the array's end regardless).
+    fn kept(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().take(self.len)
+    }
+
     fn find(&self, leaf: u32, subleaf: u32) -> Option<CpuidResult> {
-        self.entries[..self.len]
-            .iter()
+        self.kept()
             .find(|e| e.leaf == leaf && e.subleaf == subleaf)
             .map(|e| e.regs)
     }
@@ -235,7 +251,7 @@ impl RecordedCpuid {
     /// Whether the dump has an entry for `leaf` at all (dumps of only leaf 0xD
     /// cannot answer feature-flag questions).
     pub fn has_leaf(&self, leaf: u32) -> bool {
-        self.entries[..self.len].iter().any(|e| e.leaf == leaf)
+        self.kept().any(|e| e.leaf == leaf)
     }
 }
 
@@ -260,9 +276,9 @@ fn parse_line(t: &str, line: u32) -> Result<Entry, ParseError> {
     let sub = words.next().ok_or(bad)?.strip_suffix(':').ok_or(bad)?;
     let subleaf = hex(sub, line)?;
     let mut regs = [0u32; 4];
-    for (i, name) in ["eax=", "ebx=", "ecx=", "edx="].iter().enumerate() {
+    for (reg, name) in regs.iter_mut().zip(["eax=", "ebx=", "ecx=", "edx="]) {
         let w = words.next().ok_or(bad)?;
-        regs[i] = hex(w.strip_prefix(name).ok_or(bad)?, line)?;
+        *reg = hex(w.strip_prefix(name).ok_or(bad)?, line)?;
     }
     if words.next().is_some() {
         return Err(bad);
@@ -276,6 +292,10 @@ fn parse_line(t: &str, line: u32) -> Result<Entry, ParseError> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is how a test reports failure"
+)]
 mod tests {
     use super::*;
 

@@ -7,8 +7,18 @@
 //! guest-only components (CET_S), yet every restore uses the configs' full RFBM, so
 //! restoring a host fpstate right after a guest puts CET_S in its init state.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use core::fmt;
 use core::mem::size_of;
+use core::ops::Range;
 
 use memoffset::offset_of;
 use static_assertions::const_assert_eq;
@@ -220,7 +230,7 @@ mod boxed {
 
         /// Bytes actually allocated (a multiple of 64).
         pub fn allocated(&self) -> usize {
-            self.blocks.len() * 64
+            core::mem::size_of_val(&*self.blocks)
         }
     }
 
@@ -324,13 +334,15 @@ impl<S: Storage> Fpstate<S> {
         let info = FpstateInfo {
             features,
             user_features,
-            xfd: cfg.policy().dynamic - features,
+            xfd: cfg.policy().dynamic.difference(features),
             size,
             user_size: e.standard_size(user_features),
             form,
             owner,
         };
-        let area = &mut storage.bytes_mut()[..size as usize];
+        // `check_storage` measured `bytes()`; a `Storage` whose `bytes_mut()` is
+        // shorter gets the same error rather than a panic.
+        let area = span_mut(storage.bytes_mut(), 0..size as usize)?;
         area.fill(0);
         put_u16(area, FCW_OFFSET, FCW_DEFAULT);
         put_u32(area, MXCSR_OFFSET, MXCSR_DEFAULT);
@@ -367,15 +379,24 @@ impl<S: Storage> Fpstate<S> {
         &self.info
     }
 
-    /// The XSAVE area (exactly `info().size` bytes).
+    /// The XSAVE area: exactly `info().size` bytes (fewer only if the
+    /// [`Storage`] shrank after the fpstate was made in it; the crate's units
+    /// then refuse to save or restore it, and [`Fpstate::grow`] reports
+    /// [`FpstateError::BufferTooSmall`]).
     #[inline]
     pub fn area(&self) -> &[u8] {
-        &self.storage.bytes()[..self.info.size as usize]
+        let b = self.storage.bytes();
+        // `min` instead of `[..size]`: the same one compare, no panic path.
+        b.get(..b.len().min(self.info.size as usize))
+            .unwrap_or_default()
     }
 
     #[inline]
     pub(crate) fn area_mut(&mut self) -> &mut [u8] {
-        &mut self.storage.bytes_mut()[..self.info.size as usize]
+        let size = self.info.size as usize;
+        let b = self.storage.bytes_mut();
+        let n = b.len().min(size);
+        b.get_mut(..n).unwrap_or_default()
     }
 
     /// XSTATE_BV from the header.
@@ -500,17 +521,21 @@ impl<S: Storage> Fpstate<S> {
                 Layout::standard(e, features)?,
             ),
         };
-        let xstate_bv = self.xstate_bv();
-        let src = self.area();
-        let dst = new.area_mut();
-        dst[..XSTATE_BV_OFFSET].copy_from_slice(&src[..XSTATE_BV_OFFSET]);
+        // Both areas whole, or `BufferTooSmall` (only from a `Storage` that shrank
+        // since its check): no state is carried from a truncated area.
+        let src = span(self.storage.bytes(), 0..self.info.size as usize)?;
+        let xstate_bv = XFeatures::from_bits_retain(get_u64(src, XSTATE_BV_OFFSET));
+        let dst = span_mut(new.storage.bytes_mut(), 0..new.info.size as usize)?;
+        span_mut(dst, 0..XSTATE_BV_OFFSET)?.copy_from_slice(span(src, 0..XSTATE_BV_OFFSET)?);
         put_u64(dst, XSTATE_BV_OFFSET, xstate_bv.bits());
         for i in (xstate_bv & self.info.features)
             .indices()
             .filter(|&i| i >= 2)
         {
+            // Both ranges are component `i`'s size in layouts of the same
+            // enumeration: equal lengths, as `copy_from_slice` needs.
             if let (Some(s), Some(d)) = (old_l.range_of(i), new_l.range_of(i)) {
-                dst[d].copy_from_slice(&src[s]);
+                span_mut(dst, d)?.copy_from_slice(span(src, s)?);
             }
         }
         Ok(new)
@@ -585,31 +610,91 @@ fn check_storage(bytes: &[u8], size: u32) -> Result<(), FpstateError> {
     Ok(())
 }
 
+/// `b[r]`, or [`FpstateError::BufferTooSmall`] if `b` ends before `r.end` (only
+/// from a [`Storage`] that shrank: every area is checked at creation).
+fn span(b: &[u8], r: Range<usize>) -> Result<&[u8], FpstateError> {
+    let got = b.len();
+    let needed = r.end;
+    b.get(r)
+        .ok_or(FpstateError::BufferTooSmall(BufferTooSmall { needed, got }))
+}
+
+/// [`span`], writable.
+fn span_mut(b: &mut [u8], r: Range<usize>) -> Result<&mut [u8], FpstateError> {
+    let got = b.len();
+    let needed = r.end;
+    b.get_mut(r)
+        .ok_or(FpstateError::BufferTooSmall(BufferTooSmall { needed, got }))
+}
+
+// The little-endian field helpers below are on the save/restore and user-ABI
+// hot paths. Most callers pass a constant offset inside the 576-byte legacy
+// region and header, but `uabi` also reads PKRU at its layout offset and writes
+// the signal frame's MAGIC2 at the end of the standard area: the helpers check
+// the range themselves (the same two compares `b[off..off + N]` makes) and read
+// 0 / write nothing past the end instead of panicking. Every caller's range is
+// in bounds, so no caller sees the difference.
+
+/// The little-endian `u64` at `b[off..off + 8]` (0 past the end).
 #[inline]
 pub(crate) fn get_u64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
+    b.get(off..)
+        .and_then(|t| t.first_chunk::<8>())
+        .map_or(0, |a| u64::from_le_bytes(*a))
 }
 
+/// Store `v` little-endian at `b[off..off + 8]` (nothing past the end).
 #[inline]
 pub(crate) fn put_u64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    if let Some(d) = b.get_mut(off..).and_then(|t| t.first_chunk_mut::<8>()) {
+        *d = v.to_le_bytes();
+    }
 }
 
+/// Store `v` little-endian at `b[off..off + 4]` (nothing past the end).
 #[inline]
 pub(crate) fn put_u32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    if let Some(d) = b.get_mut(off..).and_then(|t| t.first_chunk_mut::<4>()) {
+        *d = v.to_le_bytes();
+    }
 }
 
+/// The little-endian `u32` at `b[off..off + 4]` (0 past the end).
 #[inline]
 pub(crate) fn get_u32(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
+    b.get(off..)
+        .and_then(|t| t.first_chunk::<4>())
+        .map_or(0, |a| u32::from_le_bytes(*a))
 }
 
+/// Store `v` little-endian at `b[off..off + 2]` (nothing past the end).
 #[inline]
 fn put_u16(b: &mut [u8], off: usize, v: u16) {
-    b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    if let Some(d) = b.get_mut(off..).and_then(|t| t.first_chunk_mut::<2>()) {
+        *d = v.to_le_bytes();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_helpers_read_zero_and_write_nothing_past_the_end() {
+        let mut b = [0u8; 12];
+        put_u64(&mut b, 4, 0x1122_3344_5566_7788);
+        assert_eq!(get_u64(&b, 4), 0x1122_3344_5566_7788);
+        assert_eq!(get_u32(&b, 8), 0x1122_3344);
+        put_u16(&mut b, 10, 0xabcd);
+        assert!(b.ends_with(&[0xcd, 0xab]));
+        let before = b;
+        for off in [5, 9, 11, 12, 13, usize::MAX - 3, usize::MAX] {
+            put_u64(&mut b, off, u64::MAX);
+            put_u32(&mut b, off.saturating_add(4), u32::MAX);
+            put_u16(&mut b, off.saturating_add(6), u16::MAX);
+            assert_eq!(b, before, "{off}");
+            assert_eq!(get_u64(&b, off), 0, "{off}");
+            assert_eq!(get_u32(&b, off.saturating_add(4)), 0, "{off}");
+        }
+    }
 }

@@ -7,6 +7,15 @@
 //! Everything here is pure: the host's facts come in as an [`Enumeration`], the
 //! process's guest permissions as a [`PermSet`]; nothing touches the hardware.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use core::fmt;
 
 use bitflags::bitflags;
@@ -375,6 +384,12 @@ impl fmt::Display for GuestError {
     }
 }
 
+/// The low 32 bits of `v` (EAX or ECX of an EDX:EAX mask; `v >> 32` is the
+/// other half).
+const fn low_half(v: u64) -> u32 {
+    (v & 0xffff_ffff) as u32
+}
+
 /// The groups XSETBV enables all or nothing of.
 const GROUPS: [XFeatures; 3] = [
     XFeatures::BNDREGS.union(XFeatures::BNDCSR),
@@ -476,11 +491,12 @@ impl GuestXsave {
         if !bad.is_empty() {
             return Err(GuestError::UserInXss { mask: bad.bits() });
         }
-        let bad = (xcr0_allowed - host.xcr0_supported()) | (xss_allowed - host.xss_supported());
+        let bad = xcr0_allowed.difference(host.xcr0_supported())
+            | xss_allowed.difference(host.xss_supported());
         if !bad.is_empty() {
             return Err(GuestError::Unsupported { mask: bad.bits() });
         }
-        let bad = (xcr0_allowed | xss_allowed) - perms.features;
+        let bad = (xcr0_allowed | xss_allowed).difference(perms.features);
         if !bad.is_empty() {
             return Err(GuestError::NotPermitted { mask: bad.bits() });
         }
@@ -611,7 +627,7 @@ impl GuestXsave {
     pub fn leaf(&self, subleaf: u32) -> CpuidResult {
         match subleaf {
             0 => CpuidResult {
-                eax: self.xcr0_allowed.bits() as u32,
+                eax: low_half(self.xcr0_allowed.bits()),
                 ebx: self.standard_size,
                 ecx: self.max_standard,
                 edx: (self.xcr0_allowed.bits() >> 32) as u32,
@@ -619,7 +635,7 @@ impl GuestXsave {
             1 => CpuidResult {
                 eax: self.flags.bits(),
                 ebx: self.compacted_size,
-                ecx: self.xss_allowed.bits() as u32,
+                ecx: low_half(self.xss_allowed.bits()),
                 edx: (self.xss_allowed.bits() >> 32) as u32,
             },
             i if self.allowed().has_index(i) => match self.host.component(i) {
@@ -744,7 +760,8 @@ impl GuestXsave {
     /// `fp` with [`Fpstate::grow`] for the returned index (which needs the
     /// process's guest permission) before the vCPU runs.
     pub fn dynamic_to_grow<S: Storage>(&self, cfg: &Configs, fp: &Fpstate<S>) -> Option<u32> {
-        ((self.xcr0_allowed & cfg.policy().dynamic) - fp.info().features)
+        (self.xcr0_allowed & cfg.policy().dynamic)
+            .difference(fp.info().features)
             .indices()
             .next()
     }
@@ -857,10 +874,10 @@ impl GuestXsave {
     /// `KVM_GET_MSRS` / `KVM_GET_ONE_REG`.
     pub fn side_state(&self) -> SideState {
         let mut s = SideState::new(self.side_regs());
-        s.values[SideReg::Xcr0 as usize] = self.xcr0.bits();
-        s.values[SideReg::Xss as usize] = self.xss.bits();
-        s.values[SideReg::Xfd as usize] = self.xfd.bits();
-        s.values[SideReg::XfdErr as usize] = self.xfd_err.bits();
+        *s.value_mut(SideReg::Xcr0) = self.xcr0.bits();
+        *s.value_mut(SideReg::Xss) = self.xss.bits();
+        *s.value_mut(SideReg::Xfd) = self.xfd.bits();
+        *s.value_mut(SideReg::XfdErr) = self.xfd_err.bits();
         s
     }
 
@@ -890,7 +907,7 @@ impl GuestXsave {
                 _ => {}
             }
         }
-        let get = |reg: SideReg| XFeatures::from_bits_retain(side.values[reg as usize]);
+        let get = |reg: SideReg| XFeatures::from_bits_retain(side.value(reg));
         let xcr0 = get(SideReg::Xcr0);
         check_xcr0(xcr0, self.xcr0_allowed)?;
         let xss = if want.contains(SideReg::Xss) {
@@ -1043,12 +1060,12 @@ pub fn compatible(
     dst_xcr0_allowed: XFeatures,
 ) -> Result<(), GuestError> {
     check_xcr0(src_xcr0, src.xcr0_supported())?;
-    let bad = dst_xcr0_allowed - dst.xcr0_supported();
+    let bad = dst_xcr0_allowed.difference(dst.xcr0_supported());
     if !bad.is_empty() {
         return Err(GuestError::Unsupported { mask: bad.bits() });
     }
     check_apx_mpx(dst_xcr0_allowed)?;
-    let missing = src_xcr0 - dst_xcr0_allowed;
+    let missing = src_xcr0.difference(dst_xcr0_allowed);
     if !missing.is_empty() {
         return Err(missing_on(src, dst, dst_xcr0_allowed, missing));
     }
@@ -1141,11 +1158,11 @@ pub fn translate(
             needed: head,
             got: buf_src.len(),
         }))?;
-    let bad = xstate_bv - src.xcr0_supported();
+    let bad = xstate_bv.difference(src.xcr0_supported());
     if !bad.is_empty() {
         return Err(GuestError::NotOnSource { mask: bad.bits() });
     }
-    let bad = xstate_bv - dst.xcr0_supported();
+    let bad = xstate_bv.difference(dst.xcr0_supported());
     if !bad.is_empty() {
         return Err(GuestError::NotOnDestination { mask: bad.bits() });
     }
@@ -1167,8 +1184,15 @@ pub fn translate(
             BufferTooSmall { needed: size, got },
         )))?;
 
-    out[..head].copy_from_slice(header);
-    out[head..].fill(0);
+    // `standard_size` is at least EXTENDED_START (= head), so this split never
+    // fails; `header` is exactly `head` bytes.
+    let (out_head, out_rest) =
+        out.split_at_mut_checked(head)
+            .ok_or(GuestError::Uabi(UabiError::BufferTooSmall(
+                BufferTooSmall { needed: head, got },
+            )))?;
+    out_head.copy_from_slice(header);
+    out_rest.fill(0);
     for i in xstate_bv.indices().filter(|&i| i >= 2) {
         // Both enumerations checked every component to end inside its standard
         // size, and the sizes are equal (checked above): the ranges are in bounds.
@@ -1180,7 +1204,9 @@ pub fn translate(
             d.std_offset as usize,
             s.size as usize,
         );
-        if let (Some(from), Some(to)) = (buf_src.get(s..s + len), out.get_mut(d..d + len)) {
+        let from = buf_src.get(s..).and_then(|b| b.get(..len));
+        let to = out.get_mut(d..).and_then(|b| b.get_mut(..len));
+        if let (Some(from), Some(to)) = (from, to) {
             to.copy_from_slice(from);
         }
     }
@@ -1337,6 +1363,10 @@ impl SideReg {
     }
 
     /// The register with tag `tag` (its discriminant).
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "`tag < ALL.len()` is checked on the line before (a const fn cannot call `get`)"
+    )]
     pub const fn from_tag(tag: u32) -> Option<Self> {
         if (tag as usize) < Self::ALL.len() {
             Some(Self::ALL[tag as usize])
@@ -1396,6 +1426,19 @@ pub struct SideState {
 
 const SIDE_MAGIC: [u8; 4] = *b"XSSD";
 
+/// One 16-byte side-state entry: tag, reserved word, value (`None` only for
+/// a slice of another length).
+fn side_record(e: &[u8]) -> Option<(u32, u32, u64)> {
+    let (tag, e) = e.split_first_chunk::<4>()?;
+    let (reserved, e) = e.split_first_chunk::<4>()?;
+    let value = e.first_chunk::<8>()?;
+    Some((
+        u32::from_le_bytes(*tag),
+        u32::from_le_bytes(*reserved),
+        u64::from_le_bytes(*value),
+    ))
+}
+
 impl SideState {
     /// The longest encoding: every register.
     pub const MAX_ENCODED_LEN: usize = 8 + 16 * SideReg::ALL.len();
@@ -1416,7 +1459,7 @@ impl SideState {
     /// The value of `reg`, if held.
     pub const fn get(&self, reg: SideReg) -> Option<u64> {
         if self.regs.contains(reg) {
-            Some(self.values[reg as usize])
+            Some(self.value(reg))
         } else {
             None
         }
@@ -1430,11 +1473,33 @@ impl SideState {
         if !self.regs.contains(reg) {
             return Err(GuestError::UnexpectedSideReg { reg });
         }
-        self.values[reg as usize] = value;
+        *self.value_mut(reg) = value;
         Ok(())
     }
 
+    /// `reg`'s slot, held or not.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "SideReg is repr(u8) with the explicit discriminants 0..=11 and `values` has 12 slots"
+    )]
+    const fn value(&self, reg: SideReg) -> u64 {
+        self.values[reg as usize]
+    }
+
+    /// `reg`'s slot, writable.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "SideReg is repr(u8) with the explicit discriminants 0..=11 and `values` has 12 slots"
+    )]
+    fn value_mut(&mut self, reg: SideReg) -> &mut u64 {
+        &mut self.values[reg as usize]
+    }
+
     /// The length of the encoding.
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "`regs.len()` counts the bits of a u16: at most 8 + 16 * 16 = 264"
+    )]
     pub const fn encoded_len(&self) -> usize {
         8 + 16 * self.regs.len()
     }
@@ -1457,18 +1522,19 @@ impl SideState {
     pub fn to_le_bytes(&self, out: &mut [u8]) -> Result<usize, GuestError> {
         let n = self.encoded_len();
         let got = out.len();
-        let out = out
-            .get_mut(..n)
-            .ok_or(GuestError::Uabi(UabiError::BufferTooSmall(
-                BufferTooSmall { needed: n, got },
-            )))?;
-        out[..4].copy_from_slice(&SIDE_MAGIC);
-        out[4..8].copy_from_slice(&(self.regs.len() as u32).to_le_bytes());
-        for (k, reg) in self.regs.iter().enumerate() {
-            let e = &mut out[8 + 16 * k..8 + 16 * (k + 1)];
-            e[..4].copy_from_slice(&(reg as u32).to_le_bytes());
-            e[4..8].fill(0);
-            e[8..].copy_from_slice(&self.values[reg as usize].to_le_bytes());
+        let too_small =
+            GuestError::Uabi(UabiError::BufferTooSmall(BufferTooSmall { needed: n, got }));
+        // `n` is at least 8: the two header splits cannot fail once `out` is `n`
+        // bytes, and the rest is 16 bytes per register.
+        let out = out.get_mut(..n).ok_or(too_small)?;
+        let (magic, rest) = out.split_first_chunk_mut::<4>().ok_or(too_small)?;
+        let (count, entries) = rest.split_first_chunk_mut::<4>().ok_or(too_small)?;
+        *magic = SIDE_MAGIC;
+        *count = self.regs.0.count_ones().to_le_bytes();
+        for (e, reg) in entries.chunks_exact_mut(16).zip(self.regs.iter()) {
+            // Little-endian: the tag in bytes 0..4, zeros in 4..8, the value in 8..16.
+            let record = u128::from(self.value(reg)) << 64 | u128::from(reg as u32);
+            e.copy_from_slice(&record.to_le_bytes());
         }
         Ok(n)
     }
@@ -1481,34 +1547,32 @@ impl SideState {
     /// unknown tag, tags not strictly increasing, reserved bytes set.
     pub fn from_le_bytes(bytes: &[u8]) -> Result<Self, GuestError> {
         let bad = |offset| GuestError::MalformedSideState { offset };
-        let u32_at = |o: usize| -> Option<u32> {
-            let b = bytes.get(o..o + 4)?;
-            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        if bytes.get(..4) != Some(&SIDE_MAGIC[..]) {
+        let (magic, rest) = bytes.split_first_chunk::<4>().ok_or(bad(0))?;
+        if *magic != SIDE_MAGIC {
             return Err(bad(0));
         }
-        let count = u32_at(4).ok_or(bad(4))? as usize;
-        if count > SideReg::ALL.len() || bytes.len() != 8 + 16 * count {
+        let (count, rest) = rest.split_first_chunk::<4>().ok_or(bad(4))?;
+        let count = u32::from_le_bytes(*count) as usize;
+        // `bytes.len() == 8 + 16 * count`, without the arithmetic.
+        let entries = rest.chunks_exact(16);
+        if count > SideReg::ALL.len() || !entries.remainder().is_empty() || entries.len() != count {
             return Err(bad(4));
         }
         let mut s = Self::new(SideRegs::EMPTY);
         let mut last = None;
-        for k in 0..count {
-            let at = 8 + 16 * k;
-            let tag = u32_at(at).ok_or(bad(at))?;
+        // `at`, the entry's offset, is at most 8 + 16 * 11 = 184: no addition
+        // below can saturate.
+        for (at, e) in (8usize..).step_by(16).zip(entries) {
+            let (tag, reserved, value) = side_record(e).ok_or(bad(at))?;
             let reg = SideReg::from_tag(tag).ok_or(bad(at))?;
             if last.is_some_and(|l| l >= reg) {
                 return Err(bad(at));
             }
-            if u32_at(at + 4) != Some(0) {
-                return Err(bad(at + 4));
+            if reserved != 0 {
+                return Err(bad(at.saturating_add(4)));
             }
-            let v = bytes.get(at + 8..at + 16).ok_or(bad(at + 8))?;
-            let mut w = [0u8; 8];
-            w.copy_from_slice(v);
             s.regs = s.regs.with(reg);
-            s.values[reg as usize] = u64::from_le_bytes(w);
+            *s.value_mut(reg) = value;
             last = Some(reg);
         }
         Ok(s)
@@ -1555,11 +1619,11 @@ pub fn migrate(
     let sup = src.xss_allowed;
     check_apx_mpx(user)?;
     check_apx_mpx(dst.xcr0_supported())?;
-    let missing = user - dst.xcr0_supported();
+    let missing = user.difference(dst.xcr0_supported());
     if !missing.is_empty() {
         return Err(missing_on(&src.host, dst, dst.xcr0_supported(), missing));
     }
-    let missing = sup - dst.xss_supported();
+    let missing = sup.difference(dst.xss_supported());
     if !missing.is_empty() {
         return Err(GuestError::NotOnDestination {
             mask: missing.bits(),
@@ -1827,7 +1891,7 @@ fn linux_max_features(s0: CpuidResult, s1: CpuidResult) -> XFeatures {
         u64::from(s0.eax) | u64::from(s0.edx) << 32 | u64::from(s1.ecx) | u64::from(s1.edx) << 32,
     );
     if s1.eax & XsaveFlags::XFD.bits() == 0 {
-        max -= XFeatures::DYNAMIC;
+        max.remove(XFeatures::DYNAMIC);
     }
     if s1.eax & XsaveFlags::XSAVES.bits() != 0 {
         max & (LINUX_USER | LINUX_SUPERVISOR)
@@ -1846,16 +1910,17 @@ fn linux_size(src: &impl CpuidSource, mask: XFeatures, compacted: bool) -> u32 {
     for i in mask.indices().filter(|&i| i >= 2) {
         let r = src.cpuid(0xd, i);
         if compacted {
+            // At most 576 + 62 * (2^32 + 63): `saturating` never saturates.
             if r.ecx & 2 != 0 {
-                end = (end + 63) & !63;
+                end = end.saturating_add(63) & !63;
             }
-            end += u64::from(r.eax);
+            end = end.saturating_add(u64::from(r.eax));
         } else if top.is_none_or(|(o, _)| r.ebx >= o) {
             top = Some((r.ebx, r.eax));
         }
     }
     if let Some((o, s)) = top {
-        end = u64::from(o) + u64::from(s);
+        end = u64::from(o).saturating_add(u64::from(s));
     }
     u32::try_from(end).unwrap_or(u32::MAX)
 }
@@ -1926,7 +1991,9 @@ pub fn linux_xsave(src: &impl CpuidSource) -> Result<LinuxXsave, LinuxRefusal> {
     if size != kernel_size {
         return Err(LinuxRefusal::SizeMismatch { size, kernel_size });
     }
-    let default = max - XFeatures::DYNAMIC - XFeatures::GUEST_ONLY;
+    let default = max
+        .difference(XFeatures::DYNAMIC)
+        .difference(XFeatures::GUEST_ONLY);
     let default_size = linux_size(src, default, compacted);
     if default_size > INIT_FPSTATE_SIZE {
         return Err(LinuxRefusal::InitFpstateTooSmall { size: default_size });
