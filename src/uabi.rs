@@ -162,6 +162,20 @@ impl fmt::Display for UabiError {
     }
 }
 
+/// `area` (an fpstate's bytes, read once) holds all of `layout`. [`Storage`]
+/// is a safe trait that promises nothing about lengths, so the copy paths take
+/// the area once and check it against the layout before they index it.
+fn check_area(area: &[u8], layout: &Layout) -> Result<(), UabiError> {
+    let needed = layout.size() as usize;
+    if area.len() < needed {
+        return Err(UabiError::BufferTooSmall(BufferTooSmall {
+            needed,
+            got: area.len(),
+        }));
+    }
+    Ok(())
+}
+
 /// The kernel-form layout of `fp`: precomputed in the configs for the usual sets,
 /// computed (once, off the fast path) for anything else.
 fn kernel_layout<'a, S: Storage>(
@@ -224,6 +238,7 @@ pub fn export<S: Storage>(
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     let src = fp.area();
+    check_area(src, layout)?;
     let xstate_bv = fp.xstate_bv() & user;
     let (Some(o), Some(s)) = (out.first_chunk_mut(), src.first_chunk()) else {
         // A standard size and an fpstate area are never below 576 bytes.
@@ -249,7 +264,8 @@ pub fn export<S: Storage>(
         reason = "runs() yields only components of `xstate_bv`, a subset of `user`: their \
                   standard ranges end by standard_size(user) = out.len() (enumeration checked \
                   every std_offset + size against it, in u32), and their kernel ranges come \
-                  from the layout of the fpstate's features, whose size is the area's length"
+                  from the layout of the fpstate's features, which check_area() found `src` \
+                  to hold"
     )]
     for r in runs(e, layout, xstate_bv) {
         if zero_from < r.std {
@@ -329,7 +345,8 @@ fn write_pkru<S: Storage>(e: &Enumeration, layout: &Layout, fp: &Fpstate<S>, out
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects,
     reason = "callers pass a `mask` whose standard size `buf` was checked to hold (validate, \
-              import_sigframe) and `dst` is the area `layout` was made for; ends fit in u32"
+              import_sigframe) and a `dst` that check_area() found to hold `layout`; ends \
+              fit in u32"
 )]
 fn copy_components(e: &Enumeration, layout: &Layout, mask: XFeatures, buf: &[u8], dst: &mut [u8]) {
     for r in runs(e, layout, mask) {
@@ -456,6 +473,7 @@ pub fn export_sigframe<S: Storage>(
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     let src = fp.area();
+    check_area(src, layout)?;
     let xstate_bv = fp.xstate_bv() & user;
     let dynamic = cfg.user().max_features.intersects(cfg.policy().dynamic);
     let rfbm = if dynamic {
@@ -495,7 +513,8 @@ pub fn export_sigframe<S: Storage>(
             clippy::arithmetic_side_effects,
             reason = "`i` is a user component of `user`, so its standard range ends by \
                       standard_size(user) = size < out.len(); the kernel range `k` comes from \
-                      the layout of the fpstate's features, whose size is the area's length"
+                      the layout of the fpstate's features, which check_area() found `src` to \
+                      hold"
         )]
         let dst = &mut out[at..at + c.size as usize];
         match layout.range_of(i) {
@@ -755,6 +774,7 @@ pub fn import_sigframe<S: Storage>(
     }
     let old_bv = fp.xstate_bv();
     let dst = fp.area_mut();
+    check_area(dst, layout)?;
     // Both hold the legacy region: `buf` was checked above, and every fpstate
     // area holds at least the legacy region and header.
     let (Some(d), Some(b)) = (dst.first_chunk_mut::<LEGACY>(), buf.first_chunk::<LEGACY>()) else {
@@ -909,6 +929,7 @@ fn write_validated<S: Storage>(
     let old_bv = fp.xstate_bv();
     let user_max = fp.info().user_features;
     let dst = fp.area_mut();
+    check_area(dst, layout)?;
     // validate() checked `buf` holds the header; every fpstate area does.
     let (Some(d), Some(b)) = (dst.first_chunk_mut::<LEGACY>(), buf.first_chunk::<LEGACY>()) else {
         return Err(UabiError::BufferTooSmall(BufferTooSmall {

@@ -142,3 +142,55 @@ fn grow_into_storage_that_shrinks_after_its_check() {
         })
     );
 }
+
+/// The uabi copy paths take the area once and check it against the layout
+/// before indexing it: a shrunken storage gives `BufferTooSmall`, never a panic,
+/// and a refused import writes nothing.
+#[test]
+fn uabi_on_shrunken_storage_is_an_error_not_a_panic() {
+    use xstate::XFeatures;
+    use xstate::uabi::{self, UabiError, UserAbi};
+    let (_, cfg) = setup();
+    let size = cfg.kernel().default_size as usize;
+    let good = {
+        let fp = Fpstate::new_boxed(&cfg, Owner::Host).unwrap();
+        let mut b = vec![0u8; cfg.user().max_size as usize];
+        uabi::export(&cfg, &fp, XFeatures::all(), &mut b).unwrap();
+        b
+    };
+    let mut frame = vec![0u8; cfg.user().max_size as usize + 4];
+    let mut checked = 0;
+    for len in [0, 100, 511, 512, 575, 576, 1000, size - 1] {
+        let (s, shared, mutable) = shrinking(size);
+        let mut fp = Fpstate::new_in(&cfg, Owner::Host, s).unwrap();
+        shared.set(len);
+        mutable.set(len);
+        let short = |r: Result<(), UabiError>| matches!(r, Err(UabiError::BufferTooSmall(BufferTooSmall { got, .. })) if got <= len);
+        let mut out = vec![0u8; good.len()];
+        assert!(
+            short(uabi::export(&cfg, &fp, XFeatures::all(), &mut out).map(drop)),
+            "{len}"
+        );
+        assert!(
+            short(uabi::export_sigframe(&cfg, &fp, XFeatures::all(), &mut frame).map(drop)),
+            "{len}"
+        );
+        assert!(short(uabi::import(&cfg, &mut fp, &good).map(drop)), "{len}");
+        assert!(
+            short(uabi::import_abi(&cfg, &mut fp, &good, UserAbi::Ptrace).map(drop)),
+            "{len}"
+        );
+        // A signal frame is checked for its magic first; whatever it says, no panic.
+        let _ = uabi::import_sigframe(&cfg, &mut fp, &frame);
+        // Nothing was written through the short view.
+        shared.set(size);
+        let fresh = Fpstate::new_boxed(&cfg, Owner::Host).unwrap();
+        assert_eq!(
+            fp.area(),
+            fresh.area(),
+            "{len}: a refused call wrote the fpstate"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
+}
