@@ -4,6 +4,7 @@
 //! and sizes, like Linux's `fpu_kernel_cfg`, `fpu_user_cfg` and guest defaults.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::enumerate::Enumeration;
 use crate::feature::XFeatures;
@@ -166,8 +167,10 @@ pub struct FpuConfig {
 /// Built and checked once by [`Configs::new`], then read through accessors:
 /// nothing can make the configs disagree with the enumeration they came from.
 /// Every fpstate operation takes this one handle, and an fpstate remembers the
-/// handle it was made under: handing it to another one is refused
-/// ([`ForeignFpstate`](crate::error::ForeignFpstate)).
+/// handle it was made under (this value or a clone of it): handing it to any
+/// other, even one derived the same way, is refused
+/// ([`ForeignFpstate`](crate::error::ForeignFpstate)). A kernel makes its
+/// configs once at boot and shares that value.
 ///
 /// Nothing outside the crate can change a config once made, nor make one:
 ///
@@ -189,7 +192,7 @@ pub struct FpuConfig {
 /// let forged = FpuConfig { max_features: XFeatures::all(), default_features: XFeatures::all(),
 ///     max_size: 576, default_size: 576, form: Form::Compacted };
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Configs {
     e: Enumeration,
     kernel: FpuConfig,
@@ -200,9 +203,34 @@ pub struct Configs {
     xss: XFeatures,
     /// Kernel-form layouts of host default, host max, guest default, guest max.
     layouts: [Layout; 4],
-    /// A fingerprint of everything above, stamped into each fpstate.
+    /// This handle's identity (shared by its clones), stamped into each fpstate.
     stamp: u64,
 }
+
+/// The next [`Configs`] identity. 2^64 constructions never happen.
+static NEXT_STAMP: AtomicU64 = AtomicU64::new(1);
+
+/// Configs are equal when they state the same configuration, whether or not
+/// they are the same handle (an fpstate belongs to one handle and its clones).
+impl PartialEq for Configs {
+    fn eq(&self, o: &Self) -> bool {
+        let Self {
+            e,
+            kernel,
+            user,
+            guest,
+            policy,
+            xcr0,
+            xss,
+            layouts,
+            stamp: _,
+        } = self;
+        (e, kernel, user, guest, policy, xcr0, xss, layouts)
+            == (&o.e, &o.kernel, &o.user, &o.guest, &o.policy, &o.xcr0, &o.xss, &o.layouts)
+    }
+}
+
+impl Eq for Configs {}
 
 impl Configs {
     /// Derive the configs.
@@ -289,7 +317,7 @@ impl Configs {
                 mask: guest_max.bits(),
             })?,
         ];
-        let mut c = Self {
+        Ok(Self {
             e: e.clone(),
             kernel: cfg(host_max, host_default, form, &size),
             user: cfg(user_max, user_max - p.dynamic, Form::Standard, &std_size),
@@ -298,45 +326,8 @@ impl Configs {
             xcr0: user_max,
             xss: sup,
             layouts,
-            stamp: 0,
-        };
-        c.stamp = c.fingerprint();
-        Ok(c)
-    }
-
-    /// FNV-1a over what decides an fpstate's layout and meaning: the masks, the
-    /// sizes and forms, the component table and the MXCSR mask.
-    fn fingerprint(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut mix = |v: u64| {
-            for b in v.to_le_bytes() {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        };
-        let p = &self.policy;
-        for m in [
-            p.enabled,
-            p.dynamic,
-            p.independent,
-            p.guest_only,
-            self.xcr0,
-            self.xss,
-        ] {
-            mix(m.bits());
-        }
-        for c in [&self.kernel, &self.user, &self.guest] {
-            mix(c.max_features.bits());
-            mix(c.default_features.bits());
-            mix(u64::from(c.max_size) << 32 | u64::from(c.default_size));
-            mix(u64::from(c.form == Form::Compacted));
-        }
-        for c in self.e.components() {
-            mix(u64::from(c.size) << 32 | u64::from(c.std_offset));
-            mix(u64::from(c.supervisor) | u64::from(c.align64) << 1 | u64::from(c.xfd) << 2);
-        }
-        mix(u64::from(self.e.mxcsr_mask()));
-        mix(u64::from(self.e.xsaveopt()));
-        h
+            stamp: NEXT_STAMP.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     /// The enumeration these configs were derived from.
