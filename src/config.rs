@@ -226,7 +226,9 @@ impl PartialEq for Configs {
             stamp: _,
         } = self;
         (e, kernel, user, guest, policy, xcr0, xss, layouts)
-            == (&o.e, &o.kernel, &o.user, &o.guest, &o.policy, &o.xcr0, &o.xss, &o.layouts)
+            == (
+                &o.e, &o.kernel, &o.user, &o.guest, &o.policy, &o.xcr0, &o.xss, &o.layouts,
+            )
     }
 }
 
