@@ -37,17 +37,7 @@ fn setup() -> Setup {
 
 /// A host fpstate with every user component it holds in use, in a pattern.
 fn primed(s: &Setup) -> Fpstate<BoxedArea> {
-    let mut fp = Fpstate::new_boxed(&s.cfg, Owner::Host).expect("host fpstate");
-    let user = fp.info().user_features;
-    let mut b: Vec<u8> = (0..fp.info().user_size as usize)
-        .map(|k| (k as u8).wrapping_mul(29) | 1)
-        .collect();
-    put_u32(&mut b, MXCSR, 0x1f80);
-    put_u32(&mut b, MXCSR_MASK, s.cfg.mxcsr_mask());
-    b[XSTATE_BV..XSTATE_BV + 64].fill(0);
-    put_u64(&mut b, XSTATE_BV, user.bits());
-    uabi::import(&s.cfg, &mut fp, &b).expect("primer");
-    fp
+    testkit::primed_host(&s.cfg, 0x1f80)
 }
 
 /// A valid signal frame of another state (`import` of the same bytes works too).

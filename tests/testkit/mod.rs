@@ -14,12 +14,13 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use xstate::XFeatures;
-use xstate::config::Configs;
+use xstate::config::{Configs, Policy};
 use xstate::cpuid::{CpuidSource, RecordedCpuid};
 use xstate::enumerate::Enumeration;
-use xstate::fpstate::{BoxedArea, Fpstate, Mode};
+use xstate::fpstate::{BoxedArea, Fpstate, Mode, Owner};
 use xstate::insn::{Fault, Insn, XsaveUnit};
 use xstate::layout::Layout;
+use xstate::uabi;
 
 // Offsets in every XSAVE area (SDM vol. 1 table 10-2 and 13.4.2).
 
@@ -484,3 +485,72 @@ load_then_raise!(
     out("rcx") _,
     out("r11") _,
 );
+
+/// One recorded dump with Linux's policy: its name, CPUID, enumeration and configs.
+pub struct DumpSetup {
+    pub name: String,
+    pub cpu: RecordedCpuid,
+    pub e: Enumeration,
+    pub cfg: Configs,
+}
+
+/// Every dump in `layouts/`, enumerated and configured as Linux would.
+pub fn linux_setups() -> Vec<DumpSetup> {
+    dumps()
+        .iter()
+        .map(|(name, cpu)| {
+            let e = Enumeration::from_cpuid(cpu).unwrap_or_else(|err| panic!("{name}: {err}"));
+            let cfg =
+                Configs::new(&e, &Policy::linux(&e)).unwrap_or_else(|err| panic!("{name}: {err}"));
+            DumpSetup {
+                name: name.clone(),
+                cpu: cpu.clone(),
+                e,
+                cfg,
+            }
+        })
+        .collect()
+}
+
+/// A host fpstate with every user component it holds in use: imported from a
+/// standard-form buffer in a pattern (`(k * 29) | 1`) and MXCSR `mxcsr`.
+pub fn primed_host(cfg: &Configs, mxcsr: u32) -> Fpstate<BoxedArea> {
+    let mut fp = Fpstate::new_boxed(cfg, Owner::Host).expect("host fpstate");
+    let user = fp.info().user_features;
+    let mut b: Vec<u8> = (0..fp.info().user_size as usize)
+        .map(|k| (k as u8).wrapping_mul(29) | 1)
+        .collect();
+    put_u32(&mut b, MXCSR, mxcsr);
+    put_u32(&mut b, MXCSR_MASK, cfg.mxcsr_mask());
+    b[XSTATE_BV..XSTATE_BV + 64].fill(0);
+    put_u64(&mut b, XSTATE_BV, user.bits());
+    uabi::import(cfg, &mut fp, &b).expect("primer");
+    fp
+}
+
+/// Runs `import` on a freshly primed host fpstate (see [`primed_host`], MXCSR
+/// 0x1f80) and checks it refuses with `want` and leaves every byte as it was.
+pub fn assert_refused<T: std::fmt::Debug + PartialEq>(
+    s: &DumpSetup,
+    import: impl FnOnce(&mut Fpstate<BoxedArea>) -> Result<T, uabi::UabiError>,
+    want: uabi::UabiError,
+    what: &str,
+) {
+    let mut fp = primed_host(&s.cfg, 0x1f80);
+    let before = fp.area().to_vec();
+    let got = import(&mut fp);
+    assert_eq!(got, Err(want), "{}: {what}", s.name);
+    assert!(
+        fp.area() == &before[..],
+        "{}: {what}: the fpstate changed",
+        s.name
+    );
+}
+
+/// The fpstate's user state in the standard form, as `uabi::export` writes it.
+pub fn exported(cfg: &Configs, fp: &Fpstate<BoxedArea>) -> Vec<u8> {
+    let mut out = vec![0u8; fp.info().user_size as usize];
+    let n = uabi::export(cfg, fp, fp.info().user_features, &mut out).expect("export");
+    out.truncate(n);
+    out
+}
