@@ -15,7 +15,9 @@ use crate::layout::{Form, Layout};
 pub struct Policy {
     /// Components the kernel enables (XCR0 and IA32_XSS), independent ones included.
     pub enabled: XFeatures,
-    /// User components allocated only on request and armed behind XFD until then.
+    /// User components allocated only on request and armed behind XFD until then:
+    /// a subset of [`XFeatures::DYNAMIC`] (AMX TILEDATA), the only ones a
+    /// permission request grants.
     pub dynamic: XFeatures,
     /// Supervisor components the kernel saves on its own, never in fpstates (LBR).
     pub independent: XFeatures,
@@ -99,7 +101,8 @@ pub enum ConfigError {
     },
     /// x87 and SSE must be enabled.
     LegacyDisabled,
-    /// Dynamic components must be enabled, user and XFD-capable.
+    /// Dynamic components must be enabled, XFD-capable and grantable by a
+    /// permission request (`XFeatures::DYNAMIC`: AMX TILEDATA).
     BadDynamic {
         /// The offending bits.
         mask: u64,
@@ -131,7 +134,7 @@ impl fmt::Display for ConfigError {
             Self::LegacyDisabled => write!(f, "policy must enable x87 and SSE"),
             Self::BadDynamic { mask } => write!(
                 f,
-                "dynamic components {mask:#x} must be enabled, user and XFD-capable"
+                "dynamic components {mask:#x} must be enabled, XFD-capable and requestable (AMX TILEDATA)"
             ),
             Self::BadSupervisorGroup { mask } => write!(
                 f,
@@ -271,7 +274,9 @@ impl Configs {
                 .filter(|&i| e.components()[i as usize].xfd)
                 .fold(0, |m, i| m | 1 << i),
         );
-        let bad = p.dynamic - (p.enabled & xfd_capable);
+        // Only what a permission request can grant may wait for one: a dynamic
+        // component outside `XFeatures::DYNAMIC` could never be allocated.
+        let bad = p.dynamic - (p.enabled & xfd_capable & XFeatures::DYNAMIC);
         if !bad.is_empty() {
             return Err(ConfigError::BadDynamic { mask: bad.bits() });
         }

@@ -342,6 +342,17 @@ mod tests {
                 "0x00000001 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4",
                 ParseError::NoLeafD,
             ),
+            // A CPU header is a line that starts with "CPU" and ends with ':';
+            // half of one is a bad line, not a header (which a second time
+            // would end the parse there).
+            (
+                "CPU 0:\n0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4\nCPU 1",
+                ParseError::BadLine { line: 3 },
+            ),
+            (
+                "CPU 0:\n0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4\ncpu 1:",
+                ParseError::BadLine { line: 3 },
+            ),
             (
                 "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4\n0x0000000d 0x00: eax=0x3 ebx=0x2 ecx=0x3 edx=0x4",
                 ParseError::Conflict {

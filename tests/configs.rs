@@ -675,7 +675,7 @@ fn errors_say_what_was_refused() {
         ),
         (
             ConfigError::BadDynamic { mask: 0x4 },
-            "dynamic components 0x4 must be enabled, user and XFD-capable",
+            "dynamic components 0x4 must be enabled, XFD-capable and requestable (AMX TILEDATA)",
         ),
         (
             ConfigError::BadSupervisorGroup { mask: 0x1000 },

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use xstate::XFeatures;
-use xstate::config::{Configs, Policy};
+use xstate::config::{ConfigError, Configs, Policy};
 use xstate::cpuid::{CpuidResult, CpuidSource, RecordedCpuid};
 use xstate::enumerate::{
     EXTENDED_START, EnumError, Enumeration, MAX_COMPONENT_SIZE, SizeCheck, SizeReport,
@@ -1423,4 +1423,33 @@ fn apx_flag_is_read_only_where_leaf_7_1_exists() {
     // Not read (7.0.EAX = 0): APX is not usable and its size is not Linux's concern.
     t.0.entry((7, 0)).and_modify(|r| r.eax = 0);
     assert!(!accepted(&t).usable().contains(XFeatures::APX));
+}
+
+/// A CPUID that marks AMX TILECFG (17) XFD-capable, as no CPU does: the
+/// enumeration takes it, but a policy cannot make 17 dynamic, since no
+/// permission request grants it (Linux's only dynamic component is TILEDATA).
+/// TILEDATA itself stays a valid dynamic component.
+#[test]
+fn only_tiledata_can_be_dynamic_even_where_cpuid_allows_more() {
+    let mut t = spr();
+    t.edit(17, |r| r.ecx |= 0b100);
+    let e = accepted(&t);
+    assert!(e.components()[17].xfd, "the enumeration reads ECX[2]");
+    let p = Policy::linux(&e);
+    assert!(p.enabled.contains(XFeatures::XTILE));
+    let both = Policy {
+        dynamic: XFeatures::XTILE,
+        ..p
+    };
+    assert_eq!(
+        Configs::new(&e, &both),
+        Err(ConfigError::BadDynamic { mask: bit(17) })
+    );
+    let data = Policy {
+        dynamic: XFeatures::XTILE_DATA,
+        ..p
+    };
+    let cfg = Configs::new(&e, &data).expect("TILEDATA may be dynamic");
+    assert!(!cfg.user().default_features.contains(XFeatures::XTILE_DATA));
+    assert!(cfg.user().default_features.contains(XFeatures::XTILE_CFG));
 }
