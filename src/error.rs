@@ -24,6 +24,30 @@ impl fmt::Display for BufferTooSmall {
 
 impl core::error::Error for BufferTooSmall {}
 
+impl BufferTooSmall {
+    /// `Ok` when `got` bytes hold the `needed` ones: the one length check every
+    /// format in the crate makes.
+    pub(crate) const fn check(got: usize, needed: usize) -> Result<(), Self> {
+        if got < needed {
+            Err(Self { needed, got })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The first `needed` bytes of `buf`.
+    pub(crate) fn prefix(buf: &[u8], needed: usize) -> Result<&[u8], Self> {
+        let got = buf.len();
+        buf.get(..needed).ok_or(Self { needed, got })
+    }
+
+    /// The first `needed` bytes of `buf`, writable.
+    pub(crate) fn prefix_mut(buf: &mut [u8], needed: usize) -> Result<&mut [u8], Self> {
+        let got = buf.len();
+        buf.get_mut(..needed).ok_or(Self { needed, got })
+    }
+}
+
 /// An fpstate was handed to a [`Configs`](crate::config::Configs) other than the
 /// one it was made under (another CPU's enumeration, or another policy): its
 /// size, form and components mean nothing there, so the operation is refused.

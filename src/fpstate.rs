@@ -164,6 +164,12 @@ impl From<LayoutError> for FpstateError {
     }
 }
 
+impl From<BufferTooSmall> for FpstateError {
+    fn from(b: BufferTooSmall) -> Self {
+        Self::BufferTooSmall(b)
+    }
+}
+
 impl From<ForeignFpstate> for FpstateError {
     fn from(x: ForeignFpstate) -> Self {
         Self::Foreign(x)
@@ -601,13 +607,7 @@ fn check_storage(bytes: &[u8], size: u32) -> Result<(), FpstateError> {
     if misalignment != 0 {
         return Err(FpstateError::Misaligned { misalignment });
     }
-    if bytes.len() < size as usize {
-        return Err(FpstateError::BufferTooSmall(BufferTooSmall {
-            needed: size as usize,
-            got: bytes.len(),
-        }));
-    }
-    Ok(())
+    Ok(BufferTooSmall::check(bytes.len(), size as usize)?)
 }
 
 /// `b[r]`, or [`FpstateError::BufferTooSmall`] if `b` ends before `r.end` (only

@@ -1152,12 +1152,7 @@ pub fn translate(
 ) -> Result<usize, GuestError> {
     let head = EXTENDED_START as usize;
     let xstate_bv = crate::uabi::standard_header(buf_src)?;
-    let header = buf_src
-        .get(..head)
-        .ok_or(UabiError::BufferTooSmall(BufferTooSmall {
-            needed: head,
-            got: buf_src.len(),
-        }))?;
+    let header = BufferTooSmall::prefix(buf_src, head).map_err(UabiError::from)?;
     let bad = xstate_bv.difference(src.xcr0_supported());
     if !bad.is_empty() {
         return Err(GuestError::NotOnSource { mask: bad.bits() });
@@ -1168,21 +1163,10 @@ pub fn translate(
     }
     check_sizes(src, dst, xstate_bv)?;
     let needed = src.standard_size(xstate_bv) as usize;
-    let buf_src = buf_src
-        .get(..needed)
-        .ok_or(GuestError::Uabi(UabiError::BufferTooSmall(
-            BufferTooSmall {
-                needed,
-                got: buf_src.len(),
-            },
-        )))?;
+    let buf_src = BufferTooSmall::prefix(buf_src, needed).map_err(UabiError::from)?;
     let size = dst.standard_size(xstate_bv) as usize;
     let got = out.len();
-    let out = out
-        .get_mut(..size)
-        .ok_or(GuestError::Uabi(UabiError::BufferTooSmall(
-            BufferTooSmall { needed: size, got },
-        )))?;
+    let out = BufferTooSmall::prefix_mut(out, size).map_err(UabiError::from)?;
 
     // `standard_size` is at least EXTENDED_START (= head), so this split never
     // fails; `header` is exactly `head` bytes.

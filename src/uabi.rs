@@ -45,6 +45,9 @@ pub const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
 /// Where the software-reserved bytes (`struct _fpx_sw_bytes`) start.
 pub const SW_BYTES_OFFSET: usize = 464;
 
+/// The components whose XSTATE_BV (or RFBM) bit makes XSAVE write, and XRSTOR
+/// load, MXCSR (SDM vol. 1, 13.7 and 13.8: MXCSR goes with SSE or AVX).
+const MXCSR_USERS: XFeatures = XFeatures::SSE.union(XFeatures::AVX);
 const X87_END: usize = 160;
 const SSE_RANGE: core::ops::Range<usize> = 160..416;
 /// Bytes 0..24 of the legacy region: the x87 control state before MXCSR.
@@ -121,6 +124,12 @@ impl UabiError {
     }
 }
 
+impl From<BufferTooSmall> for UabiError {
+    fn from(b: BufferTooSmall) -> Self {
+        Self::BufferTooSmall(b)
+    }
+}
+
 impl fmt::Display for UabiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -166,14 +175,7 @@ impl fmt::Display for UabiError {
 /// is a safe trait that promises nothing about lengths, so the copy paths take
 /// the area once and check it against the layout before they index it.
 fn check_area(area: &[u8], layout: &Layout) -> Result<(), UabiError> {
-    let needed = layout.size() as usize;
-    if area.len() < needed {
-        return Err(UabiError::BufferTooSmall(BufferTooSmall {
-            needed,
-            got: area.len(),
-        }));
-    }
-    Ok(())
+    Ok(BufferTooSmall::check(area.len(), layout.size() as usize)?)
 }
 
 /// The kernel-form layout of `fp`: precomputed in the configs for the usual sets,
@@ -229,12 +231,7 @@ pub fn export<S: Storage>(
     let user = mask & fp.info().user_features;
     let size = e.standard_size(user) as usize;
     let got = out.len();
-    let out = out
-        .get_mut(..size)
-        .ok_or(UabiError::BufferTooSmall(BufferTooSmall {
-            needed: size,
-            got,
-        }))?;
+    let out = BufferTooSmall::prefix_mut(out, size)?;
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     let src = fp.area();
@@ -248,7 +245,7 @@ pub fn export<S: Storage>(
         }));
     };
     write_legacy(o, s, xstate_bv, cfg.mxcsr_mask());
-    if xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX) {
+    if xstate_bv.intersects(MXCSR_USERS) {
         let mask = get_u32(src, MXCSR_MASK_OFFSET);
         put_u32(out, MXCSR_MASK_OFFSET, mask);
     }
@@ -306,7 +303,7 @@ fn write_legacy(out: &mut [u8; LEGACY], src: &[u8; LEGACY], xstate_bv: XFeatures
     if !xstate_bv.contains(XFeatures::SSE) {
         out[SSE_RANGE].fill(0);
     }
-    let mxcsr = if xstate_bv.intersects(XFeatures::SSE | XFeatures::AVX) {
+    let mxcsr = if xstate_bv.intersects(MXCSR_USERS) {
         get_u32(src, MXCSR_OFFSET)
     } else {
         MXCSR_DEFAULT
@@ -408,7 +405,7 @@ impl Iterator for Runs<'_> {
                 len: k.len(),
             };
             match &mut self.pending {
-                Some(p) if p.kernel + p.len == c.kernel && p.std + p.len == c.std => {
+                Some(p) if (p.kernel + p.len, p.std + p.len) == (c.kernel, c.std) => {
                     p.len += c.len;
                 }
                 p => {
@@ -467,9 +464,7 @@ pub fn export_sigframe<S: Storage>(
     let needed32 = size32.saturating_add(4);
     let needed = needed32 as usize;
     let got = out.len();
-    let out = out
-        .get_mut(..needed)
-        .ok_or(UabiError::BufferTooSmall(BufferTooSmall { needed, got }))?;
+    let out = BufferTooSmall::prefix_mut(out, needed)?;
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     let src = fp.area();
@@ -498,7 +493,7 @@ pub fn export_sigframe<S: Storage>(
     put_u32(head, SW_BYTES_OFFSET + 4, needed32);
     put_u64(head, SW_BYTES_OFFSET + 8, user.bits());
     put_u32(head, SW_BYTES_OFFSET + 16, size32);
-    let mut bv = xstate_bv | XFeatures::X87 | XFeatures::SSE;
+    let mut bv = xstate_bv | XFeatures::LEGACY;
     if user.contains(XFeatures::PKRU) {
         bv |= XFeatures::PKRU;
     }
@@ -651,12 +646,7 @@ pub fn import_abi<S: Storage>(
             uabi_size,
         } => (uabi_size, Some(supported)),
     };
-    let buf = buf
-        .get(..len)
-        .ok_or(UabiError::BufferTooSmall(BufferTooSmall {
-            needed: len,
-            got: buf.len(),
-        }))?;
+    let buf = BufferTooSmall::prefix(buf, len)?;
     // KVM's own check comes first; a buffer too short for a header is left
     // to import, which says so.
     if let Some(supported) = supported.filter(|_| len >= EXTENDED_START as usize) {
@@ -717,13 +707,8 @@ pub fn import_sigframe<S: Storage>(
     fp.check_configs(cfg).map_err(UabiError::Foreign)?;
     let e = cfg.enumeration();
     // The legacy region, software bytes included.
-    if buf.len() < XSTATE_BV_OFFSET {
-        return Err(UabiError::BufferTooSmall(BufferTooSmall {
-            needed: XSTATE_BV_OFFSET,
-            got: buf.len(),
-        }));
-    }
-    let fpsse = XFeatures::X87 | XFeatures::SSE;
+    BufferTooSmall::check(buf.len(), XSTATE_BV_OFFSET)?;
+    let fpsse = XFeatures::LEGACY;
     let user_max = fp.info().user_features;
     let fx_only = match check_sw_bytes(fp, buf) {
         Ok(()) => None,
@@ -745,15 +730,10 @@ pub fn import_sigframe<S: Storage>(
                 return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
             }
             let needed = e.standard_size(load) as usize;
-            if buf.len() < needed {
-                return Err(UabiError::BufferTooSmall(BufferTooSmall {
-                    needed,
-                    got: buf.len(),
-                }));
-            }
+            BufferTooSmall::check(buf.len(), needed)?;
             (
                 load,
-                rfbm.intersects(XFeatures::SSE | XFeatures::AVX),
+                rfbm.intersects(MXCSR_USERS),
                 rfbm.contains(XFeatures::SSE),
             )
         }
@@ -869,12 +849,7 @@ fn check_header(
 /// zero, the reserved header bytes are zero. Returns XSTATE_BV.
 pub(crate) fn standard_header(buf: &[u8]) -> Result<XFeatures, UabiError> {
     let end = EXTENDED_START as usize;
-    let header = buf
-        .get(..end)
-        .ok_or(UabiError::BufferTooSmall(BufferTooSmall {
-            needed: end,
-            got: buf.len(),
-        }))?;
+    let header = BufferTooSmall::prefix(buf, end)?;
     check_header(header, XFeatures::from_bits_retain(u64::MAX), end)
 }
 
@@ -897,25 +872,15 @@ fn validate<S: Storage>(
     buf: &[u8],
 ) -> Result<XFeatures, UabiError> {
     let header_end = EXTENDED_START as usize;
-    if buf.len() < header_end {
-        return Err(UabiError::BufferTooSmall(BufferTooSmall {
-            needed: header_end,
-            got: buf.len(),
-        }));
-    }
+    BufferTooSmall::check(buf.len(), header_end)?;
     // Linux's `validate_user_xstate_header`: every reserved header byte.
     let xstate_bv = check_header(buf, fp.info().user_features, header_end)?;
-    if xstate_bv.intersects(XFeatures::X87 | XFeatures::SSE | XFeatures::AVX) {
+    if xstate_bv.intersects(XFeatures::LEGACY.union(XFeatures::AVX)) {
         check_mxcsr(cfg, get_u32(buf, MXCSR_OFFSET))?;
     }
     // Every component the header claims must be inside the buffer.
     let needed = e.standard_size(xstate_bv) as usize;
-    if buf.len() < needed {
-        return Err(UabiError::BufferTooSmall(BufferTooSmall {
-            needed,
-            got: buf.len(),
-        }));
-    }
+    BufferTooSmall::check(buf.len(), needed)?;
     Ok(xstate_bv)
 }
 
@@ -937,7 +902,7 @@ fn write_validated<S: Storage>(
             got: buf.len().min(dst.len()),
         }));
     };
-    if hdr.contains(XFeatures::X87 | XFeatures::SSE) {
+    if hdr.contains(XFeatures::LEGACY) {
         // x87 (bytes 0..160, MXCSR and its mask included, like Linux) and the
         // XMM registers in one copy.
         d[..SSE_RANGE.end].copy_from_slice(&b[..SSE_RANGE.end]);
@@ -945,7 +910,7 @@ fn write_validated<S: Storage>(
         if hdr.contains(XFeatures::X87) {
             d[..X87_END].copy_from_slice(&b[..X87_END]);
         }
-        if hdr.intersects(XFeatures::SSE | XFeatures::AVX) {
+        if hdr.intersects(MXCSR_USERS) {
             d[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]
                 .copy_from_slice(&b[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]);
         }
