@@ -57,7 +57,7 @@ impl Policy {
             enabled -= XFeatures::DYNAMIC;
         }
         if e.xsaves() {
-            enabled |= (LINUX_SUPERVISOR | XFeatures::INDEPENDENT) & e.xss_supported() & usable;
+            enabled |= LINUX_SUPERVISOR.union(XFeatures::INDEPENDENT) & e.xss_supported() & usable;
         }
         Self {
             enabled,

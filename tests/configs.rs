@@ -112,6 +112,19 @@ fn lesser_dynamic_cet_s_on_every_dump() {
             assert_eq!(extra, 24, "{name}");
             paid += 1;
         }
+        // The contrast ("eat the 24 bytes"): CET_S in every fpstate, host ones too,
+        // at the size the guest fpstate has under the lesser dynamic scheme.
+        let every = Policy::linux_without_guest_only(&e);
+        assert_eq!(every.guest_only, XFeatures::empty(), "{name}");
+        assert_eq!(every.enabled, cfg.policy().enabled, "{name}");
+        let eat = Configs::new(&e, &every).unwrap();
+        assert_eq!(
+            eat.kernel().default_features,
+            host | XFeatures::CET_S,
+            "{name}"
+        );
+        assert_eq!(eat.kernel().default_size, want, "{name}");
+        assert_eq!(eat.guest().default_features, eat.kernel().default_features);
     }
     // Both kinds of CPU must be covered: CET_S in the padding before the aligned
     // AMX TILECFG (Sapphire Rapids), and CET_S as 24 extra bytes (most others).
