@@ -210,9 +210,10 @@ impl ProcessPerms {
     /// in the set is granted again without asking; then the guest lock and the
     /// signal-stack check.
     ///
-    /// `sigstack_ok` is asked, for task requests that would enlarge the user-ABI
-    /// size, whether the process's signal stacks can hold frames of the new size;
-    /// returning `false` refuses the request.
+    /// `sigstack_ok` is asked, for every new task grant (as Linux runs
+    /// `validate_sigaltstack` on each), whether the process's signal stacks can
+    /// hold frames of the resulting user-ABI size; returning `false` refuses the
+    /// request. Guest requests never ask: guests have no signal frames.
     ///
     /// On error the sets are unchanged.
     ///
@@ -267,7 +268,7 @@ impl ProcessPerms {
             Form::Standard => e.standard_size(features),
         };
         let user_size = e.standard_size(features & cfg.user().max_features);
-        if kind == PermKind::Task && user_size > set.user_size && !sigstack_ok(user_size) {
+        if kind == PermKind::Task && !sigstack_ok(user_size) {
             return Err(PermError::SigStackTooSmall { user_size });
         }
         let new = PermSet {

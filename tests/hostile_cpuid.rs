@@ -1453,3 +1453,41 @@ fn only_tiledata_can_be_dynamic_even_where_cpuid_allows_more() {
     assert!(!cfg.user().default_features.contains(XFeatures::XTILE_DATA));
     assert!(cfg.user().default_features.contains(XFeatures::XTILE_CFG));
 }
+
+/// Linux runs `validate_sigaltstack` on every new task grant, whatever the size
+/// does: on a layout where TILEDATA is not the last component (AVX-512's Hi16_ZMM
+/// moved past it), granting TILEDATA leaves the user-ABI size as it was, and the
+/// signal-stack check is still asked, with that size, and can still refuse.
+/// Guest requests never ask.
+#[test]
+fn the_signal_stack_is_asked_on_every_task_grant() {
+    use xstate::perm::{PermError, PermKind, ProcessPerms};
+    let mut t = spr();
+    let hi16 = t.get(7);
+    let end = 0x2b00;
+    t.set_comp(7, hi16.eax, end, hi16.ecx);
+    t.set_max_standard(end + hi16.eax);
+    t.edit(0, |r| r.ebx = end + hi16.eax);
+    let e = accepted(&t);
+    let cfg = Configs::new(&e, &Policy::linux(&e)).expect("configs");
+    let mut p = ProcessPerms::new(&cfg);
+    let before = p.get(PermKind::Task).user_size;
+    assert_eq!(before, end + hi16.eax, "Hi16_ZMM ends the standard form");
+    let mut asked = None;
+    let r = p.request(&cfg, PermKind::Task, 18, |size| {
+        asked = Some(size);
+        false
+    });
+    assert_eq!(asked, Some(before), "asked with the unchanged size");
+    assert_eq!(r, Err(PermError::SigStackTooSmall { user_size: before }));
+    let g = p
+        .request(&cfg, PermKind::Guest, 18, |_| {
+            panic!("a guest request asked")
+        })
+        .expect("guest grant");
+    assert!(g.features.contains(XFeatures::XTILE_DATA));
+    let g = p
+        .request(&cfg, PermKind::Task, 18, |_| true)
+        .expect("task grant");
+    assert_eq!(g.user_size, before);
+}
