@@ -4,8 +4,15 @@
 //!
 //! A recorded dump and the live CPU are one trait, so every piece of logic above
 //! this module runs the same on both (raw-cpuid's `CpuIdReader` is the model).
-//!
-//! Parses untrusted bytes: under the crate's lint block for them (see `lib.rs`).
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use core::fmt;
 

@@ -6,8 +6,15 @@
 //! The "lesser dynamic" rule lives here: host fpstates never get space for the
 //! guest-only components (CET_S), yet every restore uses the configs' full RFBM, so
 //! restoring a host fpstate right after a guest puts CET_S in its init state.
-//!
-//! Parses untrusted bytes: under the crate's lint block for them (see `lib.rs`).
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use core::fmt;
 use core::mem::size_of;

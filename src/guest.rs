@@ -6,8 +6,15 @@
 //!
 //! Everything here is pure: the host's facts come in as an [`Enumeration`], the
 //! process's guest permissions as a [`PermSet`]; nothing touches the hardware.
-//!
-//! Parses untrusted bytes: under the crate's lint block for them (see `lib.rs`).
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use core::fmt;
 

@@ -51,36 +51,19 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
-/// zerocopy's lint block, written once, on every module that parses untrusted
-/// bytes (CPUID dumps, user and guest buffers, an fpstate's `Storage`): no
-/// unchecked index, no overflowing arithmetic, no truncating cast, no panic.
-/// A site that keeps one carries an `#[expect]` naming the check that bounds it.
-macro_rules! untrusted_bytes {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[deny(
-                clippy::indexing_slicing,
-                clippy::arithmetic_side_effects,
-                clippy::cast_possible_truncation,
-                clippy::unwrap_used,
-                clippy::expect_used,
-                clippy::panic
-            )]
-            pub mod $name;
-        )*
-    };
-}
-
-untrusted_bytes!(cpuid, fpstate, guest, uabi);
 pub mod config;
+pub mod cpuid;
 pub mod enumerate;
 pub mod error;
 pub mod feature;
+pub mod fpstate;
+pub mod guest;
 pub mod insn;
 pub mod layout;
 #[cfg(feature = "alloc")]
 pub mod model;
 pub mod perm;
+pub mod uabi;
 
 pub use feature::{XCOMP_BV_COMPACTED, XFeature, XFeatures};
 

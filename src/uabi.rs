@@ -13,12 +13,19 @@
 //! and which XSTATE_BV bits it takes: [`import_abi`] with a [`UserAbi`] says it
 //! (ptrace reads exactly the user size, KVM its uabi size and only what it
 //! supports for guests); [`import`] is the length-lenient form.
-//!
-//! Parses untrusted bytes: under the crate's lint block for them (see `lib.rs`).
 
 // The bytes this module reads come from user space: no index, slice or sum
 // may panic or wrap unseen. Where one stays (on the copy paths), an
 // `#[expect]` beside it gives the check that bounds it.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use core::fmt;
 
 use crate::config::Configs;
