@@ -572,6 +572,7 @@ impl Fpstate<BoxedArea> {
         perms: &ProcessPerms,
         index: u32,
     ) -> Result<Self, FpstateError> {
+        // Checked here as well as in `grow`: a foreign fpstate gets no allocation.
         self.check_configs(cfg)?;
         let e = cfg.enumeration();
         let features =

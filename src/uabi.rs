@@ -545,6 +545,15 @@ pub fn import<S: Storage>(
     buf: &[u8],
 ) -> Result<XFeatures, UabiError> {
     fp.check_configs(cfg).map_err(UabiError::Foreign)?;
+    import_own(cfg, fp, buf)
+}
+
+/// [`import`] for an fpstate already checked to belong to `cfg`.
+fn import_own<S: Storage>(
+    cfg: &Configs,
+    fp: &mut Fpstate<S>,
+    buf: &[u8],
+) -> Result<XFeatures, UabiError> {
     let e = cfg.enumeration();
     let hdr = validate(e, cfg, fp, buf)?;
     let mut spare = None;
@@ -655,7 +664,7 @@ pub fn import_abi<S: Storage>(
             return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
         }
     }
-    import(cfg, fp, buf)
+    import_own(cfg, fp, buf)
 }
 
 /// How [`import_sigframe`] took a signal frame.
