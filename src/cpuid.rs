@@ -263,7 +263,9 @@ impl CpuidSource for RecordedCpuid {
 
 fn hex(s: &str, line: u32) -> Result<u32, ParseError> {
     let digits = s.strip_prefix("0x").ok_or(ParseError::BadLine { line })?;
-    if digits.is_empty() || digits.len() > 8 {
+    // `cpuid -r` prints eight digits; from_str_radix alone would also take a
+    // leading `+` and any number of leading zeros.
+    if !(1..=8).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ParseError::BadNumber { line });
     }
     u32::from_str_radix(digits, 16).map_err(|_| ParseError::BadNumber { line })
@@ -339,6 +341,18 @@ mod tests {
                 ParseError::BadNumber { line: 1 },
             ),
             (
+                "0x0000000d 0x00: eax=0x ebx=0x2 ecx=0x3 edx=0x4",
+                ParseError::BadNumber { line: 1 },
+            ),
+            (
+                "0x0000000d 0x00: eax=0x000000001 ebx=0x2 ecx=0x3 edx=0x4",
+                ParseError::BadNumber { line: 1 },
+            ),
+            (
+                "0x0000000d 0x00: eax=0x+1 ebx=0x2 ecx=0x3 edx=0x4",
+                ParseError::BadNumber { line: 1 },
+            ),
+            (
                 "0x00000001 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4",
                 ParseError::NoLeafD,
             ),
@@ -365,5 +379,40 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(RecordedCpuid::parse(text).unwrap_err(), want, "{text}");
         }
+    }
+
+    #[test]
+    fn an_identical_repeat_is_taken_once() {
+        let line = "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4";
+        let c = RecordedCpuid::parse(&format!("{line}\n{line}\n")).unwrap();
+        assert_eq!(c.len, 1);
+        assert_eq!(c.cpuid(0xd, 0).ecx, 3);
+    }
+
+    #[test]
+    fn errors_say_which_line_and_what() {
+        let cases = [
+            (ParseError::BadLine { line: 7 }, "line 7: expected `0xLEAF"),
+            (ParseError::BadNumber { line: 8 }, "line 8: a number is not"),
+            (
+                ParseError::Conflict {
+                    line: 9,
+                    leaf: 0xd,
+                    subleaf: 2,
+                },
+                "line 9: leaf 0xd subleaf 0x2 appears twice",
+            ),
+            (
+                ParseError::TooManyEntries { line: 10 },
+                "line 10: more than",
+            ),
+        ];
+        for (e, want) in cases {
+            assert!(e.to_string().starts_with(want), "{e}");
+        }
+        assert_eq!(
+            ParseError::NoLeafD.to_string(),
+            "no CPUID leaf 0xd entry in the dump"
+        );
     }
 }
