@@ -51,6 +51,11 @@ pub enum SizeReport {
     CurrentCompacted,
 }
 
+/// A 64-bit mask CPUID reports as two 32-bit halves (`hi:lo`).
+const fn join(hi: u32, lo: u32) -> u64 {
+    ((hi as u64) << 32) | lo as u64
+}
+
 impl fmt::Display for SizeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -345,8 +350,8 @@ impl Enumeration {
     pub fn from_cpuid(src: &impl CpuidSource) -> Result<Self, EnumError> {
         let s0 = src.cpuid(0xd, 0);
         let s1 = src.cpuid(0xd, 1);
-        let xcr0 = (u64::from(s0.edx) << 32) | u64::from(s0.eax);
-        let xss = (u64::from(s1.edx) << 32) | u64::from(s1.ecx);
+        let xcr0 = join(s0.edx, s0.eax);
+        let xss = join(s1.edx, s1.ecx);
         if xcr0 & 3 != 3 {
             return Err(EnumError::LegacyMissing { xcr0 });
         }

@@ -479,6 +479,12 @@ fn reserved_bit() {
     t.set_xss(t.xss() | bit(63));
     assert_eq!(refused(&t), EnumError::ReservedBit { index: 63 });
 
+    // In both masks at once: still the reserved bit (not "in both masks").
+    let mut t = spr();
+    t.set_xcr0(t.xcr0() | bit(63));
+    t.set_xss(t.xss() | bit(63));
+    assert_eq!(refused(&t), EnumError::ReservedBit { index: 63 });
+
     // Legacy bits are never supervisor components.
     for b in [0, 1] {
         let mut t = spr();
@@ -528,6 +534,20 @@ fn reported_too_small_max_standard() {
             computed: EXTENDED_START,
         }
     );
+    // Each report names the CPUID register it came from.
+    for (report, reg) in [
+        (SizeReport::MaxStandard, "CPUID(0xD,0).ECX"),
+        (SizeReport::CurrentStandard, "CPUID(0xD,0).EBX"),
+        (SizeReport::CurrentCompacted, "CPUID(0xD,1).EBX"),
+    ] {
+        assert_eq!(report.to_string(), reg);
+        let e = EnumError::ReportedTooSmall {
+            report,
+            reported: 0x200,
+            computed: EXTENDED_START,
+        };
+        assert!(e.to_string().contains(reg), "{e}");
+    }
     // With any extended user component, the under-report is caught per component,
     // as BeyondMaxSize naming the first component past it (see beyond_max_size).
     let mut t = zen4();
