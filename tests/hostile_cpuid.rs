@@ -1511,3 +1511,15 @@ fn the_signal_stack_is_asked_on_every_task_grant() {
         .expect("task grant");
     assert_eq!(g.user_size, before);
 }
+
+/// x87 and SSE are always usable, whether the source gives feature flags or
+/// not (Linux without FPU or SSE does not use XSAVE at all; the crate keeps them).
+#[test]
+fn legacy_is_always_usable() {
+    let bare = accepted(&spr());
+    assert!(!bare.flags_known());
+    assert!(bare.usable().contains(XFeatures::LEGACY), "no flags");
+    let flagged = accepted(&flagged("intel-sapphire-rapids-xeon-w9-3475x"));
+    assert!(flagged.flags_known());
+    assert!(flagged.usable().contains(XFeatures::LEGACY), "with flags");
+}
