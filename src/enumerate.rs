@@ -566,7 +566,7 @@ impl Enumeration {
             });
         }
         let cmp_computed =
-            compacted_end(&self.comps, xcr0 | xss).ok_or(EnumError::CompactedTooLarge)?;
+            compacted_end(&self.comps, xcr0.union(xss)).ok_or(EnumError::CompactedTooLarge)?;
         let cmp_reported = src.cpuid(0xd, 1).ebx;
         if (self.xsaves || self.xsavec) && cmp_reported < cmp_computed {
             return Err(EnumError::ReportedTooSmall {
@@ -749,7 +749,7 @@ fn flagged(src: &impl CpuidSource) -> Option<XFeatures> {
                 (b.leaf != 7 || b.subleaf == 0 || has_7_1)
                     && b.is_set_in(src.cpuid(b.leaf, b.subleaf))
             })
-            .fold(XFeatures::empty(), |m, f| m | f.feature.mask()),
+            .fold(XFeatures::empty(), |m, f| m.union(f.feature.mask())),
     )
 }
 

@@ -768,6 +768,26 @@ fn live_sizes_under_reported() {
             computed: 0x2a80,
         })
     );
+    // With XSAVEC alone (no XSAVES), EBX is XSAVEC's size for XCR0 and still checked.
+    let mut t = spr();
+    t.edit(1, |r| r.eax &= !0b1000);
+    let e = accepted(&t);
+    assert!(e.xsavec() && !e.xsaves());
+    t.edit(1, |r| r.ebx = 0x29ff);
+    assert_eq!(
+        e.check_live_sizes(&t, e.xcr0_supported(), XFeatures::empty()),
+        Err(EnumError::ReportedTooSmall {
+            report: SizeReport::CurrentCompacted,
+            reported: 0x29ff,
+            computed: 0x2a00,
+        })
+    );
+    // A bit outside both masks, named in both: refused, not cancelled out.
+    let e = accepted(&spr());
+    assert_eq!(
+        e.check_live_sizes(&spr(), e.xcr0_supported() | XFeatures::HDC, XFeatures::HDC),
+        Err(EnumError::NotSupported { mask: bit(13) })
+    );
     // Without XSAVEC or XSAVES, CPUID(0xD,1).EBX means nothing and is not checked.
     let mut t = dump("firecracker-t2a-guest-on-m6a-metal-amd");
     let e = accepted(&t);
