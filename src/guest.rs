@@ -540,9 +540,9 @@ impl GuestXsave {
         self.standard_size = self.host.standard_size(self.xcr0);
         self.compacted_size = if self
             .flags
-            .intersects(XsaveFlags::XSAVEC | XsaveFlags::XSAVES)
+            .intersects(XsaveFlags::XSAVEC.union(XsaveFlags::XSAVES))
         {
-            self.host.compacted_size(self.xcr0 | self.xss)
+            self.host.compacted_size(self.xcr0.union(self.xss))
         } else {
             0
         };
@@ -674,7 +674,7 @@ impl GuestXsave {
     }
 
     fn allowed(&self) -> XFeatures {
-        self.xcr0_allowed | self.xss_allowed
+        self.xcr0_allowed.union(self.xss_allowed)
     }
 
     /// The guest's current XCR0.
@@ -861,7 +861,7 @@ impl GuestXsave {
         }
         if self
             .xss_allowed
-            .intersects(XFeatures::CET_U | XFeatures::CET_S)
+            .intersects(XFeatures::CET_U.union(XFeatures::CET_S))
         {
             r = r.with(SideReg::Ssp);
         }

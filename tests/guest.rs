@@ -1190,3 +1190,233 @@ proptest! {
         prop_assert_eq!(back, buf);
     }
 }
+
+/// KVM's errno for each refusal: EPERM for a missing guest permission,
+/// EOPNOTSUPP for what the CPU lacks, the wrapped user-ABI error's own errno,
+/// EINVAL for everything else.
+#[test]
+fn every_guest_error_has_kvms_errno() {
+    use xstate::error::ForeignFpstate;
+    use xstate::guest::SideReg;
+    let f = XsaveFlags::XSAVEC;
+    let cases = [
+        (GuestError::NotPermitted { mask: 1 }, 1),
+        (GuestError::Unsupported { mask: 1 }, 95),
+        (
+            GuestError::FlagsUnsupported {
+                flags: f,
+                host: XsaveFlags::empty(),
+            },
+            95,
+        ),
+        (GuestError::NotOnDestination { mask: 1 }, 95),
+        (
+            GuestError::Uabi(UabiError::BufferTooSmall(BufferTooSmall {
+                needed: 2,
+                got: 1,
+            })),
+            14,
+        ),
+        (GuestError::Uabi(UabiError::Foreign(ForeignFpstate)), 22),
+        (GuestError::SupervisorInXcr0 { mask: 1 }, 22),
+        (GuestError::UserInXss { mask: 1 }, 22),
+        (GuestError::LegacyMissing { xcr0: 1 }, 22),
+        (GuestError::XssWithoutXsaves { xss: 1 }, 22),
+        (
+            GuestError::Xcr0NotAllowed {
+                xcr0: 1,
+                allowed: 0,
+            },
+            22,
+        ),
+        (GuestError::X87Disabled { xcr0: 2 }, 22),
+        (GuestError::AvxWithoutSse { xcr0: 5 }, 22),
+        (GuestError::Avx512WithoutAvx { xcr0: 0xe3 }, 22),
+        (GuestError::PartialGroup { xcr0: 1, group: 2 }, 22),
+        (GuestError::XssNotAllowed { xss: 1, allowed: 0 }, 22),
+        (GuestError::NotOnSource { mask: 1 }, 22),
+        (
+            GuestError::SizeMismatch {
+                index: 2,
+                src: 1,
+                dst: 2,
+            },
+            22,
+        ),
+        (
+            GuestError::NotInXcr0 {
+                xstate_bv: 4,
+                xcr0: 3,
+            },
+            22,
+        ),
+        (GuestError::ApxWithMpx { mask: 1 }, 22),
+        (GuestError::Replaced { index: 3, by: 19 }, 22),
+        (
+            GuestError::OffsetMismatch {
+                index: 9,
+                src: 1,
+                dst: 2,
+            },
+            22,
+        ),
+        (GuestError::SubleafMismatch { subleaf: 2 }, 22),
+        (
+            GuestError::XfdNotAllowed {
+                value: 1,
+                allowed: 0,
+            },
+            22,
+        ),
+        (GuestError::MissingSideReg { reg: SideReg::Xss }, 22),
+        (GuestError::UnexpectedSideReg { reg: SideReg::Xss }, 22),
+        (GuestError::MalformedSideState { offset: 4 }, 22),
+    ];
+    for (e, errno) in cases {
+        assert_eq!(e.errno(), errno, "{e:?}");
+    }
+    // The wrapped error's errno, whatever it is.
+    let u = UabiError::BufferTooSmall(BufferTooSmall { needed: 2, got: 1 });
+    assert_eq!(GuestError::Uabi(u).errno(), u.errno());
+}
+
+/// The side registers: names, MSR indices (SDM vol. 4), tags, and the set.
+#[test]
+fn side_registers_are_the_architectural_ones() {
+    use xstate::guest::{SideReg, SideRegs};
+    let want = [
+        (SideReg::Xcr0, "XCR0", None),
+        (SideReg::Xss, "IA32_XSS", Some(0xda0)),
+        (SideReg::Xfd, "IA32_XFD", Some(0x1c4)),
+        (SideReg::XfdErr, "IA32_XFD_ERR", Some(0x1c5)),
+        (SideReg::UCet, "IA32_U_CET", Some(0x6a0)),
+        (SideReg::SCet, "IA32_S_CET", Some(0x6a2)),
+        (SideReg::Pl0Ssp, "IA32_PL0_SSP", Some(0x6a4)),
+        (SideReg::Pl1Ssp, "IA32_PL1_SSP", Some(0x6a5)),
+        (SideReg::Pl2Ssp, "IA32_PL2_SSP", Some(0x6a6)),
+        (SideReg::Pl3Ssp, "IA32_PL3_SSP", Some(0x6a7)),
+        (
+            SideReg::IntSspTab,
+            "IA32_INTERRUPT_SSP_TABLE_ADDR",
+            Some(0x6a8),
+        ),
+        (SideReg::Ssp, "SSP", None),
+    ];
+    assert_eq!(SideReg::ALL.len(), want.len());
+    for (tag, (r, name, msr)) in (0u32..).zip(want) {
+        assert_eq!(SideReg::ALL[tag as usize], r);
+        assert_eq!(r.name(), name);
+        assert_eq!(r.msr(), msr, "{name}");
+        assert_eq!(SideReg::from_tag(tag), Some(r));
+    }
+    for tag in [12, 13, 255, u32::MAX] {
+        assert_eq!(SideReg::from_tag(tag), None, "{tag}");
+    }
+    let one = SideRegs::EMPTY.with(SideReg::Ssp);
+    assert_eq!(one.with(SideReg::Ssp), one, "adding twice keeps it");
+    assert_eq!(one.iter().collect::<Vec<_>>(), [SideReg::Ssp]);
+    assert!(SideRegs::EMPTY.is_empty() && !one.is_empty());
+}
+
+/// What a guest is shown and may write: hidden subleaves read as zeros, the
+/// size of every allowed component, XFD_ERR within the XFD-capable set, SSP
+/// with either CET component, and the host's MXCSR mask.
+#[test]
+fn guest_views_follow_what_it_is_allowed() {
+    use xstate::guest::SideReg;
+    let (_, zen4) = testkit::load("amd-zen4-ryzen-9-7950x.txt");
+    let shown = XFeatures::LEGACY | XFeatures::AVX;
+    let g = GuestXsave::new(
+        &zen4,
+        &all_perms(&zen4),
+        shown,
+        XFeatures::CET_S,
+        XsaveFlags::of(&zen4),
+    )
+    .unwrap();
+    for i in 2..64 {
+        let r = g.leaf(i);
+        if i == 2 || i == 12 {
+            assert_ne!(r, CpuidResult::default(), "subleaf {i} is shown");
+        } else {
+            assert_eq!(r, CpuidResult::default(), "subleaf {i} is hidden");
+        }
+    }
+    assert_eq!(g.max_standard_size(), zen4.standard_size(shown));
+    assert_eq!(g.max_standard_size(), g.leaf(0).ecx);
+    assert_eq!(g.max_standard_size(), 832);
+    let regs = g.side_regs();
+    for r in [
+        SideReg::SCet,
+        SideReg::Pl0Ssp,
+        SideReg::IntSspTab,
+        SideReg::Ssp,
+    ] {
+        assert!(regs.contains(r), "{r:?} with CET_S alone");
+    }
+    assert!(!regs.contains(SideReg::UCet));
+    assert_eq!(
+        CpuidSource::mxcsr_mask(&g),
+        Some(zen4.mxcsr_mask()),
+        "the host's SSE unit"
+    );
+
+    let (_, spr) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let mut g = host_guest(&spr);
+    assert!(g.flags().contains(XsaveFlags::XFD));
+    assert_eq!(
+        g.set_xfd_err(XFeatures::XTILE_CFG),
+        Err(GuestError::XfdNotAllowed {
+            value: XFeatures::XTILE_CFG.bits(),
+            allowed: XFeatures::XTILE_DATA.bits()
+        })
+    );
+    assert_eq!(
+        g.xfd_err(),
+        XFeatures::empty(),
+        "a refused write changes nothing"
+    );
+    assert_eq!(g.set_xfd_err(XFeatures::XTILE_DATA), Ok(()));
+    assert_eq!(g.xfd_err(), XFeatures::XTILE_DATA);
+}
+
+/// The high halves of the shown masks go to EDX: AMD's LWP is XCR0 bit 62.
+#[test]
+fn mask_high_halves_are_in_edx() {
+    let (_, bd) = testkit::load("amd-bulldozer-opteron-6238.txt");
+    assert!(bd.xcr0_supported().bits() >> 62 & 1 == 1, "LWP");
+    let g = GuestXsave::new(
+        &bd,
+        &all_perms(&bd),
+        bd.xcr0_supported(),
+        XFeatures::empty(),
+        XsaveFlags::of(&bd),
+    )
+    .unwrap();
+    assert_eq!(g.leaf(0).edx, 1 << 30);
+    assert_eq!(
+        g.leaf(0).eax,
+        (bd.xcr0_supported().bits() & 0xffff_ffff) as u32
+    );
+
+    // IA32_XSS likewise: Zen 4 with a made-up supervisor component 40.
+    let text = std::fs::read_to_string(testkit::layouts_dir().join("amd-zen4-ryzen-9-7950x.txt"))
+        .unwrap()
+        .replace(
+            "0x0000000d 0x01: eax=0x0000000f ebx=0x00000990 ecx=0x00001800 edx=0x00000000",
+            "0x0000000d 0x01: eax=0x0000000f ebx=0x000009a0 ecx=0x00001800 edx=0x00000100",
+        )
+        + "0x0000000d 0x28: eax=0x00000010 ebx=0x00000000 ecx=0x00000001 edx=0x00000000\n";
+    let e = Enumeration::from_cpuid(&RecordedCpuid::parse(&text).unwrap()).unwrap();
+    assert_eq!(e.xss_supported().bits() >> 32, 0x100, "component 40");
+    let g = GuestXsave::new(
+        &e,
+        &all_perms(&e),
+        XFeatures::LEGACY,
+        e.xss_supported(),
+        XsaveFlags::of(&e),
+    )
+    .unwrap();
+    assert_eq!(g.leaf(1).edx, 0x100);
+    assert_eq!(g.leaf(1).ecx, 0x1800);
+}

@@ -497,3 +497,39 @@ proptest! {
         }
     }
 }
+
+/// APX and MPX at distinct offsets (no overlap, so the enumeration takes the
+/// table): a guest may still never be shown both, as Linux never enables both.
+#[test]
+fn apx_and_mpx_are_never_shown_together() {
+    let base = text("qemu-tcg-guest-mpx.txt");
+    let cpu = RecordedCpuid::parse(&base).unwrap();
+    let end = cpu.cpuid(0xd, 0).ecx;
+    let mut s0 = regs(&cpu, 0);
+    s0[0] |= 1 << 19;
+    s0[1] = end + 128;
+    s0[2] = end + 128;
+    let both_cpu = with_subleaves(&base, &[(0, s0), (19, [128, end, 0, 0])]);
+    let both = Enumeration::from_cpuid(&both_cpu).unwrap();
+    let apx_mpx = XFeatures::APX | XFeatures::BNDREGS | XFeatures::BNDCSR;
+    assert!(both.xcr0_supported().contains(apx_mpx));
+    let mpx = Enumeration::from_cpuid(&cpu).unwrap();
+    let want = GuestError::ApxWithMpx {
+        mask: both.xcr0_supported().bits(),
+    };
+    assert_eq!(
+        compatible(&mpx, XFeatures::LEGACY, &both, both.xcr0_supported()),
+        Err(want)
+    );
+    // Either one alone is fine.
+    for drop in [XFeatures::APX, XFeatures::BNDREGS | XFeatures::BNDCSR] {
+        let allowed = both.xcr0_supported() - drop;
+        assert_eq!(
+            compatible(&mpx, XFeatures::LEGACY, &both, allowed),
+            Ok(()),
+            "{drop:?}"
+        );
+    }
+    let g = full_guest(&mpx);
+    assert_eq!(migrate(&g, &both, &all_perms(&both)).unwrap_err(), want);
+}
