@@ -52,7 +52,7 @@ pub enum SizeReport {
 }
 
 /// A 64-bit mask CPUID reports as two 32-bit halves (`hi:lo`).
-const fn join(hi: u32, lo: u32) -> u64 {
+pub(crate) const fn join(hi: u32, lo: u32) -> u64 {
     ((hi as u64) << 32) | lo as u64
 }
 

@@ -1620,8 +1620,9 @@ pub fn migrate(
             host,
         });
     }
-    check_sizes(&src.host, dst, user | sup)?;
-    for index in (user | sup).indices().filter(|&i| i >= 2) {
+    let all = user.union(sup);
+    check_sizes(&src.host, dst, all)?;
+    for index in all.indices().filter(|&i| i >= 2) {
         let (Some(s), Some(d)) = (src.host.component(index), dst.component(index)) else {
             return Err(GuestError::SubleafMismatch { subleaf: index });
         };
@@ -1866,14 +1867,20 @@ impl fmt::Display for LinuxRefusal {
 /// The size of Linux's static `init_fpstate` register area.
 const INIT_FPSTATE_SIZE: u32 = 4096;
 
+/// Every component leaf 0xD enumerates: CPUID(0xD,0) EDX:EAX and
+/// CPUID(0xD,1) EDX:ECX together (Linux ORs them, overlap or not).
+fn enumerated(s0: CpuidResult, s1: CpuidResult) -> XFeatures {
+    XFeatures::from_bits_retain(crate::enumerate::join(s0.edx, s0.eax)).union(
+        XFeatures::from_bits_retain(crate::enumerate::join(s1.edx, s1.ecx)),
+    )
+}
+
 /// The features Linux 6.18 enables from leaf 0xD alone (it also drops those
 /// whose CPUID feature flag is clear; the other leaves are assumed to agree):
 /// the XCR0 and XSS masks, without TILEDATA unless XFD is enumerated, limited
 /// to the components it knows (supervisor ones only with XSAVES).
 fn linux_max_features(s0: CpuidResult, s1: CpuidResult) -> XFeatures {
-    let mut max = XFeatures::from_bits_retain(
-        u64::from(s0.eax) | u64::from(s0.edx) << 32 | u64::from(s1.ecx) | u64::from(s1.edx) << 32,
-    );
+    let mut max = enumerated(s0, s1);
     if s1.eax & XsaveFlags::XFD.bits() == 0 {
         max.remove(XFeatures::DYNAMIC);
     }
@@ -1946,8 +1953,7 @@ fn linux_size(src: &impl CpuidSource, mask: XFeatures, compacted: bool) -> u32 {
 /// ```
 pub fn linux_xsave(src: &impl CpuidSource) -> Result<LinuxXsave, LinuxRefusal> {
     let (s0, s1) = (src.cpuid(0xd, 0), src.cpuid(0xd, 1));
-    let all =
-        u64::from(s0.eax) | u64::from(s0.edx) << 32 | u64::from(s1.ecx) | u64::from(s1.edx) << 32;
+    let all = enumerated(s0, s1).bits();
     if all & XFeatures::LEGACY.bits() != XFeatures::LEGACY.bits() {
         return Err(LinuxRefusal::FpSseMissing { features: all });
     }

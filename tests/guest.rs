@@ -1420,3 +1420,30 @@ fn mask_high_halves_are_in_edx() {
     assert_eq!(g.leaf(1).edx, 0x100);
     assert_eq!(g.leaf(1).ecx, 0x1800);
 }
+
+/// The side-state encoding: its longest form, values read back, and a count
+/// over 12 refused at the count's own offset.
+#[test]
+fn side_state_values_and_limits() {
+    use xstate::guest::{SideReg, SideRegs, SideState};
+    assert_eq!(SideState::MAX_ENCODED_LEN, 8 + 16 * 12);
+    let regs = SideRegs::EMPTY.with(SideReg::Xcr0).with(SideReg::Ssp);
+    let mut s = SideState::new(regs);
+    assert_eq!(s.get(SideReg::Xcr0), Some(0));
+    s.set(SideReg::Xcr0, 0xe7).unwrap();
+    s.set(SideReg::Ssp, 0x7fff_0000_1234).unwrap();
+    assert_eq!(s.get(SideReg::Xcr0), Some(0xe7));
+    assert_eq!(s.get(SideReg::Ssp), Some(0x7fff_0000_1234));
+    assert_eq!(s.get(SideReg::Xss), None);
+    // Thirteen well-formed records (tags 0..=12) with a count of 13.
+    let mut b = b"XSSD".to_vec();
+    b.extend_from_slice(&13u32.to_le_bytes());
+    for tag in 0u32..13 {
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&[0; 12]);
+    }
+    assert_eq!(
+        SideState::from_le_bytes(&b),
+        Err(GuestError::MalformedSideState { offset: 4 })
+    );
+}

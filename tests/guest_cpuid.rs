@@ -20,6 +20,7 @@ use testkit::{bits, cmp_size_raw, dumps, loud, std_size_raw};
 use xstate::XFeatures;
 use xstate::cpuid::{CpuidResult, CpuidSource};
 use xstate::enumerate::Enumeration;
+use xstate::feature::CATALOG;
 use xstate::guest::{GuestXsave, LeafTable, LinuxRefusal, XsaveFlags, linux_xsave};
 use xstate::perm::PermSet;
 
@@ -199,6 +200,14 @@ fn every_dump_gives_a_guest_table_the_crate_and_linux_accept() {
                         w.iter().any(|w| w.index == sub && w.cpu_size == 0),
                         "{name}"
                     );
+                    // Linux's words (`check_xstate_against_struct`'s warning).
+                    for w in &w {
+                        let want = format!(
+                            "[{}]: struct is {} bytes, cpu state {} bytes",
+                            CATALOG[w.index as usize].linux_desc, w.linux_size, w.cpu_size
+                        );
+                        assert_eq!(w.to_string(), want, "{name}");
+                    }
                     lines.insert(format!(
                         "without subleaf {sub}, Linux keeps XSAVE after: {}",
                         w[0]

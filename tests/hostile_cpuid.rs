@@ -1543,3 +1543,44 @@ fn legacy_is_always_usable() {
     assert!(flagged.flags_known());
     assert!(flagged.usable().contains(XFeatures::LEGACY), "with flags");
 }
+
+/// Linux's boot enumeration (`linux_xsave`): TILEDATA only with XFD
+/// (CPUID(0xD,1).EAX[4]), supervisor components only with XSAVES (EAX[3]).
+#[test]
+fn linux_drops_tiledata_without_xfd_and_supervisor_state_without_xsaves() {
+    use xstate::guest::{LinuxRefusal, linux_xsave};
+    let amx = || dump("intel-xeon-amx-kvm-guest-this-build-host");
+    let full = linux_xsave(&amx()).unwrap();
+    assert!(full.features.contains(XFeatures::XTILE));
+    let mut t = amx();
+    t.edit(1, |r| r.eax &= !0x10);
+    // CPUID's size for XCR0 | XSS still counts TILEDATA, which Linux then
+    // refuses in its words; with the report matching the smaller set, it boots.
+    let computed = accepted(&t).compacted_size(full.features - XFeatures::XTILE_DATA);
+    assert_eq!(
+        linux_xsave(&t),
+        Err(LinuxRefusal::SizeMismatch {
+            size: computed,
+            kernel_size: t.get(1).ebx
+        })
+    );
+    t.edit(1, |r| r.ebx = computed);
+    let l = linux_xsave(&t).unwrap();
+    assert_eq!(l.features, full.features - XFeatures::XTILE_DATA);
+
+    // Zen 4 was dumped with IA32_XSS = CET_U only, so CPUID's compacted size
+    // is not that of what Linux enables: make the report match, then boot.
+    let boot = |mut t: Table| match linux_xsave(&t) {
+        Err(LinuxRefusal::SizeMismatch { size, .. }) => {
+            t.edit(1, |r| r.ebx = size);
+            linux_xsave(&t).unwrap()
+        }
+        r => r.unwrap(),
+    };
+    let full = boot(zen4());
+    let sup = full.features & XFeatures::SUPERVISOR;
+    assert!(!sup.is_empty());
+    let mut t = zen4();
+    t.edit(1, |r| r.eax &= !0x8);
+    assert_eq!(boot(t).features, full.features - sup);
+}
