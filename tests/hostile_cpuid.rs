@@ -1582,5 +1582,31 @@ fn linux_drops_tiledata_without_xfd_and_supervisor_state_without_xsaves() {
     assert!(!sup.is_empty());
     let mut t = zen4();
     t.edit(1, |r| r.eax &= !0x8);
-    assert_eq!(boot(t).features, full.features - sup);
+    let l = boot(t);
+    assert_eq!(l.features, full.features - sup);
+    assert!(
+        l.compacted,
+        "XSAVEC alone still means a compacted kernel buffer"
+    );
+}
+
+/// Linux's static init_fpstate holds 4096 bytes: a default buffer of exactly
+/// that size boots, one byte more is refused.
+#[test]
+fn linux_init_fpstate_holds_exactly_4096_bytes() {
+    use xstate::guest::{LinuxRefusal, linux_xsave};
+    for (end, ok) in [(4096, true), (4097, false)] {
+        // Standard form only (no XSAVEC/XSAVES): x87, SSE and an 8-byte PKRU
+        // placed to end at `end`.
+        let mut t = legacy_only();
+        t.set(0, regs(0x203, end, end, 0));
+        t.set(1, regs(0x1, 0, 0, 0));
+        t.set_comp(9, 8, end - 8, 0);
+        let got = linux_xsave(&t);
+        if ok {
+            assert_eq!(got.map(|l| l.context_size), Ok(end));
+        } else {
+            assert_eq!(got, Err(LinuxRefusal::InitFpstateTooSmall { size: end }));
+        }
+    }
 }
