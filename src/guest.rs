@@ -1885,7 +1885,7 @@ fn linux_max_features(s0: CpuidResult, s1: CpuidResult) -> XFeatures {
         max.remove(XFeatures::DYNAMIC);
     }
     if s1.eax & XsaveFlags::XSAVES.bits() != 0 {
-        max & (LINUX_USER | LINUX_SUPERVISOR)
+        max & LINUX_USER.union(LINUX_SUPERVISOR)
     } else {
         max & LINUX_USER
     }
