@@ -371,7 +371,8 @@ impl Enumeration {
         }
         let mut comps = [Component::default(); 64];
         comps[..2].copy_from_slice(&LEGACY_COMPONENTS);
-        let supported = XFeatures::from_bits_retain(xcr0 | xss);
+        // Disjoint: a bit in both was refused above (InBothMasks).
+        let supported = XFeatures::from_bits_retain(xcr0).union(XFeatures::from_bits_retain(xss));
         let flags = flagged(src);
         let usable = supported & (flags.unwrap_or(XFeatures::ALL_CATALOGUED) | XFeatures::LEGACY);
         for i in supported.indices().filter(|&i| i >= 2) {
