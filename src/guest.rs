@@ -275,6 +275,12 @@ impl From<UabiError> for GuestError {
     }
 }
 
+impl From<BufferTooSmall> for GuestError {
+    fn from(b: BufferTooSmall) -> Self {
+        Self::Uabi(b.into())
+    }
+}
+
 impl fmt::Display for GuestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -1152,7 +1158,7 @@ pub fn translate(
 ) -> Result<usize, GuestError> {
     let head = EXTENDED_START as usize;
     let xstate_bv = crate::uabi::standard_header(buf_src)?;
-    let header = BufferTooSmall::prefix(buf_src, head).map_err(UabiError::from)?;
+    let header = BufferTooSmall::prefix(buf_src, head)?;
     let bad = xstate_bv.difference(src.xcr0_supported());
     if !bad.is_empty() {
         return Err(GuestError::NotOnSource { mask: bad.bits() });
@@ -1163,10 +1169,10 @@ pub fn translate(
     }
     check_sizes(src, dst, xstate_bv)?;
     let needed = src.standard_size(xstate_bv) as usize;
-    let buf_src = BufferTooSmall::prefix(buf_src, needed).map_err(UabiError::from)?;
+    let buf_src = BufferTooSmall::prefix(buf_src, needed)?;
     let size = dst.standard_size(xstate_bv) as usize;
     let got = out.len();
-    let out = BufferTooSmall::prefix_mut(out, size).map_err(UabiError::from)?;
+    let out = BufferTooSmall::prefix_mut(out, size)?;
 
     // `standard_size` is at least EXTENDED_START (= head), so this split never
     // fails; `header` is exactly `head` bytes.

@@ -41,7 +41,7 @@ cfg_if::cfg_if! {
                 asm!("xgetbv", in("ecx") xcr, out("eax") lo, out("edx") hi,
                      options(nomem, nostack, preserves_flags));
             }
-            (u64::from(hi) << 32) | u64::from(lo)
+            crate::enumerate::join(hi, lo)
         }
 
         /// Read XCR0 if the OS enabled XSAVE, `None` otherwise. Safe: it checks

@@ -717,7 +717,6 @@ pub fn import_sigframe<S: Storage>(
     let e = cfg.enumeration();
     // The legacy region, software bytes included.
     BufferTooSmall::check(buf.len(), XSTATE_BV_OFFSET)?;
-    let fpsse = XFeatures::LEGACY;
     let user_max = fp.info().user_features;
     let fx_only = match check_sw_bytes(fp, buf) {
         Ok(()) => None,
@@ -726,7 +725,7 @@ pub fn import_sigframe<S: Storage>(
         Err(why) => Some(why),
     };
     let (load, mxcsr_checked, mxcsr_loaded) = match fx_only {
-        Some(_) => (fpsse, true, true),
+        Some(_) => (XFeatures::LEGACY, true, true),
         None => {
             // XRSTOR's #GP: bits outside XCR0, the compacted form, header
             // bytes 16..24 (a standard-form XRSTOR does not look further).
