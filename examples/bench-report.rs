@@ -19,7 +19,9 @@
 //!   layout queries (median and 95% interval).
 //!
 //! It writes `BENCHMARKS.md` (or `--out FILE`; `--note TEXT` adds a paragraph
-//! under the command, e.g. which commit was measured): the machine, the command and
+//! under the command, e.g. which commit was measured; `--only switch` writes
+//! section 6, the context switches, alone with the facts of its run, for a
+//! file whose other sections came from other runs): the machine, the command and
 //! settings that produced the figures, one table per bench area with the goals
 //! shown met or missed, and the per-task fpstate memory of this CPU and of
 //! every dump in `layouts/` (computed here).
@@ -1052,6 +1054,219 @@ fn scaling(out: &mut String, r: &Results) {
     let _ = writeln!(out);
 }
 
+/// The switch patterns of `benches/switch.rs`, in table order, with their
+/// goal on lifecycle / swap (the issue's: never slower, and at least 2x
+/// faster on task -> kernel thread -> task).
+const SWITCH_PATTERNS: [(&str, &str, f64); 3] = [
+    ("pingpong", "A -> B -> A", 1.02),
+    ("kthread", "task -> kernel thread -> task", 0.5),
+    (
+        "rr4-simd",
+        "4 tasks round robin + kernel SIMD section per tick",
+        1.02,
+    ),
+];
+
+/// A count field of a row, per iteration of the layer side.
+fn per_iter(row: &Row, key: &str) -> Option<f64> {
+    let iters: f64 = row.get("layer.iters")?.parse().ok()?;
+    let v: f64 = row.get(key)?.parse().ok()?;
+    (iters > 0.0).then(|| v / iters)
+}
+
+/// Section 6: `benches/switch.rs`. The verdicts of the goals it missed.
+fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
+    let mut verdicts = Vec::new();
+    let _ = writeln!(
+        out,
+        "## {}Context switches: the lifecycle layer against save + restore on every switch\n",
+        if number { "6. " } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "Command: `cargo bench --bench switch` (group `switch`). One real CPU in user space is one \
+         `CpuFpu`; both sides use one `Cpu` unit in `Mode::User` (XSAVEC + XRSTOR here) and \
+         configs of Linux's policy for this CPU cut to the user components of the row's mask, \
+         no dynamic component (every fpstate holds the whole mask; a **SKIP** where the mask is \
+         not in XCR0, AMX after `ARCH_REQ_XCOMP_PERM`). Side `swap`: `fpstate::swap` (save the \
+         outgoing fpstate, restore the incoming one) on every switch; the kernel thread of \
+         `kthread` has an fpstate of its own and is swapped like any task; a kernel SIMD \
+         section saves the current task, loads MXCSR 0x1f80, runs, and restores the current \
+         task. Side `lifecycle`: `Lifecycle::switch_out` + `return_to_user` (kernel threads \
+         neither saved nor loaded, restores elided while the CPU holds the task's registers), \
+         sections as `kernel_fpu_begin` (which saves and drops the owner record) .. guard \
+         dropped. One iteration: `pingpong` A -> B -> A (2 switches); `kthread` task -> kernel \
+         thread -> task (2 switches); `rr4-simd` four ticks of four tasks round robin, each tick \
+         a kernel SIMD section (SSE2 over 64 bytes) then a switch. `touch`: before each switch \
+         away from it the task writes every component of the mask (XRSTOR from its own \
+         non-init image, identical on both sides, inside the timing); `idle`: nothing runs \
+         between switches and the tasks' state stays init (but SSE, which the user-space Rust \
+         between the instructions puts in use on both sides). The two sides of a row are timed \
+         in alternation (batches of 128 iterations, 64 for `rr4-simd`); lifecycle / swap is the \
+         per-sample ratio, median [interquartile range] (min–max). Layer counts: \
+         `CpuFpu::stats()` over the layer side's timed loops (warm-up included), per iteration; \
+         `elided` = restores skipped of those needed (elided + done). Goals: lifecycle / swap \
+         <= 1.02 at the median on every row, and <= 0.5 (2x faster) on `kthread`.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| pattern | mask | tasks | state | swap | lifecycle | lifecycle / swap | goal | layer per iteration: saves, restores, elided, sections | elided of restores needed |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut masks: BTreeSet<u64> = BTreeSet::new();
+    for (f, ..) in SWITCH_PATTERNS {
+        for (p, _) in r.rows_of(&format!("switch/{f}")) {
+            if let Some((m, _)) = mask_param(p) {
+                masks.insert(m);
+            }
+        }
+    }
+    let mut summary: Vec<String> = Vec::new();
+    for (f, what, goal) in SWITCH_PATTERNS {
+        let mut ratios: Vec<f64> = Vec::new();
+        for &mask in &masks {
+            for state in ["idle", "touch"] {
+                let row = r.row(&format!("switch/{f}/{mask:#x}-{state}"));
+                let m = row.map_or_else(|| format!("{mask:#x}"), mask_cell);
+                let tasks = row.map_or("-", |x| x.show("tasks"));
+                let (Some(row), Some(sw), Some(ly), Some(q)) = (
+                    row.filter(|x| x.skip().is_none()),
+                    row.and_then(|x| x.side("swap")),
+                    row.and_then(|x| x.side("lifecycle")),
+                    row.and_then(|x| x.ratio("lifecycle", "swap")),
+                ) else {
+                    let _ = writeln!(
+                        out,
+                        "| {f} | {m} | {tasks} | {state} | - | - | - | {} | - | - |",
+                        missing_why(row)
+                    );
+                    continue;
+                };
+                ratios.push(q.median);
+                let mut v = if q.median <= goal {
+                    "met".to_string()
+                } else if goal < 1.0 {
+                    format!(
+                        "**missed** ({:.2}x faster, goal {:.0}x)",
+                        1.0 / q.median,
+                        1.0 / goal
+                    )
+                } else {
+                    format!(
+                        "**missed** (+{} ns per iteration)",
+                        ns(ly.median - sw.median)
+                    )
+                };
+                if q.median > goal {
+                    verdicts.push(format!(
+                        "switch {f} {mask:#x} {state}: lifecycle / swap {} (goal <= {goal})",
+                        q.ratio()
+                    ));
+                }
+                if let Some(l) = row.lost(&["swap", "lifecycle"]) {
+                    let _ = write!(v, "; state lost in {l}");
+                }
+                let counts = [
+                    "layer.saves",
+                    "layer.restores",
+                    "layer.elided",
+                    "layer.sections",
+                ]
+                .map(|k| per_iter(row, k).map_or_else(|| "-".to_string(), |x| format!("{x:.2}")))
+                .join(", ");
+                let elided = match (row.get("layer.elided"), row.get("layer.restores")) {
+                    (Some(e), Some(d)) => {
+                        let (e, d): (u64, u64) = (e.parse().unwrap_or(0), d.parse().unwrap_or(0));
+                        format!("{e} of {}", e + d)
+                    }
+                    _ => "-".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {f} | {m} | {tasks} | {state} | {} | {} | {} | {v} | {counts} | {elided} |",
+                    sw.time(),
+                    ly.time(),
+                    q.ratio()
+                );
+            }
+        }
+        if let (Some(lo), Some(hi)) = (
+            ratios.iter().copied().reduce(f64::min),
+            ratios.iter().copied().reduce(f64::max),
+        ) {
+            summary.push(format!(
+                "`{f}` ({what}): median lifecycle / swap {lo:.3} to {hi:.3} over {} rows \
+                 (goal <= {goal})",
+                ratios.len()
+            ));
+        }
+    }
+    if !summary.is_empty() {
+        let _ = writeln!(out, "\nBy pattern:\n");
+        for s in &summary {
+            let _ = writeln!(out, "- {s}");
+        }
+    }
+    let _ = writeln!(out);
+    verdicts
+}
+
+/// `--only switch`: the run's facts for a section written on its own (the
+/// rest of BENCHMARKS.md left as it is).
+fn switch_run(out: &mut String, r: &Results, note: &str) {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_once(':'))
+            .map_or("?".to_string(), |(_, v)| v.trim().to_string())
+    };
+    let model: u32 = field("model\t").parse().unwrap_or(0);
+    let xcr0 = xstate::insn::read_xcr0().map_or(0, |x| x.bits());
+    let loads: Vec<f64> = r
+        .rows
+        .iter()
+        .filter(|(id, _)| id.starts_with("switch/"))
+        .filter_map(|(_, x)| x.get("loadavg")?.parse().ok())
+        .collect();
+    let settings: BTreeSet<&str> = r
+        .rows
+        .iter()
+        .filter(|(id, _)| id.starts_with("switch/"))
+        .filter_map(|(_, x)| x.get("settings"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "Run: {}; CPU {} (family {}, model {model:#x}{}), XCR0 {xcr0:#x}, kernel {}, {}. \
+         Settings: {}. The machine was **shared** (2 logical CPUs; other engineers' builds ran \
+         alongside): 1-minute load average {} as the rows finished; the sides of a row are timed \
+         in alternation so a slow stretch falls on both.\n",
+        cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        field("model name"),
+        field("cpu family"),
+        if field("flags").split_whitespace().any(|f| f == "hypervisor") {
+            ", a virtual machine"
+        } else {
+            ""
+        },
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        cmd("rustc", &["-V"]),
+        settings.into_iter().collect::<Vec<_>>().join("; "),
+        match (
+            loads.iter().copied().reduce(f64::min),
+            loads.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) => format!("{lo:.2} to {hi:.2}"),
+            _ => "unknown".to_string(),
+        }
+    );
+    if !note.is_empty() {
+        let _ = writeln!(out, "{note}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = env::args().collect();
     let root = criterion_dir(&args);
@@ -1076,6 +1291,7 @@ fn main() {
     missed.extend(layout(&mut body, &r));
     missed.extend(uabi(&mut body, &r));
     scaling(&mut body, &r);
+    missed.extend(switch(&mut body, &r, true));
 
     // The command that produced these figures: the environment the benches
     // recorded (shorter settings) and this report's (target directory).
@@ -1092,6 +1308,24 @@ fn main() {
         .iter()
         .position(|a| a == "--note")
         .map_or_else(String::new, |i| format!("{}\n\n", args[i + 1]));
+    // `--only switch`: section 6 alone, with the facts of its run, for a
+    // BENCHMARKS.md whose other sections come from other runs.
+    if args
+        .iter()
+        .position(|a| a == "--only")
+        .is_some_and(|i| args.get(i + 1).is_some_and(|x| x == "switch"))
+    {
+        let mut out = String::new();
+        let mut sec = String::new();
+        switch(&mut sec, &r, true);
+        let (head, rest) = sec.split_once("\n\n").unwrap_or((&sec, ""));
+        let _ = writeln!(out, "{head}\n");
+        switch_run(&mut out, &r, note.trim_end());
+        out.push_str(rest);
+        fs::write(&out_path, out).expect("write report");
+        eprintln!("wrote {} (section 6 only)", out_path.display());
+        return;
+    }
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(

@@ -368,6 +368,21 @@ pub fn interleaved_with(
     sides: &mut [Side<'_>],
     settings: Settings,
 ) {
+    if let Some(row) = interleaved_row(g, row, sides, settings) {
+        row.write();
+    }
+}
+
+/// [`interleaved_with`], returning the row with its measured fields instead of
+/// writing it, so a bench can add what it counted while the sides ran (e.g.
+/// the lifecycle layer's elided restores) and then write it. `None` where
+/// [`interleaved_with`] leaves the row file alone (fewer calls than samples).
+pub fn interleaved_row(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    row: Row,
+    sides: &mut [Side<'_>],
+    settings: Settings,
+) -> Option<Row> {
     let mut parts = row.id.splitn(3, '/').skip(1);
     let (Some(function), Some(param)) = (parts.next(), parts.next()) else {
         panic!("row id {} is not group/function/parameter", row.id);
@@ -405,7 +420,7 @@ pub fn interleaved_with(
     // its warm-up). A run with fewer (a filter that skipped the row, `--test`)
     // leaves the row file alone.
     if calls.len() < settings.samples {
-        return;
+        return None;
     }
     let m = &calls[calls.len() - settings.samples..];
     let iters: Vec<String> = m.iter().map(|c| c.0.to_string()).collect();
@@ -436,7 +451,7 @@ pub fn interleaved_with(
             );
         }
     }
-    row.write();
+    Some(row)
 }
 
 // ---------------------------------------------------------------------------
