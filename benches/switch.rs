@@ -33,7 +33,7 @@
 //! every component in use). `idle`: nothing runs between switches; the tasks
 //! never write their registers, so their state stays init but for SSE (XSAVEC's
 //! init optimization applies, as for a task that does not use the FPU; the
-//! user-space Rust between the instructions puts SSE in use, see `check`).
+//! user-space code around the timed loops puts SSE in use, see `check`).
 //!
 //! Outside the timing: at the start of each batch the running task's state is
 //! loaded; at its end it is saved (on the layer side by a kernel section, which
@@ -344,10 +344,11 @@ static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// Whether every fpstate's XSTATE_BV, within `mask` and outside `free`, is
 /// `want`; a WARN the first time a row's side finds otherwise.
 fn check(label: &str, side: &str, bvs: &[u64], mask: XFeatures, want: u64) -> Held {
-    // An idle task's SSE bit is free: the compiled Rust between XRSTOR and
-    // XSAVEC (the crate's and this bench's, built with SSE2 for user space)
-    // writes XMM registers, so SSE comes back in use after every switch, on
-    // both sides alike (a kernel built without SSE does not do that). A bare
+    // An idle task's SSE bit is free: user-space code that runs between an
+    // XRSTOR and the next XSAVEC outside the switch code (the clock reads
+    // around the timed loop, the batch set-up; Rust built with SSE2) writes
+    // XMM registers, and a task saved once with SSE in use keeps it, on both
+    // sides alike (a kernel built without SSE does not do that). A bare
     // XRSTOR + XSAVEC pair keeps SSE init on this machine.
     let free = if want == 0 { XFeatures::SSE.bits() } else { 0 };
     let bad = bvs

@@ -1100,8 +1100,9 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
          a kernel SIMD section (SSE2 over 64 bytes) then a switch. `touch`: before each switch \
          away from it the task writes every component of the mask (XRSTOR from its own \
          non-init image, identical on both sides, inside the timing); `idle`: nothing runs \
-         between switches and the tasks' state stays init (but SSE, which the user-space Rust \
-         between the instructions puts in use on both sides). The two sides of a row are timed \
+         between switches and the tasks' state stays init but for SSE (user-space code around \
+         the timed loops, clock reads and batch set-up, writes XMM registers, and a task saved \
+         once with SSE in use keeps it, on both sides alike). The two sides of a row are timed \
          in alternation (batches of 128 iterations, 64 for `rr4-simd`); lifecycle / swap is the \
          per-sample ratio, median [interquartile range] (min–max). Layer counts: \
          `CpuFpu::stats()` over the layer side's timed loops (warm-up included), per iteration; \
