@@ -1111,7 +1111,7 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
     );
     let _ = writeln!(
         out,
-        "| pattern | mask | tasks | state | swap | lifecycle | lifecycle / swap | goal | layer per iteration: saves, restores, elided, sections | elided of restores needed |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| pattern | mask | tasks | state | swap | lifecycle | lifecycle / swap | lifecycle − swap per switch (ns) | goal | layer per iteration: saves, restores, elided, sections | elided of restores needed |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut masks: BTreeSet<u64> = BTreeSet::new();
     for (f, ..) in SWITCH_PATTERNS {
@@ -1137,7 +1137,7 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
                 ) else {
                     let _ = writeln!(
                         out,
-                        "| {f} | {m} | {tasks} | {state} | - | - | - | {} | - | - |",
+                        "| {f} | {m} | {tasks} | {state} | - | - | - | - | {} | - | - |",
                         missing_why(row)
                     );
                     continue;
@@ -1181,9 +1181,23 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
                     }
                     _ => "-".to_string(),
                 };
+                // The difference per sample, per switch: the layer's own cost
+                // (or saving) on one switch.
+                let per_switch = match (
+                    row.diff("lifecycle", "swap"),
+                    row.get("switches").and_then(|x| x.parse::<f64>().ok()),
+                ) {
+                    (Some(d), Some(k)) if k > 0.0 => format!(
+                        "{:+.2} [{:+.2} to {:+.2}]",
+                        d.median / k,
+                        d.q1 / k,
+                        d.q3 / k
+                    ),
+                    _ => "-".to_string(),
+                };
                 let _ = writeln!(
                     out,
-                    "| {f} | {m} | {tasks} | {state} | {} | {} | {} | {v} | {counts} | {elided} |",
+                    "| {f} | {m} | {tasks} | {state} | {} | {} | {} | {per_switch} | {v} | {counts} | {elided} |",
                     sw.time(),
                     ly.time(),
                     q.ratio()
@@ -1205,6 +1219,14 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
         let _ = writeln!(out, "\nBy pattern:\n");
         for s in &summary {
             let _ = writeln!(out, "- {s}");
+        }
+    }
+    if verdicts.is_empty() {
+        let _ = writeln!(out, "\nEvery goal of this section with a result was met.");
+    } else {
+        let _ = writeln!(out, "\nGoals missed in this section:\n");
+        for v in &verdicts {
+            let _ = writeln!(out, "- {v}");
         }
     }
     let _ = writeln!(out);
