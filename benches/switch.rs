@@ -49,7 +49,7 @@ mod common;
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Held, Row, Settings, Side, config, dirty_image, interleaved_row, missing, names};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -380,6 +380,13 @@ fn user_unit() -> Cpu {
     unsafe { Cpu::user() }.expect("this CPU's XSAVE unit")
 }
 
+/// Seconds since the epoch: when a row finished, for the report's run line.
+fn finished_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn bench_row(
     c: &mut Criterion,
     e: &Enumeration,
@@ -508,6 +515,7 @@ fn bench_row(
             .with("layer.restores", k.restores)
             .with("layer.elided", k.elided)
             .with("layer.sections", k.sections)
+            .with("finished_unix", finished_unix())
             .write();
     }
 }

@@ -1252,6 +1252,22 @@ fn switch_run(out: &mut String, r: &Results, note: &str) {
         .filter(|(id, _)| id.starts_with("switch/"))
         .filter_map(|(_, x)| x.get("loadavg")?.parse().ok())
         .collect();
+    let finished: Vec<u64> = r
+        .rows
+        .iter()
+        .filter(|(id, _)| id.starts_with("switch/"))
+        .filter_map(|(_, x)| x.get("finished_unix")?.parse().ok())
+        .collect();
+    let at = |t: u64| {
+        cmd(
+            "date",
+            &["-u", "-d", &format!("@{t}"), "+%Y-%m-%d %H:%M:%S UTC"],
+        )
+    };
+    let when = match (finished.iter().min(), finished.iter().max()) {
+        (Some(&a), Some(&b)) => format!("rows measured {} to {}", at(a), at(b)),
+        _ => "rows measured at an unrecorded time".to_string(),
+    };
     let settings: BTreeSet<&str> = r
         .rows
         .iter()
@@ -1260,7 +1276,8 @@ fn switch_run(out: &mut String, r: &Results, note: &str) {
         .collect();
     let _ = writeln!(
         out,
-        "Run: {}; CPU {} (family {}, model {model:#x}{}), XCR0 {xcr0:#x}, kernel {}, {}. \
+        "Run: {when} (report written {}); CPU {} (family {}, model {model:#x}{}), XCR0 \
+         {xcr0:#x}, kernel {}, {}. \
          Settings: {}. The machine was **shared** (2 logical CPUs; other engineers' builds ran \
          alongside): 1-minute load average {} as the rows finished; the sides of a row are timed \
          in alternation so a slow stretch falls on both.\n",
