@@ -341,8 +341,8 @@ fn layer_loop(
 /// Warnings already printed, one per row and side.
 static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
-/// Whether every fpstate's XSTATE_BV, within `mask` and outside `free`, is
-/// `want`; a WARN the first time a row's side finds otherwise.
+/// Whether every fpstate's XSTATE_BV, within `mask`, is `want` (for an idle
+/// row, SSE aside); a WARN the first time a row's side finds otherwise.
 fn check(label: &str, side: &str, bvs: &[u64], mask: XFeatures, want: u64) -> Held {
     // An idle task's SSE bit is free: user-space code that runs between an
     // XRSTOR and the next XSAVEC outside the switch code (the clock reads
