@@ -104,6 +104,15 @@ impl Pattern {
         }
     }
 
+    /// Saves (= restores) per iteration on the swap side: one pair per switch,
+    /// and one per kernel SIMD section.
+    const fn swap_pairs(self) -> u64 {
+        match self {
+            Self::PingPong | Self::KernelThread => 2,
+            Self::RoundRobin => 8,
+        }
+    }
+
     const fn describe(self) -> &'static str {
         match self {
             Self::PingPong => "task A -> B -> A",
@@ -503,6 +512,7 @@ fn bench_row(
         .with("pattern", pat.describe())
         .with("tasks", n)
         .with("switches", pat.switches())
+        .with("swap.pairs", pat.swap_pairs())
         .with("bytes", layout.size());
     let mut g = c.benchmark_group(GROUP);
     let measured = interleaved_row(&mut g, row, &mut sides, Settings::xsave());

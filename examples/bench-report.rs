@@ -1111,7 +1111,7 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
     );
     let _ = writeln!(
         out,
-        "| pattern | mask | tasks | state | swap | lifecycle | lifecycle / swap | lifecycle − swap per switch (ns) | goal | layer per iteration: saves, restores, elided, sections | elided of restores needed |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| pattern | mask | tasks | state | swap | lifecycle | lifecycle / swap | lifecycle − swap per switch (ns) | goal | swap per iteration: saves, restores | layer per iteration: saves, restores, elided, sections | elided of restores needed |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut masks: BTreeSet<u64> = BTreeSet::new();
     for (f, ..) in SWITCH_PATTERNS {
@@ -1137,7 +1137,7 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
                 ) else {
                     let _ = writeln!(
                         out,
-                        "| {f} | {m} | {tasks} | {state} | - | - | - | - | {} | - | - |",
+                        "| {f} | {m} | {tasks} | {state} | - | - | - | - | {} | - | - | - |",
                         missing_why(row)
                     );
                     continue;
@@ -1181,6 +1181,9 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
                     }
                     _ => "-".to_string(),
                 };
+                let pairs = row
+                    .get("swap.pairs")
+                    .map_or_else(|| "-".to_string(), |p| format!("{p}, {p}"));
                 // The difference per sample, per switch: the layer's own cost
                 // (or saving) on one switch.
                 let per_switch = match (
@@ -1197,7 +1200,7 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
                 };
                 let _ = writeln!(
                     out,
-                    "| {f} | {m} | {tasks} | {state} | {} | {} | {} | {per_switch} | {v} | {counts} | {elided} |",
+                    "| {f} | {m} | {tasks} | {state} | {} | {} | {} | {per_switch} | {v} | {pairs} | {counts} | {elided} |",
                     sw.time(),
                     ly.time(),
                     q.ratio()
@@ -1265,7 +1268,7 @@ fn switch_run(out: &mut String, r: &Results, note: &str) {
         )
     };
     let when = match (finished.iter().min(), finished.iter().max()) {
-        (Some(&a), Some(&b)) => format!("rows measured {} to {}", at(a), at(b)),
+        (Some(&a), Some(&b)) => format!("rows finished between {} and {}", at(a), at(b)),
         _ => "rows measured at an unrecorded time".to_string(),
     };
     let settings: BTreeSet<&str> = r
