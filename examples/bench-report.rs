@@ -1281,9 +1281,9 @@ fn switch_run(out: &mut String, r: &Results, note: &str) {
         out,
         "Run: {when} (report written {}); CPU {} (family {}, model {model:#x}{}), XCR0 \
          {xcr0:#x}, kernel {}, {}. \
-         Settings: {}. The machine was **shared** (2 logical CPUs; other engineers' builds ran \
-         alongside): 1-minute load average {} as the rows finished; the sides of a row are timed \
-         in alternation so a slow stretch falls on both.\n",
+         Settings: {}. The machine was **shared** (2 logical CPUs; other engineers' work may run \
+         alongside): 1-minute load average {} as the rows finished (the bench itself is one); \
+         the sides of a row are timed in alternation so a slow stretch falls on both.\n",
         cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         field("model name"),
         field("cpu family"),
