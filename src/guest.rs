@@ -397,7 +397,7 @@ const fn low_half(v: u64) -> u32 {
 }
 
 /// The groups XSETBV enables all or nothing of.
-const GROUPS: [XFeatures; 3] = [
+pub(crate) const GROUPS: [XFeatures; 3] = [
     XFeatures::BNDREGS.union(XFeatures::BNDCSR),
     XFeatures::AVX512,
     XFeatures::XTILE,

@@ -20,7 +20,9 @@
 //!    [`insn::XsaveUnit`], XFD growth, host/guest swaps;
 //! 8. [`uabi`]: the standard-format user ABI (signal frames, ptrace, KVM), import
 //!    validated as Linux validates it;
-//! 9. [`guest`]: a guest's CPUID leaf 0xD, its XSETBV rules and migration checks.
+//! 9. [`guest`]: a guest's CPUID leaf 0xD, its XSETBV rules and migration checks;
+//! 10. [`fleet`]: many hosts: the migration verdict between two, the guest model
+//!     a fleet shares, KVM's buffer sizes.
 //!
 //! Beside the chain: [`insn`] holds the XSAVE-family instructions (`unsafe fn`
 //! wrappers and the [`insn::Cpu`] that checks every area before the instruction
@@ -56,6 +58,7 @@ pub mod cpuid;
 pub mod enumerate;
 pub mod error;
 pub mod feature;
+pub mod fleet;
 pub mod fpstate;
 pub mod guest;
 pub mod insn;

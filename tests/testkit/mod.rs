@@ -554,3 +554,17 @@ pub fn exported(cfg: &Configs, fp: &Fpstate<BoxedArea>) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// A standard-form buffer for `xstate_bv` laid out from the raw dump, every
+/// component's bytes and the legacy region random.
+pub fn std_buffer(cpu: &impl CpuidSource, xstate_bv: u64, seed: u64) -> Vec<u8> {
+    let mut rng = Rng(seed | 1);
+    let mut b = vec![0u8; std_size_raw(cpu, xstate_bv) as usize];
+    rng.fill(&mut b[..512]);
+    put_u64(&mut b, XSTATE_BV, xstate_bv);
+    for i in bits(xstate_bv).filter(|&i| i >= 2) {
+        let r = cpu.cpuid(0xd, i);
+        rng.fill(&mut b[r.ebx as usize..(r.ebx + r.eax) as usize]);
+    }
+    b
+}
