@@ -6,6 +6,9 @@
 //! cargo run --example xstate-report -- --json            # machine-readable
 //! cargo run --example xstate-report -- --dmesg           # Linux's boot lines
 //! cargo run --example xstate-report -- --record > FILE   # record this CPU
+//! cargo run --example xstate-report -- compat A B        # migration verdict (ops.rs)
+//! cargo run --example xstate-report -- fleet DUMPS...    # a fleet's guest model (ops.rs)
+//! cargo run --example xstate-report -- --svg FILE        # the layouts as a picture (svg.rs)
 //! ```
 //!
 //! Errors print one line on stderr and exit with code 2.
@@ -23,6 +26,9 @@ use xstate::enumerate::{
 use xstate::feature::{CATALOG, name_of};
 use xstate::layout::{Form, Layout};
 
+#[path = "xstate-report/ops.rs"]
+pub mod ops;
+
 const USAGE: &str = "\
 usage: xstate-report [--cpuid FILE] [--xcomp-bv MASK] [--json | --dmesg | --record]
 
@@ -37,6 +43,9 @@ Report the XSAVE state components, layouts and Linux-style configs of a CPU.
   --record         dump the live CPU's leaves 0, 1, 6, 7 and 0xD in the `cpuid -r`
                    format (SOURCE_DATE from the environment dates the dump)
   -h, --help       this text
+
+Subcommands for fleets and VMMs: `compat A B`, `fleet HOST...`, and `--svg FILE`
+with any of the above (`xstate-report compat --help`).
 
 Errors print one line on stderr and exit with code 2.
 ";
@@ -695,7 +704,11 @@ pub fn exit_status(r: &Result<Option<String>, String>) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let r = run(std::env::args().skip(1));
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(r) = ops::dispatch(&argv) {
+        return ops::finish(r);
+    }
+    let r = run(argv);
     let status = exit_status(&r);
     match r {
         Ok(out) => {
