@@ -22,7 +22,9 @@
 //!    validated as Linux validates it;
 //! 9. [`guest`]: a guest's CPUID leaf 0xD, its XSETBV rules and migration checks;
 //! 10. [`fleet`]: many hosts: the migration verdict between two, the guest model
-//!     a fleet shares, KVM's buffer sizes.
+//!     a fleet shares, KVM's buffer sizes;
+//! 11. `kvm` (the `kvm` feature): rust-vmm's `kvm-bindings` types (`Xsave`,
+//!     `kvm_xsave`, `CpuId`, `kvm_xcrs`) to and from guest fpstates and leaves.
 //!
 //! Beside the chain: [`insn`] holds the XSAVE-family instructions (`unsafe fn`
 //! wrappers and the [`insn::Cpu`] that checks every area before the instruction
@@ -62,6 +64,8 @@ pub mod fleet;
 pub mod fpstate;
 pub mod guest;
 pub mod insn;
+#[cfg(feature = "kvm")]
+pub mod kvm;
 pub mod layout;
 #[cfg(feature = "alloc")]
 pub mod model;
