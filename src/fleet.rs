@@ -730,3 +730,48 @@ pub fn compat(a: &Enumeration, b: &Enumeration) -> Result<Compat, FleetError> {
         both,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)] // tests: a panic is a failure
+mod tests {
+    use super::*;
+
+    /// What [`closure`] drops, and for which component: XSETBV's groups
+    /// (SDM vol. 2C XSETBV #GP rules), KVM's MPX pair and CET pair, APX with
+    /// MPX (Linux).
+    #[test]
+    fn closure_follows_xsetbv_and_kvm() {
+        let x = XFeatures::LEGACY;
+        let case = |m: XFeatures| {
+            let (kept, why) = closure(m);
+            let dropped: Vec<(u32, u32)> = m
+                .difference(kept)
+                .indices()
+                .map(|i| (i, why[i as usize].unwrap()))
+                .collect();
+            (kept, dropped)
+        };
+        assert_eq!(
+            case(x | XFeatures::AVX | XFeatures::BNDREGS),
+            (x | XFeatures::AVX, vec![(3, 4)])
+        );
+        assert_eq!(
+            case(x | XFeatures::AVX512),
+            (x, vec![(5, 2), (6, 2), (7, 2)])
+        );
+        assert_eq!(
+            case(x | XFeatures::AVX | XFeatures::OPMASK | XFeatures::HI16_ZMM),
+            (x | XFeatures::AVX, vec![(5, 6), (7, 6)])
+        );
+        assert_eq!(case(x | XFeatures::XTILE_CFG), (x, vec![(17, 18)]));
+        assert_eq!(case(x | XFeatures::CET_U), (x, vec![(11, 12)]));
+        assert_eq!(
+            case(XFeatures::X87 | XFeatures::AVX),
+            (XFeatures::X87, vec![(2, 1)])
+        );
+        let mpx = XFeatures::BNDREGS | XFeatures::BNDCSR;
+        assert_eq!(case(x | mpx | XFeatures::APX), (x | mpx, vec![(19, 3)]));
+        let full = x | XFeatures::AVX | XFeatures::AVX512 | XFeatures::XTILE | CET | mpx;
+        assert_eq!(case(full), (full, vec![]));
+    }
+}

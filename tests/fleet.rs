@@ -277,3 +277,114 @@ fn fleets_move_losslessly_between_every_pair() {
 fn an_empty_fleet_is_refused() {
     assert_eq!(Fleet::new(&[]), Err(xstate::fleet::FleetError::NoHosts));
 }
+
+/// `name`'s dump with the line of leaf 0xD `subleaf` replaced by `line`'s
+/// registers.
+fn edited(name: &str, subleaf: u32, regs: [u32; 4]) -> Enumeration {
+    let text = std::fs::read_to_string(testkit::layouts_dir().join(name)).unwrap();
+    let tag = format!("0x0000000d 0x{subleaf:02x}:");
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with(&tag) {
+                format!(
+                    "{tag} eax=0x{:08x} ebx=0x{:08x} ecx=0x{:08x} edx=0x{:08x}",
+                    regs[0], regs[1], regs[2], regs[3]
+                )
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    Enumeration::from_cpuid(&RecordedCpuid::parse(&out.join("\n")).unwrap()).unwrap()
+}
+
+/// The groups go whole: a host whose AMX tile data cannot be armed by XFD
+/// holds back tile data, and with it the tile configuration; one whose
+/// HI16_ZMM is 64-byte aligned in the compacted form holds back all of
+/// AVX-512.
+#[test]
+fn groups_are_kept_whole() {
+    let spr = "intel-sapphire-rapids-xeon-w9-3475x.txt";
+    let (_, a) = testkit::load(spr);
+    // Subleaf 18: 8192 bytes at 0xb00, ECX 6 (aligned, XFD); without XFD.
+    let b = edited(spr, 18, [0x2000, 0xb00, 0x2, 0]);
+    let f = Fleet::new(&[a.clone(), b]).unwrap();
+    assert_eq!(
+        f.excluded(18).map(|x| (x.host, x.why)),
+        Some((1, HeldBack::Xfd { xfd: false }))
+    );
+    assert_eq!(
+        f.excluded(17).map(|x| (x.host, x.why)),
+        Some((1, HeldBack::Needs { with: 18 }))
+    );
+    assert!(!f.model().xcr0.intersects(XFeatures::XTILE));
+    assert!(f.model().xcr0.contains(XFeatures::AVX512));
+    // Subleaf 7: 1024 bytes at 0x680, now aligned in the compacted form.
+    let c = edited(spr, 7, [0x400, 0x680, 0x2, 0]);
+    let f = Fleet::new(&[a.clone(), c]).unwrap();
+    assert_eq!(
+        f.excluded(7).map(|x| x.why),
+        Some(HeldBack::Align { align64: true })
+    );
+    for i in [5, 6] {
+        assert_eq!(
+            f.excluded(i).map(|x| x.why),
+            Some(HeldBack::Needs { with: 7 }),
+            "{i}"
+        );
+    }
+    assert_eq!(f.model().xcr0 & XFeatures::AVX512, XFeatures::empty());
+    assert!(f.model().xcr0.contains(XFeatures::XTILE));
+    // compat says the same per component, with migrate's words.
+    let c2 = compat(&a, &edited(spr, 7, [0x400, 0x680, 0x2, 0])).unwrap();
+    assert!(matches!(
+        c2.a_to_b.reason(7),
+        Some(Reason::Refused(
+            xstate::guest::GuestError::SubleafMismatch { subleaf: 7 }
+        ))
+    ));
+    assert!(matches!(
+        c2.a_to_b.reason(5),
+        Some(Reason::Needs { with: 7 })
+    ));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Hostile dumps: two dumps with random register bits flipped in leaf
+    /// 0xD; whatever enumerates goes through compat and Fleet without a
+    /// panic, and compat's verdict is still migrate's.
+    #[test]
+    fn hostile_dumps_never_panic(
+        picks in proptest::collection::vec((0usize..64, 0u32..24, 0usize..4, 0u32..32), 1..6),
+        which in (0usize..64, 0usize..64),
+    ) {
+        let all = dumps();
+        let mutate = |k: usize, salt: usize| -> Option<Enumeration> {
+            let (_, cpu) = &all[k % all.len()];
+            let mut regs: Vec<(u32, [u32; 4])> = (0..24)
+                .map(|s| { let r = cpu.cpuid(0xd, s); (s, [r.eax, r.ebx, r.ecx, r.edx]) })
+                .collect();
+            for &(n, sub, reg, bit) in &picks {
+                if n % 2 == salt {
+                    regs[sub as usize].1[reg] ^= 1 << bit;
+                }
+            }
+            let text: String = [0u32, 1, 7]
+                .iter()
+                .map(|&leaf| { let r = cpu.cpuid(leaf, 0); format!("0x{leaf:08x} 0x00: eax=0x{:08x} ebx=0x{:08x} ecx=0x{:08x} edx=0x{:08x}\n", r.eax, r.ebx, r.ecx, r.edx) })
+                .chain(regs.iter().filter(|(_, r)| r.iter().any(|&v| v != 0)).map(|(s, r)| format!("0x0000000d 0x{s:02x}: eax=0x{:08x} ebx=0x{:08x} ecx=0x{:08x} edx=0x{:08x}\n", r[0], r[1], r[2], r[3])))
+                .collect();
+            Enumeration::from_cpuid(&RecordedCpuid::parse(&text).ok()?).ok()
+        };
+        if let (Some(a), Some(b)) = (mutate(which.0, 0), mutate(which.1, 1)) {
+            if let Ok(c) = compat(&a, &b) {
+                if let Ok(ga) = GuestModel::offered(&a).guest(&a) {
+                    proptest::prop_assert_eq!(c.a_to_b.verdict, migrate(&ga, &b, &all_guest_perms(&b)).map(|_| ()));
+                }
+            }
+            let _ = Fleet::new(&[a, b]);
+        }
+    }
+}
