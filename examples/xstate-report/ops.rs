@@ -143,7 +143,7 @@ fn run_compat(argv: &[String]) -> Result<Outcome, String> {
     let (a, b) = (load(a)?, load(b)?);
     let c = compat(&a.e, &b.e).map_err(|err| format!("compat: {err}"))?;
     if let Some(path) = &svg {
-        write_svg(path, &svg::hosts(&[&a, &b], Some(c.both.model())))?;
+        write_svg(path, &svg::hosts(&[&a, &b], Some(c.both.model()))?)?;
     }
     let text = if json {
         compat_json(&a, &b, &c)
@@ -175,7 +175,7 @@ fn run_fleet(argv: &[String]) -> Result<Outcome, String> {
     let f = Fleet::new(&es).map_err(|err| format!("fleet: {err}"))?;
     if let Some(path) = &svg {
         let refs: Vec<&Host> = hosts.iter().collect();
-        write_svg(path, &svg::hosts(&refs, Some(f.model())))?;
+        write_svg(path, &svg::hosts(&refs, Some(f.model()))?)?;
     }
     let text = if json {
         fleet_json(&hosts, &f)?

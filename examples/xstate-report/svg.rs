@@ -153,13 +153,11 @@ pub fn one(h: &Host) -> Result<String, String> {
 
 /// Several hosts: each one's standard form of what it offers guests, to one
 /// scale; components outside `model` faded.
-pub fn hosts(hs: &[&Host], model: Option<GuestModel>) -> String {
+pub fn hosts(hs: &[&Host], model: Option<GuestModel>) -> Result<String, String> {
     let mut cols = Vec::new();
     for h in hs {
         let m = GuestModel::offered(&h.e);
-        let Ok(l) = Layout::standard(&h.e, m.xcr0) else {
-            continue;
-        };
+        let l = layout(&h.e, Form::Standard, m.xcr0).map_err(|err| format!("{}: {err}", h.name))?;
         let faded = model.map_or(XFeatures::empty(), |s| m.xcr0.difference(s.xcr0));
         cols.push(Column {
             title: h.name.clone(),
@@ -176,7 +174,7 @@ pub fn hosts(hs: &[&Host], model: Option<GuestModel>) -> String {
         ),
         None => format!("standard forms of {} hosts", hs.len()),
     };
-    draw(&title, &cols)
+    Ok(draw(&title, &cols))
 }
 
 fn escape(s: &str) -> String {
