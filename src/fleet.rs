@@ -57,7 +57,23 @@ pub const KVM_XSAVE_REGION: usize = 4096;
 /// assert_eq!(kvm_buffer_size(&e, xstate::XFeatures::LEGACY), 4096);
 /// ```
 pub fn kvm_buffer_size(e: &Enumeration, xcr0: XFeatures) -> usize {
-    (e.standard_size(xcr0) as usize).max(KVM_XSAVE_REGION)
+    kvm_xsave_size(e.standard_size(xcr0) as usize)
+}
+
+/// `max(4096, KVM_CAP_XSAVE2)`: the bytes of KVM's XSAVE buffers for a
+/// `KVM_CAP_XSAVE2` of `cap_xsave2` (0 where KVM lacks the capability). The
+/// one place this rule is written.
+///
+/// ```
+/// assert_eq!(xstate::fleet::kvm_xsave_size(0), 4096);
+/// assert_eq!(xstate::fleet::kvm_xsave_size(11008), 11008);
+/// ```
+pub const fn kvm_xsave_size(cap_xsave2: usize) -> usize {
+    if cap_xsave2 > KVM_XSAVE_REGION {
+        cap_xsave2
+    } else {
+        KVM_XSAVE_REGION
+    }
 }
 
 /// A permission set holding everything `e` supports: the process has asked

@@ -41,7 +41,7 @@ use crate::cpuid::CpuidResult;
 use crate::enumerate::Enumeration;
 use crate::error::BufferTooSmall;
 use crate::feature::XFeatures;
-use crate::fleet::{GuestModel, KVM_XSAVE_REGION, kvm_buffer_size};
+use crate::fleet::{GuestModel, KVM_XSAVE_REGION, kvm_buffer_size, kvm_xsave_size};
 use crate::fpstate::{Fpstate, Storage};
 use crate::guest::{GuestError, GuestXsave, XsaveFlags};
 use crate::perm::PermSet;
@@ -176,7 +176,7 @@ impl KvmCaps {
         let cap = usize::try_from(cap_xsave2).unwrap_or(0);
         Ok(Self {
             supported_xcr0: XFeatures::from_bits_retain(join(s0.eax, s0.edx)),
-            xsave_size: cap.max(KVM_XSAVE_REGION),
+            xsave_size: kvm_xsave_size(cap),
         })
     }
 
