@@ -21,7 +21,7 @@ use core::fmt;
 
 use crate::enumerate::{Component, Enumeration};
 use crate::feature::XFeatures;
-use crate::guest::{GROUPS, GuestError, GuestXsave, XsaveFlags, migrate};
+use crate::guest::{GROUPS, GuestError, GuestXsave, XsaveFlags, compatible, migrate};
 use crate::perm::PermSet;
 
 /// The XCR0 components KVM can give a guest: Linux 6.18's `KVM_SUPPORTED_XCR0`
@@ -586,6 +586,13 @@ pub struct Move {
     /// A refusal no component or extension explains (the destination's own
     /// masks, say), if any: then no smaller guest was tried further.
     pub other: Option<GuestError>,
+    /// [`compatible`]'s answer for the state buffer alone (the source's
+    /// offered XCR0 into what the destination offers): whether [`translate`]
+    /// can move a snapshot's bytes for a guest that boots afresh there, with
+    /// the destination's CPUID.
+    ///
+    /// [`translate`]: crate::guest::translate
+    pub buffer: Result<(), GuestError>,
 }
 
 impl Move {
@@ -596,6 +603,7 @@ impl Move {
             reasons: [None; 64],
             flags: None,
             other: None,
+            buffer: compatible(src, m.xcr0, dst, GuestModel::offered(dst).xcr0),
         };
         let perms = all_guest_perms(dst);
         // Each round drops a component or an extension: at most 64 + 8 rounds.

@@ -20,7 +20,7 @@ use xstate::enumerate::Enumeration;
 use xstate::fleet::{
     Fleet, GuestModel, HeldBack, Reason, all_guest_perms, compat, kvm_buffer_size,
 };
-use xstate::guest::{GuestXsave, XsaveFlags, migrate, translate};
+use xstate::guest::{GuestXsave, XsaveFlags, compatible, migrate, translate};
 
 /// Linux 6.18, arch/x86/kvm/x86.c: KVM_SUPPORTED_XCR0 (FP, SSE, YMM, BNDREGS,
 /// BNDCSR, AVX-512's three, PKRU, XTILE's two) and KVM_SUPPORTED_XSS (CET
@@ -69,6 +69,11 @@ fn compat_agrees_with_migrate_on_every_ordered_pair() {
             let c = compat(a, b).unwrap_or_else(|err| panic!("{na} -> {nb}: {err}"));
             let want = migrate(&ga, b, &all_guest_perms(b)).map(|_| ());
             assert_eq!(c.a_to_b.verdict, want, "{na} -> {nb}");
+            assert_eq!(
+                c.a_to_b.buffer,
+                compatible(a, ga.xcr0_allowed(), b, kvm_guest(b).xcr0_allowed()),
+                "{na} -> {nb}: the buffer alone"
+            );
             assert_eq!(
                 c.b_to_a.verdict,
                 migrate(&kvm_guest(b), a, &all_guest_perms(a)).map(|_| ()),

@@ -275,6 +275,14 @@ fn move_human(o: &mut String, from: &str, to: &str, m: &Move) {
             "the whole guest"
         );
     }
+    let _ = writeln!(
+        o,
+        "  the state buffer alone, for a guest booted afresh on {to} (guest::compatible): {}",
+        match &m.buffer {
+            Ok(()) => "moves (translate)".to_owned(),
+            Err(e) => format!("no: {e}"),
+        }
+    );
 }
 
 fn compat_human(a: &Host, b: &Host, c: &Compat) -> String {
@@ -338,7 +346,7 @@ fn move_json(m: &Move) -> String {
             .map_or("null".to_owned(), |e| json_str(&e.to_string()))
     };
     format!(
-        "{{\"ok\": {}, \"refusal\": {}, \"reasons\": [{}], \"extensions\": {}, \"other\": {}}}",
+        "{{\"ok\": {}, \"refusal\": {}, \"reasons\": [{}], \"extensions\": {}, \"other\": {}, \"buffer\": {}}}",
         m.ok(),
         m.verdict
             .as_ref()
@@ -346,7 +354,8 @@ fn move_json(m: &Move) -> String {
             .map_or("null".to_owned(), |e| json_str(&e.to_string())),
         reasons.join(", "),
         opt(&m.flags),
-        opt(&m.other)
+        opt(&m.other),
+        opt(&m.buffer.err())
     )
 }
 
