@@ -6,9 +6,10 @@
 //! section in the timer interrupt), and no register value of one task, or of a
 //! section, ever seen by another task.
 //!
-//! Four boots: `-cpu max` (XSAVEOPT, XGETBV1, AVX, MPX, PKU), `-cpu Haswell-v4`
+//! Five boots: `-cpu max` (XSAVEOPT, XGETBV1, AVX, MPX, PKU), `-cpu Haswell-v4`
 //! (no XGETBV1, no MPX, no PKU: other choices), `-cpu max,-xsaveopt` (plain
-//! XSAVE), and `-cpu max` with the layer's section invalidation dropped
+//! XSAVE), `-cpu max,-avx2` (the kernel's SIMD sections over XMM with SSE2
+//! instead of YMM), and `-cpu max` with the layer's section invalidation dropped
 //! (`-append sabotage`), which the checks must catch. Without
 //! `qemu-system-x86_64` each test prints a SKIP line naming what is missing.
 
@@ -412,4 +413,19 @@ fn requires_qemu_kernel_uses_plain_xsave_without_xsaveopt() {
     assert!(!b.flag("xsaveopt"), "XSAVEOPT still enumerated:\n{}", b.out);
     assert_clean("max,-xsaveopt", &b);
     assert_eq!(b.mode, "xsave/xrstor");
+}
+
+/// A CPU with AVX but no AVX2 (`-cpu max,-avx2`): the kernel SIMD sections
+/// compute with SSE2 over XMM registers instead, and the run is as clean.
+#[test]
+fn requires_qemu_kernel_sections_over_xmm_without_avx2() {
+    let Some(b) = boot("kernel_boot no-avx2", "max,-avx2", "") else {
+        return;
+    };
+    assert_clean("max,-avx2", &b);
+    assert!(
+        b.out.contains("over xmm (SSE2 paddq)"),
+        "SSE2 sections:\n{}",
+        b.out
+    );
 }

@@ -14,15 +14,15 @@ use core::arch::asm;
 use xstate::XFeatures;
 use xstate::lifecycle::KernelFpuSection;
 
-/// u64 words per sum: eight YMM loads, sixteen XMM loads.
+/// u64 words per sum: eight 32-byte loads, or sixteen 16-byte ones.
 pub const WORDS: usize = 32;
 
 /// The data a sum runs over, 32-byte aligned for the vector loads.
 #[repr(C, align(32))]
 pub struct Block(pub [u64; WORDS]);
 
-/// Which registers a section computes with: YMM0-3 with AVX2 (`vpaddq`, the
-/// upper halves the tasks check too), or XMM0-3 with SSE2 (`paddq`) where XCR0
+/// Which registers a section computes with: YMM0-5 with AVX2 (`vpaddq`, the
+/// upper halves the tasks check too), or XMM0-5 with SSE2 (`paddq`) where XCR0
 /// or CPUID has no AVX2. Built only from the CPU's facts ([`Width::detect`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Width {
@@ -48,9 +48,11 @@ impl Width {
     }
 }
 
-/// Section `n`'s data: words with 0xee in the top byte, which no task's pattern
-/// words have (their tags are 1..=4), so a value a section left behind is
-/// recognisable in a task's registers.
+/// Section `n`'s data: words with 0x77 in the top byte and 48 pseudo-random
+/// low bits, so the pairwise sums the section leaves in its first four
+/// registers have exactly 0xee there, which no task's pattern words have
+/// (their tags are 1..=4): a value a section left behind is recognisable in a
+/// task's registers.
 pub fn block(n: u64) -> Block {
     let mut b = Block([0; WORDS]);
     let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -58,7 +60,7 @@ pub fn block(n: u64) -> Block {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        *w = (0xee << 56) | (x & 0x00ff_ffff_ffff_ffff);
+        *w = (0x77 << 56) | (x & 0xffff_ffff_ffff);
     }
     b
 }
@@ -78,7 +80,7 @@ pub fn vector_sum<U>(_section: &mut KernelFpuSection<'_, U>, b: &Block, width: W
         // SAFETY: inside a kernel SIMD section (the registers are the kernel's,
         // the interrupted task's saved); `width.ymm` was set from XCR0 (SSE and
         // AVX enabled) and CPUID (AVX2), and XCR0 never changes after boot; the eight
-        // 32-byte loads stay within the 256-byte, 32-byte aligned block. XMM0-3
+        // 32-byte loads stay within the 256-byte, 32-byte aligned block. XMM0-5
         // are declared clobbered (their upper halves too: the block runs in the
         // interrupt handler, whose compiled code uses legacy SSE only and never
         // holds values in YMM upper halves). No stack use.
@@ -92,18 +94,20 @@ pub fn vector_sum<U>(_section: &mut KernelFpuSection<'_, U>, b: &Block, width: W
                 "vpaddq ymm1, ymm1, [{p} + 160]",
                 "vpaddq ymm2, ymm2, [{p} + 192]",
                 "vpaddq ymm3, ymm3, [{p} + 224]",
-                // YMM2 and YMM3 keep data in their upper halves from here on.
-                "vpaddq ymm1, ymm1, ymm3",
-                "vpaddq ymm0, ymm0, ymm2",
-                "vpaddq ymm0, ymm0, ymm1",
-                "vextracti128 xmm1, ymm0, 1",
-                "vpaddq xmm0, xmm0, xmm1",
-                "vpshufd xmm1, xmm0, 0x4e",
-                "vpaddq xmm0, xmm0, xmm1",
-                "vmovq {s}, xmm0",
+                // YMM0-3 keep these pairwise sums (0xee.. in every lane);
+                // the reduction runs in YMM4-5.
+                "vpaddq ymm4, ymm0, ymm1",
+                "vpaddq ymm5, ymm2, ymm3",
+                "vpaddq ymm4, ymm4, ymm5",
+                "vextracti128 xmm5, ymm4, 1",
+                "vpaddq xmm4, xmm4, xmm5",
+                "vpshufd xmm5, xmm4, 0x4e",
+                "vpaddq xmm4, xmm4, xmm5",
+                "vmovq {s}, xmm4",
                 p = in(reg) p,
                 s = out(reg) sum,
                 out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                out("xmm4") _, out("xmm5") _,
                 options(readonly, nostack, preserves_flags),
             )
         }
@@ -120,23 +124,26 @@ pub fn vector_sum<U>(_section: &mut KernelFpuSection<'_, U>, b: &Block, width: W
                 "paddq xmm1, [{p} + 80]",
                 "paddq xmm2, [{p} + 96]",
                 "paddq xmm3, [{p} + 112]",
-                "paddq xmm0, [{p} + 128]",
-                "paddq xmm1, [{p} + 144]",
-                "paddq xmm2, [{p} + 160]",
-                "paddq xmm3, [{p} + 176]",
-                "paddq xmm0, [{p} + 192]",
-                "paddq xmm1, [{p} + 208]",
-                "paddq xmm2, [{p} + 224]",
-                "paddq xmm3, [{p} + 240]",
-                "paddq xmm0, xmm1",
-                "paddq xmm2, xmm3",
-                "paddq xmm0, xmm2",
-                "pshufd xmm1, xmm0, 0x4e",
-                "paddq xmm0, xmm1",
-                "movq {s}, xmm0",
+                "movdqa xmm4, [{p} + 128]",
+                "movdqa xmm5, [{p} + 144]",
+                "paddq xmm4, [{p} + 160]",
+                "paddq xmm5, [{p} + 176]",
+                "paddq xmm4, [{p} + 192]",
+                "paddq xmm5, [{p} + 208]",
+                "paddq xmm4, [{p} + 224]",
+                "paddq xmm5, [{p} + 240]",
+                "paddq xmm4, xmm5",
+                "paddq xmm4, xmm0",
+                "paddq xmm4, xmm1",
+                "paddq xmm4, xmm2",
+                "paddq xmm4, xmm3",
+                "pshufd xmm5, xmm4, 0x4e",
+                "paddq xmm4, xmm5",
+                "movq {s}, xmm4",
                 p = in(reg) p,
                 s = out(reg) sum,
                 out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                out("xmm4") _, out("xmm5") _,
                 options(readonly, nostack, preserves_flags),
             )
         }
