@@ -7,7 +7,7 @@
 
 use core::fmt;
 
-use crate::cpuid::{CpuidResult, CpuidSource};
+use crate::cpuid::{CpuidResult, CpuidSource, NoVendor, Vendor};
 use crate::feature::{CATALOG, XFeatures};
 
 /// Size of the legacy region (x87 + SSE), SDM vol. 1 13.4.1.
@@ -706,8 +706,9 @@ pub struct SizeCheck {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MxcsrMaskSource {
-    /// FXSAVE on the CPU itself ([`CpuidSource::mxcsr_mask`]), or a value given
-    /// to [`Enumeration::with_mxcsr_mask`].
+    /// FXSAVE on the CPU itself ([`CpuidSource::mxcsr_mask`]: the live CPU, or
+    /// a recording's `# mxcsr_mask` line, which `xstate-report --record` takes
+    /// from FXSAVE), or a value given to [`Enumeration::with_mxcsr_mask`].
     Measured,
     /// The vendor's value, from CPUID leaf 0: 0x2ffff for AMD and Hygon (bit 17,
     /// misaligned-SSE mode, which AMD CPUs with XSAVE implement: a Zen 4 reports
@@ -722,14 +723,10 @@ pub enum MxcsrMaskSource {
 /// MXCSR_MASK by vendor, for a source that cannot run FXSAVE (see
 /// [`MxcsrMaskSource`]).
 fn vendor_mxcsr_mask(src: &impl CpuidSource) -> (u32, MxcsrMaskSource) {
-    let v = src.cpuid(0, 0);
-    let vendor = v.ebx.to_le_bytes();
-    if vendor == *b"Auth" || vendor == *b"Hygo" {
-        (0x2_ffff, MxcsrMaskSource::Vendor)
-    } else if v.ebx != 0 {
-        (0xffff, MxcsrMaskSource::Vendor)
-    } else {
-        (0xffff, MxcsrMaskSource::Baseline)
+    match Vendor::of(src) {
+        Ok(v) if v.is_amd_like() => (0x2_ffff, MxcsrMaskSource::Vendor),
+        Ok(_) => (0xffff, MxcsrMaskSource::Vendor),
+        Err(NoVendor) => (0xffff, MxcsrMaskSource::Baseline),
     }
 }
 

@@ -18,7 +18,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::cpuid::CpuidSource;
+use crate::cpuid::{CpuidSource, NoVendor, Vendor};
 use crate::enumerate::{EXTENDED_START, Enumeration};
 use crate::feature::{XCOMP_BV_COMPACTED, XFeatures};
 use crate::fpstate::{
@@ -143,20 +143,32 @@ impl Quirks {
     };
 
     /// The quirks of the CPU `src` describes: [`Quirks::AMD_ZEN`] for AMD and
-    /// Hygon, [`Quirks::INTEL`] otherwise, with the FIP width from LA57.
-    pub fn for_cpu(src: &impl CpuidSource) -> Self {
-        let v = src.cpuid(0, 0);
-        let amd = [*b"Auth", *b"Hygo"]
-            .iter()
-            .any(|w| v.ebx == u32::from_le_bytes(*w));
-        if amd {
-            return Self::AMD_ZEN;
+    /// Hygon, [`Quirks::INTEL`] for the others, with the FIP width from LA57.
+    ///
+    /// # Errors
+    /// [`NoVendor`] if `src` has no leaf 0 (a dump of leaf 0xD alone): the
+    /// vendor is not guessed, since AMD and Intel differ in what the model
+    /// would get wrong. A caller that knows the CPU picks [`Quirks::INTEL`] or
+    /// [`Quirks::AMD_ZEN`] itself.
+    ///
+    /// ```
+    /// use xstate::cpuid::{NoVendor, RecordedCpuid};
+    /// use xstate::model::Quirks;
+    /// let d = "0x0000000d 0x00: eax=0x00000003 ebx=0x00000240 ecx=0x00000240 edx=0x00000000\n";
+    /// assert_eq!(Quirks::for_cpu(&RecordedCpuid::parse(d).unwrap()), Err(NoVendor));
+    /// let amd = "0x00000000 0x00: eax=0x0000001c ebx=0x68747541 ecx=0x444d4163 edx=0x69746e65\n";
+    /// let c = RecordedCpuid::parse(&format!("{amd}{d}")).unwrap();
+    /// assert_eq!(Quirks::for_cpu(&c), Ok(Quirks::AMD_ZEN));
+    /// ```
+    pub fn for_cpu(src: &impl CpuidSource) -> Result<Self, NoVendor> {
+        if Vendor::of(src)?.is_amd_like() {
+            return Ok(Self::AMD_ZEN);
         }
-        let la57 = v.eax >= 7 && src.cpuid(7, 0).ecx & LA57 != 0;
-        Self {
+        let la57 = src.cpuid(0, 0).eax >= 7 && src.cpuid(7, 0).ecx & LA57 != 0;
+        Ok(Self {
             fip_canonical_bits: Some(if la57 { 57 } else { 48 }),
             ..Self::INTEL
-        }
+        })
     }
 }
 

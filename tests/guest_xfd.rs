@@ -121,7 +121,10 @@ fn buffer(h: &Host, xstate_bv: u64, rng: &mut Rng) -> Vec<u8> {
 
 /// A model of `h`'s CPU with `xfd` armed.
 fn model(h: &Host, xfd: XFeatures) -> XsaveMachine {
-    let mut m = XsaveMachine::new(&h.e, Quirks::for_cpu(&h.cpu));
+    // Every dump with XFD is of an AMX CPU, which only Intel makes: a dump
+    // without leaf 0 gets Intel's quirks by that reasoning, not by a default.
+    let quirks = Quirks::for_cpu(&h.cpu).unwrap_or(Quirks::INTEL);
+    let mut m = XsaveMachine::new(&h.e, quirks);
     m.set_xfd(xfd).unwrap();
     m
 }

@@ -57,7 +57,7 @@ impl Machine {
         let text = fs::read_to_string(dir.join("cpuid.txt")).unwrap();
         let cpu = RecordedCpuid::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let e = Enumeration::from_cpuid(&cpu).unwrap_or_else(|err| panic!("{name}: {err}"));
-        let quirks = Quirks::for_cpu(&cpu);
+        let quirks = Quirks::for_cpu(&cpu).unwrap_or_else(|err| panic!("{name}: {err}"));
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         let mut unwritten = BTreeMap::new();
         for line in fs::read_to_string(dir.join("unwritten.txt"))
