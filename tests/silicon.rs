@@ -302,8 +302,11 @@ fn probes(m: &Machine, t: &mut Tally) {
             continue;
         };
         let mut cpu = m.model();
-        if field("amx_permission") == Some("0") {
-            // No permission asked: the kernel keeps TILEDATA's XFD bit set.
+        if field("amx_permission") == Some("0") && m.e.xfd() && m.e.supported().has_index(TILEDATA)
+        {
+            // No permission asked: the kernel keeps TILEDATA's XFD bit set
+            // (only where the recorded CPU has XFD and TILEDATA; elsewhere
+            // `amx_permission 0` means nothing was asked and nothing is armed).
             cpu.set_cpl0(true);
             cpu.set_xfd(XFeatures::XTILE_DATA).unwrap();
             cpu.set_cpl0(false);
