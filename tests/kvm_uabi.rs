@@ -93,7 +93,7 @@ impl Ours {
             let mut perms = ProcessPerms::new(&cfg);
             for i in dynamic.indices() {
                 perms
-                    .request(&cfg, PermKind::Guest, i, |_| true)
+                    .request(&cfg, PermKind::Guest, i.into(), |_| true)
                     .expect("guest permission");
             }
             fp = fp.grow_boxed(&cfg, &perms, i).expect("grow");

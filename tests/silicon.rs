@@ -346,7 +346,7 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
     if bv >> TILEDATA & 1 != 0 {
         let mut perms = ProcessPerms::new(cfg);
         perms
-            .request(cfg, PermKind::Task, TILEDATA, |_| true)
+            .request(cfg, PermKind::Task, TILEDATA.into(), |_| true)
             .unwrap();
         fp = fp.grow_boxed(cfg, &perms, TILEDATA).unwrap();
     }
@@ -402,7 +402,7 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
     if fp.info().features != back.info().features {
         let mut perms = ProcessPerms::new(cfg);
         perms
-            .request(cfg, PermKind::Task, TILEDATA, |_| true)
+            .request(cfg, PermKind::Task, TILEDATA.into(), |_| true)
             .unwrap();
         back = back.grow_boxed(cfg, &perms, TILEDATA).unwrap();
     }
