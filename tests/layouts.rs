@@ -232,8 +232,17 @@ fn cpuid_tool() {
     let from_tool = Enumeration::from_cpuid(&tool).unwrap();
     let live = Enumeration::from_cpuid(&LiveCpuid).unwrap();
     assert_eq!(from_tool, live);
+    // The tool prints the subleaves of the masks' components; a CPU may answer
+    // others too (a hypervisor that hides AMX from EDX:EAX still lists 17 and
+    // 18), which the tool leaves out: said, and nothing else may differ.
+    let masks = live.supported() | XFeatures::LEGACY;
     for i in 0..64 {
-        assert_eq!(tool.cpuid(0xd, i), LiveCpuid.cpuid(0xd, i), "subleaf {i}");
+        let (t, l) = (tool.cpuid(0xd, i), LiveCpuid.cpuid(0xd, i));
+        if !masks.has_index(i) && t == Default::default() && l != t {
+            loud!("NOTE cpuid_tool: subleaf {i} ({l:x?}) is outside the masks; the tool omits it");
+            continue;
+        }
+        assert_eq!(t, l, "subleaf {i}");
     }
     loud!("cpuid -r -1: {}, same as LiveCpuid", summary(&from_tool));
 }
