@@ -285,7 +285,10 @@ impl RecordedCpuid {
         for (n, raw) in text.lines().enumerate() {
             let line = u32::try_from(n.saturating_add(1)).unwrap_or(u32::MAX);
             let t = raw.trim();
-            if let Some(rest) = t.strip_prefix(MXCSR_MASK_LINE) {
+            let mask_line = t.strip_prefix(MXCSR_MASK_LINE).filter(|rest| {
+                rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_whitespace())
+            });
+            if let Some(rest) = mask_line {
                 // `# mxcsr_mask 0x...`, then anything (a note on where it came from).
                 let word = rest.split_ascii_whitespace().next();
                 let mask = hex(word.ok_or(ParseError::BadLine { line })?, line)?;
@@ -504,6 +507,7 @@ mod tests {
         );
         // Other comments stay comments.
         assert_eq!(with("# mxcsr 0xzz").unwrap().mxcsr_mask(), None);
+        assert_eq!(with("# mxcsr_masks zz").unwrap().mxcsr_mask(), None);
         let cases = [
             ("# mxcsr_mask", ParseError::BadLine { line: 1 }),
             ("# mxcsr_mask ffff", ParseError::BadLine { line: 1 }),
