@@ -60,6 +60,7 @@ pub mod fpstate;
 pub mod guest;
 pub mod insn;
 pub mod layout;
+pub mod lifecycle;
 #[cfg(feature = "alloc")]
 pub mod model;
 pub mod perm;
