@@ -664,7 +664,7 @@ impl<'c, const D: u32> World<'c, D> {
             return;
         }
         let p = self.rng.below(self.procs.len() as u64) as usize;
-        let _ = self.procs[p].request(&self.s.cfg, PermKind::Task, TILEDATA, |_| true);
+        let _ = self.procs[p].request(&self.s.cfg, PermKind::Task, TILEDATA.into(), |_| true);
     }
 
     fn guest(&mut self, c: usize) -> Result<(), Failure> {
