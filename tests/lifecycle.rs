@@ -28,7 +28,7 @@ use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi;
 
 mod testkit;
-use testkit::Rng;
+use testkit::{Rng, loud};
 
 const TILECFG: u32 = 17;
 const TILEDATA: u32 = 18;
@@ -843,7 +843,7 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
                 example = first;
             }
         }
-        eprintln!(
+        loud!(
             "dropped rule {name}: caught in {caught} of {tried} sequences{}",
             example
                 .as_deref()
@@ -855,11 +855,11 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
         }
     }
     let n = per * setups.len() as u64;
-    eprintln!(
+    loud!(
         "lifecycle: {n} sequences, {violations} violations; dropped rules caught: {caught_rules} of {}",
         Rule::ALL.len()
     );
-    eprintln!("lifecycle: {restores} restores, {elided} elided, {sections} kernel SIMD sections");
+    loud!("lifecycle: {restores} restores, {elided} elided, {sections} kernel SIMD sections");
     assert_eq!(violations, 0);
     assert_eq!(
         caught_rules,

@@ -517,7 +517,7 @@ fn child() {
     if avx512 {
         writes.extend([Write::Zmm9Hi, Write::Zmm20, Write::K3]);
     }
-    let quirks = Quirks::for_cpu(&LiveCpuid);
+    let quirks = Quirks::for_cpu(&LiveCpuid).expect("the live CPU names its vendor (leaf 0)");
     let xfd = cfg.policy().dynamic;
     let (mut checks, mut elided, mut restores) = (0, 0, 0);
     for seed in 0..SEQUENCES {
