@@ -578,7 +578,8 @@ pub enum UserAbi {
     /// component its XSTATE_BV names.
     Ptrace,
     /// `KVM_SET_XSAVE` / `KVM_SET_XSAVE2` (`fpu_copy_uabi_to_guest_fpstate`):
-    /// KVM reads `uabi_size` bytes (`max(4096, KVM_CAP_XSAVE2)`; fewer:
+    /// KVM reads `uabi_size` bytes (`max(4096, KVM_CAP_XSAVE2)`,
+    /// `guest::kvm_xsave_size`; fewer:
     /// [`UabiError::BufferTooSmall`], EFAULT) and refuses XSTATE_BV bits
     /// outside `supported`, what KVM supports for guests
     /// (`kvm_caps.supported_xcr0`, which `KVM_GET_SUPPORTED_CPUID` leaf 0xD

@@ -28,7 +28,7 @@ use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi;
 
 mod testkit;
-use testkit::Rng;
+use testkit::{Rng, loud};
 
 const TILECFG: u32 = 17;
 const TILEDATA: u32 = 18;
@@ -523,7 +523,7 @@ impl<'c, const D: u32> World<'c, D> {
         rng: &mut Rng,
         cfg: &Configs,
         fp: &xstate::fpstate::Fpstate<BoxedArea>,
-    ) -> (Vec<u8>, [u8; 16]) {
+    ) -> (Vec<u8>, [u8; 16], u32) {
         let mut buf = vec![0u8; fp.info().user_size as usize];
         uabi::export(cfg, fp, XFeatures::all(), &mut buf).unwrap();
         let mut x = [0u8; 16];
@@ -531,7 +531,8 @@ impl<'c, const D: u32> World<'c, D> {
         buf[160..176].copy_from_slice(&x);
         let bv = testkit::get_u64(&buf, 512) | 2;
         testkit::put_u64(&mut buf, 512, bv);
-        (buf, x)
+        let mxcsr = testkit::get_u32(&buf, 24);
+        (buf, x, mxcsr)
     }
 
     fn ptrace(&mut self) -> Result<(), Failure> {
@@ -545,9 +546,12 @@ impl<'c, const D: u32> World<'c, D> {
             Ok(w) => w,
             Err(e) => return Err(Failure::Refused(format!("ptrace_write: {e}"))),
         };
-        let (buf, x) = Self::rewritten(&mut self.rng, cfg, &w);
+        let (buf, x, mxcsr) = Self::rewritten(&mut self.rng, cfg, &w);
         uabi::import(cfg, &mut w, &buf).unwrap();
-        slot.expected.as_mut().unwrap().set(1, 0, &x);
+        let exp = slot.expected.as_mut().unwrap();
+        exp.set(1, 0, &x);
+        // The write sends MXCSR too: the exported value.
+        exp.mxcsr = mxcsr;
         self.note(format!("ptrace write slot {i}"));
         Ok(())
     }
@@ -562,9 +566,11 @@ impl<'c, const D: u32> World<'c, D> {
             Ok(w) => w,
             Err(e) => return Err(Failure::Refused(format!("kvm_write: {e}"))),
         };
-        let (buf, x) = Self::rewritten(&mut self.rng, cfg, &w);
+        let (buf, x, mxcsr) = Self::rewritten(&mut self.rng, cfg, &w);
         uabi::import(cfg, &mut w, &buf).unwrap();
-        slot.guest_expected.as_mut().unwrap().set(1, 0, &x);
+        let exp = slot.guest_expected.as_mut().unwrap();
+        exp.set(1, 0, &x);
+        exp.mxcsr = mxcsr;
         self.note(format!("KVM_SET_XSAVE slot {i}"));
         Ok(())
     }
@@ -658,7 +664,7 @@ impl<'c, const D: u32> World<'c, D> {
             return;
         }
         let p = self.rng.below(self.procs.len() as u64) as usize;
-        let _ = self.procs[p].request(&self.s.cfg, PermKind::Task, TILEDATA, |_| true);
+        let _ = self.procs[p].request(&self.s.cfg, PermKind::Task, TILEDATA.into(), |_| true);
     }
 
     fn guest(&mut self, c: usize) -> Result<(), Failure> {
@@ -837,7 +843,7 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
                 example = first;
             }
         }
-        eprintln!(
+        loud!(
             "dropped rule {name}: caught in {caught} of {tried} sequences{}",
             example
                 .as_deref()
@@ -849,11 +855,11 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
         }
     }
     let n = per * setups.len() as u64;
-    eprintln!(
+    loud!(
         "lifecycle: {n} sequences, {violations} violations; dropped rules caught: {caught_rules} of {}",
         Rule::ALL.len()
     );
-    eprintln!("lifecycle: {restores} restores, {elided} elided, {sections} kernel SIMD sections");
+    loud!("lifecycle: {restores} restores, {elided} elided, {sections} kernel SIMD sections");
     assert_eq!(violations, 0);
     assert_eq!(
         caught_rules,

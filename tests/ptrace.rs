@@ -75,7 +75,7 @@ impl Live {
             request_xcomp_perm(i, false)
                 .unwrap_or_else(|err| panic!("ARCH_REQ_XCOMP_PERM({i}): errno {err}"));
             perms
-                .request(&cfg, PermKind::Task, i, |_| true)
+                .request(&cfg, PermKind::Task, i.into(), |_| true)
                 .expect("permission");
         }
         if (all & cfg.policy().dynamic).is_empty() {
