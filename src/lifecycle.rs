@@ -1227,6 +1227,17 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
                 BufferTooSmall::check(frame.len(), needed)?;
                 self.save_live(cpu, unit, ctx, fp)?;
                 let n = uabi::export_sigframe(self.cfg, fp, user, frame)?;
+                // The export takes MXCSR from the buffer whenever SSE or AVX is
+                // live there, as Linux's does; but a compacted save (XSAVEC,
+                // XSAVES) writes the MXCSR field only with SSE state, so with
+                // AVX alone it is an earlier save's value, and the restore this
+                // frame stands for would load 0x1f80 (XSTATE_BV[1] clear). The
+                // frame gets the value the registers have.
+                if fp.info().form == crate::layout::Form::Compacted
+                    && !fp.xstate_bv().contains(XFeatures::SSE)
+                {
+                    put_u32(frame, MXCSR_OFFSET, MXCSR_DEFAULT);
+                }
                 // The registers still hold the saved state: live again.
                 ctx.needs_load = false;
                 n

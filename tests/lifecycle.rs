@@ -957,3 +957,72 @@ fn misuse_is_refused() {
     assert_eq!(texts.len(), errs.len());
     let _ = <XsaveMachine as FpuUnit>::write_xfd;
 }
+
+/// A compacted save writes MXCSR only with SSE state: with AVX live and SSE in
+/// its init state the buffer's MXCSR field is an earlier save's, which
+/// `uabi::export` (like Linux's ptrace export) reports. A signal frame written
+/// through the buffer must still carry the MXCSR the registers have, so the
+/// sigreturn gives the task its own value back.
+#[test]
+fn a_buffered_signal_frame_carries_the_registers_mxcsr() {
+    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    m.set_xfd(cfg.policy().dynamic).unwrap();
+    let mut cpu = CpuFpu::new(0, cfg.policy().dynamic);
+    let mut t = lc
+        .user_task(BoxedArea::zeroed(cfg.kernel().default_size as usize))
+        .unwrap();
+    lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap();
+    m.set_mxcsr(0x7f80).unwrap();
+    m.write_reg(1, 0, &[1; 16]).unwrap();
+    lc.switch_out(&mut cpu, &mut m, &mut t).unwrap();
+    assert_eq!(
+        lc.return_to_user(&mut cpu, &mut m, &mut t),
+        Ok(Restore::Elided)
+    );
+    // The task's own XRSTOR: AVX live, SSE init, MXCSR default.
+    let mut img = testkit::Area::new(
+        e.standard_size(XFeatures::LEGACY | XFeatures::AVX) as usize,
+        0,
+    );
+    testkit::put_u32(img.bytes_mut(), 24, 0x1f80);
+    testkit::put_u64(img.bytes_mut(), 512, XFeatures::AVX.bits());
+    img.bytes_mut()[576] = 9;
+    xstate::insn::XsaveUnit::restore(
+        &mut m,
+        xstate::insn::Insn::Xrstor,
+        img.bytes(),
+        XFeatures::LEGACY | XFeatures::AVX,
+    )
+    .unwrap();
+    assert_eq!(m.mxcsr(), 0x1f80);
+    lc.sync(&mut cpu, &mut m, &mut t).unwrap();
+    let fp = t.fpstate().unwrap();
+    assert!(!fp.xstate_bv().contains(XFeatures::SSE));
+    let mut out = vec![0u8; cfg.user().max_size as usize];
+    uabi::export(&cfg, fp, XFeatures::all(), &mut out).unwrap();
+    assert_eq!(
+        testkit::get_u32(&out, 24),
+        0x7f80,
+        "the premise: the export (Linux's rule) reports the stale field"
+    );
+    lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap();
+    let mut frame = BoxedArea::zeroed(cfg.user().max_size as usize + 4);
+    lc.deliver_signal_by(
+        &mut cpu,
+        &mut m,
+        &mut t,
+        frame.bytes_mut(),
+        SignalPath::Buffered,
+    )
+    .unwrap();
+    assert_eq!(testkit::get_u32(frame.bytes(), 24), 0x1f80);
+    m.set_mxcsr(0x3f80).unwrap(); // the handler's own
+    lc.sigreturn_by(&mut cpu, &mut m, &mut t, frame.bytes(), false)
+        .unwrap();
+    lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap();
+    assert_eq!(m.mxcsr(), 0x1f80);
+    assert_eq!(m.reg(2).unwrap()[0], 9);
+}
