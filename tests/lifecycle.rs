@@ -535,43 +535,37 @@ impl<'c, const D: u32> World<'c, D> {
         (buf, x, mxcsr)
     }
 
-    fn ptrace(&mut self) -> Result<(), Failure> {
-        let Some(i) = self.pick(|s| s.on.is_none() && s.expected.is_some() && !s.t.in_guest())
-        else {
+    /// A write into a stopped context's buffer: `PTRACE_SETREGSET` into a
+    /// task, or `KVM_SET_XSAVE` into a guest outside guest mode. XMM0 changes,
+    /// and MXCSR is what the write sends (the exported value).
+    fn buffer_write(&mut self, kvm: bool) -> Result<(), Failure> {
+        let pick = if kvm {
+            self.pick(|s| s.guest_expected.is_some() && !s.t.in_guest())
+        } else {
+            self.pick(|s| s.on.is_none() && s.expected.is_some() && !s.t.in_guest())
+        };
+        let Some(i) = pick else {
             return Ok(());
         };
         let cfg = &self.s.cfg;
         let slot = self.slots[i].as_mut().unwrap();
-        let mut w = match self.lc.ptrace_write(&mut slot.t) {
-            Ok(w) => w,
-            Err(e) => return Err(Failure::Refused(format!("ptrace_write: {e}"))),
+        let w = if kvm {
+            self.lc.kvm_write(&mut slot.t)
+        } else {
+            self.lc.ptrace_write(&mut slot.t)
         };
+        let mut w = w.map_err(|e| Failure::Refused(format!("buffer write: {e}")))?;
         let (buf, x, mxcsr) = Self::rewritten(&mut self.rng, cfg, &w);
         uabi::import(cfg, &mut w, &buf).unwrap();
-        let exp = slot.expected.as_mut().unwrap();
-        exp.set(1, 0, &x);
-        // The write sends MXCSR too: the exported value.
-        exp.mxcsr = mxcsr;
-        self.note(format!("ptrace write slot {i}"));
-        Ok(())
-    }
-
-    fn kvm(&mut self) -> Result<(), Failure> {
-        let Some(i) = self.pick(|s| s.guest_expected.is_some() && !s.t.in_guest()) else {
-            return Ok(());
+        let exp = if kvm {
+            slot.guest_expected.as_mut()
+        } else {
+            slot.expected.as_mut()
         };
-        let cfg = &self.s.cfg;
-        let slot = self.slots[i].as_mut().unwrap();
-        let mut w = match self.lc.kvm_write(&mut slot.t) {
-            Ok(w) => w,
-            Err(e) => return Err(Failure::Refused(format!("kvm_write: {e}"))),
-        };
-        let (buf, x, mxcsr) = Self::rewritten(&mut self.rng, cfg, &w);
-        uabi::import(cfg, &mut w, &buf).unwrap();
-        let exp = slot.guest_expected.as_mut().unwrap();
+        let exp = exp.unwrap();
         exp.set(1, 0, &x);
         exp.mxcsr = mxcsr;
-        self.note(format!("KVM_SET_XSAVE slot {i}"));
+        self.note(format!("buffer write (kvm {kvm}) slot {i}"));
         Ok(())
     }
 
@@ -719,8 +713,8 @@ impl<'c, const D: u32> World<'c, D> {
             6 => self.section(c),
             7 => self.signal(c),
             8 => self.sigreturn(c),
-            9 => self.ptrace(),
-            10 => self.kvm(),
+            9 => self.buffer_write(false),
+            10 => self.buffer_write(true),
             11 => self.clone_task(c),
             12 => {
                 if self.rng.below(2) == 0 {

@@ -36,9 +36,10 @@ use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi;
 
 mod testkit;
-use testkit::{Area, Rng, loud, pkru_keeping_key0, put_u32, put_u64, tilecfg_image, x87_image};
+use testkit::{
+    Area, Rng, getregset, loud, pkru_keeping_key0, put_u32, put_u64, tilecfg_image, x87_image,
+};
 
-const NT_X86_XSTATE: libc::c_int = 0x202;
 const ARCH_GET_XCOMP_PERM: libc::c_long = 0x1022;
 const STATES: u64 = 24;
 const PERM_CHILD: &str = "XSTATE_LIFECYCLE_PERM_CHILD";
@@ -102,17 +103,6 @@ fn image(l: &Live, rng: &mut Rng) -> Area {
         }
     }
     a
-}
-
-fn getregset(pid: libc::pid_t, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE, &mut iov) };
-    assert_eq!(r, 0, "GETREGSET: {}", std::io::Error::last_os_error());
-    buf
 }
 
 fn wait(pid: libc::pid_t) -> i32 {

@@ -21,20 +21,7 @@ use xstate::enumerate::Enumeration;
 use xstate::insn::read_xcr0;
 
 mod testkit;
-use testkit::{Area, get_u32, get_u64, loud, put_u32, put_u64};
-
-const NT_X86_XSTATE: libc::c_int = 0x202;
-
-fn getregset(pid: libc::pid_t, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE, &mut iov) };
-    assert_eq!(r, 0, "GETREGSET: {}", std::io::Error::last_os_error());
-    buf
-}
+use testkit::{Area, get_u32, get_u64, getregset, loud, put_u32, put_u64};
 
 fn stop(pid: libc::pid_t) {
     let mut st = 0;
