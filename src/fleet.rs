@@ -39,10 +39,6 @@ pub const KVM_SUPPORTED_XCR0: XFeatures = XFeatures::LEGACY
 /// not at all (its `kvm_set_cpu_caps` clears both unless both are there).
 pub const KVM_SUPPORTED_XSS: XFeatures = XFeatures::CET_U.union(XFeatures::CET_S);
 
-/// The bytes of `struct kvm_xsave` before its flexible array: the least
-/// `KVM_GET_XSAVE2` and `KVM_SET_XSAVE` ever move.
-pub const KVM_XSAVE_REGION: usize = 4096;
-
 /// The XSAVE buffer size KVM uses on a host whose guests may enable `xcr0`:
 /// `max(4096, KVM_CAP_XSAVE2)`, where `KVM_CAP_XSAVE2` is the standard size of
 /// what KVM supports for guests (`xstate_required_size(supported_xcr0)`, with
@@ -57,23 +53,7 @@ pub const KVM_XSAVE_REGION: usize = 4096;
 /// assert_eq!(kvm_buffer_size(&e, xstate::XFeatures::LEGACY), 4096);
 /// ```
 pub fn kvm_buffer_size(e: &Enumeration, xcr0: XFeatures) -> usize {
-    kvm_xsave_size(e.standard_size(xcr0) as usize)
-}
-
-/// `max(4096, KVM_CAP_XSAVE2)`: the bytes of KVM's XSAVE buffers for a
-/// `KVM_CAP_XSAVE2` of `cap_xsave2` (0 where KVM lacks the capability). The
-/// one place this rule is written.
-///
-/// ```
-/// assert_eq!(xstate::fleet::kvm_xsave_size(0), 4096);
-/// assert_eq!(xstate::fleet::kvm_xsave_size(11008), 11008);
-/// ```
-pub const fn kvm_xsave_size(cap_xsave2: usize) -> usize {
-    if cap_xsave2 > KVM_XSAVE_REGION {
-        cap_xsave2
-    } else {
-        KVM_XSAVE_REGION
-    }
+    crate::guest::kvm_xsave_size(i32::try_from(e.standard_size(xcr0)).unwrap_or(i32::MAX))
 }
 
 /// A permission set holding everything `e` supports: the process has asked

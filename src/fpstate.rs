@@ -348,7 +348,21 @@ impl<S: Storage> Fpstate<S> {
         };
         // `check_storage` measured `bytes()`; a `Storage` whose `bytes_mut()` is
         // shorter gets the same error rather than a panic.
-        let area = span_mut(storage.bytes_mut(), 0..size as usize)?;
+        span_mut(storage.bytes_mut(), 0..size as usize)?;
+        let mut fp = Self {
+            info,
+            stamp: cfg.stamp(),
+            storage,
+        };
+        fp.reset_init()?;
+        Ok(fp)
+    }
+
+    /// Put the area in the init state a fresh fpstate has: zeroed, XSTATE_BV = 0,
+    /// XCOMP_BV = bit 63 | features (compacted form), MXCSR = 0x1f80, FCW = 0x37f.
+    pub(crate) fn reset_init(&mut self) -> Result<(), FpstateError> {
+        let (size, form, features) = (self.info.size, self.info.form, self.info.features);
+        let area = span_mut(self.storage.bytes_mut(), 0..size as usize)?;
         area.fill(0);
         put_u16(area, FCW_OFFSET, FCW_DEFAULT);
         put_u32(area, MXCSR_OFFSET, MXCSR_DEFAULT);
@@ -359,11 +373,7 @@ impl<S: Storage> Fpstate<S> {
                 crate::XCOMP_BV_COMPACTED | features.bits(),
             );
         }
-        Ok(Self {
-            info,
-            stamp: cfg.stamp(),
-            storage,
-        })
+        Ok(())
     }
 
     /// Whether this fpstate was made under `cfg`.
@@ -507,7 +517,6 @@ impl<S: Storage> Fpstate<S> {
         storage: T,
     ) -> Result<Fpstate<T>, FpstateError> {
         self.check_configs(cfg)?;
-        let e = cfg.enumeration();
         let permitted = perms.get(self.perm_kind()).features;
         if !permitted.has_index(index) {
             return Err(FpstateError::NotPermitted { index });
@@ -517,34 +526,46 @@ impl<S: Storage> Fpstate<S> {
             return Err(FpstateError::NothingToGrow);
         }
         let mut new = Fpstate::with_features(cfg, self.info.owner, features, storage)?;
+        new.carry_from(cfg, self)?;
+        Ok(new)
+    }
+
+    /// Copy `src`'s saved state into this fpstate (of the same configs and form):
+    /// the legacy region, and each component both hold that `src`'s XSTATE_BV
+    /// names. Components this fpstate has no space for are left behind (their
+    /// XSTATE_BV bits cleared); its own others keep their init state.
+    pub(crate) fn carry_from<T: Storage>(
+        &mut self,
+        cfg: &Configs,
+        src: &Fpstate<T>,
+    ) -> Result<(), FpstateError> {
+        let e = cfg.enumeration();
         let (old_l, new_l) = match self.info.form {
             Form::Compacted => (
+                Layout::compacted(e, src.info.features)?,
                 Layout::compacted(e, self.info.features)?,
-                Layout::compacted(e, features)?,
             ),
             Form::Standard => (
+                Layout::standard(e, src.info.features)?,
                 Layout::standard(e, self.info.features)?,
-                Layout::standard(e, features)?,
             ),
         };
         // Both areas whole, or `BufferTooSmall` (only from a `Storage` that shrank
         // since its check): no state is carried from a truncated area.
-        let src = span(self.storage.bytes(), 0..self.info.size as usize)?;
-        let xstate_bv = XFeatures::from_bits_retain(get_u64(src, XSTATE_BV_OFFSET));
-        let dst = span_mut(new.storage.bytes_mut(), 0..new.info.size as usize)?;
-        span_mut(dst, 0..XSTATE_BV_OFFSET)?.copy_from_slice(span(src, 0..XSTATE_BV_OFFSET)?);
-        put_u64(dst, XSTATE_BV_OFFSET, xstate_bv.bits());
-        for i in (xstate_bv & self.info.features)
-            .indices()
-            .filter(|&i| i >= 2)
-        {
+        let from = span(src.storage.bytes(), 0..src.info.size as usize)?;
+        let carried = XFeatures::from_bits_retain(get_u64(from, XSTATE_BV_OFFSET))
+            & (self.info.features | XFeatures::LEGACY);
+        let dst = span_mut(self.storage.bytes_mut(), 0..self.info.size as usize)?;
+        span_mut(dst, 0..XSTATE_BV_OFFSET)?.copy_from_slice(span(from, 0..XSTATE_BV_OFFSET)?);
+        put_u64(dst, XSTATE_BV_OFFSET, carried.bits());
+        for i in carried.indices().filter(|&i| i >= 2) {
             // Both ranges are component `i`'s size in layouts of the same
             // enumeration: equal lengths, as `copy_from_slice` needs.
             if let (Some(s), Some(d)) = (old_l.range_of(i), new_l.range_of(i)) {
-                span_mut(dst, d)?.copy_from_slice(span(src, s)?);
+                span_mut(dst, d)?.copy_from_slice(span(from, s)?);
             }
         }
-        Ok(new)
+        Ok(())
     }
 }
 

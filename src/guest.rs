@@ -713,8 +713,14 @@ impl GuestXsave {
         self.flags
     }
 
-    /// The standard size of every allowed user component: the largest
-    /// `KVM_GET_XSAVE` payload this guest can produce (CPUID(0xD,0).ECX).
+    /// The standard-form size of every allowed user component: the guest's
+    /// CPUID(0xD,0).ECX, what an XSAVE in the guest needs with all of them in
+    /// XCR0. It is the end of the meaningful bytes of a `KVM_GET_XSAVE2`
+    /// payload for this guest, not the size of the buffer: KVM copies its
+    /// vCPU's whole uabi size (at least 4096 bytes) to or from the VMM's
+    /// buffer, so a buffer of this size (2,432 bytes on a Zen 4) makes KVM
+    /// fault at a guard page or write past it. Size buffers with
+    /// [`kvm_xsave_size`].
     #[inline]
     pub const fn max_standard_size(&self) -> u32 {
         self.max_standard
@@ -1203,10 +1209,14 @@ pub fn translate(
     Ok(size)
 }
 
-/// The exact standard-format buffer size XRSTOR (and `KVM_SET_XSAVE`) reads for
-/// XSTATE_BV = `xstate_bv` under XCR0 = `xcr0` on the CPU `e`: the end of the last
-/// component in XSTATE_BV, at least the legacy region and header. Components of
-/// XCR0 outside XSTATE_BV are put in their init state without being read.
+/// The exact standard-format size XRSTOR reads for XSTATE_BV = `xstate_bv` under
+/// XCR0 = `xcr0` on the CPU `e`: the end of the last component in XSTATE_BV, at
+/// least the legacy region and header. Components of XCR0 outside XSTATE_BV are
+/// put in their init state without being read.
+///
+/// In a `KVM_SET_XSAVE` buffer these are the bytes KVM's checks and restore
+/// use; KVM itself copies the whole [`kvm_xsave_size`] from the VMM first,
+/// whatever XSTATE_BV says, so that is the size to allocate.
 ///
 /// # Errors
 /// The XSETBV errors if `xcr0` is not a valid XCR0 on `e`,
@@ -1234,6 +1244,35 @@ pub fn required_size(
         });
     }
     Ok(e.standard_size(xstate_bv))
+}
+
+/// `sizeof(struct kvm_xsave)`: what `KVM_GET_XSAVE` and `KVM_SET_XSAVE` copy on
+/// a kernel without `KVM_CAP_XSAVE2`, and the least any of them copies.
+pub const KVM_XSAVE_SIZE: usize = 4096;
+
+/// The buffer size a VMM passes to `KVM_GET_XSAVE2`, `KVM_SET_XSAVE` and
+/// `KVM_GET_XSAVE`: `max(4096, KVM_CAP_XSAVE2)`, where `kvm_cap_xsave2` is what
+/// `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` returned on the VM (0 on a kernel
+/// without it; a negative error reads as 0).
+///
+/// KVM copies its vCPU's uabi size, no less: 4096 bytes, grown to the
+/// standard size of the guest's features when a dynamic one (AMX TILEDATA) is
+/// enabled, which `KVM_CAP_XSAVE2` bounds (KVM reports at least 4096 there).
+/// A buffer sized by the guest's XSAVE size ([`GuestXsave::max_standard_size`],
+/// [`required_size`]) is shorter: `KVM_GET_XSAVE2` writes past it, and ends in
+/// EFAULT where a guard page follows (kvm-ioctls #310). Pass the same value as
+/// [`UserAbi::Kvm`](crate::uabi::UserAbi::Kvm)'s `uabi_size`.
+///
+/// ```
+/// use xstate::guest::kvm_xsave_size;
+/// assert_eq!(kvm_xsave_size(0), 4096); // no KVM_CAP_XSAVE2: KVM_GET_XSAVE
+/// assert_eq!(kvm_xsave_size(4096), 4096); // no dynamic component
+/// assert_eq!(kvm_xsave_size(11008), 11008); // AMX permitted to guests
+/// assert_eq!(kvm_xsave_size(-22), 4096);
+/// ```
+#[must_use]
+pub fn kvm_xsave_size(kvm_cap_xsave2: i32) -> usize {
+    usize::try_from(kvm_cap_xsave2).map_or(KVM_XSAVE_SIZE, |cap| cap.max(KVM_XSAVE_SIZE))
 }
 
 /// A register that travels beside a guest's XSAVE buffer in a snapshot or a

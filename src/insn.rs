@@ -184,6 +184,53 @@ cfg_if::cfg_if! {
         restore_insn!(
             /// XRSTORS: load `rfbm & (XCR0 | IA32_XSS)` from a compacted area.
             xrstors, "xrstors64", "- CPL 0 (otherwise #GP); XCOMP_BV bit 63 set.");
+
+        /// LDMXCSR: load `value` into MXCSR.
+        ///
+        /// # Safety
+        /// SSE is enabled (CR4.OSFXSR, and XCR0\[1\] where XSAVE is on), `value`
+        /// has no bit outside the CPU's MXCSR_MASK (otherwise #GP), and the
+        /// compiler relies on no floating-point mode across the call (a kernel
+        /// SIMD section's start, where the previous owner's state was saved).
+        #[inline]
+        pub unsafe fn ldmxcsr(value: u32) {
+            // SAFETY: the caller guarantees SSE is on and the value is legal;
+            // LDMXCSR reads the 4 bytes of `value` on the stack and nothing else.
+            unsafe {
+                asm!("ldmxcsr [{p}]", p = in(reg) &value, options(nostack, readonly, preserves_flags));
+            }
+        }
+
+        /// FNINIT: the x87 control, status and tag words to their defaults
+        /// (FCW 0x37f, all registers empty), without waiting for pending
+        /// exceptions.
+        ///
+        /// # Safety
+        /// The compiler relies on no x87 state across the call (as for
+        /// [`ldmxcsr`]).
+        #[inline]
+        pub unsafe fn fninit() {
+            // SAFETY: FNINIT touches only x87 state, which the caller gives up.
+            unsafe { asm!("fninit", options(nomem, nostack, preserves_flags)) }
+        }
+
+        /// WRMSR IA32_XFD (MSR 0x1c4): arm extended feature disable for `xfd`.
+        ///
+        /// # Safety
+        /// CPL 0; the CPU enumerates XFD (CPUID(0xD,1).EAX\[4\]) and every bit
+        /// of `xfd` is a component CPUID marks XFD-capable (otherwise #GP); no
+        /// code relies on a component that `xfd` arms being usable until it is
+        /// disarmed again.
+        #[inline]
+        pub unsafe fn write_xfd(xfd: XFeatures) {
+            let (lo, hi) = split(xfd);
+            // SAFETY: the caller guarantees CPL 0 and a value WRMSR accepts;
+            // the MSR write touches no memory.
+            unsafe {
+                asm!("wrmsr", in("ecx") 0x1c4u32, in("eax") lo, in("edx") hi,
+                     options(nomem, nostack, preserves_flags));
+            }
+        }
     }
 }
 
@@ -375,6 +422,12 @@ impl Cpu {
     #[inline]
     pub const fn enumeration(&self) -> &Enumeration {
         &self.e
+    }
+
+    /// Whether this is a ring-0 unit ([`Cpu::supervisor`]).
+    #[inline]
+    pub const fn is_supervisor(&self) -> bool {
+        self.supervisor
     }
 
     /// The bytes of `mask` in the given form, through the one-entry memo.

@@ -41,9 +41,10 @@ use crate::cpuid::CpuidResult;
 use crate::enumerate::Enumeration;
 use crate::error::BufferTooSmall;
 use crate::feature::XFeatures;
-use crate::fleet::{GuestModel, KVM_XSAVE_REGION, kvm_buffer_size, kvm_xsave_size};
+use crate::fleet::{GuestModel, kvm_buffer_size};
 use crate::fpstate::{Fpstate, Storage};
 use crate::guest::{GuestError, GuestXsave, XsaveFlags};
+use crate::guest::{KVM_XSAVE_SIZE as KVM_XSAVE_REGION, kvm_xsave_size};
 use crate::perm::PermSet;
 use crate::uabi::{self, UabiError, UserAbi};
 
@@ -173,10 +174,9 @@ impl KvmCaps {
     /// [`KvmError::MissingSubleaf`] if `supported` has no leaf 0xD subleaf 0.
     pub fn from_kvm(supported: &CpuId, cap_xsave2: i32) -> Result<Self, KvmError> {
         let s0 = find(supported, 0).ok_or(KvmError::MissingSubleaf { subleaf: 0 })?;
-        let cap = usize::try_from(cap_xsave2).unwrap_or(0);
         Ok(Self {
             supported_xcr0: XFeatures::from_bits_retain(join(s0.eax, s0.edx)),
-            xsave_size: kvm_xsave_size(cap),
+            xsave_size: kvm_xsave_size(cap_xsave2),
         })
     }
 

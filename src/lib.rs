@@ -67,6 +67,7 @@ pub mod insn;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 pub mod layout;
+pub mod lifecycle;
 #[cfg(feature = "alloc")]
 pub mod model;
 pub mod perm;

@@ -578,7 +578,8 @@ pub enum UserAbi {
     /// component its XSTATE_BV names.
     Ptrace,
     /// `KVM_SET_XSAVE` / `KVM_SET_XSAVE2` (`fpu_copy_uabi_to_guest_fpstate`):
-    /// KVM reads `uabi_size` bytes (`max(4096, KVM_CAP_XSAVE2)`; fewer:
+    /// KVM reads `uabi_size` bytes (`max(4096, KVM_CAP_XSAVE2)`,
+    /// `guest::kvm_xsave_size`; fewer:
     /// [`UabiError::BufferTooSmall`], EFAULT) and refuses XSTATE_BV bits
     /// outside `supported`, what KVM supports for guests
     /// (`kvm_caps.supported_xcr0`, which `KVM_GET_SUPPORTED_CPUID` leaf 0xD
@@ -713,46 +714,16 @@ pub fn import_sigframe<S: Storage>(
     fp: &mut Fpstate<S>,
     buf: &[u8],
 ) -> Result<SigframeImport, UabiError> {
-    fp.check_configs(cfg).map_err(UabiError::Foreign)?;
+    let SigframeCheck {
+        load,
+        mxcsr,
+        fx_only,
+        ..
+    } = check_sigframe(cfg, fp, buf)?;
     let e = cfg.enumeration();
-    // The legacy region, software bytes included.
-    BufferTooSmall::check(buf.len(), XSTATE_BV_OFFSET)?;
-    let user_max = fp.info().user_features;
-    let fx_only = match check_sw_bytes(fp, buf) {
-        Ok(()) => None,
-        // Reading magic2 would run past the frame: sigreturn faults on that.
-        Err(x @ UabiError::BufferTooSmall(BufferTooSmall { .. })) => return Err(x),
-        Err(why) => Some(why),
-    };
-    let (load, mxcsr_checked, mxcsr_loaded) = match fx_only {
-        Some(_) => (XFeatures::LEGACY, true, true),
-        None => {
-            // XRSTOR's #GP: bits outside XCR0, the compacted form, header
-            // bytes 16..24 (a standard-form XRSTOR does not look further).
-            let enabled = cfg.user().max_features;
-            let xstate_bv = check_header(buf, enabled, XCOMP_BV_OFFSET + 16)?;
-            let rfbm = XFeatures::from_bits_retain(get_u64(buf, SW_BYTES_OFFSET + 8)) & enabled;
-            let load = xstate_bv & rfbm;
-            let bad = load.difference(user_max);
-            if !bad.is_empty() {
-                return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
-            }
-            let needed = e.standard_size(load) as usize;
-            BufferTooSmall::check(buf.len(), needed)?;
-            (
-                load,
-                rfbm.intersects(MXCSR_USERS),
-                rfbm.contains(XFeatures::SSE),
-            )
-        }
-    };
-    let value = get_u32(buf, MXCSR_OFFSET);
-    if mxcsr_checked {
-        check_mxcsr(cfg, value)?;
-    }
-    let mxcsr = if mxcsr_loaded { value } else { MXCSR_DEFAULT };
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
+    let user_max = fp.info().user_features;
 
     // Checked: now write. A non-default MXCSR counts as SSE state in use, so
     // the fpstate's XSTATE_BV never claims init while MXCSR is not.
@@ -789,6 +760,83 @@ pub fn import_sigframe<S: Storage>(
         (old_bv.difference(user_max) | features).bits(),
     );
     Ok(SigframeImport { features, fx_only })
+}
+
+/// What [`check_sigframe`] found a signal frame to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SigframeCheck {
+    /// The components sigreturn takes from the frame (its XSTATE_BV within its
+    /// restore mask); every other user component goes to its init state.
+    pub load: XFeatures,
+    /// The restore mask: the frame's software `xfeatures` within the user
+    /// features the kernel enables (x87 and SSE alone for an "fx only" frame).
+    pub restore_mask: XFeatures,
+    /// The MXCSR sigreturn leaves (the frame's, or 0x1f80; see
+    /// [`import_sigframe`]).
+    pub mxcsr: u32,
+    /// As in [`SigframeImport::fx_only`].
+    pub fx_only: Option<UabiError>,
+}
+
+/// Every check [`import_sigframe`] makes of a signal frame, without writing
+/// anything: a kernel that restores the registers straight from a frame
+/// (XRSTOR from user memory, as Linux's sigreturn does first) runs this before
+/// the instruction, so a frame the instruction would refuse with #GP never
+/// reaches it.
+///
+/// # Errors
+/// The [`UabiError`] [`import_sigframe`] would return.
+pub fn check_sigframe<S: Storage>(
+    cfg: &Configs,
+    fp: &Fpstate<S>,
+    buf: &[u8],
+) -> Result<SigframeCheck, UabiError> {
+    fp.check_configs(cfg).map_err(UabiError::Foreign)?;
+    let e = cfg.enumeration();
+    // The legacy region, software bytes included.
+    BufferTooSmall::check(buf.len(), XSTATE_BV_OFFSET)?;
+    let user_max = fp.info().user_features;
+    let fx_only = match check_sw_bytes(fp, buf) {
+        Ok(()) => None,
+        // Reading magic2 would run past the frame: sigreturn faults on that.
+        Err(x @ UabiError::BufferTooSmall(BufferTooSmall { .. })) => return Err(x),
+        Err(why) => Some(why),
+    };
+    let (load, rfbm, mxcsr_checked, mxcsr_loaded) = match fx_only {
+        Some(_) => (XFeatures::LEGACY, XFeatures::LEGACY, true, true),
+        None => {
+            // XRSTOR's #GP: bits outside XCR0, the compacted form, header
+            // bytes 16..24 (a standard-form XRSTOR does not look further).
+            let enabled = cfg.user().max_features;
+            let xstate_bv = check_header(buf, enabled, XCOMP_BV_OFFSET + 16)?;
+            let rfbm = XFeatures::from_bits_retain(get_u64(buf, SW_BYTES_OFFSET + 8)) & enabled;
+            let load = xstate_bv & rfbm;
+            let bad = load.difference(user_max);
+            if !bad.is_empty() {
+                return Err(UabiError::FeaturesNotPermitted { mask: bad.bits() });
+            }
+            let needed = e.standard_size(load) as usize;
+            BufferTooSmall::check(buf.len(), needed)?;
+            (
+                load,
+                rfbm,
+                rfbm.intersects(MXCSR_USERS),
+                rfbm.contains(XFeatures::SSE),
+            )
+        }
+    };
+    let value = get_u32(buf, MXCSR_OFFSET);
+    if mxcsr_checked {
+        check_mxcsr(cfg, value)?;
+    }
+    let mxcsr = if mxcsr_loaded { value } else { MXCSR_DEFAULT };
+    Ok(SigframeCheck {
+        load,
+        restore_mask: rfbm,
+        mxcsr,
+        fx_only,
+    })
 }
 
 /// Linux's `check_xstate_in_sigframe`: is this an XSAVE frame of this task?

@@ -46,8 +46,9 @@ mod with_kvm {
     use xstate::cpuid::{CpuidSource, LiveCpuid};
     use xstate::enumerate::Enumeration;
     use xstate::error::BufferTooSmall;
-    use xstate::fleet::{GuestModel, KVM_XSAVE_REGION, all_guest_perms, compat};
+    use xstate::fleet::{GuestModel, all_guest_perms, compat};
     use xstate::fpstate::{BoxedArea, Fpstate, Owner};
+    use xstate::guest::KVM_XSAVE_SIZE as KVM_XSAVE_REGION;
     use xstate::guest::{GuestError, GuestXsave, LeafTable, XsaveFlags};
     use xstate::kvm::{
         KvmCaps, KvmError, check_xcrs, export_kvm_xsave, export_xsave, guest_from_cpuid,
@@ -79,7 +80,7 @@ mod with_kvm {
         if let Some(i) = g.dynamic_to_grow(cfg, &fp) {
             let mut perms = xstate::perm::ProcessPerms::new(cfg);
             perms
-                .request(cfg, xstate::perm::PermKind::Guest, i, |_| true)
+                .request(cfg, xstate::perm::PermKind::Guest, u64::from(i), |_| true)
                 .unwrap();
             fp = fp.grow_boxed(cfg, &perms, i).unwrap();
         }
@@ -127,7 +128,7 @@ mod with_kvm {
             if let Some(i) = g.dynamic_to_grow(&cfg, &fp2) {
                 let mut perms = xstate::perm::ProcessPerms::new(&cfg);
                 perms
-                    .request(&cfg, xstate::perm::PermKind::Guest, i, |_| true)
+                    .request(&cfg, xstate::perm::PermKind::Guest, u64::from(i), |_| true)
                     .unwrap();
                 fp2 = fp2.grow_boxed(&cfg, &perms, i).unwrap();
             }
