@@ -115,6 +115,8 @@ pub enum ConfigError {
     },
 }
 
+impl core::error::Error for ConfigError {}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

@@ -69,9 +69,9 @@ cfg_if::cfg_if! {
                 CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
             }
 
-            /// FXSAVE's MXCSR_MASK ([`crate::insn::read_mxcsr_mask`]).
+            /// FXSAVE's MXCSR_MASK ([`crate::insn::read_mxcsr_mask`], one floor down).
             fn mxcsr_mask(&self) -> Option<u32> {
-                Some(crate::insn::read_mxcsr_mask())
+                Some(crate::probe::read_mxcsr_mask())
             }
         }
     } else {
@@ -191,6 +191,8 @@ pub enum ParseError {
         line: u32,
     },
 }
+
+impl core::error::Error for ParseError {}
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -51,10 +51,9 @@ pub enum SizeReport {
     CurrentCompacted,
 }
 
-/// A 64-bit mask CPUID reports as two 32-bit halves (`hi:lo`).
-pub(crate) const fn join(hi: u32, lo: u32) -> u64 {
-    ((hi as u64) << 32) | lo as u64
-}
+// CPUID reports 64-bit masks in 32-bit halves, as XGETBV does: one `join`,
+// on the probes' floor.
+pub(crate) use crate::probe::join;
 
 impl fmt::Display for SizeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -173,6 +172,8 @@ pub enum EnumError {
         mask: u32,
     },
 }
+
+impl core::error::Error for EnumError {}
 
 impl fmt::Display for EnumError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -137,6 +137,18 @@ pub enum FpstateError {
     Layout(LayoutError),
 }
 
+impl core::error::Error for FpstateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::BufferTooSmall(b) => Some(b),
+            Self::Foreign(x) => Some(x),
+            Self::Fault(f) => Some(f),
+            Self::Layout(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for FpstateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

@@ -281,6 +281,15 @@ impl From<BufferTooSmall> for GuestError {
     }
 }
 
+impl core::error::Error for GuestError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Uabi(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for GuestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

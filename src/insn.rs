@@ -1,5 +1,7 @@
-//! The XSAVE-family instructions, one thin wrapper each. This is the only module
-//! with `unsafe` code; everything above it is safe Rust.
+//! The XSAVE-family instructions, one thin wrapper each, and [`Cpu`], the unit
+//! that checks every area before it runs one. The live CPU's probes (XGETBV,
+//! FXSAVE's MXCSR mask) stand one floor down, in the private `probe` module,
+//! and are re-exported here under their old paths.
 //!
 //! Every wrapper takes the requested-feature bitmap (RFBM) as an [`XFeatures`] and
 //! splits it into EDX:EAX. The 64-bit forms (`xsave64`, ...) are used so the x87
@@ -16,32 +18,12 @@ cfg_if::cfg_if! {
     if #[cfg(target_arch = "x86_64")] {
         use core::arch::asm;
 
+        use crate::probe::os_xsave_enabled;
+        pub use crate::probe::{read_mxcsr_mask, xgetbv};
+
         #[inline(always)]
         const fn split(rfbm: XFeatures) -> (u32, u32) {
             (rfbm.bits() as u32, (rfbm.bits() >> 32) as u32)
-        }
-
-        /// Read extended control register `xcr` (XGETBV).
-        ///
-        /// `xcr = 0` is XCR0 (enabled user components); `xcr = 1` is XINUSE (components
-        /// not in their init state) where CPUID(0xD,1).EAX\[2\] says so.
-        ///
-        /// This is the crate's own XCR0 read: the `x86` crate's `xcr0()` drops bits it
-        /// does not know (AMX, APX), and a mask with holes sizes buffers wrongly.
-        ///
-        /// # Safety
-        /// CR4.OSXSAVE must be set (CPUID.1:ECX.OSXSAVE[bit 27]), and `xcr` must be 0,
-        /// or 1 on a CPU with XGETBV1; otherwise the instruction raises #GP/#UD.
-        #[inline]
-        pub unsafe fn xgetbv(xcr: u32) -> u64 {
-            let (lo, hi): (u32, u32);
-            // SAFETY: the caller guarantees OSXSAVE and a valid `xcr`. XGETBV reads a
-            // register only: no memory, no stack, no flags.
-            unsafe {
-                asm!("xgetbv", in("ecx") xcr, out("eax") lo, out("edx") hi,
-                     options(nomem, nostack, preserves_flags));
-            }
-            crate::enumerate::join(hi, lo)
         }
 
         /// Read XCR0 if the OS enabled XSAVE, `None` otherwise. Safe: it checks
@@ -60,34 +42,12 @@ cfg_if::cfg_if! {
             if !os_xsave_enabled() {
                 return None;
             }
-            if x86::cpuid::native_cpuid::cpuid_count(0xd, 1).eax & 4 == 0 {
+            if !crate::probe::has_xgetbv1() {
                 return None;
             }
             // SAFETY: OSXSAVE is set and CPUID(0xD,1).EAX[2] enumerates XGETBV1.
             let v = unsafe { xgetbv(1) };
             Some(XFeatures::from_bits_retain(v))
-        }
-
-        /// MXCSR_MASK as FXSAVE reports it: the MXCSR bits this CPU implements
-        /// (0xffff on Intel, 0x2ffff on AMD CPUs with misaligned-SSE mode). Linux
-        /// checks user MXCSR values against it; put it in
-        /// [`crate::config::Configs::mxcsr_mask`]. An FXSAVE that reports 0 means
-        /// the architectural default 0xffbf.
-        pub fn read_mxcsr_mask() -> u32 {
-            #[repr(C, align(16))]
-            struct Fx([u8; 512]);
-            let mut fx = Fx([0; 512]);
-            // SAFETY: FXSAVE is part of the x86-64 baseline; `fx` is 512 bytes,
-            // 16-byte aligned and writable; it reads no flags and touches no stack.
-            unsafe {
-                asm!("fxsave64 [{p}]", p = in(reg) fx.0.as_mut_ptr(), options(nostack, preserves_flags));
-            }
-            let mask = u32::from_le_bytes([fx.0[28], fx.0[29], fx.0[30], fx.0[31]]);
-            if mask == 0 { 0xffbf } else { mask }
-        }
-
-        fn os_xsave_enabled() -> bool {
-            x86::cpuid::native_cpuid::cpuid_count(1, 0).ecx & (1 << 27) != 0
         }
 
         /// Write extended control register `xcr` (XSETBV).

@@ -37,6 +37,8 @@ pub enum LayoutError {
     },
 }
 
+impl core::error::Error for LayoutError {}
+
 impl fmt::Display for LayoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

@@ -67,6 +67,8 @@ impl PermError {
     }
 }
 
+impl core::error::Error for PermError {}
+
 impl fmt::Display for PermError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

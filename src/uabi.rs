@@ -130,6 +130,17 @@ impl From<BufferTooSmall> for UabiError {
     }
 }
 
+impl core::error::Error for UabiError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::BufferTooSmall(b) => Some(b),
+            Self::Foreign(x) => Some(x),
+            Self::Layout(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for UabiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
