@@ -1039,10 +1039,11 @@ fn import_whole<S: Storage>(
     let new_bv = fp.xstate_bv().difference(fp.info().user_features) | plan.user();
     let dst = fp.area_mut();
     check_area(dst, layout)?;
-    let mut kept = [0u8; KEPT];
-    if let Some(k) = dst.get(SSE_RANGE.end..EXTENDED_START as usize) {
-        kept.copy_from_slice(k);
-    }
+    // A fixed-size copy: a few vector moves, no call.
+    let kept: Option<[u8; KEPT]> = dst
+        .get(SSE_RANGE.end..)
+        .and_then(|t| t.first_chunk::<KEPT>())
+        .copied();
     for r in plan.runs() {
         let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
         // The runs end within the standard size, which the caller found `buf`
@@ -1052,8 +1053,12 @@ fn import_whole<S: Storage>(
             d.copy_from_slice(from);
         }
     }
-    if let Some(k) = dst.get_mut(SSE_RANGE.end..EXTENDED_START as usize) {
-        k.copy_from_slice(&kept);
+    if let (Some(k), Some(d)) = (
+        kept,
+        dst.get_mut(SSE_RANGE.end..)
+            .and_then(|t| t.first_chunk_mut::<KEPT>()),
+    ) {
+        *d = k;
     }
     put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
     Ok(())
