@@ -32,14 +32,20 @@
 //! 12. `kvm` (the `kvm` feature): rust-vmm's `kvm-bindings` types (`Xsave`,
 //!     `kvm_xsave`, `CpuId`, `kvm_xcrs`) to and from guest fpstates and leaves;
 //! 13. `model` (with the `alloc` feature): `XsaveMachine`, the SDM's semantics in
-//!     software, for testing ring-0 behaviour in user space.
+//!     software, for testing ring-0 behaviour in user space;
+//! 14. [`lifecycle`]: the fpstate lifecycle as Linux runs it (register owners,
+//!     deferred and elided restores, kernel SIMD sections, clone/exec/exit,
+//!     signals, XFD growth, guest entry/exit), on top of [`fpstate`]'s public API
+//!     (and the model, as a unit, with `alloc`).
 //!
 //! Each error type implements [`core::error::Error`] beside its definition, with
 //! `source()` where it wraps another module's error.
 //!
-//! `unsafe` code lives in three modules: `probe` (XGETBV, FXSAVE), [`insn`] (the
-//! instructions, XSETBV) and [`fpstate`] (the heap-backed area's byte views, with
-//! `alloc`). Every block carries a `SAFETY` proof; everything else is safe Rust.
+//! `unsafe` code lives in four modules: `probe` (XGETBV, FXSAVE), [`insn`] (the
+//! instructions, XSETBV, LDMXCSR, FNINIT, the XFD MSR), [`fpstate`] (the
+//! heap-backed area's byte views, with `alloc`) and [`lifecycle`] (its kernel SIMD
+//! sections' LDMXCSR/FNINIT and XFD writes, through [`insn`]'s wrappers). Every
+//! block carries a `SAFETY` proof; everything else is safe Rust.
 //!
 //! ```
 //! use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, layout::Layout, XFeatures};
