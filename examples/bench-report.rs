@@ -989,7 +989,12 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
              zero-fills the standard form's gaps between runs (MPX's hole, the padding before \
              the 64-byte aligned TILECFG) with one call each; the header is fixed up once. The \
              baseline is one call over the whole range, and a copy's time is not proportional \
-             to its bytes:"
+             to its bytes. Where the forms coincide (one run) what remains is the fixed work of \
+             a call, which a small image cannot hide: the handle check, the plan's lookup, \
+             export's header fix-ups, and for import the checks Linux makes of a user buffer \
+             (XSTATE_BV within the user features, XCOMP_BV and the reserved header bytes zero, \
+             MXCSR within the CPU's mask) and the fpstate's own header kept; `import - memcpy` \
+             below is that cost per call:"
         );
         for (name, row) in measured {
             if let (Some(m), Some(l), Some(x), Some(d)) = (
@@ -1012,6 +1017,15 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
                     ns(x.median),
                     d.delta()
                 );
+                if let Some(di) = row.diff("import", "memcpy") {
+                    let _ = writeln!(
+                        out,
+                        "  import - memcpy: {} ns per call; export - memcpy: {} ns.",
+                        di.delta(),
+                        row.diff("export", "memcpy")
+                            .map_or("-".into(), Spread::delta)
+                    );
+                }
             }
         }
         let _ = writeln!(out);
