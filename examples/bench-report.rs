@@ -681,7 +681,8 @@ fn hot_path(out: &mut String) {
          (`mov rax, [rsp+8]`, an L1 hit). Which instruction to run is decided once: the \
          compiler unswitches the loop on the bound instruction (one loop per \
          XSAVE/XSAVEOPT/XSAVEC/XSAVES with XRSTOR), so no compare or branch of the crate's \
-         remains inside it. No handle, alignment, size or header check: `Fpstate::bind` / \
+         remains inside it (with XRSTORS, ring 0 only and not timed here, the save is \
+         chosen through a jump table: one indirect jump per iteration). No handle, alignment, size or header check: `Fpstate::bind` / \
          `Cpu::bind` made them once, and the exclusive borrow keeps them true.\n\
          - `crate` (the checked path, about 60): the handle stamp compare and the choice of \
          instruction are hoisted out of the loop by the compiler; per iteration remain, for \
