@@ -568,6 +568,7 @@ fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
     );
     let mut keys: BTreeSet<(u64, u8, String)> = BTreeSet::new();
     let mut diffs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut met_count: BTreeMap<&str, usize> = BTreeMap::new();
     let (mut bare_lo, mut bare_hi) = (f64::MAX, f64::MIN);
     for f in ["xsavec", "xsave", "xsaveopt"] {
         for (p, _) in r.rows_of(&format!("save_restore/{f}")) {
@@ -617,7 +618,9 @@ fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
                     if met { "met" } else { "**missed**" },
                     d.median
                 ));
-                if !met {
+                if met {
+                    *met_count.entry(side).or_default() += 1;
+                } else {
                     verdicts.push(format!(
                         "save/restore {pair} {mask:#x} {state}: {side} / bare {}, {:+.2} ns",
                         q.ratio(),
@@ -642,6 +645,12 @@ fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
         }
     }
     for (side, d) in &diffs {
+        let _ = writeln!(
+            out,
+            "\n**{side}**: goal met on {} of the {} measured rows.",
+            met_count.get(side).copied().unwrap_or(0),
+            d.len()
+        );
         if let (Some(lo), Some(hi)) = (
             d.iter().copied().reduce(f64::min),
             d.iter().copied().reduce(f64::max),
