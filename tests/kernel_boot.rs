@@ -11,7 +11,8 @@
 //! XSAVE), `-cpu max,-avx2` (the kernel's SIMD sections over XMM with SSE2
 //! instead of YMM), and `-cpu max` with the layer's section invalidation dropped
 //! (`-append sabotage`), which the checks must catch. Without
-//! `qemu-system-x86_64` each test prints a SKIP line naming what is missing.
+//! `qemu-system-x86_64`, or without the kernel's target (`x86_64-unknown-none`), each
+//! test prints a SKIP line naming what is missing.
 
 mod testkit;
 
@@ -47,6 +48,21 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
+/// The kernel's target, `examples/kernel/.cargo/config.toml`'s.
+const KERNEL_TARGET: &str = "x86_64-unknown-none";
+
+/// Whether the toolchain running this test has the kernel's target
+/// (`rustup target add x86_64-unknown-none`): its library directory exists.
+fn kernel_target_installed() -> bool {
+    Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", KERNEL_TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|d| d.is_dir())
+}
+
 /// The kernel image, built once per test binary.
 fn kernel() -> &'static Path {
     static KERNEL: OnceLock<PathBuf> = OnceLock::new();
@@ -67,7 +83,7 @@ fn kernel() -> &'static Path {
             .status()
             .expect("cargo runs");
         assert!(status.success(), "examples/kernel must build");
-        target.join("debug/xstate-kernel")
+        target.join(KERNEL_TARGET).join("debug/xstate-kernel")
     })
 }
 
@@ -144,6 +160,13 @@ fn boot(test: &str, cpu: &str, append: &str) -> Option<Boot> {
         loud!("SKIP {test}: {QEMU} not found on PATH (Debian: apt-get install qemu-system-x86)");
         return None;
     };
+    if !kernel_target_installed() {
+        loud!(
+            "SKIP {test}: the {KERNEL_TARGET} target is not installed for this toolchain \
+             (rustup target add {KERNEL_TARGET})"
+        );
+        return None;
+    }
     let kernel = kernel();
     let mut child = Command::new(qemu)
         .args(["-accel", "tcg", "-cpu", cpu, "-m", "64", "-display", "none"])

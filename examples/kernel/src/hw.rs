@@ -226,8 +226,9 @@ unsafe extern "C" {
 
 /// Load a GDT with a TSS whose IST1/IST2 point at the interrupt stacks, and an
 /// IDT sending every vector below [`STUBS`] to its stub on an IST stack. With
-/// every interrupt on an IST stack the red zone of the interrupted code (the
-/// host target keeps one, also in the precompiled `core`) is never written.
+/// every interrupt on an IST stack the interrupted code's stack is never written
+/// (the bare-metal target keeps no red zone, but a fault in a handler still
+/// gets a stack of its own).
 pub fn tables_init() {
     // SAFETY: called once at boot, interrupts off, before any handler can run:
     // no other reference to these statics exists.

@@ -21,7 +21,6 @@
 
 mod boot;
 mod hw;
-mod rt;
 mod rules;
 mod sched;
 mod simd;
