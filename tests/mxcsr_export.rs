@@ -40,6 +40,38 @@ fn mxcsr_of_an_avx_only_state() {
         return;
     }
     let e = Enumeration::from_cpuid(&xstate::cpuid::LiveCpuid).unwrap();
+    // The second stop's state has SSE in its init state only where nothing
+    // between the XRSTOR and the kernel's save puts XMM in use; on this VM
+    // that varies from run to run, so the case is tried up to 200 times.
+    for attempt in 1..=200 {
+        let (bv, exported, task) = run(&e, xcr0);
+        // Whatever the buffer held, the task runs with what its XRSTOR loaded.
+        assert_eq!(
+            task, 0x1f80,
+            "the task's MXCSR after loading an AVX-only state"
+        );
+        if bv & XFeatures::SSE.bits() != 0 {
+            continue;
+        }
+        assert_eq!(bv & XFeatures::AVX.bits(), XFeatures::AVX.bits());
+        loud!(
+            "mxcsr_export: AVX-only state (XSTATE_BV {bv:#x}, attempt {attempt}): the task runs with MXCSR {task:#x}; PTRACE_GETREGSET reports {exported:#x}{}",
+            if exported == task {
+                ""
+            } else {
+                " (a stale field: Linux's export takes MXCSR whenever SSE or AVX is live)"
+            }
+        );
+        return;
+    }
+    loud!(
+        "NOTE mxcsr_export: in 200 attempts the kernel always saw SSE in use at the second stop, so the AVX-only case did not arise here (the task's MXCSR was right every time)"
+    );
+}
+
+/// One child: returns the second stop's XSTATE_BV, the MXCSR the kernel
+/// exports there, and the MXCSR the task itself then reads.
+fn run(e: &Enumeration, xcr0: XFeatures) -> (u64, u32, u32) {
     let legacy_avx = XFeatures::LEGACY | XFeatures::AVX;
     let len = e.standard_size(legacy_avx) as usize;
     let mut first = Area::new(len, 0);
@@ -95,23 +127,5 @@ fn mxcsr_of_an_avx_only_state() {
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
     assert_eq!(get_u32(&one, 24), 0x7f80, "first stop: the kernel's MXCSR");
-    let bv = get_u64(&two, 512);
-    let exported = get_u32(&two, 24);
-    loud!(
-        "mxcsr_export: AVX-only state (XSTATE_BV {bv:#x}): the task runs with MXCSR {task:#x}; PTRACE_GETREGSET reports {exported:#x}{}",
-        if exported == task {
-            ""
-        } else {
-            " (a stale field: Linux's export takes MXCSR whenever SSE or AVX is live)"
-        }
-    );
-    assert_eq!(
-        bv & 0x6,
-        XFeatures::AVX.bits(),
-        "second stop: AVX live, SSE init"
-    );
-    assert_eq!(
-        task, 0x1f80,
-        "the restore of an AVX-only state loads MXCSR's default"
-    );
+    (get_u64(&two, 512), get_u32(&two, 24), task)
 }
