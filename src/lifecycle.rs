@@ -602,14 +602,18 @@ impl<S: StableStorage> TaskFpu<S> {
 
     /// The context whose registers the task runs with: the guest's in guest
     /// mode, else the task's own; none for a kernel thread.
+    #[inline]
     fn active(&mut self) -> Option<(&mut Ctx, &mut Fpstate<S>)> {
-        match (&mut self.guest, self.in_guest) {
-            (Some(g), true) => Some((&mut g.ctx, &mut g.fp)),
-            _ => {
-                let fp = self.grown.as_mut().or(self.fp.as_mut())?;
-                Some((&mut self.ctx, fp))
+        if self.in_guest {
+            if let Some(g) = &mut self.guest {
+                return Some((&mut g.ctx, &mut g.fp));
             }
         }
+        let fp = match &mut self.grown {
+            Some(g) => g,
+            None => self.fp.as_mut()?,
+        };
+        Some((&mut self.ctx, fp))
     }
 }
 
@@ -733,6 +737,9 @@ pub struct Released<S: StableStorage> {
 pub struct Lifecycle<'c, const DROPPED: u32 = 0> {
     cfg: &'c Configs,
     mode: Mode,
+    /// Whether any component is dynamic: only then can an fpstate's XFD value
+    /// differ from the CPU's.
+    dynamic: bool,
     next_id: AtomicU64,
 }
 
@@ -742,6 +749,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         Self {
             cfg,
             mode,
+            dynamic: !cfg.policy().dynamic.is_empty(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -821,7 +829,12 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         if ctx.needs_load {
             return Ok(());
         }
-        fp.save(unit, self.cfg, self.mode)?;
+        // One arm per mode, so each inlined save picks its instruction at
+        // compile time.
+        match self.mode {
+            Mode::User => fp.save(unit, self.cfg, Mode::User)?,
+            Mode::Supervisor => fp.save(unit, self.cfg, Mode::Supervisor)?,
+        }
         cpu.stats.saves += 1;
         ctx.last_cpu = Some(cpu.cpu);
         if Self::keeps(Rule::NeedsLoad) {
@@ -844,8 +857,8 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         }
         let owner_ok = !Self::keeps(Rule::OwnerCheck) || cpu.owner == Some(ctx.id);
         let cpu_ok = !Self::keeps(Rule::CpuCheck) || ctx.last_cpu == Some(cpu.cpu);
-        let xfd = fp.info().xfd;
-        if Self::keeps(Rule::XfdSwitch) && cpu.xfd != xfd {
+        if self.dynamic && Self::keeps(Rule::XfdSwitch) && cpu.xfd != fp.info().xfd {
+            let xfd = fp.info().xfd;
             unit.write_xfd(xfd)?;
             cpu.xfd = xfd;
         }
@@ -853,7 +866,10 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
             cpu.stats.elided += 1;
             Restore::Elided
         } else {
-            fp.restore(unit, self.cfg, self.mode)?;
+            match self.mode {
+                Mode::User => fp.restore(unit, self.cfg, Mode::User)?,
+                Mode::Supervisor => fp.restore(unit, self.cfg, Mode::Supervisor)?,
+            }
             cpu.stats.restores += 1;
             if Self::keeps(Rule::LoadTakesOwner) || cpu.owner.is_none() {
                 cpu.owner = Some(ctx.id);
