@@ -21,6 +21,10 @@
 //!   config (an enumeration of this CPU with XSAVEC/XSAVES hidden, for which
 //!   `Fpstate::save` issues XSAVEOPT).
 //!
+//! Every row also times side `bound`: the same pair through a `BoundArea`
+//! (`Fpstate::bind` for the fpstate rows, `Cpu::bind` for the XSAVE row),
+//! checked once outside the timing, so each call is the instruction alone.
+//!
 //! Group `scaling`: the crate's XSAVEC path alone, dirty, for more masks
 //! (subsets of AVX-512), so the cost can be read against the area size.
 //!
@@ -48,7 +52,7 @@ use xstate::config::{Configs, Policy};
 use xstate::cpuid::{CpuidResult, CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, Mode, Owner, Storage};
-use xstate::insn::{self, Cpu, Insn, XsaveUnit};
+use xstate::insn::{self, BoundArea, Cpu, Insn, XsaveUnit};
 use xstate::layout::Layout;
 
 /// The issue's masks: x87|SSE, +AVX, +AVX-512, +AMX.
@@ -96,6 +100,18 @@ fn fpstate_loop(fp: &mut Fpstate<BoxedArea>, cpu: &mut Cpu, cfg: &Configs, iters
     for _ in 0..iters {
         fp.save(cpu, cfg, Mode::User).expect("save");
         fp.restore(cpu, cfg, Mode::User).expect("restore");
+    }
+    start.elapsed()
+}
+
+/// The crate's bound pair (`Fpstate::bind` or `Cpu::bind`, checked once
+/// outside the timing), `iters` times.
+#[inline(never)]
+fn bound_loop(b: &mut BoundArea<'_>, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        b.save();
+        b.restore();
     }
     start.elapsed()
 }
@@ -228,9 +244,12 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
             row(f, "XSAVEC+XRSTOR", &cmp).skip("XSAVEC not enumerated (CPUID(0xD,1).EAX[1])");
         } else {
             let mut fp = Fpstate::new_boxed(&cfg, Owner::Host).expect("fpstate");
+            let mut fp_b = Fpstate::new_boxed(&cfg, Owner::Host).expect("fpstate");
             assert_eq!(fp.info().features, mask);
             assert_eq!(fp.info().size, cmp.size());
             let l = label(if scaling { "xsavec-crate" } else { "xsavec" });
+            // The bound side's unit: a clone, so the checked side keeps `cpu`.
+            let bound_cpu = cpu.clone();
             // The side owns the fpstate and borrows the unit and configs.
             let (unit, cfg) = (&mut cpu, &cfg);
             let crate_side = side("crate", l.clone(), img_c, init, mask, want, move |n| {
@@ -242,12 +261,17 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
                 interleaved(&mut g, r, &mut [crate_side]);
             } else {
                 let mut buf = BoxedArea::zeroed(cmp.size() as usize);
-                let bare_side = side("bare", l, img_c, init, mask, want, |n| {
+                let bare_side = side("bare", l.clone(), img_c, init, mask, want, |n| {
                     let d = bare_loop::<0>(buf.bytes_mut(), mask, n);
                     (d, xstate_bv(buf.bytes()))
                 });
+                let mut bound = fp_b.bind(&bound_cpu, cfg, Mode::User).expect("bind");
+                let bound_side = side("bound", l, img_c, init, mask, want, move |n| {
+                    let d = bound_loop(&mut bound, n);
+                    (d, xstate_bv(bound.area()))
+                });
                 let r = row("xsavec", "XSAVEC+XRSTOR", &cmp);
-                interleaved(&mut g, r, &mut [bare_side, crate_side]);
+                interleaved(&mut g, r, &mut [bare_side, crate_side, bound_side]);
             }
         }
         if scaling {
@@ -257,15 +281,24 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
         // XSAVE + XRSTOR against the crate's XsaveUnit.
         let mut buf_b = BoxedArea::zeroed(std.size() as usize);
         let mut buf_c = BoxedArea::zeroed(std.size() as usize);
+        let mut buf_d = BoxedArea::zeroed(std.size() as usize);
+        let bound_cpu = cpu.clone();
+        let mut bound = bound_cpu
+            .bind(buf_d.bytes_mut(), Insn::Xsave, mask, Insn::Xrstor, mask)
+            .expect("bind");
         let l = label("xsave");
         let mut sides = [
             side("bare", l.clone(), img_s, init, mask, want, |n| {
                 let d = bare_loop::<1>(buf_b.bytes_mut(), mask, n);
                 (d, xstate_bv(buf_b.bytes()))
             }),
-            side("crate", l, img_s, init, mask, want, |n| {
+            side("crate", l.clone(), img_s, init, mask, want, |n| {
                 let d = unit_xsave_loop(buf_c.bytes_mut(), &mut cpu, mask, n);
                 (d, xstate_bv(buf_c.bytes()))
+            }),
+            side("bound", l, img_s, init, mask, want, |n| {
+                let d = bound_loop(&mut bound, n);
+                (d, xstate_bv(bound.area()))
             }),
         ];
         interleaved(&mut g, row("xsave", "XSAVE+XRSTOR", &std), &mut sides);
@@ -280,17 +313,24 @@ fn bench_mask(c: &mut Criterion, s: &Setup, mask: XFeatures, group: &str, scalin
         }
         let std_cfg = configs_for(&s.std_e, mask);
         let mut fp = Fpstate::new_boxed(&std_cfg, Owner::Host).expect("std fpstate");
+        let mut fp_b = Fpstate::new_boxed(&std_cfg, Owner::Host).expect("std fpstate");
         assert_eq!(fp.info().size, std.size());
         let mut buf = BoxedArea::zeroed(std.size() as usize);
+        let bound_cpu = cpu.clone();
+        let mut bound = fp_b.bind(&bound_cpu, &std_cfg, Mode::User).expect("bind");
         let l = label("xsaveopt");
         let mut sides = [
             side("bare", l.clone(), img_s, init, mask, want, |n| {
                 let d = bare_loop::<2>(buf.bytes_mut(), mask, n);
                 (d, xstate_bv(buf.bytes()))
             }),
-            side("crate", l, img_s, init, mask, want, |n| {
+            side("crate", l.clone(), img_s, init, mask, want, |n| {
                 let d = fpstate_loop(&mut fp, &mut cpu, &std_cfg, n);
                 (d, fp.xstate_bv().bits())
+            }),
+            side("bound", l, img_s, init, mask, want, |n| {
+                let d = bound_loop(&mut bound, n);
+                (d, xstate_bv(bound.area()))
             }),
         ];
         interleaved(&mut g, row("xsaveopt", "XSAVEOPT+XRSTOR", &std), &mut sides);

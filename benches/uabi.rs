@@ -7,6 +7,8 @@
 //! Rows `uabi/copy/{state}`, each named by the components it copies (the same
 //! on every CPU; a CPU that lacks them prints a loud SKIP naming what is
 //! missing):
+//! - `avx-live`: this CPU, x87|SSE|AVX (0x7): a state whose compacted and
+//!   standard forms coincide on every CPU (AVX sits at 576 in both);
 //! - `avx512-live`: this CPU, x87|SSE|AVX|AVX-512 (0xe7);
 //! - `amx-live`: this CPU, 0xe7 + AMX TILECFG and TILEDATA (0x600e7), TILEDATA
 //!   allocated (pure memory work: no AMX instruction runs, so no permission);
@@ -51,6 +53,7 @@ use xstate::uabi::{UserAbi, export, import, import_abi};
 const SPR: &str = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
 /// x87 and SSE: KVM always exports them, whatever the guest's CPUID says.
 const FPSSE: XFeatures = XFeatures::LEGACY;
+const AVX_ROW: XFeatures = XFeatures::LEGACY.union(XFeatures::AVX);
 const AVX512_ROW: XFeatures = XFeatures::LEGACY
     .union(XFeatures::AVX)
     .union(XFeatures::AVX512);
@@ -154,8 +157,18 @@ fn bench_copy(
         out.bytes() == buf.bytes(),
         "export gives back what was imported"
     );
+    // Whether each user component sits at its standard offset in the
+    // fpstate (`coincide`: export and import are one run), or not (`differ`:
+    // e.g. a compacted 0xe7 against the standard form's MPX hole).
+    let e = cfg.enumeration();
+    let kernel = Layout::compacted(e, fp.info().features).expect("compacted layout");
+    let coincide = user
+        .indices()
+        .filter(|&i| i >= 2)
+        .all(|i| kernel.offset_of(i) == Some(e.components()[i as usize].std_offset));
     let row = row
         .mask(user)
+        .with("forms", if coincide { "coincide" } else { "differ" })
         .with("bytes", buf.bytes().len())
         .with("largest", xstate::feature::name_of(li))
         .with("largest.bytes", dst.len());
@@ -290,7 +303,11 @@ fn benches(c: &mut Criterion) {
     let spr = Enumeration::from_cpuid(&RecordedCpuid::parse(SPR).expect("SPR dump"))
         .expect("SPR enumeration");
     let mut g = c.benchmark_group("uabi");
-    let mut rows: Vec<(&str, XFeatures)> = vec![("avx512-live", AVX512_ROW), ("amx-live", AMX_ROW)];
+    let mut rows: Vec<(&str, XFeatures)> = vec![
+        ("avx-live", AVX_ROW),
+        ("avx512-live", AVX512_ROW),
+        ("amx-live", AMX_ROW),
+    ];
     let all = live();
     let xcr0_user = Policy::linux(&all).enabled & xcr0 & XFeatures::USER;
     if xcr0_user != AVX512_ROW && xcr0_user != AMX_ROW {

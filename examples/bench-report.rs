@@ -529,6 +529,12 @@ fn mask_cell(row: &Row) -> String {
     format!("{} ({})", row.show("mask"), row.show("components"))
 }
 
+/// The save + restore goal: a side within 1% of the bare pair at the median,
+/// or within half a nanosecond (where the pair is so cheap that 1% is below
+/// what one instruction costs).
+const SR_RATIO: f64 = 1.01;
+const SR_NS: f64 = 0.5;
+
 fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
     let mut verdicts = Vec::new();
     let _ = writeln!(
@@ -543,25 +549,28 @@ fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
          none of these); a row whose mask is not in XCR0 or whose instruction the CPU lacks is \
          a **SKIP** naming what is missing. One iteration = save into buffer B, then XRSTOR \
          from B (RFBM = the mask). `bare`: the instruction wrappers of `xstate::insn` on a raw \
-         64-byte aligned buffer. `crate`: `Fpstate::save` + `Fpstate::restore` in `Mode::User` \
-         (XSAVEC; XSAVEOPT for a standard-form config, made by hiding XSAVEC/XSAVES from this \
-         CPU's enumeration), and `Cpu` as an `XsaveUnit` for XSAVE (fpstates never use plain \
-         XSAVE). `bytes`: the area the pair saves on this CPU (compacted for XSAVEC, standard \
-         otherwise). `dirty`: before each timed batch every component of the mask is loaded \
-         with a non-init pattern (XRSTOR of an image); `init`: XRSTOR with XSTATE_BV = 0. Within \
-         the batch, each iteration's XRSTOR re-establishes that state for the next save, on \
-         both sides alike; after each batch the saved XSTATE_BV is checked, and a batch that \
+         64-byte aligned buffer. `crate`: the checked path, `Fpstate::save` + \
+         `Fpstate::restore` in `Mode::User` (XSAVEC; XSAVEOPT for a standard-form config, made \
+         by hiding XSAVEC/XSAVES from this CPU's enumeration), and `Cpu` as an `XsaveUnit` for \
+         XSAVE (fpstates never use plain XSAVE). `bound`: the same pair through a `BoundArea` \
+         (`Fpstate::bind` for the fpstate rows, `Cpu::bind` for the XSAVE row), checked once \
+         outside the timing. `bytes`: the area the pair saves on this CPU (compacted for XSAVEC, \
+         standard otherwise). `dirty`: before each timed batch every component of the mask is \
+         loaded with a non-init pattern (XRSTOR of an image); `init`: XRSTOR with XSTATE_BV = 0. \
+         Within the batch, each iteration's XRSTOR re-establishes that state for the next save, \
+         on every side alike; after each batch the saved XSTATE_BV is checked, and a batch that \
          ended in another state (the kernel can hand the task back with SSE in use after a \
-         context switch) is counted under the goal. bare and crate of a row are timed in \
-         alternation; crate / bare is the per-sample ratio. Goal: crate / bare <= 1.02 at the \
-         median.\n"
+         context switch) is counted under the goal. The sides of a row are timed in \
+         alternation; side / bare is the per-sample ratio. Goal: side / bare <= {SR_RATIO} at \
+         the median, or side − bare <= {SR_NS} ns.\n"
     );
     let _ = writeln!(
         out,
-        "| mask | state | pair | bytes | bare | crate | crate / bare | goal <= 1.02 |\n|---|---|---|---|---|---|---|---|"
+        "| mask | state | pair | bytes | bare | crate | crate / bare | bound | bound / bare | goal |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut keys: BTreeSet<(u64, u8, String)> = BTreeSet::new();
-    let mut diffs: Vec<f64> = Vec::new();
+    let mut diffs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut met_count: BTreeMap<&str, usize> = BTreeMap::new();
     let (mut bare_lo, mut bare_hi) = (f64::MAX, f64::MIN);
     for f in ["xsavec", "xsave", "xsaveopt"] {
         for (p, _) in r.rows_of(&format!("save_restore/{f}")) {
@@ -578,68 +587,124 @@ fn save_restore(out: &mut String, r: &Results) -> Vec<String> {
         ] {
             let row = r.row(&format!("save_restore/{f}/{mask:#x}-{state}"));
             let m = row.map_or_else(|| format!("{mask:#x}"), mask_cell);
-            let (Some(row), Some(b), Some(c), Some(q)) = (
+            let (Some(row), Some(b)) = (
                 row.filter(|x| x.skip().is_none()),
                 row.and_then(|x| x.side("bare")),
-                row.and_then(|x| x.side("crate")),
-                row.and_then(|x| x.ratio("crate", "bare")),
             ) else {
                 let _ = writeln!(
                     out,
-                    "| {m} | {state} | {pair} | {} | - | - | - | {} |",
+                    "| {m} | {state} | {pair} | {} | - | - | - | - | - | {} |",
                     row.map_or("-", |x| x.show("bytes")),
                     missing_why(row)
                 );
                 continue;
             };
-            let mut v = if q.median <= 1.02 {
-                "met".to_string()
-            } else if q.q1 <= 1.02 {
-                "**missed** (interquartile range reaches 1.02)".to_string()
-            } else {
-                format!("**missed** (+{} ns)", ns(c.median - b.median))
-            };
-            if q.median > 1.02 {
-                verdicts.push(format!(
-                    "save/restore {pair} {mask:#x} {state}: crate / bare {}",
-                    q.ratio()
+            let mut cells = Vec::new();
+            let mut goal = Vec::new();
+            for side in ["crate", "bound"] {
+                let (Some(t), Some(q), Some(d)) = (
+                    row.side(side),
+                    row.ratio(side, "bare"),
+                    row.diff(side, "bare"),
+                ) else {
+                    cells.push("-".to_string());
+                    cells.push("-".to_string());
+                    goal.push(format!("{side}: not measured"));
+                    continue;
+                };
+                cells.push(t.time());
+                cells.push(q.ratio());
+                let met = q.median <= SR_RATIO || d.median <= SR_NS;
+                goal.push(format!(
+                    "{side} {} ({:+.2} ns)",
+                    if met { "met" } else { "**missed**" },
+                    d.median
                 ));
+                if met {
+                    *met_count.entry(side).or_default() += 1;
+                } else {
+                    verdicts.push(format!(
+                        "save/restore {pair} {mask:#x} {state}: {side} / bare {}, {:+.2} ns",
+                        q.ratio(),
+                        d.median
+                    ));
+                }
+                diffs.entry(side).or_default().push(d.median);
             }
-            if let Some(l) = row.lost(&["bare", "crate"]) {
+            let mut v = goal.join("; ");
+            if let Some(l) = row.lost(&["bare", "crate", "bound"]) {
                 let _ = write!(v, "; state lost in {l}");
             }
             let _ = writeln!(
                 out,
-                "| {m} | {state} | {pair} | {} | {} | {} | {} | {v} |",
+                "| {m} | {state} | {pair} | {} | {} | {} | {v} |",
                 row.show("bytes"),
                 b.time(),
-                c.time(),
-                q.ratio()
+                cells.join(" | ")
             );
-            if let Some(d) = row.diff("crate", "bare") {
-                diffs.push(d.median);
-                bare_lo = bare_lo.min(b.median);
-                bare_hi = bare_hi.max(b.median);
-            }
+            bare_lo = bare_lo.min(b.median);
+            bare_hi = bare_hi.max(b.median);
         }
     }
-    if let (Some(lo), Some(hi)) = (
-        diffs.iter().copied().reduce(f64::min),
-        diffs.iter().copied().reduce(f64::max),
-    ) {
+    for (side, d) in &diffs {
         let _ = writeln!(
             out,
-            "\ncrate − bare, per-sample difference, median per row: {lo:+.2} to {hi:+.2} ns over \
-             the {} measured rows, against bare times of {} to {} ns: a fixed cost per call of the \
-             crate's path (argument checks, the choice of instruction) weighs most, as a ratio, \
-             where the instructions are cheapest.",
-            diffs.len(),
-            ns(bare_lo),
-            ns(bare_hi)
+            "\n**{side}**: goal met on {} of the {} measured rows.",
+            met_count.get(side).copied().unwrap_or(0),
+            d.len()
         );
+        if let (Some(lo), Some(hi)) = (
+            d.iter().copied().reduce(f64::min),
+            d.iter().copied().reduce(f64::max),
+        ) {
+            let _ = writeln!(
+                out,
+                "\n{side} − bare, per-sample difference, median per row: {lo:+.2} to {hi:+.2} ns \
+                 over the {} measured rows, against bare times of {} to {} ns.",
+                d.len(),
+                ns(bare_lo),
+                ns(bare_hi)
+            );
+        }
     }
     let _ = writeln!(out);
+    hot_path(out);
     verdicts
+}
+
+/// What the generated code of each side's loop does per iteration, read from
+/// the bench binary (the functions the rows time).
+fn hot_path(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "### What each instruction of the hot path is for\n\n\
+         Read from the release bench binary, the loops the rows time (`objdump -d \
+         --no-show-raw-insn -M intel -C target/release/deps/save_restore-*`, functions \
+         `save_restore::bare_loop`, `save_restore::bound_loop`, `save_restore::fpstate_loop`; \
+         `cargo asm` is not installed here). One iteration of each:\n\n\
+         - `bare` (6 instructions): `mov eax`/`mov edx` (RFBM's halves, EDX:EAX, kept in \
+         registers across the loop), `xsave*64 [buf]`, `xrstor64 [buf]`, `dec`/`jne` (the loop \
+         counter).\n\
+         - `bound` (8): the same, plus one more `mov eax`/`mov edx` pair, because a \
+         `BoundArea` carries two RFBMs (save: the fpstate's features; restore: the configs' \
+         RFBM, which also inits components the fpstate has no space for) and EAX/EDX are \
+         clobbered by each instruction; the save RFBM's low half is reloaded from the stack \
+         (`mov rax, [rsp+8]`, an L1 hit). Which instruction to run is decided once: the \
+         compiler unswitches the loop on the bound instruction (one loop per \
+         XSAVE/XSAVEOPT/XSAVEC/XSAVES with XRSTOR), so no compare or branch of the crate's \
+         remains inside it (with XRSTORS, ring 0 only and not timed here, the save is \
+         chosen through a jump table: one indirect jump per iteration). No handle, alignment, size or header check: `Fpstate::bind` / \
+         `Cpu::bind` made them once, and the exclusive borrow keeps them true.\n\
+         - `crate` (the checked path, about 60): the handle stamp compare and the choice of \
+         instruction are hoisted out of the loop by the compiler; per iteration remain, for \
+         the save, the area's alignment test, the instruction's CPUID bit (a byte load and \
+         compare), the size memo's key compare and the length compare; for the restore, the \
+         alignment test, the two header loads (XSTATE_BV, XCOMP_BV) and the form test that \
+         choose what XRSTOR will read, the mask computed from them, the memo's key compare \
+         and the length compare (`max(576)` included). They are what a safe call on an area \
+         that anyone may have written since the last call needs; the memo miss is a cold \
+         out-of-line call.\n"
+    );
 }
 
 fn lesser_dynamic(out: &mut String, r: &Results) {
@@ -796,6 +861,11 @@ fn layout(out: &mut String, res: &Results) -> Vec<String> {
     verdicts
 }
 
+/// The copy goals: memcpy time / our time at the median, where the forms
+/// coincide and where they differ.
+const COINCIDE_GOAL: f64 = 0.95;
+const DIFFER_GOAL: f64 = 0.85;
+
 fn uabi(out: &mut String, r: &Results) -> Vec<String> {
     let mut verdicts = Vec::new();
     let _ = writeln!(out, "## 4. User-ABI copies\n");
@@ -805,21 +875,30 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
          mask dirty; `export` writes the standard-form user buffer (gaps and unused fields \
          zeroed), `import` validates a buffer as Linux does and writes it into the fpstate; \
          `memcpy` copies the same number of bytes (the physical limit). Rows, each named by what \
-         it copies (a CPU without those components prints a **SKIP**): `avx512-live`: this CPU, \
-         x87|SSE|AVX|AVX-512; `amx-live`: this CPU, that plus AMX TILECFG and TILEDATA \
+         it copies (a CPU without those components prints a **SKIP**): `avx-live`: this CPU, \
+         x87|SSE|AVX (compacted and standard forms coincide on every CPU); `avx512-live`: this \
+         CPU, x87|SSE|AVX|AVX-512; `amx-live`: this CPU, that plus AMX TILECFG and TILEDATA \
          (allocated); `xcr0-live`: every user component of this CPU's XCR0, only where that is \
          neither; `amx-spr`: the recorded Sapphire Rapids dump with Linux's user features, \
          TILEDATA allocated (pure memory work, so the dump stands in for AMX hardware anywhere). \
          memcpy, export, import and the copy of the largest component alone are timed in \
-         alternation; the copy ratios are per sample. Goal: >= 0.8 of memcpy bandwidth, i.e. \
-         memcpy time / our time >= 0.8 at the median.\n"
+         alternation; the copy ratios are per sample. `forms`: whether every component of the \
+         row sits at the same offset in the fpstate and in the standard form (`coincide`: the \
+         copy is one run) or not (`differ`). Goal: memcpy time / our time at the median >= \
+         {COINCIDE_GOAL} where the forms coincide, >= {DIFFER_GOAL} where they differ.\n"
     );
     let _ = writeln!(
         out,
-        "| row | measured | bytes | memcpy | export | import | memcpy / export | memcpy / import |\n|---|---|---|---|---|---|---|---|"
+        "| row | measured | forms | bytes | memcpy | export | import | memcpy / export | memcpy / import |\n|---|---|---|---|---|---|---|---|---|"
     );
     let mut measured = Vec::new();
-    for name in ["avx512-live", "amx-live", "xcr0-live", "amx-spr"] {
+    for name in [
+        "avx-live",
+        "avx512-live",
+        "amx-live",
+        "xcr0-live",
+        "amx-spr",
+    ] {
         let Some(row) = r.row(&format!("uabi/copy/{name}")) else {
             continue;
         };
@@ -833,7 +912,8 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
         ) else {
             let _ = writeln!(
                 out,
-                "| {name} | {what} | {} | - | - | - | {} | |",
+                "| {name} | {what} | {} | {} | - | - | - | {} | |",
+                row.show("forms"),
                 row.show("bytes"),
                 missing_why(Some(row))
             );
@@ -841,22 +921,31 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
         };
         let bytes: f64 = row.show("bytes").parse().unwrap_or(f64::NAN);
         let gbs = |t: f64| bytes / t;
+        let goal = if row.get("forms") == Some("coincide") {
+            COINCIDE_GOAL
+        } else {
+            DIFFER_GOAL
+        };
         let mut verdict = |what: &str, t: Spread, q: Spread| {
-            if q.median < 0.8 {
-                verdicts.push(format!("uabi {what} {name}: {} of memcpy", q.ratio()));
+            if q.median < goal {
+                verdicts.push(format!(
+                    "uabi {what} {name}: {} of memcpy (goal {goal})",
+                    q.ratio()
+                ));
             }
             format!(
                 "{} ({:.1} GB/s) **{}**",
                 q.ratio(),
                 gbs(t.median),
-                if q.median >= 0.8 { "met" } else { "missed" }
+                if q.median >= goal { "met" } else { "missed" }
             )
         };
         let ve = verdict("export", x, qx);
         let vi = verdict("import", i, qi);
         let _ = writeln!(
             out,
-            "| {name} | {what} | {} | {} ({:.1} GB/s) | {} | {} | {ve} | {vi} |",
+            "| {name} | {what} | {} | {} | {} ({:.1} GB/s) | {} | {} | {ve} | {vi} |",
+            row.show("forms"),
             row.show("bytes"),
             m.time(),
             gbs(m.median),
@@ -906,12 +995,18 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
     if !verdicts.is_empty() {
         let _ = writeln!(
             out,
-            "Why the missed copies miss: `export` and `import` copy each run of components that \
-             are contiguous in both forms with one call (the legacy region, then e.g. \
-             opmask..PKRU, TILECFG+TILEDATA), and `export` zero-fills the gaps between runs \
-             (MPX's hole, the padding before the 64-byte aligned TILECFG) with more. The baseline \
-             is one call over the whole range, and a copy's time is not proportional to its \
-             bytes:"
+            "Why the missed copies miss: a whole image goes through runs precomputed per \
+             kernel layout in the configs (the legacy region, header and every component merged \
+             wherever the two forms run side by side), one copy call per run, and `export` \
+             zero-fills the standard form's gaps between runs (MPX's hole, the padding before \
+             the 64-byte aligned TILECFG) with one call each; the header is fixed up once. The \
+             baseline is one call over the whole range, and a copy's time is not proportional \
+             to its bytes. Where the forms coincide (one run) what remains is the fixed work of \
+             a call, which a small image cannot hide: the handle check, the plan's lookup, \
+             export's header fix-ups, and for import the checks Linux makes of a user buffer \
+             (XSTATE_BV within the user features, XCOMP_BV and the reserved header bytes zero, \
+             MXCSR within the CPU's mask) and the fpstate's own header kept; `import - memcpy` \
+             below is that cost per call:"
         );
         for (name, row) in measured {
             if let (Some(m), Some(l), Some(x), Some(d)) = (
@@ -934,6 +1029,15 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
                     ns(x.median),
                     d.delta()
                 );
+                if let Some(di) = row.diff("import", "memcpy") {
+                    let _ = writeln!(
+                        out,
+                        "  import - memcpy: {} ns per call; export - memcpy: {} ns.",
+                        di.delta(),
+                        row.diff("export", "memcpy")
+                            .map_or("-".into(), Spread::delta)
+                    );
+                }
             }
         }
         let _ = writeln!(out);

@@ -35,7 +35,7 @@ use xstate::cpuid::{CpuidSource, LiveCpuid};
 use xstate::enumerate::Enumeration;
 use xstate::feature::name_of;
 use xstate::fpstate::{Fpstate, Owner};
-use xstate::guest::{GuestXsave, XsaveFlags};
+use xstate::guest::{GuestXsave, XsaveFlags, kvm_xsave_size};
 use xstate::layout::{Form, Layout};
 use xstate::perm::{PermKind, PermSet, ProcessPerms};
 use xstate::uabi;
@@ -818,7 +818,7 @@ pub fn run() -> Result<Outcome, String> {
             host.flags = XsaveFlags::from_bits_truncate(kept) & XsaveFlags::of(&host.e);
         }
         // KVM's uabi size: max(4096, KVM_CAP_XSAVE2).
-        (vm.check_extension_int(Cap::Xsave2).max(0) as usize).max(4096)
+        kvm_xsave_size(vm.check_extension_int(Cap::Xsave2))
     };
     let mut g = host.guest_xsave()?;
     let (e, cfg) = (&host.e, &host.cfg);

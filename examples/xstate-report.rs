@@ -6,6 +6,9 @@
 //! cargo run --example xstate-report -- --json            # machine-readable
 //! cargo run --example xstate-report -- --dmesg           # Linux's boot lines
 //! cargo run --example xstate-report -- --record > FILE   # record this CPU
+//! cargo run --example xstate-report -- compat A B        # migration verdict (ops.rs)
+//! cargo run --example xstate-report -- fleet DUMPS...    # a fleet's guest model (ops.rs)
+//! cargo run --example xstate-report -- --svg FILE        # the layouts as a picture (svg.rs)
 //! ```
 //!
 //! Errors print one line on stderr and exit with code 2.
@@ -16,12 +19,15 @@ use std::process::ExitCode;
 
 use xstate::XFeatures;
 use xstate::config::{Configs, FpuConfig, Policy};
-use xstate::cpuid::{CpuidSource, LiveCpuid, RecordedCpuid};
+use xstate::cpuid::{CpuidSource, LiveCpuid, MXCSR_MASK_LINE, NoVendor, RecordedCpuid, Vendor};
 use xstate::enumerate::{
     EXTENDED_START, EnumError, Enumeration, LEGACY_SIZE, MxcsrMaskSource, SizeCheck,
 };
 use xstate::feature::{CATALOG, name_of};
 use xstate::layout::{Form, Layout};
+
+#[path = "xstate-report/ops.rs"]
+pub mod ops;
 
 const USAGE: &str = "\
 usage: xstate-report [--cpuid FILE] [--xcomp-bv MASK] [--json | --dmesg | --record]
@@ -35,8 +41,12 @@ Report the XSAVE state components, layouts and Linux-style configs of a CPU.
   --json           machine-readable output
   --dmesg          the x86/fpu lines Linux prints at boot for this CPU
   --record         dump the live CPU's leaves 0, 1, 6, 7 and 0xD in the `cpuid -r`
-                   format (SOURCE_DATE from the environment dates the dump)
+                   format, with FXSAVE's MXCSR_MASK as a `# mxcsr_mask 0x...`
+                   comment line (SOURCE_DATE from the environment dates the dump)
   -h, --help       this text
+
+Subcommands for fleets and VMMs: `compat A B`, `fleet HOST...`, and `--svg FILE`
+with any of the above (`xstate-report compat --help`).
 
 Errors print one line on stderr and exit with code 2.
 ";
@@ -157,10 +167,12 @@ struct Report {
     configs: Configs,
     compacted: Layout,
     live: Option<Live>,
+    /// Leaf 0's vendor, or that the source has none (nothing is guessed).
+    vendor: Result<Vendor, NoVendor>,
 }
 
 fn build(args: &Args) -> Result<Report, String> {
-    let (source, cpu, e, live_src) = match &args.cpuid {
+    let (source, cpu, e, live_src, vendor) = match &args.cpuid {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|err| format!("cannot read {path}: {err}"))?;
@@ -171,7 +183,8 @@ fn build(args: &Args) -> Result<Report, String> {
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("# cpu:"))
                 .map(|c| c.trim().to_owned());
-            (format!("recorded dump {path}"), cpu, e, false)
+            let vendor = Vendor::of(&dump);
+            (format!("recorded dump {path}"), cpu, e, false, vendor)
         }
         None => {
             let e = Enumeration::from_cpuid(&LiveCpuid)
@@ -181,6 +194,7 @@ fn build(args: &Args) -> Result<Report, String> {
                 Some(cpu_ident(&LiveCpuid)),
                 e,
                 true,
+                Vendor::of(&LiveCpuid),
             )
         }
     };
@@ -202,7 +216,38 @@ fn build(args: &Args) -> Result<Report, String> {
         configs,
         compacted,
         live,
+        vendor,
     })
+}
+
+/// The vendor as leaf 0 spells it, or `None` for a source without leaf 0.
+fn vendor_name(v: Result<Vendor, NoVendor>) -> Option<String> {
+    Some(match v.ok()? {
+        Vendor::Intel => "GenuineIntel".to_owned(),
+        Vendor::Amd => "AuthenticAMD".to_owned(),
+        Vendor::Hygon => "HygonGenuine".to_owned(),
+        Vendor::Other(name) => printable(&name),
+        _ => "unknown".to_owned(),
+    })
+}
+
+/// Where the MXCSR mask came from, for a reader, and the JSON word for it.
+fn mxcsr_source(r: &Report) -> (&'static str, &'static str) {
+    match (r.e.mxcsr_source(), r.live.is_some()) {
+        (MxcsrMaskSource::Measured, true) => ("FXSAVE on this CPU", "measured"),
+        (MxcsrMaskSource::Measured, false) => (
+            "recorded: the dump's `# mxcsr_mask` line (FXSAVE on the recorded CPU)",
+            "recorded",
+        ),
+        (MxcsrMaskSource::Vendor, _) => (
+            "the vendor's: the dump has no `# mxcsr_mask` line (re-record with --record)",
+            "vendor",
+        ),
+        _ => (
+            "baseline: the dump has neither leaf 0 nor a `# mxcsr_mask` line (re-record with --record)",
+            "baseline",
+        ),
+    }
 }
 
 /// Vendor, brand string, CPUID.1:EAX and its family/model/stepping decoding.
@@ -275,6 +320,24 @@ fn human(r: &Report) -> String {
     if let Some(cpu) = &r.cpu {
         let _ = writeln!(o, "cpu:    {cpu}");
     }
+    match vendor_name(r.vendor) {
+        Some(v) => {
+            let _ = writeln!(o, "vendor: {v}");
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "vendor: NONE: the dump has no leaf 0; AMD and Intel cannot be told apart \
+                 (the model's quirks are not chosen: Quirks::for_cpu refuses)"
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "MXCSR_MASK: {:#x} ({})",
+        r.e.mxcsr_mask(),
+        mxcsr_source(r).0
+    );
 
     let _ = writeln!(o, "\nsupported components:");
     let _ = writeln!(
@@ -380,17 +443,6 @@ fn human(r: &Report) -> String {
             o,
             "  IA32_XSS: not readable from user space; assumed {:#x}, what Linux loads",
             live.xss.bits()
-        );
-        let e = r.configs.enumeration();
-        let _ = writeln!(
-            o,
-            "  MXCSR_MASK ({}): {:#x}",
-            match e.mxcsr_source() {
-                MxcsrMaskSource::Measured => "FXSAVE",
-                MxcsrMaskSource::Vendor => "the vendor's; the source cannot run FXSAVE",
-                _ => "baseline; the source names no vendor and cannot run FXSAVE",
-            },
-            e.mxcsr_mask()
         );
         match &live.check {
             Some(Ok(c)) => {
@@ -507,6 +559,17 @@ fn json(r: &Report) -> String {
     let e = &r.e;
     let mut o = String::from("{\n");
     let _ = writeln!(o, "  \"source\": {},", json_str(&r.source));
+    let _ = writeln!(
+        o,
+        "  \"vendor\": {},",
+        vendor_name(r.vendor).map_or("null".to_owned(), |v| json_str(&v))
+    );
+    let _ = writeln!(
+        o,
+        "  \"mxcsr_mask\": {},\n  \"mxcsr_mask_source\": {},",
+        json_str(&format!("{:#x}", e.mxcsr_mask())),
+        json_str(mxcsr_source(r).1)
+    );
     let _ = writeln!(o, "  \"xcr0_supported\": {},", json_hex(e.xcr0_supported()));
     let _ = writeln!(o, "  \"xss_supported\": {},", json_hex(e.xss_supported()));
     let _ = writeln!(o, "  \"usable\": {},", json_hex(e.usable()));
@@ -636,6 +699,12 @@ fn record() -> String {
             let _ = writeln!(o, "# note: XCR0 not readable (CPUID.1:ECX.OSXSAVE clear)");
         }
     }
+    if let Some(mask) = cpu.mxcsr_mask() {
+        let _ = writeln!(
+            o,
+            "{MXCSR_MASK_LINE} {mask:#010x} (FXSAVE's MXCSR_MASK on this CPU; CPUID does not enumerate it)"
+        );
+    }
     if cpu.cpuid(1, 0).ecx & (1 << 31) != 0 {
         let h = cpu.cpuid(0x4000_0000, 0);
         let sig: Vec<u8> = [h.ebx, h.ecx, h.edx]
@@ -695,7 +764,11 @@ pub fn exit_status(r: &Result<Option<String>, String>) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let r = run(std::env::args().skip(1));
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(r) = ops::dispatch(&argv) {
+        return ops::finish(r);
+    }
+    let r = run(argv);
     let status = exit_status(&r);
     match r {
         Ok(out) => {

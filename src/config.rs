@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::enumerate::Enumeration;
 use crate::feature::XFeatures;
-use crate::layout::{Form, Layout};
+use crate::layout::{CopyPlan, Form, Layout};
 
 /// What a kernel chooses to do with the components the CPU offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +115,8 @@ pub enum ConfigError {
     },
 }
 
+impl core::error::Error for ConfigError {}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -206,6 +208,9 @@ pub struct Configs {
     xss: XFeatures,
     /// Kernel-form layouts of host default, host max, guest default, guest max.
     layouts: [Layout; 4],
+    /// For each of `layouts`, the copies between it and the standard form of its
+    /// user components (`uabi`'s export and import of a whole image).
+    plans: [Option<CopyPlan>; 4],
     /// This handle's identity (shared by its clones), stamped into each fpstate.
     stamp: u64,
 }
@@ -226,6 +231,8 @@ impl PartialEq for Configs {
             xcr0,
             xss,
             layouts,
+            // Derived from `e`, `user` and `layouts`.
+            plans: _,
             stamp: _,
         } = self;
         (e, kernel, user, guest, policy, xcr0, xss, layouts)
@@ -324,6 +331,9 @@ impl Configs {
                 mask: guest_max.bits(),
             })?,
         ];
+        let plans = layouts
+            .each_ref()
+            .map(|l| CopyPlan::new(e, l, user_max & l.mask()));
         Ok(Self {
             e: e.clone(),
             kernel: cfg(host_max, host_default, form, &size),
@@ -333,6 +343,7 @@ impl Configs {
             xcr0: user_max,
             xss: sup,
             layouts,
+            plans,
             stamp: NEXT_STAMP.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -415,5 +426,17 @@ impl Configs {
     #[inline]
     pub fn layout_of(&self, features: XFeatures) -> Option<&Layout> {
         self.layouts.iter().find(|l| l.mask() == features)
+    }
+
+    /// The precomputed copies between a kernel buffer holding `features` and
+    /// the standard form of its user components, where `features` is one of
+    /// the usual sets ([`Configs::layout_of`]).
+    #[inline]
+    pub(crate) fn copy_plan(&self, features: XFeatures) -> Option<(&Layout, &CopyPlan)> {
+        self.layouts
+            .iter()
+            .zip(&self.plans)
+            .find(|(l, _)| l.mask() == features)
+            .and_then(|(l, p)| Some((l, p.as_ref()?)))
     }
 }

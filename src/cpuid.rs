@@ -37,9 +37,10 @@ pub trait CpuidSource {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult;
 
     /// MXCSR_MASK as FXSAVE reports it on this CPU (0 read as the architectural
-    /// 0xffbf), if the source can measure it: CPUID does not enumerate it. The
-    /// live CPU can; a recording cannot, and
-    /// [`Enumeration::mxcsr_mask`](crate::enumerate::Enumeration::mxcsr_mask) then
+    /// 0xffbf), if the source knows it: CPUID does not enumerate it. The live
+    /// CPU measures it; a recording knows it when its `# mxcsr_mask 0x...` line
+    /// was written (by `xstate-report --record`); without it,
+    /// [`Enumeration::mxcsr_mask`](crate::enumerate::Enumeration::mxcsr_mask)
     /// takes the vendor's value.
     fn mxcsr_mask(&self) -> Option<u32> {
         None
@@ -68,9 +69,9 @@ cfg_if::cfg_if! {
                 CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
             }
 
-            /// FXSAVE's MXCSR_MASK ([`crate::insn::read_mxcsr_mask`]).
+            /// FXSAVE's MXCSR_MASK ([`crate::insn::read_mxcsr_mask`], one floor down).
             fn mxcsr_mask(&self) -> Option<u32> {
-                Some(crate::insn::read_mxcsr_mask())
+                Some(crate::probe::read_mxcsr_mask())
             }
         }
     } else {
@@ -83,6 +84,76 @@ cfg_if::cfg_if! {
         }
     }
 }
+
+/// The CPU vendor CPUID leaf 0 names (EBX, EDX, ECX: 12 ASCII bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Vendor {
+    /// `GenuineIntel`.
+    Intel,
+    /// `AuthenticAMD`.
+    Amd,
+    /// `HygonGenuine` (Zen-derived: AMD's XSAVE behaviour).
+    Hygon,
+    /// Any other name (Centaur, Zhaoxin, a hypervisor's own), as leaf 0 gives it.
+    Other([u8; 12]),
+}
+
+impl Vendor {
+    /// The vendor `src` names in leaf 0.
+    ///
+    /// # Errors
+    /// [`NoVendor`] if leaf 0 is all zeros in EBX, EDX and ECX: a recording of
+    /// leaf 0xD alone, which cannot tell AMD from Intel.
+    ///
+    /// ```
+    /// use xstate::cpuid::{NoVendor, RecordedCpuid, Vendor};
+    /// let d = "0x0000000d 0x00: eax=0x00000003 ebx=0x00000240 ecx=0x00000240 edx=0x00000000\n";
+    /// assert_eq!(Vendor::of(&RecordedCpuid::parse(d).unwrap()), Err(NoVendor));
+    /// let amd = "0x00000000 0x00: eax=0x0000001c ebx=0x68747541 ecx=0x444d4163 edx=0x69746e65\n";
+    /// let c = RecordedCpuid::parse(&format!("{amd}{d}")).unwrap();
+    /// assert_eq!(Vendor::of(&c), Ok(Vendor::Amd));
+    /// ```
+    pub fn of(src: &impl CpuidSource) -> Result<Self, NoVendor> {
+        let l0 = src.cpuid(0, 0);
+        if (l0.ebx, l0.edx, l0.ecx) == (0, 0, 0) {
+            return Err(NoVendor);
+        }
+        let mut name = [0u8; 12];
+        for (chunk, reg) in name.chunks_exact_mut(4).zip([l0.ebx, l0.edx, l0.ecx]) {
+            chunk.copy_from_slice(&reg.to_le_bytes());
+        }
+        Ok(match &name {
+            b"GenuineIntel" => Self::Intel,
+            b"AuthenticAMD" => Self::Amd,
+            b"HygonGenuine" => Self::Hygon,
+            _ => Self::Other(name),
+        })
+    }
+
+    /// AMD or Hygon: the vendors whose XSAVE behaves as AMD's Zen does.
+    #[inline]
+    pub const fn is_amd_like(self) -> bool {
+        matches!(self, Self::Amd | Self::Hygon)
+    }
+}
+
+/// A CPUID source without leaf 0, so without a vendor: whatever depends on the
+/// vendor (the model's quirks, MXCSR_MASK's bit 17) is not guessed. Record
+/// leaf 0 with the dump (`xstate-report --record` does, as `cpuid -r` does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoVendor;
+
+impl fmt::Display for NoVendor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the CPUID source has no leaf 0, so no vendor: record leaf 0 with the dump \
+             (AMD and Intel differ in MXCSR_MASK and XSAVE behaviour)",
+        )
+    }
+}
+
+impl core::error::Error for NoVendor {}
 
 /// Why a recorded dump was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +185,14 @@ pub enum ParseError {
     },
     /// No leaf 0xD entry at all.
     NoLeafD,
+    /// A second `# mxcsr_mask` line with another value.
+    MxcsrMaskTwice {
+        /// 1-based line number of the second line.
+        line: u32,
+    },
 }
+
+impl core::error::Error for ParseError {}
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,6 +218,9 @@ impl fmt::Display for ParseError {
                 RecordedCpuid::CAPACITY
             ),
             Self::NoLeafD => write!(f, "no CPUID leaf 0xd entry in the dump"),
+            Self::MxcsrMaskTwice { line } => {
+                write!(f, "line {line}: a second `# mxcsr_mask` with another value")
+            }
         }
     }
 }
@@ -162,11 +243,20 @@ struct Entry {
 /// syntax and dropped. A dump without leaf 1 has no feature flags: see
 /// [`Enumeration::usable`](crate::enumerate::Enumeration::usable) for how the crate
 /// reads it.
+///
+/// One comment line carries what CPUID cannot: `# mxcsr_mask 0x0002ffff` (the
+/// MXCSR_MASK FXSAVE reported on the recorded CPU, written by
+/// `xstate-report --record`), read back as [`CpuidSource::mxcsr_mask`]. Tools
+/// that read the `cpuid -r` format skip it as a comment.
 #[derive(Clone, Debug)]
 pub struct RecordedCpuid {
     entries: [Entry; Self::CAPACITY],
     len: usize,
+    mxcsr_mask: Option<u32>,
 }
+
+/// The comment that records MXCSR_MASK in a dump.
+pub const MXCSR_MASK_LINE: &str = "# mxcsr_mask";
 
 /// The leaves a recorded dump keeps (leaf 0 for the vendor and the highest leaf).
 const KEPT_LEAVES: [u32; 5] = [0x0, 0x1, 0x6, 0x7, 0xd];
@@ -191,11 +281,25 @@ impl RecordedCpuid {
         let mut out = Self {
             entries: [Entry::default(); Self::CAPACITY],
             len: 0,
+            mxcsr_mask: None,
         };
         let mut cpu_seen = false;
         for (n, raw) in text.lines().enumerate() {
             let line = u32::try_from(n.saturating_add(1)).unwrap_or(u32::MAX);
             let t = raw.trim();
+            let mask_line = t.strip_prefix(MXCSR_MASK_LINE).filter(|rest| {
+                rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_whitespace())
+            });
+            if let Some(rest) = mask_line {
+                // `# mxcsr_mask 0x...`, then anything (a note on where it came from).
+                let word = rest.split_ascii_whitespace().next();
+                let mask = hex(word.ok_or(ParseError::BadLine { line })?, line)?;
+                match out.mxcsr_mask {
+                    Some(prev) if prev != mask => return Err(ParseError::MxcsrMaskTwice { line }),
+                    _ => out.mxcsr_mask = Some(mask),
+                }
+                continue;
+            }
             if t.is_empty() || t.starts_with('#') {
                 continue;
             }
@@ -258,6 +362,11 @@ impl RecordedCpuid {
 impl CpuidSource for RecordedCpuid {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         self.find(leaf, subleaf).unwrap_or_default()
+    }
+
+    /// The dump's `# mxcsr_mask` line, if it has one.
+    fn mxcsr_mask(&self) -> Option<u32> {
+        self.mxcsr_mask
     }
 }
 
@@ -382,6 +491,43 @@ mod tests {
     }
 
     #[test]
+    fn the_mxcsr_mask_line_is_read_and_checked() {
+        let d = "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4\n";
+        assert_eq!(RecordedCpuid::parse(d).unwrap().mxcsr_mask(), None);
+        let with = |m: &str| RecordedCpuid::parse(&format!("{m}\n{d}"));
+        assert_eq!(
+            with("# mxcsr_mask 0x0002ffff (FXSAVE)")
+                .unwrap()
+                .mxcsr_mask(),
+            Some(0x2_ffff)
+        );
+        assert_eq!(
+            with("  # mxcsr_mask 0xffff\n# mxcsr_mask 0x0000ffff")
+                .unwrap()
+                .mxcsr_mask(),
+            Some(0xffff)
+        );
+        // Other comments stay comments.
+        assert_eq!(with("# mxcsr 0xzz").unwrap().mxcsr_mask(), None);
+        assert_eq!(with("# mxcsr_masks zz").unwrap().mxcsr_mask(), None);
+        let cases = [
+            ("# mxcsr_mask", ParseError::BadLine { line: 1 }),
+            ("# mxcsr_mask ffff", ParseError::BadLine { line: 1 }),
+            (
+                "# mxcsr_mask 0x1ffffffff",
+                ParseError::BadNumber { line: 1 },
+            ),
+            (
+                "# mxcsr_mask 0xffff\n# mxcsr_mask 0x2ffff",
+                ParseError::MxcsrMaskTwice { line: 2 },
+            ),
+        ];
+        for (m, want) in cases {
+            assert_eq!(with(m).unwrap_err(), want, "{m}");
+        }
+    }
+
+    #[test]
     fn an_identical_repeat_is_taken_once() {
         let line = "0x0000000d 0x00: eax=0x1 ebx=0x2 ecx=0x3 edx=0x4";
         let c = RecordedCpuid::parse(&format!("{line}\n{line}\n")).unwrap();
@@ -405,6 +551,10 @@ mod tests {
             (
                 ParseError::TooManyEntries { line: 10 },
                 "line 10: more than",
+            ),
+            (
+                ParseError::MxcsrMaskTwice { line: 11 },
+                "line 11: a second `# mxcsr_mask`",
             ),
         ];
         for (e, want) in cases {

@@ -7,7 +7,7 @@
 
 use core::fmt;
 
-use crate::cpuid::{CpuidResult, CpuidSource};
+use crate::cpuid::{CpuidResult, CpuidSource, NoVendor, Vendor};
 use crate::feature::{CATALOG, XFeatures};
 
 /// Size of the legacy region (x87 + SSE), SDM vol. 1 13.4.1.
@@ -51,10 +51,9 @@ pub enum SizeReport {
     CurrentCompacted,
 }
 
-/// A 64-bit mask CPUID reports as two 32-bit halves (`hi:lo`).
-pub(crate) const fn join(hi: u32, lo: u32) -> u64 {
-    ((hi as u64) << 32) | lo as u64
-}
+// CPUID reports 64-bit masks in 32-bit halves, as XGETBV does: one `join`,
+// on the probes' floor.
+pub(crate) use crate::probe::join;
 
 impl fmt::Display for SizeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -150,11 +149,13 @@ pub enum EnumError {
         mask: u64,
     },
     /// A usable component whose size is not the one the architecture fixes for it
-    /// ([`FeatureInfo::arch_size`](crate::feature::FeatureInfo::arch_size)), or,
-    /// from a source without feature flags, is smaller (see
-    /// [`Enumeration::usable`]). Linux's `check_xstate_against_struct` compares the
-    /// same sizes with its C structures (Linux 6.18 warns and dumps the leaves; a
-    /// crate that cannot warn refuses).
+    /// ([`FeatureInfo::arch_size`](crate::feature::FeatureInfo::arch_size)).
+    /// Linux's `check_xstate_against_struct` compares the same sizes with its C
+    /// structures (Linux 6.18 warns and dumps the leaves; a crate that cannot
+    /// warn refuses). From a source without feature leaves every listed
+    /// component counts as usable (see [`Enumeration::usable`]), so a component
+    /// whose CPUID flag is clear is refused too (fail closed): the message then
+    /// says to record leaves 1 and 7.
     ArchSizeMismatch {
         /// The component number.
         index: u32,
@@ -162,6 +163,8 @@ pub enum EnumError {
         size: u32,
         /// The architectural size.
         arch_size: u32,
+        /// Whether the source had feature leaves ([`Enumeration::flags_known`]).
+        flags_known: bool,
     },
     /// An MXCSR_MASK without every bit of [`MXCSR_MASK_MIN`].
     BadMxcsrMask {
@@ -169,6 +172,8 @@ pub enum EnumError {
         mask: u32,
     },
 }
+
+impl core::error::Error for EnumError {}
 
 impl fmt::Display for EnumError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -222,10 +227,21 @@ impl fmt::Display for EnumError {
                 index,
                 size,
                 arch_size,
-            } => write!(
-                f,
-                "component {index} claims {size} bytes; the architecture fixes {arch_size}"
-            ),
+                flags_known,
+            } => {
+                write!(
+                    f,
+                    "component {index} claims {size} bytes; the architecture fixes {arch_size}"
+                )?;
+                if !flags_known {
+                    f.write_str(
+                        " (the dump has no feature leaves, so every listed component counts as \
+                         usable: if its CPUID flag is clear, as a Zen 2's 64-byte PKRU is, \
+                         record leaves 1 and 7 with leaf 0xD)",
+                    )?;
+                }
+                Ok(())
+            }
             Self::BadMxcsrMask { mask } => write!(
                 f,
                 "MXCSR_MASK {mask:#x} lacks bits every XSAVE CPU implements ({MXCSR_MASK_MIN:#x})"
@@ -398,22 +414,16 @@ impl Enumeration {
                 });
             }
             // Usable components only, as Linux checks only what it enables (a Zen 2
-            // lists PKRU with 64 bytes but clears PKU, and boots); without flags,
-            // only what would overflow (see `usable`).
+            // lists PKRU with 64 bytes but clears PKU, and boots). Without flags
+            // every listed component is usable (see `usable`), so it is checked:
+            // a size the crate would trust must be the architecture's.
             let arch = CATALOG.get(i as usize).and_then(|f| f.arch_size);
-            let wrong = |a: u32| {
-                usable.has_index(i)
-                    && if flags.is_some() {
-                        c.size != a
-                    } else {
-                        c.size < a
-                    }
-            };
-            if let Some(arch_size) = arch.filter(|&a| wrong(a)) {
+            if let Some(arch_size) = arch.filter(|&a| usable.has_index(i) && c.size != a) {
                 return Err(EnumError::ArchSizeMismatch {
                     index: i,
                     size: c.size,
                     arch_size,
+                    flags_known: flags.is_some(),
                 });
             }
             if !in_xss {
@@ -624,9 +634,11 @@ impl Enumeration {
     /// component whose flag is clear is neither checked nor usable (a Zen 2 lists
     /// PKRU at 64 bytes with PKU clear, and Linux boots it without PKRU). Without
     /// flags the crate cannot tell which listed components Linux would check, so
-    /// it refuses what is unsafe whatever the flags say: a size below the
-    /// architectural one, which a buffer would have to hold when the hardware
-    /// writes the full state. So a missing leaf never lets an undersized component
+    /// it fails closed: every component it treats as usable has exactly its
+    /// architectural size, or the source is refused
+    /// ([`EnumError::ArchSizeMismatch`] with `flags_known: false`, whose message
+    /// says to record leaves 1 and 7, since a flag-clear component such as that
+    /// Zen 2 PKRU is the likely cause). So a missing leaf never lets a wrong size
     /// through, and what leaf 0xD lists is what the SDM lets XCR0 and IA32_XSS
     /// hold, so nothing enabled from it faults. Reading the missing flags as clear
     /// would instead describe a CPU Linux never ran (a CET laptop recorded as leaf
@@ -706,8 +718,9 @@ pub struct SizeCheck {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MxcsrMaskSource {
-    /// FXSAVE on the CPU itself ([`CpuidSource::mxcsr_mask`]), or a value given
-    /// to [`Enumeration::with_mxcsr_mask`].
+    /// FXSAVE on the CPU itself ([`CpuidSource::mxcsr_mask`]: the live CPU, or
+    /// a recording's `# mxcsr_mask` line, which `xstate-report --record` takes
+    /// from FXSAVE), or a value given to [`Enumeration::with_mxcsr_mask`].
     Measured,
     /// The vendor's value, from CPUID leaf 0: 0x2ffff for AMD and Hygon (bit 17,
     /// misaligned-SSE mode, which AMD CPUs with XSAVE implement: a Zen 4 reports
@@ -722,14 +735,10 @@ pub enum MxcsrMaskSource {
 /// MXCSR_MASK by vendor, for a source that cannot run FXSAVE (see
 /// [`MxcsrMaskSource`]).
 fn vendor_mxcsr_mask(src: &impl CpuidSource) -> (u32, MxcsrMaskSource) {
-    let v = src.cpuid(0, 0);
-    let vendor = v.ebx.to_le_bytes();
-    if vendor == *b"Auth" || vendor == *b"Hygo" {
-        (0x2_ffff, MxcsrMaskSource::Vendor)
-    } else if v.ebx != 0 {
-        (0xffff, MxcsrMaskSource::Vendor)
-    } else {
-        (0xffff, MxcsrMaskSource::Baseline)
+    match Vendor::of(src) {
+        Ok(v) if v.is_amd_like() => (0x2_ffff, MxcsrMaskSource::Vendor),
+        Ok(_) => (0xffff, MxcsrMaskSource::Vendor),
+        Err(NoVendor) => (0xffff, MxcsrMaskSource::Baseline),
     }
 }
 

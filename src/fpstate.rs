@@ -26,7 +26,7 @@ use static_assertions::const_assert_eq;
 use crate::config::Configs;
 use crate::error::{BufferTooSmall, ForeignFpstate};
 use crate::feature::XFeatures;
-use crate::insn::{Fault, Insn, XsaveUnit};
+use crate::insn::{BoundArea, Cpu, Fault, Insn, XsaveUnit};
 use crate::layout::{Form, Layout, LayoutError, XSAVE_ALIGN};
 use crate::perm::{PermKind, ProcessPerms};
 
@@ -135,6 +135,18 @@ pub enum FpstateError {
     Fault(Fault),
     /// A layout could not be made for the features.
     Layout(LayoutError),
+}
+
+impl core::error::Error for FpstateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::BufferTooSmall(b) => Some(b),
+            Self::Foreign(x) => Some(x),
+            Self::Fault(f) => Some(f),
+            Self::Layout(l) => Some(l),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for FpstateError {
@@ -467,12 +479,37 @@ impl<S: Storage> Fpstate<S> {
         mode: Mode,
     ) -> Result<(), FpstateError> {
         let insn = self.insn(cfg, mode, false)?;
-        let rfbm = match mode {
-            Mode::Supervisor => cfg.rfbm(),
-            Mode::User => cfg.rfbm() & cfg.xcr0(),
-        };
-        unit.restore(insn, self.area(), rfbm)?;
+        unit.restore(insn, self.area(), restore_rfbm(cfg, mode))?;
         Ok(())
+    }
+
+    /// Check this fpstate once against `cpu` for `mode` under `cfg`, and lend
+    /// its area to a [`BoundArea`] whose `save()` and `restore()` run the
+    /// instruction alone, with what [`Fpstate::save`] and [`Fpstate::restore`]
+    /// would choose: the instruction for `mode` and this fpstate's form, RFBM =
+    /// its features on save and [`Configs::rfbm`] (in user mode `& XCR0`) on
+    /// restore. The handle check, the choice of instruction and RFBM and the
+    /// unit's area checks are made here, once; the per-call path is the
+    /// instruction (see BENCHMARKS.md for what each remaining instruction of it
+    /// is for). The checked methods stay for callers that hold no binding.
+    ///
+    /// # Errors
+    /// As for [`Fpstate::save`], and [`FpstateError::BufferTooSmall`] for a
+    /// [`Storage`] that shrank; [`FpstateError::Fault`] with what `cpu` would
+    /// raise on the first call (the fpstate's form or size does not fit this
+    /// CPU, an instruction it lacks).
+    pub fn bind<'a>(
+        &'a mut self,
+        cpu: &'a Cpu,
+        cfg: &Configs,
+        mode: Mode,
+    ) -> Result<BoundArea<'a>, FpstateError> {
+        let save = self.insn(cfg, mode, true)?;
+        let restore = self.insn(cfg, mode, false)?;
+        let save_rfbm = self.info.features;
+        let restore_rfbm = restore_rfbm(cfg, mode);
+        let area = span_mut(self.storage.bytes_mut(), 0..self.info.size as usize)?;
+        Ok(cpu.bind(area, save, save_rfbm, restore, restore_rfbm)?)
     }
 
     #[inline]
@@ -603,6 +640,16 @@ impl Fpstate<BoxedArea> {
             Form::Standard => e.standard_size(features),
         };
         self.grow(cfg, perms, index, BoxedArea::zeroed(size as usize))
+    }
+}
+
+/// The RFBM of every restore in `mode`: each fpstate component of the configs,
+/// so components without space in the fpstate are put in their init state.
+#[inline]
+fn restore_rfbm(cfg: &Configs, mode: Mode) -> XFeatures {
+    match mode {
+        Mode::Supervisor => cfg.rfbm(),
+        Mode::User => cfg.rfbm() & cfg.xcr0(),
     }
 }
 

@@ -1,5 +1,7 @@
-//! The XSAVE-family instructions, one thin wrapper each. This is the only module
-//! with `unsafe` code; everything above it is safe Rust.
+//! The XSAVE-family instructions, one thin wrapper each, and [`Cpu`], the unit
+//! that checks every area before it runs one. The live CPU's probes (XGETBV,
+//! FXSAVE's MXCSR mask) stand one floor down, in the private `probe` module,
+//! and are re-exported here under their old paths.
 //!
 //! Every wrapper takes the requested-feature bitmap (RFBM) as an [`XFeatures`] and
 //! splits it into EDX:EAX. The 64-bit forms (`xsave64`, ...) are used so the x87
@@ -7,6 +9,8 @@
 //!
 //! Off x86-64 the instruction wrappers do not exist; the rest of the crate builds
 //! and its pure parts (catalog, enumeration of recorded dumps, layouts, model) work.
+
+use core::marker::PhantomData;
 
 use crate::cpuid::LiveCpuid;
 use crate::enumerate::{EnumError, Enumeration};
@@ -16,32 +20,12 @@ cfg_if::cfg_if! {
     if #[cfg(target_arch = "x86_64")] {
         use core::arch::asm;
 
+        use crate::probe::os_xsave_enabled;
+        pub use crate::probe::{read_mxcsr_mask, xgetbv};
+
         #[inline(always)]
         const fn split(rfbm: XFeatures) -> (u32, u32) {
             (rfbm.bits() as u32, (rfbm.bits() >> 32) as u32)
-        }
-
-        /// Read extended control register `xcr` (XGETBV).
-        ///
-        /// `xcr = 0` is XCR0 (enabled user components); `xcr = 1` is XINUSE (components
-        /// not in their init state) where CPUID(0xD,1).EAX\[2\] says so.
-        ///
-        /// This is the crate's own XCR0 read: the `x86` crate's `xcr0()` drops bits it
-        /// does not know (AMX, APX), and a mask with holes sizes buffers wrongly.
-        ///
-        /// # Safety
-        /// CR4.OSXSAVE must be set (CPUID.1:ECX.OSXSAVE[bit 27]), and `xcr` must be 0,
-        /// or 1 on a CPU with XGETBV1; otherwise the instruction raises #GP/#UD.
-        #[inline]
-        pub unsafe fn xgetbv(xcr: u32) -> u64 {
-            let (lo, hi): (u32, u32);
-            // SAFETY: the caller guarantees OSXSAVE and a valid `xcr`. XGETBV reads a
-            // register only: no memory, no stack, no flags.
-            unsafe {
-                asm!("xgetbv", in("ecx") xcr, out("eax") lo, out("edx") hi,
-                     options(nomem, nostack, preserves_flags));
-            }
-            crate::enumerate::join(hi, lo)
         }
 
         /// Read XCR0 if the OS enabled XSAVE, `None` otherwise. Safe: it checks
@@ -60,34 +44,12 @@ cfg_if::cfg_if! {
             if !os_xsave_enabled() {
                 return None;
             }
-            if x86::cpuid::native_cpuid::cpuid_count(0xd, 1).eax & 4 == 0 {
+            if !crate::probe::has_xgetbv1() {
                 return None;
             }
             // SAFETY: OSXSAVE is set and CPUID(0xD,1).EAX[2] enumerates XGETBV1.
             let v = unsafe { xgetbv(1) };
             Some(XFeatures::from_bits_retain(v))
-        }
-
-        /// MXCSR_MASK as FXSAVE reports it: the MXCSR bits this CPU implements
-        /// (0xffff on Intel, 0x2ffff on AMD CPUs with misaligned-SSE mode). Linux
-        /// checks user MXCSR values against it; put it in
-        /// [`crate::config::Configs::mxcsr_mask`]. An FXSAVE that reports 0 means
-        /// the architectural default 0xffbf.
-        pub fn read_mxcsr_mask() -> u32 {
-            #[repr(C, align(16))]
-            struct Fx([u8; 512]);
-            let mut fx = Fx([0; 512]);
-            // SAFETY: FXSAVE is part of the x86-64 baseline; `fx` is 512 bytes,
-            // 16-byte aligned and writable; it reads no flags and touches no stack.
-            unsafe {
-                asm!("fxsave64 [{p}]", p = in(reg) fx.0.as_mut_ptr(), options(nostack, preserves_flags));
-            }
-            let mask = u32::from_le_bytes([fx.0[28], fx.0[29], fx.0[30], fx.0[31]]);
-            if mask == 0 { 0xffbf } else { mask }
-        }
-
-        fn os_xsave_enabled() -> bool {
-            x86::cpuid::native_cpuid::cpuid_count(1, 0).ecx & (1 << 27) != 0
         }
 
         /// Write extended control register `xcr` (XSETBV).
@@ -356,6 +318,10 @@ impl From<EnumError> for CpuError {
 /// [`Fault`] the CPU would raise, or as [`Fault::Gp`] for a short area.
 /// Constructing one stays `unsafe` for what no check can see: the register state
 /// a restore replaces, and the privilege level.
+///
+/// [`Cpu::bind`] makes those checks once for an area the caller lends it
+/// exclusively, and returns a [`BoundArea`] whose saves and restores run the
+/// instruction alone.
 #[derive(Clone, Debug)]
 pub struct Cpu {
     supervisor: bool,
@@ -417,6 +383,14 @@ impl Cpu {
     }
 }
 
+/// What a save instruction writes: the form and the components it may cover.
+#[derive(Clone, Copy)]
+struct SavePlan {
+    compacted: bool,
+    /// XCR0's possible bits, with IA32_XSS's for XSAVES.
+    enabled: XFeatures,
+}
+
 impl Cpu {
     /// The enumeration this unit checks areas against.
     #[inline]
@@ -430,7 +404,17 @@ impl Cpu {
         self.supervisor
     }
 
-    /// The bytes of `mask` in the given form, through the one-entry memo.
+    /// The bytes of `mask` in the given form.
+    fn size_of(e: &Enumeration, mask: XFeatures, compacted: bool) -> u32 {
+        if compacted {
+            e.compacted_size(mask)
+        } else {
+            e.standard_size(mask)
+        }
+    }
+
+    /// [`Cpu::size_of`] through a one-entry memo: a hit is one compare.
+    #[inline]
     fn size(
         e: &Enumeration,
         memo: &mut Option<(u64, u32)>,
@@ -440,25 +424,28 @@ impl Cpu {
         let key = mask.bits() | if compacted { MEMO_COMPACTED } else { 0 };
         match *memo {
             Some((k, size)) if k == key => size,
-            _ => {
-                let size = if compacted {
-                    e.compacted_size(mask)
-                } else {
-                    e.standard_size(mask)
-                };
-                *memo = Some((key, size));
-                size
-            }
+            _ => Self::size_miss(e, memo, key, mask, compacted),
         }
     }
-}
 
-#[cfg(target_arch = "x86_64")]
-impl XsaveUnit for Cpu {
-    fn save(&mut self, insn: Insn, area: &mut [u8], rfbm: XFeatures) -> Result<(), Fault> {
-        if area.as_ptr() as usize % 64 != 0 {
-            return Err(Fault::Gp);
-        }
+    /// The memo's miss, out of the inlined path.
+    #[cold]
+    #[inline(never)]
+    fn size_miss(
+        e: &Enumeration,
+        memo: &mut Option<(u64, u32)>,
+        key: u64,
+        mask: XFeatures,
+        compacted: bool,
+    ) -> u32 {
+        let size = Self::size_of(e, mask, compacted);
+        *memo = Some((key, size));
+        size
+    }
+
+    /// Whether this unit may run save instruction `insn`, and what it writes.
+    #[inline]
+    fn save_plan(&self, insn: Insn) -> Result<SavePlan, Fault> {
         let e = &self.e;
         let (have, compacted, enabled) = match insn {
             Insn::Xsave => (true, false, e.xcr0_supported()),
@@ -468,12 +455,210 @@ impl XsaveUnit for Cpu {
             Insn::Xsaves => (e.xsaves(), true, e.supported()),
             Insn::Xrstor | Insn::Xrstors => return Err(Fault::Ud),
         };
-        if !have {
-            return Err(Fault::Ud);
+        if have {
+            Ok(SavePlan { compacted, enabled })
+        } else {
+            Err(Fault::Ud)
         }
+    }
+
+    /// Whether this unit may run restore instruction `insn` (`true`: XRSTORS).
+    #[inline]
+    fn restore_plan(&self, insn: Insn) -> Result<bool, Fault> {
+        match insn {
+            Insn::Xrstor => Ok(false),
+            Insn::Xrstors if self.supervisor => Ok(true),
+            Insn::Xrstors => Err(Fault::Gp),
+            _ => Err(Fault::Ud),
+        }
+    }
+
+    /// The components and form a restore of `area` with `rfbm` reads, from the
+    /// area's header, or `None` for an area shorter than its header.
+    #[inline]
+    fn restore_extent(&self, area: &[u8], rfbm: XFeatures) -> Option<(XFeatures, bool)> {
+        let word = |at: usize| {
+            area.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        let (xstate_bv, xcomp_bv) = (word(512)?, word(520)?);
+        let e = &self.e;
+        Some(if xcomp_bv & MEMO_COMPACTED != 0 {
+            // The compacted form is read by XCOMP_BV (within what the CPU
+            // supports, or the header check #GPs first).
+            (XFeatures::from_bits_retain(xcomp_bv) & e.supported(), true)
+        } else {
+            // The standard form: the components RFBM and XSTATE_BV both name.
+            let bv = XFeatures::from_bits_retain(xstate_bv);
+            (rfbm & bv & e.xcr0_supported(), false)
+        })
+    }
+
+    /// Check `area` once for saves by `save` with `save_rfbm` and restores by
+    /// `restore` with `restore_rfbm`, and lend it to a [`BoundArea`] that runs
+    /// those instructions with no per-call check.
+    ///
+    /// The checks are [`XsaveUnit::save`]'s and [`XsaveUnit::restore`]'s, made
+    /// now: alignment, the instructions (enumerated, and XSAVES/XRSTORS only on
+    /// a supervisor unit), the bytes the save writes and the bytes the area's
+    /// present header makes a restore read. They stay true while the area is
+    /// bound: only the bound instructions touch it, a save leaves a header
+    /// whose restore reads no further than the save wrote, and a standard-form
+    /// save leaves XCOMP_BV as it was.
+    ///
+    /// ```no_run
+    /// # use xstate::{XFeatures, insn::{Cpu, Insn}};
+    /// #[repr(C, align(64))]
+    /// struct Area([u8; 4096]);
+    /// let mut area = Area([0; 4096]);
+    /// // SAFETY: the restores below run where no compiler value lives in the
+    /// // registers they replace.
+    /// let cpu = unsafe { Cpu::user() }?;
+    /// let rfbm = XFeatures::from_bits_retain(0x3);
+    /// let mut bound = cpu.bind(&mut area.0, Insn::Xsavec, rfbm, Insn::Xrstor, rfbm)?;
+    /// bound.save();
+    /// bound.restore();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The [`Fault`] [`XsaveUnit::save`] or [`XsaveUnit::restore`] would return
+    /// for the first call: [`Fault::Gp`] for a misaligned or short area,
+    /// [`Fault::Ud`] for an instruction of the wrong kind or not enumerated,
+    /// [`Fault::Gp`] for XSAVES/XRSTORS on a user unit.
+    pub fn bind<'a>(
+        &'a self,
+        area: &'a mut [u8],
+        save: Insn,
+        save_rfbm: XFeatures,
+        restore: Insn,
+        restore_rfbm: XFeatures,
+    ) -> Result<BoundArea<'a>, Fault> {
+        if area.as_ptr() as usize % 64 != 0 {
+            return Err(Fault::Gp);
+        }
+        let plan = self.save_plan(save)?;
+        self.restore_plan(restore)?;
+        let (mask, compacted) = self.restore_extent(area, restore_rfbm).ok_or(Fault::Gp)?;
+        let writes = Self::size_of(&self.e, save_rfbm & plan.enabled, plan.compacted);
+        let reads = Self::size_of(&self.e, mask, compacted).max(576);
+        if (area.len() as u64) < u64::from(writes.max(reads)) {
+            return Err(Fault::Gp);
+        }
+        let save = match save {
+            Insn::Xsave => SaveOp::Xsave,
+            Insn::Xsaveopt => SaveOp::Xsaveopt,
+            Insn::Xsavec => SaveOp::Xsavec,
+            _ => SaveOp::Xsaves,
+        };
+        Ok(BoundArea {
+            area,
+            save,
+            save_rfbm,
+            xrstors: restore == Insn::Xrstors,
+            restore_rfbm,
+            _unit: PhantomData,
+        })
+    }
+}
+
+/// The save instruction of a [`BoundArea`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SaveOp {
+    Xsave,
+    Xsaveopt,
+    Xsavec,
+    Xsaves,
+}
+
+/// An area lent to a [`Cpu`] and checked once ([`Cpu::bind`], or
+/// [`Fpstate::bind`](crate::fpstate::Fpstate::bind) for an fpstate): its
+/// [`save`](BoundArea::save) and [`restore`](BoundArea::restore) run the
+/// instruction with the RFBM chosen at binding, and nothing else, as Linux's
+/// `os_xsave()` does with an fpstate. While it lives, nothing but those
+/// instructions writes the area (it holds the only `&mut`), which is what keeps
+/// the binding's checks true.
+#[derive(Debug)]
+pub struct BoundArea<'a> {
+    area: &'a mut [u8],
+    save: SaveOp,
+    save_rfbm: XFeatures,
+    xrstors: bool,
+    restore_rfbm: XFeatures,
+    /// The unit whose constructor's contract covers these instructions (the
+    /// registers a restore replaces, CPL 0 for XSAVES/XRSTORS).
+    _unit: PhantomData<&'a Cpu>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl BoundArea<'_> {
+    /// Save the registers into the area with the bound instruction and RFBM.
+    #[inline]
+    pub fn save(&mut self) {
+        let p = self.area.as_mut_ptr();
+        let rfbm = self.save_rfbm;
+        // Each arm: `Cpu::bind` checked that the unit (whose constructor's
+        // contract covers OSXSAVE and, for XSAVES, CPL 0) has this instruction,
+        // that `p` is 64-byte aligned, and that the area holds the bytes a
+        // save of `rfbm` in this form writes; the area has been borrowed
+        // exclusively since.
+        match self.save {
+            // SAFETY: as above.
+            SaveOp::Xsavec => unsafe { xsavec(p, rfbm) },
+            // SAFETY: as above.
+            SaveOp::Xsaveopt => unsafe { xsaveopt(p, rfbm) },
+            // SAFETY: as above.
+            SaveOp::Xsave => unsafe { xsave(p, rfbm) },
+            // SAFETY: as above.
+            SaveOp::Xsaves => unsafe { xsaves(p, rfbm) },
+        }
+    }
+
+    /// Load the registers from the area with the bound instruction and RFBM.
+    #[inline]
+    pub fn restore(&self) {
+        let p = self.area.as_ptr();
+        let rfbm = self.restore_rfbm;
+        // The read extent: `Cpu::bind` checked the area holds what its header
+        // then made a restore read, and what a bound save writes; only bound
+        // saves have written it since, and each leaves a header whose restore
+        // reads within what it wrote or what the header named before.
+        if self.xrstors {
+            // SAFETY: as above; the unit is a supervisor unit (checked at
+            // binding), whose contract covers CPL 0 and the registers replaced.
+            unsafe { xrstors(p, rfbm) }
+        } else {
+            // SAFETY: as above; the unit's contract covers the registers replaced.
+            unsafe { xrstor(p, rfbm) }
+        }
+    }
+}
+
+impl BoundArea<'_> {
+    /// The area's bytes, as the last save left them.
+    #[inline]
+    pub fn area(&self) -> &[u8] {
+        self.area
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl XsaveUnit for Cpu {
+    #[inline]
+    fn save(&mut self, insn: Insn, area: &mut [u8], rfbm: XFeatures) -> Result<(), Fault> {
+        if area.as_ptr() as usize % 64 != 0 {
+            return Err(Fault::Gp);
+        }
+        let plan = self.save_plan(insn)?;
         // The instruction writes within the area of `rfbm & XCR0` (| IA32_XSS),
         // which lies within that of `rfbm` & everything the CPU supports.
-        let needed = Self::size(e, &mut self.save_memo, rfbm & enabled, compacted);
+        let needed = Self::size(
+            &self.e,
+            &mut self.save_memo,
+            rfbm & plan.enabled,
+            plan.compacted,
+        );
         if area.len() < needed as usize {
             return Err(Fault::Gp);
         }
@@ -493,35 +678,16 @@ impl XsaveUnit for Cpu {
         Ok(())
     }
 
+    #[inline]
     fn restore(&mut self, insn: Insn, area: &[u8], rfbm: XFeatures) -> Result<(), Fault> {
         if area.as_ptr() as usize % 64 != 0 {
             return Err(Fault::Gp);
         }
-        let supervisor = match insn {
-            Insn::Xrstor => false,
-            Insn::Xrstors if self.supervisor => true,
-            Insn::Xrstors => return Err(Fault::Gp),
-            _ => return Err(Fault::Ud),
-        };
-        let word = |at: usize| {
-            area.get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
-        let (Some(xstate_bv), Some(xcomp_bv)) = (word(512), word(520)) else {
+        let supervisor = self.restore_plan(insn)?;
+        let Some((mask, compacted)) = self.restore_extent(area, rfbm) else {
             return Err(Fault::Gp);
         };
-        let e = &self.e;
-        let (mask, compacted) = if xcomp_bv & MEMO_COMPACTED != 0 {
-            // The compacted form is read by XCOMP_BV (within what the CPU
-            // supports, or the header check #GPs first).
-            (XFeatures::from_bits_retain(xcomp_bv) & e.supported(), true)
-        } else {
-            // The standard form: the components RFBM and XSTATE_BV both name.
-            let bv = XFeatures::from_bits_retain(xstate_bv);
-            (rfbm & bv & e.xcr0_supported(), false)
-        };
-        let needed = Self::size(e, &mut self.restore_memo, mask, compacted).max(576);
+        let needed = Self::size(&self.e, &mut self.restore_memo, mask, compacted).max(576);
         if area.len() < needed as usize {
             return Err(Fault::Gp);
         }

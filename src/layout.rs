@@ -37,6 +37,8 @@ pub enum LayoutError {
     },
 }
 
+impl core::error::Error for LayoutError {}
+
 impl fmt::Display for LayoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -187,6 +189,99 @@ impl Layout {
             Form::Standard => 0,
             Form::Compacted => XCOMP_BV_COMPACTED | self.mask.bits(),
         }
+    }
+}
+
+/// A stretch of bytes contiguous in both an area of some kernel-form layout and
+/// the standard form: one copy between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Run {
+    /// Start in the kernel-form area.
+    pub kernel: u32,
+    /// Start in the standard form.
+    pub std: u32,
+    /// Length.
+    pub len: u32,
+}
+
+/// At most one run for the legacy region and header and one per component
+/// (indices 2..=63).
+const MAX_RUNS: usize = 63;
+
+/// The copies that move every user component of a kernel-form area to and from
+/// the standard form, computed once per layout (at config time): the legacy
+/// region and header `[0, 576)` as one run at the same offset in both, then the
+/// user components in order, each merged into the run before it where it
+/// follows it in both forms. Where the two forms coincide (compacted 0x7, or a
+/// standard-form kernel) that is one run; where they differ only by a shift
+/// (a compacted 0xe7 against the standard form's MPX hole) it is two. Bytes of
+/// the standard form between runs are gaps (zero in an export).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CopyPlan {
+    runs: [Run; MAX_RUNS],
+    n: usize,
+    /// The user components the plan moves.
+    user: XFeatures,
+    /// The standard size of `user`: where the last run or gap ends.
+    std_size: u32,
+}
+
+impl CopyPlan {
+    /// The plan for `user`'s components (those of `kernel` among them) between
+    /// an area laid out by `kernel` and the standard form. `None` where the
+    /// standard offsets do not rise with the component index (no recorded CPU
+    /// does that; the per-component path serves such a CPU).
+    pub(crate) fn new(e: &Enumeration, kernel: &Layout, user: XFeatures) -> Option<Self> {
+        let user = user & kernel.mask();
+        let mut plan = Self {
+            runs: [Run::default(); MAX_RUNS],
+            n: 1,
+            user,
+            std_size: EXTENDED_START,
+        };
+        plan.runs[0] = Run {
+            kernel: 0,
+            std: 0,
+            len: EXTENDED_START,
+        };
+        for i in user.indices().filter(|&i| i >= 2) {
+            let c = &e.components()[i as usize];
+            let (k, s, len) = (kernel.offset_of(i)?, c.std_offset, c.size);
+            let last = &mut plan.runs[plan.n - 1];
+            if s < last.std + last.len {
+                return None;
+            }
+            if last.kernel + last.len == k && last.std + last.len == s {
+                last.len += len;
+            } else {
+                *plan.runs.get_mut(plan.n)? = Run {
+                    kernel: k,
+                    std: s,
+                    len,
+                };
+                plan.n += 1;
+            }
+            plan.std_size = s + len;
+        }
+        Some(plan)
+    }
+
+    /// The runs, in rising order of both starts.
+    #[inline]
+    pub(crate) fn runs(&self) -> &[Run] {
+        self.runs.get(..self.n).unwrap_or_default()
+    }
+
+    /// The user components the plan moves.
+    #[inline]
+    pub(crate) const fn user(&self) -> XFeatures {
+        self.user
+    }
+
+    /// The standard size of [`CopyPlan::user`].
+    #[inline]
+    pub(crate) const fn std_size(&self) -> u32 {
+        self.std_size
     }
 }
 

@@ -3,9 +3,12 @@
 //! What the Linux x86 FPU core (`arch/x86/kernel/fpu/`) does, as a reusable
 //! `no_std` crate for hobby and research kernels and for hypervisors.
 //!
-//! Data flows one way, one concern per module, each reading only the ones above it
-//! (and [`error`], the error facts several modules share):
+//! Data flows one way, one concern per module, each importing only the ones above
+//! it (`.ci/run` fails on an import cycle), and [`error`], the error facts several
+//! modules share, which imports none:
 //!
+//! 0. `probe` (private): the live CPU's probes, XGETBV, CPUID.1:ECX.OSXSAVE and
+//!    FXSAVE's MXCSR_MASK, re-exported by [`insn`]; it imports nothing;
 //! 1. [`cpuid`]: where CPUID values come from, the live CPU or a recorded dump;
 //! 2. [`feature`]: the component catalog (sizes, CPUID feature flags) and the
 //!    [`XFeatures`] mask type;
@@ -16,20 +19,33 @@
 //!    kernel, user and guest configs;
 //! 6. [`perm`]: per-process task and guest permission sets for dynamic components,
 //!    with Linux's errnos;
-//! 7. [`fpstate`]: fpstate buffers: creation, save/restore through an
+//! 7. [`insn`]: the XSAVE-family instructions (`unsafe fn` wrappers) and the
+//!    [`insn::Cpu`] unit, which checks every area against this CPU's own
+//!    enumeration before the instruction runs;
+//! 8. [`fpstate`]: fpstate buffers: creation, save/restore through an
 //!    [`insn::XsaveUnit`], XFD growth, host/guest swaps;
-//! 8. [`uabi`]: the standard-format user ABI (signal frames, ptrace, KVM), import
+//! 9. [`uabi`]: the standard-format user ABI (signal frames, ptrace, KVM), import
 //!    validated as Linux validates it;
-//! 9. [`guest`]: a guest's CPUID leaf 0xD, its XSETBV rules and migration checks.
+//! 10. [`guest`]: a guest's CPUID leaf 0xD, its XSETBV rules and migration checks;
+//! 11. [`fleet`]: many hosts: the migration verdict between two, the guest model
+//!     a fleet shares, KVM's buffer sizes;
+//! 12. `kvm` (the `kvm` feature): rust-vmm's `kvm-bindings` types (`Xsave`,
+//!     `kvm_xsave`, `CpuId`, `kvm_xcrs`) to and from guest fpstates and leaves;
+//! 13. `model` (with the `alloc` feature): `XsaveMachine`, the SDM's semantics in
+//!     software, for testing ring-0 behaviour in user space;
+//! 14. [`lifecycle`]: the fpstate lifecycle as Linux runs it (register owners,
+//!     deferred and elided restores, kernel SIMD sections, clone/exec/exit,
+//!     signals, XFD growth, guest entry/exit), on top of [`fpstate`]'s public API
+//!     (and the model, as a unit, with `alloc`).
 //!
-//! Beside the chain: [`insn`] holds the XSAVE-family instructions (`unsafe fn`
-//! wrappers and the [`insn::Cpu`] that checks every area before the instruction
-//! runs), and `model` (with the `alloc` feature) is `XsaveMachine`, the SDM's
-//! semantics in software, for testing ring-0 behaviour in user space.
+//! Each error type implements [`core::error::Error`] beside its definition, with
+//! `source()` where it wraps another module's error.
 //!
-//! `unsafe` code lives in two modules: [`insn`] (the instructions, XGETBV/XSETBV,
-//! FXSAVE for MXCSR_MASK) and [`fpstate`] (the heap-backed area's byte views, with
-//! `alloc`). Every block carries a `SAFETY` proof; everything else is safe Rust.
+//! `unsafe` code lives in four modules: `probe` (XGETBV, FXSAVE), [`insn`] (the
+//! instructions, XSETBV, LDMXCSR, FNINIT, the XFD MSR), [`fpstate`] (the
+//! heap-backed area's byte views, with `alloc`) and [`lifecycle`] (its kernel SIMD
+//! sections' LDMXCSR/FNINIT and XFD writes, through [`insn`]'s wrappers). Every
+//! block carries a `SAFETY` proof; everything else is safe Rust.
 //!
 //! ```
 //! use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, layout::Layout, XFeatures};
@@ -56,52 +72,21 @@ pub mod cpuid;
 pub mod enumerate;
 pub mod error;
 pub mod feature;
+pub mod fleet;
 pub mod fpstate;
 pub mod guest;
 pub mod insn;
+#[cfg(feature = "kvm")]
+pub mod kvm;
 pub mod layout;
 pub mod lifecycle;
 #[cfg(feature = "alloc")]
 pub mod model;
 pub mod perm;
+mod probe;
 pub mod uabi;
 
 pub use feature::{XCOMP_BV_COMPACTED, XFeature, XFeatures};
-
-impl core::error::Error for config::ConfigError {}
-impl core::error::Error for cpuid::ParseError {}
-impl core::error::Error for enumerate::EnumError {}
-impl core::error::Error for fpstate::FpstateError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            Self::BufferTooSmall(b) => Some(b),
-            Self::Foreign(x) => Some(x),
-            Self::Fault(f) => Some(f),
-            Self::Layout(l) => Some(l),
-            _ => None,
-        }
-    }
-}
-impl core::error::Error for guest::GuestError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            Self::Uabi(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-impl core::error::Error for layout::LayoutError {}
-impl core::error::Error for perm::PermError {}
-impl core::error::Error for uabi::UabiError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            Self::BufferTooSmall(b) => Some(b),
-            Self::Foreign(x) => Some(x),
-            Self::Layout(l) => Some(l),
-            _ => None,
-        }
-    }
-}
 
 /// The README's code blocks, compiled and run as doctests (`no_run` where they
 /// need the live CPU in a mode a test cannot give).

@@ -70,6 +70,41 @@ use crate::insn::{Fault, Insn, XsaveUnit};
 use crate::perm::ProcessPerms;
 use crate::uabi::{self, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET, UabiError};
 
+/// Storage whose bytes stay at one address for as long as the value lives,
+/// wherever the value itself moves: `&mut [u8]` (the borrow pins the bytes)
+/// and, with `alloc`, `BoxedArea` (the heap block). The layer keeps task and
+/// guest fpstates only in such storage, because the CPU's modified
+/// optimization (XSAVEOPT, XSAVES) remembers the address of the last restore:
+/// an area that could move with its task (an inline array) does not compile.
+///
+/// ```compile_fail
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}};
+/// # use xstate::{fpstate::{Mode, Storage}, lifecycle::Lifecycle};
+/// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+/// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+/// #[repr(C, align(64))]
+/// struct Inline([u8; 4096]);
+/// impl Storage for Inline {
+///     fn bytes(&self) -> &[u8] { &self.0 }
+///     fn bytes_mut(&mut self) -> &mut [u8] { &mut self.0 }
+/// }
+/// let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+/// let task = lc.user_task(Inline([0; 4096])); // moves with the task: refused
+/// ```
+pub trait StableStorage: Storage + sealed::Sealed {}
+
+mod sealed {
+    /// Only the crate's own stable storages.
+    pub trait Sealed {}
+    impl Sealed for &mut [u8] {}
+    #[cfg(feature = "alloc")]
+    impl Sealed for crate::fpstate::BoxedArea {}
+}
+
+impl StableStorage for &mut [u8] {}
+#[cfg(feature = "alloc")]
+impl StableStorage for crate::fpstate::BoxedArea {}
+
 /// The legacy region and header: the smallest XSAVE area.
 const AREA_HEAD: usize = 576;
 /// An area's required alignment.
@@ -434,12 +469,12 @@ impl Ctx {
 /// A guest vCPU's fpstate (Linux's `fpu_guest`), attached to the task that runs
 /// the vCPU ([`TaskFpu::attach_guest`]).
 #[derive(Debug)]
-pub struct GuestFpu<S: Storage> {
+pub struct GuestFpu<S: StableStorage> {
     ctx: Ctx,
     fp: Fpstate<S>,
 }
 
-impl<S: Storage> GuestFpu<S> {
+impl<S: StableStorage> GuestFpu<S> {
     /// The guest's identity.
     #[inline]
     pub const fn id(&self) -> CtxId {
@@ -471,7 +506,7 @@ pub enum TaskKind {
 /// A task's FPU state (Linux's `struct fpu`): its default fpstate, the grown
 /// one after an XFD first use, an attached guest, and the lifecycle flags.
 #[derive(Debug)]
-pub struct TaskFpu<S: Storage> {
+pub struct TaskFpu<S: StableStorage> {
     ctx: Ctx,
     fp: Option<Fpstate<S>>,
     grown: Option<Fpstate<S>>,
@@ -479,7 +514,7 @@ pub struct TaskFpu<S: Storage> {
     in_guest: bool,
 }
 
-impl<S: Storage> TaskFpu<S> {
+impl<S: StableStorage> TaskFpu<S> {
     /// The task's identity.
     #[inline]
     pub const fn id(&self) -> CtxId {
@@ -567,14 +602,18 @@ impl<S: Storage> TaskFpu<S> {
 
     /// The context whose registers the task runs with: the guest's in guest
     /// mode, else the task's own; none for a kernel thread.
+    #[inline]
     fn active(&mut self) -> Option<(&mut Ctx, &mut Fpstate<S>)> {
-        match (&mut self.guest, self.in_guest) {
-            (Some(g), true) => Some((&mut g.ctx, &mut g.fp)),
-            _ => {
-                let fp = self.grown.as_mut().or(self.fp.as_mut())?;
-                Some((&mut self.ctx, fp))
+        if self.in_guest {
+            if let Some(g) = &mut self.guest {
+                return Some((&mut g.ctx, &mut g.fp));
             }
         }
+        let fp = match &mut self.grown {
+            Some(g) => g,
+            None => self.fp.as_mut()?,
+        };
+        Some((&mut self.ctx, fp))
     }
 }
 
@@ -582,18 +621,18 @@ impl<S: Storage> TaskFpu<S> {
 /// the CPU can no longer skip the restore it would have skipped. Write through
 /// [`uabi::import`] and friends on the fpstate it dereferences to.
 #[derive(Debug)]
-pub struct BufferWrite<'a, S: Storage> {
+pub struct BufferWrite<'a, S: StableStorage> {
     fp: &'a mut Fpstate<S>,
 }
 
-impl<S: Storage> Deref for BufferWrite<'_, S> {
+impl<S: StableStorage> Deref for BufferWrite<'_, S> {
     type Target = Fpstate<S>;
     fn deref(&self) -> &Fpstate<S> {
         self.fp
     }
 }
 
-impl<S: Storage> DerefMut for BufferWrite<'_, S> {
+impl<S: StableStorage> DerefMut for BufferWrite<'_, S> {
     fn deref_mut(&mut self) -> &mut Fpstate<S> {
         self.fp
     }
@@ -601,6 +640,53 @@ impl<S: Storage> DerefMut for BufferWrite<'_, S> {
 
 /// An open kernel SIMD section (Linux's `kernel_fpu_begin_mask()` ..
 /// `kernel_fpu_end()`). The registers are the kernel's until it is dropped.
+///
+/// While it is open nothing else can use the CPU record or the unit, and it
+/// cannot outlive them:
+///
+/// ```compile_fail
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}};
+/// # use xstate::{fpstate::{BoxedArea, Mode}, lifecycle::{CpuFpu, Lifecycle, SectionInit}};
+/// # use xstate::model::{Quirks, XsaveMachine};
+/// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+/// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+/// # let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+/// # let mut m = XsaveMachine::new(&e, Quirks::AMD_ZEN);
+/// # let mut cpu = CpuFpu::new(0, cfg.policy().dynamic);
+/// # let mut t = lc.user_task(BoxedArea::zeroed(cfg.kernel().default_size as usize)).unwrap();
+/// let section = lc.kernel_fpu_begin(&mut cpu, &mut m, Some(&mut t), SectionInit::Mxcsr).unwrap();
+/// lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap(); // a restore inside the section
+/// drop(section);
+/// ```
+///
+/// ```compile_fail
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}};
+/// # use xstate::{fpstate::{BoxedArea, Mode}, lifecycle::{CpuFpu, KernelFpuSection, Lifecycle, SectionInit}};
+/// # use xstate::model::{Quirks, XsaveMachine};
+/// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+/// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+/// # let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+/// # let mut m = XsaveMachine::new(&e, Quirks::AMD_ZEN);
+/// let escaped: KernelFpuSection<'_, XsaveMachine>;
+/// {
+///     let mut cpu = CpuFpu::new(0, cfg.policy().dynamic);
+///     escaped = lc.kernel_fpu_begin::<BoxedArea, _>(&mut cpu, &mut m, None, SectionInit::Mxcsr).unwrap();
+/// } // the record is gone, the section may not live on
+/// drop(escaped);
+/// ```
+///
+/// A task's buffer has no `&mut` access but through [`BufferWrite`]:
+///
+/// ```compile_fail
+/// # use xstate::{cpuid::RecordedCpuid, enumerate::Enumeration, config::{Configs, Policy}};
+/// # use xstate::{fpstate::{BoxedArea, Mode}, lifecycle::Lifecycle, uabi};
+/// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
+/// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+/// # let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+/// # let mut t = lc.user_task(BoxedArea::zeroed(cfg.kernel().default_size as usize)).unwrap();
+/// # let buf = vec![0u8; 4096];
+/// uabi::import(&cfg, t.fpstate_mut(), &buf).unwrap(); // no such method: ptrace_write invalidates first
+/// ```
 #[derive(Debug)]
 #[must_use = "the section ends when the guard is dropped"]
 pub struct KernelFpuSection<'a, U> {
@@ -632,7 +718,7 @@ impl<U> Drop for KernelFpuSection<'_, U> {
 /// The storage [`Lifecycle::exit`] gives back.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct Released<S: Storage> {
+pub struct Released<S: StableStorage> {
     /// The default fpstate's (none for a kernel thread).
     pub default: Option<S>,
     /// The grown fpstate's.
@@ -651,6 +737,9 @@ pub struct Released<S: Storage> {
 pub struct Lifecycle<'c, const DROPPED: u32 = 0> {
     cfg: &'c Configs,
     mode: Mode,
+    /// Whether any component is dynamic: only then can an fpstate's XFD value
+    /// differ from the CPU's.
+    dynamic: bool,
     next_id: AtomicU64,
 }
 
@@ -660,6 +749,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         Self {
             cfg,
             mode,
+            dynamic: !cfg.policy().dynamic.is_empty(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -693,7 +783,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// The storage errors of [`Fpstate::new_in`].
-    pub fn user_task<S: Storage>(&self, storage: S) -> Result<TaskFpu<S>, LifecycleError> {
+    pub fn user_task<S: StableStorage>(&self, storage: S) -> Result<TaskFpu<S>, LifecycleError> {
         let fp = Fpstate::new_in(self.cfg, Owner::Host, storage)?;
         Ok(TaskFpu {
             ctx: Ctx::new(self.mint()),
@@ -706,7 +796,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
 
     /// A kernel thread: no fpstate, never saved or loaded (Linux's kernel
     /// threads and IO workers).
-    pub fn kernel_thread<S: Storage>(&self) -> TaskFpu<S> {
+    pub fn kernel_thread<S: StableStorage>(&self) -> TaskFpu<S> {
         TaskFpu {
             ctx: Ctx::new(self.mint()),
             fp: None,
@@ -720,7 +810,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// The storage errors of [`Fpstate::new_in`].
-    pub fn guest<S: Storage>(&self, storage: S) -> Result<GuestFpu<S>, LifecycleError> {
+    pub fn guest<S: StableStorage>(&self, storage: S) -> Result<GuestFpu<S>, LifecycleError> {
         let fp = Fpstate::new_in(self.cfg, Owner::Guest, storage)?;
         Ok(GuestFpu {
             ctx: Ctx::new(self.mint()),
@@ -729,7 +819,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     }
 
     /// Save `ctx`'s registers if they are live, and mark it needs-load.
-    fn save_live<S: Storage, U: FpuUnit>(
+    fn save_live<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -739,7 +829,12 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         if ctx.needs_load {
             return Ok(());
         }
-        fp.save(unit, self.cfg, self.mode)?;
+        // One arm per mode, so each inlined save picks its instruction at
+        // compile time.
+        match self.mode {
+            Mode::User => fp.save(unit, self.cfg, Mode::User)?,
+            Mode::Supervisor => fp.save(unit, self.cfg, Mode::Supervisor)?,
+        }
         cpu.stats.saves += 1;
         ctx.last_cpu = Some(cpu.cpu);
         if Self::keeps(Rule::NeedsLoad) {
@@ -750,7 +845,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
 
     /// Make `ctx`'s registers live on `cpu`: skip the restore if the CPU still
     /// holds them, else set XFD and restore.
-    fn load<S: Storage, U: FpuUnit>(
+    fn load<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -762,8 +857,8 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         }
         let owner_ok = !Self::keeps(Rule::OwnerCheck) || cpu.owner == Some(ctx.id);
         let cpu_ok = !Self::keeps(Rule::CpuCheck) || ctx.last_cpu == Some(cpu.cpu);
-        let xfd = fp.info().xfd;
-        if Self::keeps(Rule::XfdSwitch) && cpu.xfd != xfd {
+        if self.dynamic && Self::keeps(Rule::XfdSwitch) && cpu.xfd != fp.info().xfd {
+            let xfd = fp.info().xfd;
             unit.write_xfd(xfd)?;
             cpu.xfd = xfd;
         }
@@ -771,7 +866,10 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
             cpu.stats.elided += 1;
             Restore::Elided
         } else {
-            fp.restore(unit, self.cfg, self.mode)?;
+            match self.mode {
+                Mode::User => fp.restore(unit, self.cfg, Mode::User)?,
+                Mode::Supervisor => fp.restore(unit, self.cfg, Mode::Supervisor)?,
+            }
             cpu.stats.restores += 1;
             if Self::keeps(Rule::LoadTakesOwner) || cpu.owner.is_none() {
                 cpu.owner = Some(ctx.id);
@@ -790,7 +888,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// The save's [`FpstateError`] (a model fault, a foreign fpstate).
-    pub fn switch_out<S: Storage, U: FpuUnit>(
+    pub fn switch_out<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -809,7 +907,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// [`LifecycleError::KernelThread`], or the restore's.
-    pub fn return_to_user<S: Storage, U: FpuUnit>(
+    pub fn return_to_user<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -825,7 +923,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// As for [`Lifecycle::switch_out`].
-    pub fn sync<S: Storage, U: FpuUnit>(
+    pub fn sync<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -843,7 +941,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// [`LifecycleError::SectionOpen`] if one is open (no nesting: the guard's
     /// borrow makes that a compile error on one path, this check covers an
     /// interrupt handler reaching the record); or the save's.
-    pub fn kernel_fpu_begin<'a, S: Storage, U: FpuUnit>(
+    pub fn kernel_fpu_begin<'a, S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &'a mut CpuFpu,
         unit: &'a mut U,
@@ -879,7 +977,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// [`LifecycleError::KernelThread`] for a kernel-thread parent (make a
     /// [`Lifecycle::kernel_thread`]), [`LifecycleError::InGuest`], or the save's
     /// and the storage's errors.
-    pub fn clone_task<S: Storage, U: FpuUnit>(
+    pub fn clone_task<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -909,7 +1007,10 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// # Errors
     /// [`LifecycleError::KernelThread`], [`LifecycleError::InGuest`], or the
     /// reset's [`FpstateError`].
-    pub fn exec<S: Storage>(&self, task: &mut TaskFpu<S>) -> Result<Option<S>, LifecycleError> {
+    pub fn exec<S: StableStorage>(
+        &self,
+        task: &mut TaskFpu<S>,
+    ) -> Result<Option<S>, LifecycleError> {
         if task.in_guest {
             return Err(LifecycleError::InGuest);
         }
@@ -925,7 +1026,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
 
     /// `task` exits on `cpu`: the record stops naming it and its storage comes
     /// back (Linux's `fpu__drop()` and the fpstate's free).
-    pub fn exit<S: Storage>(&self, cpu: &mut CpuFpu, task: TaskFpu<S>) -> Released<S> {
+    pub fn exit<S: StableStorage>(&self, cpu: &mut CpuFpu, task: TaskFpu<S>) -> Released<S> {
         if cpu.owner == Some(task.ctx.id) {
             cpu.owner = None;
         }
@@ -943,7 +1044,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// [`LifecycleError::KernelThread`], [`LifecycleError::InGuest`], or
     /// [`LifecycleError::Live`] for a task whose registers are live (it is
     /// running: stop it, or [`Lifecycle::sync`] the current task first).
-    pub fn ptrace_write<'t, S: Storage>(
+    pub fn ptrace_write<'t, S: StableStorage>(
         &self,
         task: &'t mut TaskFpu<S>,
     ) -> Result<BufferWrite<'t, S>, LifecycleError> {
@@ -965,7 +1066,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// [`LifecycleError::NoGuest`] or [`LifecycleError::InGuest`].
-    pub fn kvm_write<'t, S: Storage>(
+    pub fn kvm_write<'t, S: StableStorage>(
         &self,
         task: &'t mut TaskFpu<S>,
     ) -> Result<BufferWrite<'t, S>, LifecycleError> {
@@ -988,7 +1089,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// [`FpstateError::NotPermitted`] (the kernel sends SIGILL),
     /// [`FpstateError::NothingToGrow`], the storage's errors,
     /// [`LifecycleError::KernelThread`] or [`LifecycleError::InGuest`].
-    pub fn handle_xfd<S: Storage, U: FpuUnit>(
+    pub fn handle_xfd<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -1027,7 +1128,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// # Errors
     /// [`LifecycleError::NoGuest`], [`LifecycleError::InGuest`], or the save's
     /// and restore's.
-    pub fn enter_guest<S: Storage, U: FpuUnit>(
+    pub fn enter_guest<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -1052,7 +1153,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// [`LifecycleError::NoGuest`] outside guest mode, or the save's.
-    pub fn exit_guest<S: Storage, U: FpuUnit>(
+    pub fn exit_guest<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -1084,7 +1185,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// # Errors
     /// [`LifecycleError::KernelThread`], [`LifecycleError::InGuest`], the
     /// frame's [`BufferTooSmall`], or the save's and restore's.
-    pub fn deliver_signal<S: Storage, U: FpuUnit>(
+    pub fn deliver_signal<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -1105,7 +1206,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// # Errors
     /// As for [`Lifecycle::deliver_signal`]; a direct path to a frame that is
     /// not 64-byte aligned is [`FpstateError::Misaligned`].
-    pub fn deliver_signal_by<S: Storage, U: FpuUnit>(
+    pub fn deliver_signal_by<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -1142,6 +1243,17 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
                 BufferTooSmall::check(frame.len(), needed)?;
                 self.save_live(cpu, unit, ctx, fp)?;
                 let n = uabi::export_sigframe(self.cfg, fp, user, frame)?;
+                // The export takes MXCSR from the buffer whenever SSE or AVX is
+                // live there, as Linux's does; but a compacted save (XSAVEC,
+                // XSAVES) writes the MXCSR field only with SSE state, so with
+                // AVX alone it is an earlier save's value, and the restore this
+                // frame stands for would load 0x1f80 (XSTATE_BV[1] clear). The
+                // frame gets the value the registers have.
+                if fp.info().form == crate::layout::Form::Compacted
+                    && !fp.xstate_bv().contains(XFeatures::SSE)
+                {
+                    put_u32(frame, MXCSR_OFFSET, MXCSR_DEFAULT);
+                }
                 // The registers still hold the saved state: live again.
                 ctx.needs_load = false;
                 n
@@ -1171,7 +1283,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     /// The frame's [`UabiError`] (the kernel sends SIGSEGV; the task's state is
     /// unchanged), [`LifecycleError::KernelThread`], [`LifecycleError::InGuest`],
     /// or the save's and restore's.
-    pub fn sigreturn<S: Storage, U: FpuUnit>(
+    pub fn sigreturn<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,
@@ -1189,7 +1301,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// As for [`Lifecycle::sigreturn`].
-    pub fn sigreturn_by<S: Storage, U: FpuUnit>(
+    pub fn sigreturn_by<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
         unit: &mut U,

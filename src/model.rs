@@ -18,7 +18,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::cpuid::CpuidSource;
+use crate::cpuid::{CpuidSource, NoVendor, Vendor};
 use crate::enumerate::{EXTENDED_START, Enumeration};
 use crate::feature::{XCOMP_BV_COMPACTED, XFeatures};
 use crate::fpstate::{
@@ -58,16 +58,19 @@ fn bit(i: u32) -> XFeatures {
 /// [`Quirks::for_cpu`] picks them from what a CPU enumerates (its vendor and
 /// CPUID feature bits); each field says which recording or measurement showed
 /// it. `tests/silicon.rs` checks the Intel choices against what an Intel Xeon
-/// with AMX wrote (`tests/silicon/`), `tests/model_vs_hw.rs` checks the choices
-/// for whatever CPU runs the suite.
+/// with AMX wrote and the AMD choices against what an AMD EPYC Zen 4 wrote
+/// (`tests/silicon/`), on every machine; `tests/model_vs_hw.rs` checks the
+/// choices for whatever CPU runs the suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Quirks {
     /// XRSTOR(S) loading a component whose bytes are its init values tracks it
     /// as init (XINUSE\[i\] = 0), instead of as in use. (Zen 4: measured by
-    /// `model_vs_hw`. The Intel Xeon recording's `probes.txt` shows the
-    /// opposite: every component loaded with XSTATE_BV\[i\] = 1 is in use,
-    /// whatever its bytes.)
+    /// `model_vs_hw`, and the Zen 4 recording's `probes.txt`:
+    /// `all-bits-set-init-values` reads XINUSE 0, `avx-bit-zero-mxcsr-7f80`
+    /// 0x2 where Intel reads 0x6. The Intel Xeon recording shows the opposite:
+    /// every component loaded with XSTATE_BV\[i\] = 1 is in use, whatever its
+    /// bytes.)
     pub init_by_value: bool,
     /// A non-default MXCSR makes SSE count as in use for XGETBV(1) and XSAVEC
     /// (XSTATE_BV\[1\] = 1, XMM and MXCSR written), while XSAVE's and
@@ -84,7 +87,9 @@ pub struct Quirks {
     /// XSAVEC writes them with SSE live.)
     pub mxcsr_only_with_sse: bool,
     /// XSAVE* write FOP, FIP and FDP only while FSW.ES is set, zeros otherwise
-    /// (AMD's behaviour; Linux's `X86_BUG_FXSAVE_LEAK`).
+    /// (AMD's behaviour; Linux's `X86_BUG_FXSAVE_LEAK`. The Zen 4 recording:
+    /// XSAVE, XSAVEOPT and XSAVEC write bytes 8..24 as zeros for the pattern's
+    /// FSW 0, and the kernel's ptrace export and signal frame carry the zeros.)
     pub x87_pointers_need_es: bool,
     /// The x87 FIP is kept as a canonical linear address of this many bits:
     /// bits 63..n copy bit n-1. (The Intel recording, LA57 enumerated: the
@@ -130,7 +135,12 @@ impl Quirks {
         always_modified: XFeatures::XTILE_CFG,
     };
 
-    /// AMD Zen (measured on a Zen 4 EPYC, see `tests/model_vs_hw.rs`).
+    /// AMD Zen (measured on a Zen 4 EPYC by `tests/model_vs_hw.rs`, and checked
+    /// on every machine against the Zen 4 recording,
+    /// `tests/silicon/amd-epyc-zen4-linux-6.18/`: its saves, probes, ptrace
+    /// exports and signal frames agree with the model). Its MXCSR_MASK (0x2ffff there)
+    /// is the enumeration's, from a recording's `# mxcsr_mask` line or leaf 0's
+    /// vendor.
     pub const AMD_ZEN: Self = Self {
         init_by_value: true,
         mxcsr_in_sse_init: true,
@@ -143,20 +153,32 @@ impl Quirks {
     };
 
     /// The quirks of the CPU `src` describes: [`Quirks::AMD_ZEN`] for AMD and
-    /// Hygon, [`Quirks::INTEL`] otherwise, with the FIP width from LA57.
-    pub fn for_cpu(src: &impl CpuidSource) -> Self {
-        let v = src.cpuid(0, 0);
-        let amd = [*b"Auth", *b"Hygo"]
-            .iter()
-            .any(|w| v.ebx == u32::from_le_bytes(*w));
-        if amd {
-            return Self::AMD_ZEN;
+    /// Hygon, [`Quirks::INTEL`] for the others, with the FIP width from LA57.
+    ///
+    /// # Errors
+    /// [`NoVendor`] if `src` has no leaf 0 (a dump of leaf 0xD alone): the
+    /// vendor is not guessed, since AMD and Intel differ in what the model
+    /// would get wrong. A caller that knows the CPU picks [`Quirks::INTEL`] or
+    /// [`Quirks::AMD_ZEN`] itself.
+    ///
+    /// ```
+    /// use xstate::cpuid::{NoVendor, RecordedCpuid};
+    /// use xstate::model::Quirks;
+    /// let d = "0x0000000d 0x00: eax=0x00000003 ebx=0x00000240 ecx=0x00000240 edx=0x00000000\n";
+    /// assert_eq!(Quirks::for_cpu(&RecordedCpuid::parse(d).unwrap()), Err(NoVendor));
+    /// let amd = "0x00000000 0x00: eax=0x0000001c ebx=0x68747541 ecx=0x444d4163 edx=0x69746e65\n";
+    /// let c = RecordedCpuid::parse(&format!("{amd}{d}")).unwrap();
+    /// assert_eq!(Quirks::for_cpu(&c), Ok(Quirks::AMD_ZEN));
+    /// ```
+    pub fn for_cpu(src: &impl CpuidSource) -> Result<Self, NoVendor> {
+        if Vendor::of(src)?.is_amd_like() {
+            return Ok(Self::AMD_ZEN);
         }
-        let la57 = v.eax >= 7 && src.cpuid(7, 0).ecx & LA57 != 0;
-        Self {
+        let la57 = src.cpuid(0, 0).eax >= 7 && src.cpuid(7, 0).ecx & LA57 != 0;
+        Ok(Self {
             fip_canonical_bits: Some(if la57 { 57 } else { 48 }),
             ..Self::INTEL
-        }
+        })
     }
 }
 

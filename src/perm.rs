@@ -17,11 +17,11 @@ use crate::layout::Form;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PermError {
-    /// Not a catalogued component number: 20 and above (Linux: `idx >=
-    /// XFEATURE_MAX`, EINVAL).
+    /// Not a catalogued component number: 20 and above, up to `u64::MAX`
+    /// (Linux: `idx >= XFEATURE_MAX` on the `unsigned long` argument, EINVAL).
     Invalid {
-        /// The number asked for.
-        index: u32,
+        /// The number asked for, at the syscall's width.
+        index: u64,
     },
     /// A dynamic component the configs do not enable (CPU or policy lacks it;
     /// Linux: not in `fpu_user_cfg.max_features`, EOPNOTSUPP).
@@ -66,6 +66,8 @@ impl PermError {
         }
     }
 }
+
+impl core::error::Error for PermError {}
 
 impl fmt::Display for PermError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -187,7 +189,9 @@ impl ProcessPerms {
         for (kind, value) in [(PermKind::Task, task), (PermKind::Guest, guest)] {
             for index in value.indices() {
                 let bit = XFeature::from_index(index)
-                    .ok_or(PermError::Invalid { index })?
+                    .ok_or(PermError::Invalid {
+                        index: index.into(),
+                    })?
                     .mask();
                 if !cfg.user().max_features.contains(bit) {
                     return Err(PermError::Unsupported { index });
@@ -195,7 +199,7 @@ impl ProcessPerms {
                 if p.get(kind).features.contains(bit) {
                     continue;
                 }
-                p.request(cfg, kind, index, |_| true)?;
+                p.request(cfg, kind, index.into(), |_| true)?;
             }
         }
         Ok(p)
@@ -203,7 +207,9 @@ impl ProcessPerms {
 
     /// Request component `index` for the set `kind`, with Linux 6.18's checks in
     /// Linux's order (`xstate_request_perm`): a number past the catalog is
-    /// [`PermError::Invalid`]; a component that is not dynamic
+    /// [`PermError::Invalid`], whatever its width (`index` is `arch_prctl`'s
+    /// `unsigned long`, so a kernel passes the syscall argument unchanged:
+    /// 0x1_0000_0012 is refused, not read as 18); a component that is not dynamic
     /// ([`XFeatures::DYNAMIC`]) is [`PermError::NotDynamic`], even one already
     /// permitted (x87, AVX, TILECFG) or one only guests hold (CET_S); a dynamic
     /// component outside the user config is [`PermError::Unsupported`]; one already
@@ -232,17 +238,21 @@ impl ProcessPerms {
     /// assert_eq!(cet_s, Err(PermError::NotDynamic { index: 12 }));
     /// assert_eq!(cet_s.unwrap_err().errno(), 95); // EOPNOTSUPP
     /// assert_eq!(p.request(&cfg, PermKind::Task, 20, |_| true).unwrap_err().errno(), 22);
+    /// let wide = p.request(&cfg, PermKind::Task, 0x1_0000_0012, |_| true);
+    /// assert_eq!(wide, Err(PermError::Invalid { index: 0x1_0000_0012 }));
     /// ```
     pub fn request(
         &mut self,
         cfg: &Configs,
         kind: PermKind,
-        index: u32,
+        index: u64,
         sigstack_ok: impl FnOnce(u32) -> bool,
     ) -> Result<PermSet, PermError> {
-        let bit = XFeature::from_index(index)
-            .ok_or(PermError::Invalid { index })?
-            .mask();
+        let feature = u32::try_from(index)
+            .ok()
+            .and_then(XFeature::from_index)
+            .ok_or(PermError::Invalid { index })?;
+        let (index, bit) = (feature.index(), feature.mask());
         if !XFeatures::DYNAMIC.contains(bit) {
             return Err(PermError::NotDynamic { index });
         }

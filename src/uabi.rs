@@ -36,7 +36,7 @@ use crate::fpstate::{
     FCW_OFFSET, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Storage, XCOMP_BV_OFFSET,
     XSTATE_BV_OFFSET, get_u32, get_u64, put_u32, put_u64,
 };
-use crate::layout::{Form, Layout, LayoutError};
+use crate::layout::{CopyPlan, Form, Layout, LayoutError};
 
 /// `fx_sw_reserved.magic1`: the frame carries an extended XSAVE area.
 pub const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
@@ -127,6 +127,17 @@ impl UabiError {
 impl From<BufferTooSmall> for UabiError {
     fn from(b: BufferTooSmall) -> Self {
         Self::BufferTooSmall(b)
+    }
+}
+
+impl core::error::Error for UabiError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::BufferTooSmall(b) => Some(b),
+            Self::Foreign(x) => Some(x),
+            Self::Layout(l) => Some(l),
+            _ => None,
+        }
     }
 }
 
@@ -229,6 +240,13 @@ pub fn export<S: Storage>(
     fp.check_configs(cfg).map_err(UabiError::Foreign)?;
     let e = cfg.enumeration();
     let user = mask & fp.info().user_features;
+    // Every user component live (a task that used them all since its last
+    // context switch): the precomputed runs alone, no walk over components.
+    if let Some((layout, plan)) = cfg.copy_plan(fp.info().features) {
+        if user == plan.user() && fp.xstate_bv().contains(user) {
+            return export_whole(cfg, layout, plan, fp, out);
+        }
+    }
     let size = e.standard_size(user) as usize;
     let got = out.len();
     let out = BufferTooSmall::prefix_mut(out, size)?;
@@ -282,6 +300,55 @@ pub fn export<S: Storage>(
     // header is zero but XSTATE_BV.
     put_u64(out, SW_BYTES_OFFSET, cfg.user().max_features.bits());
     put_u64(out, XSTATE_BV_OFFSET, xstate_bv.bits());
+    Ok(size)
+}
+
+/// [`export`] of every user component of `fp`, each live: the plan's runs
+/// copied, the standard form's gaps zeroed between them, then the bytes the
+/// first run brought from the kernel header fixed up once: 416..576 zero but
+/// the software bytes and XSTATE_BV, and PKRU's slot as [`write_pkru`] writes
+/// it. The same bytes as the per-component path (x87, SSE and AVX live, so the
+/// legacy region, MXCSR and MXCSR_MASK are the fpstate's).
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "run starts and lengths are u32 values of one enumeration whose ends were \
+              checked to fit in u32, so their sums fit in usize"
+)]
+fn export_whole<S: Storage>(
+    cfg: &Configs,
+    layout: &Layout,
+    plan: &CopyPlan,
+    fp: &Fpstate<S>,
+    out: &mut [u8],
+) -> Result<usize, UabiError> {
+    let size = plan.std_size() as usize;
+    let out = BufferTooSmall::prefix_mut(out, size)?;
+    let src = fp.area();
+    check_area(src, layout)?;
+    let mut end = 0;
+    for r in plan.runs() {
+        let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
+        // A gap only where the standard form has one: no call for nothing.
+        if end < s {
+            if let Some(gap) = out.get_mut(end..s) {
+                gap.fill(0);
+            }
+        }
+        // The plan's runs end within the standard size (= `out.len()`) and
+        // within the layout's size, which check_area() found `src` to hold.
+        if let (Some(d), Some(from)) = (out.get_mut(s..s + len), src.get(k..k + len)) {
+            d.copy_from_slice(from);
+        }
+        end = s + len;
+    }
+    if let Some(h) = out.get_mut(SSE_RANGE.end..EXTENDED_START as usize) {
+        h.fill(0);
+    }
+    if plan.user().contains(XFeatures::PKRU) {
+        write_pkru(cfg.enumeration(), layout, fp, out);
+    }
+    put_u64(out, SW_BYTES_OFFSET, cfg.user().max_features.bits());
+    put_u64(out, XSTATE_BV_OFFSET, plan.user().bits());
     Ok(size)
 }
 
@@ -556,6 +623,11 @@ fn import_own<S: Storage>(
 ) -> Result<XFeatures, UabiError> {
     let e = cfg.enumeration();
     let hdr = validate(e, cfg, fp, buf)?;
+    if let Some((layout, plan)) = cfg.copy_plan(fp.info().features) {
+        if hdr == plan.user() && buf.len() >= plan.std_size() as usize {
+            return import_whole(layout, plan, fp, buf).map(|()| hdr);
+        }
+    }
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     write_validated(e, layout, fp, buf, hdr)?;
@@ -578,7 +650,8 @@ pub enum UserAbi {
     /// component its XSTATE_BV names.
     Ptrace,
     /// `KVM_SET_XSAVE` / `KVM_SET_XSAVE2` (`fpu_copy_uabi_to_guest_fpstate`):
-    /// KVM reads `uabi_size` bytes (`max(4096, KVM_CAP_XSAVE2)`; fewer:
+    /// KVM reads `uabi_size` bytes (`max(4096, KVM_CAP_XSAVE2)`,
+    /// `guest::kvm_xsave_size`; fewer:
     /// [`UabiError::BufferTooSmall`], EFAULT) and refuses XSTATE_BV bits
     /// outside `supported`, what KVM supports for guests
     /// (`kvm_caps.supported_xcr0`, which `KVM_GET_SUPPORTED_CPUID` leaf 0xD
@@ -890,10 +963,12 @@ fn check_header(
     if xcomp_bv != 0 {
         return Err(UabiError::CompactedForm { xcomp_bv });
     }
-    if (XCOMP_BV_OFFSET + 8..reserved_end)
-        .step_by(8)
-        .any(|o| get_u64(buf, o) != 0)
-    {
+    // One OR over the reserved bytes (no early exit: the compiler folds
+    // them in vector registers), then one compare.
+    let reserved = buf
+        .get(XCOMP_BV_OFFSET + 8..reserved_end.min(buf.len()))
+        .unwrap_or_default();
+    if reserved.iter().fold(0, |acc, &b| acc | b) != 0 {
         return Err(UabiError::ReservedHeader);
     }
     Ok(xstate_bv)
@@ -933,10 +1008,60 @@ fn validate<S: Storage>(
     if xstate_bv.intersects(XFeatures::LEGACY.union(XFeatures::AVX)) {
         check_mxcsr(cfg, get_u32(buf, MXCSR_OFFSET))?;
     }
-    // Every component the header claims must be inside the buffer.
-    let needed = e.standard_size(xstate_bv) as usize;
-    BufferTooSmall::check(buf.len(), needed)?;
+    // Every component the header claims must be inside the buffer; a buffer
+    // of the user size holds every subset of the user features.
+    if buf.len() < fp.info().user_size as usize {
+        let needed = e.standard_size(xstate_bv) as usize;
+        BufferTooSmall::check(buf.len(), needed)?;
+    }
     Ok(xstate_bv)
+}
+
+/// Bytes 416..576: reserved, software bytes, header.
+const KEPT: usize = EXTENDED_START as usize - SSE_RANGE.end;
+
+/// [`write_validated`] of a buffer whose XSTATE_BV names every user component
+/// of `fp` and which holds their whole standard image: the plan's runs copied,
+/// then the fpstate's own bytes 416..576 (reserved, software bytes, header),
+/// which the first run covers, put back, and XSTATE_BV set once. The same
+/// bytes as the per-component path.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "run starts and lengths are u32 values of one enumeration whose ends were \
+              checked to fit in u32, so their sums fit in usize"
+)]
+fn import_whole<S: Storage>(
+    layout: &Layout,
+    plan: &CopyPlan,
+    fp: &mut Fpstate<S>,
+    buf: &[u8],
+) -> Result<(), UabiError> {
+    let new_bv = fp.xstate_bv().difference(fp.info().user_features) | plan.user();
+    let dst = fp.area_mut();
+    check_area(dst, layout)?;
+    // A fixed-size copy: a few vector moves, no call.
+    let kept: Option<[u8; KEPT]> = dst
+        .get(SSE_RANGE.end..)
+        .and_then(|t| t.first_chunk::<KEPT>())
+        .copied();
+    for r in plan.runs() {
+        let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
+        // The runs end within the standard size, which the caller found `buf`
+        // to hold, and within the layout's size, which check_area() found
+        // `dst` to hold.
+        if let (Some(d), Some(from)) = (dst.get_mut(k..k + len), buf.get(s..s + len)) {
+            d.copy_from_slice(from);
+        }
+    }
+    if let (Some(k), Some(d)) = (
+        kept,
+        dst.get_mut(SSE_RANGE.end..)
+            .and_then(|t| t.first_chunk_mut::<KEPT>()),
+    ) {
+        *d = k;
+    }
+    put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
+    Ok(())
 }
 
 fn write_validated<S: Storage>(

@@ -222,7 +222,18 @@ fn permission_requests_follow_linux() {
     assert!(p.get(PermKind::Guest).features.contains(XFeatures::CET_S));
     let before = p;
     // Past the catalog (Linux: idx >= XFEATURE_MAX): EINVAL.
-    for index in [20, 62, 63, 64, u32::MAX] {
+    // At the syscall's width: a number past 2^32 is not truncated to a
+    // component (0x1_0000_0012 is not 18).
+    for index in [
+        20,
+        62,
+        63,
+        64,
+        u64::from(u32::MAX),
+        1 << 32,
+        0x1_0000_0012,
+        u64::MAX,
+    ] {
         let r = p.request(&cfg, PermKind::Task, index, |_| true);
         assert_eq!(r, Err(PermError::Invalid { index }));
         assert_eq!(r.unwrap_err().errno(), 22);
@@ -231,7 +242,7 @@ fn permission_requests_follow_linux() {
     // components every set holds already (x87, AVX, TILECFG) and the guest-only CET_S.
     for index in [0, 1, 2, 12, 15, 17, 19] {
         for kind in [PermKind::Task, PermKind::Guest] {
-            let r = p.request(&cfg, kind, index, |_| panic!("nothing to size"));
+            let r = p.request(&cfg, kind, index.into(), |_| panic!("nothing to size"));
             assert_eq!(r, Err(PermError::NotDynamic { index }), "{kind:?}");
             assert_eq!(r.unwrap_err().errno(), 95);
         }
@@ -358,12 +369,12 @@ fn xfd_growth_needs_permission_and_carries_state() {
 /// Linux 6.18's answer to `ARCH_REQ_XCOMP_PERM` / `ARCH_REQ_XCOMP_GUEST_PERM` for a
 /// fresh process whose signal stacks are large enough, written out from
 /// `xstate_request_perm`: 0 or the errno.
-fn linux_request_errno(user_max: XFeatures, index: u32) -> i32 {
-    const XFEATURE_MAX: u32 = 20;
-    const XFEATURE_XTILE_DATA: u32 = 18;
+fn linux_request_errno(user_max: XFeatures, index: u64) -> i32 {
+    const XFEATURE_MAX: u64 = 20;
+    const XFEATURE_XTILE_DATA: u64 = 18;
     if index >= XFEATURE_MAX {
         22 // EINVAL
-    } else if index != XFEATURE_XTILE_DATA || !user_max.has_index(index) {
+    } else if index != XFEATURE_XTILE_DATA || !user_max.has_index(index as u32) {
         95 // EOPNOTSUPP
     } else {
         0
@@ -376,7 +387,7 @@ fn permission_errnos_are_linuxs_on_every_dump() {
     for (name, e) in dumps() {
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         for kind in [PermKind::Task, PermKind::Guest] {
-            for index in 0..64 {
+            for index in (0..64).chain([1 << 32, 0x1_0000_0012, u64::MAX]) {
                 let ours = match ProcessPerms::new(&cfg).request(&cfg, kind, index, |_| true) {
                     Ok(_) => 0,
                     Err(err) => err.errno(),

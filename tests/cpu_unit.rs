@@ -133,3 +133,160 @@ fn restores_read_no_more_than_the_header_allows() {
         Err(Fault::Gp)
     );
 }
+
+#[test]
+fn bind_refuses_what_the_checked_calls_refuse() {
+    let Some(cpu) = unit() else { return };
+    let xcr0 = read_xcr0().expect("XSAVE enabled (the unit was built)");
+    let e = cpu.enumeration().clone();
+    let full = e.standard_size(xcr0) as usize;
+    let mut a = Area::new(full + 64, 0);
+    // Short for the save: one byte under the standard size of the RFBM.
+    let r = cpu.bind(
+        &mut a.bytes_mut()[..full - 1],
+        Insn::Xsave,
+        xcr0,
+        Insn::Xrstor,
+        xcr0,
+    );
+    assert_eq!(r.err(), Some(Fault::Gp));
+    // Misaligned.
+    let r = cpu.bind(
+        &mut a.bytes_mut()[16..16 + full],
+        Insn::Xsave,
+        xcr0,
+        Insn::Xrstor,
+        xcr0,
+    );
+    assert_eq!(r.err(), Some(Fault::Gp));
+    // Instructions of the wrong kind, and supervisor ones on a user unit.
+    let b = a.bytes_mut();
+    assert_eq!(
+        cpu.bind(b, Insn::Xrstor, xcr0, Insn::Xrstor, xcr0).err(),
+        Some(Fault::Ud)
+    );
+    let b = a.bytes_mut();
+    assert_eq!(
+        cpu.bind(b, Insn::Xsave, xcr0, Insn::Xsave, xcr0).err(),
+        Some(Fault::Ud)
+    );
+    let b = a.bytes_mut();
+    assert_eq!(
+        cpu.bind(b, Insn::Xsaves, xcr0, Insn::Xrstor, xcr0).err(),
+        Some(Fault::Gp)
+    );
+    let b = a.bytes_mut();
+    assert_eq!(
+        cpu.bind(b, Insn::Xsave, xcr0, Insn::Xrstors, xcr0).err(),
+        Some(Fault::Gp)
+    );
+    // A header that makes the first restore read past the area: a save of
+    // x87 and SSE fits in 576 bytes, but the compacted XCOMP_BV already there
+    // names every XCR0 component.
+    if e.xsavec() {
+        let legacy = XFeatures::LEGACY;
+        put_u64(a.bytes_mut(), XCOMP_BV, (1 << 63) | xcr0.bits());
+        let need = e.compacted_size(xcr0) as usize;
+        let r = cpu.bind(
+            &mut a.bytes_mut()[..need - 1],
+            Insn::Xsavec,
+            legacy,
+            Insn::Xrstor,
+            legacy,
+        );
+        assert_eq!(r.err(), Some(Fault::Gp));
+        let r = cpu.bind(
+            &mut a.bytes_mut()[..need],
+            Insn::Xsavec,
+            legacy,
+            Insn::Xrstor,
+            legacy,
+        );
+        assert!(r.is_ok());
+    } else {
+        loud!("SKIP cpu_unit: no XSAVEC: bind's header bound not run");
+    }
+}
+
+#[test]
+fn a_bound_area_saves_and_restores_within_its_slice() {
+    let Some(cpu) = unit() else { return };
+    let xcr0 = read_xcr0().expect("XSAVE enabled (the unit was built)");
+    let e = cpu.enumeration().clone();
+    let saves = [
+        (Insn::Xsave, true, false),
+        (Insn::Xsaveopt, e.xsaveopt(), false),
+        (Insn::Xsavec, e.xsavec(), true),
+    ];
+    for (insn, have, compacted) in saves {
+        if !have {
+            loud!("SKIP cpu_unit: {insn:?} not enumerated");
+            continue;
+        }
+        let needed = if compacted {
+            e.compacted_size(xcr0)
+        } else {
+            e.standard_size(xcr0)
+        } as usize;
+        let mut a = Area::new(needed + 64, CANARY);
+        // The header starts as an init image's: zero bytes 512..576.
+        a.bytes_mut()[512..576].fill(0);
+        {
+            let mut bound = cpu
+                .bind(&mut a.bytes_mut()[..needed], insn, xcr0, Insn::Xrstor, xcr0)
+                .expect("bind");
+            for _ in 0..3 {
+                bound.save();
+                bound.restore();
+            }
+            let bv = u64::from_le_bytes(bound.area()[512..520].try_into().unwrap());
+            assert_eq!(bv & !xcr0.bits(), 0, "{insn:?}: XSTATE_BV {bv:#x}");
+        }
+        assert!(
+            a.bytes()[needed..].iter().all(|&b| b == CANARY),
+            "{insn:?}: wrote past the bound slice"
+        );
+        if compacted {
+            let xcomp = u64::from_le_bytes(a.bytes()[520..528].try_into().unwrap());
+            assert_eq!(xcomp, (1 << 63) | xcr0.bits(), "{insn:?}");
+        }
+    }
+}
+
+#[test]
+fn a_bound_fpstate_checks_once_what_save_and_restore_check_each_call() {
+    use xstate::config::{Configs, Policy};
+    use xstate::error::ForeignFpstate;
+    use xstate::fpstate::{Fpstate, FpstateError, Mode, Owner};
+    let Some(mut cpu) = unit() else { return };
+    let e = cpu.enumeration().clone();
+    let cfg = Configs::new(&e, &Policy::linux(&e)).expect("configs");
+    let other = Configs::new(&e, &Policy::linux(&e)).expect("configs");
+    let mut fp = Fpstate::new_boxed(&cfg, Owner::Host).expect("fpstate");
+    // Another handle: refused before the area is lent.
+    assert_eq!(
+        fp.bind(&cpu, &other, Mode::User).err(),
+        Some(FpstateError::Foreign(ForeignFpstate))
+    );
+    // Supervisor mode on a user unit: the fault XSAVES would raise here.
+    if e.xsaves() {
+        assert_eq!(
+            fp.bind(&cpu, &cfg, Mode::Supervisor).err(),
+            Some(FpstateError::Fault(Fault::Gp))
+        );
+    }
+    // The checked path and the bound one leave the same header.
+    fp.save(&mut cpu, &cfg, Mode::User).expect("checked save");
+    fp.restore(&mut cpu, &cfg, Mode::User)
+        .expect("checked restore");
+    let (bv, comp) = (fp.xstate_bv(), fp.xcomp_bv());
+    {
+        let mut bound = fp.bind(&cpu, &cfg, Mode::User).expect("bind");
+        bound.save();
+        bound.restore();
+        bound.save();
+    }
+    assert_eq!(fp.xcomp_bv(), comp);
+    assert_eq!(bv & !fp.info().features, XFeatures::empty());
+    assert_eq!(fp.xstate_bv() & !fp.info().features, XFeatures::empty());
+}

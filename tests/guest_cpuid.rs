@@ -32,14 +32,20 @@ fn all_perms(e: &Enumeration) -> PermSet {
     }
 }
 
+/// The guest a VMM builds from what its host offers guests: the components the
+/// host could enable, i.e. with their CPUID flags set (`usable`), as KVM's
+/// supported XCR0 comes from the XCR0 Linux set. A flag-clear component (Zen
+/// 2's 64-byte PKRU) is never offered: listed in a leaf 0xD without leaf 7,
+/// the crate's fail-closed size check would refuse the table.
 fn guest(e: &Enumeration) -> GuestXsave {
     let flags = XsaveFlags::of(e);
     let xss = if flags.contains(XsaveFlags::XSAVES) {
-        e.xss_supported() & (XFeatures::CET_U | XFeatures::CET_S)
+        e.xss_supported() & e.usable() & (XFeatures::CET_U | XFeatures::CET_S)
     } else {
         XFeatures::empty()
     };
-    GuestXsave::new(e, &all_perms(e), e.xcr0_supported(), xss, flags).unwrap()
+    let xcr0 = e.xcr0_supported() & e.usable();
+    GuestXsave::new(e, &all_perms(e), xcr0, xss, flags).unwrap()
 }
 
 /// What Linux 6.18 enables, written here from its feature lists (not the

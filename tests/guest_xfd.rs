@@ -62,7 +62,9 @@ fn xfd_hosts() -> Vec<Host> {
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         let mut perms = ProcessPerms::new(&cfg);
         for i in cfg.policy().dynamic.indices() {
-            perms.request(&cfg, PermKind::Guest, i, |_| true).unwrap();
+            perms
+                .request(&cfg, PermKind::Guest, i.into(), |_| true)
+                .unwrap();
         }
         let gperm = perms.get(PermKind::Guest);
         let xcr0_allowed = gperm.features & e.xcr0_supported();
@@ -121,7 +123,10 @@ fn buffer(h: &Host, xstate_bv: u64, rng: &mut Rng) -> Vec<u8> {
 
 /// A model of `h`'s CPU with `xfd` armed.
 fn model(h: &Host, xfd: XFeatures) -> XsaveMachine {
-    let mut m = XsaveMachine::new(&h.e, Quirks::for_cpu(&h.cpu));
+    // Every dump with XFD is of an AMX CPU, which only Intel makes: a dump
+    // without leaf 0 gets Intel's quirks by that reasoning, not by a default.
+    let quirks = Quirks::for_cpu(&h.cpu).unwrap_or(Quirks::INTEL);
+    let mut m = XsaveMachine::new(&h.e, quirks);
     m.set_xfd(xfd).unwrap();
     m
 }
@@ -190,7 +195,9 @@ fn clone_fp(h: &Host) -> Fpstate<BoxedArea> {
     let mut fp = Fpstate::new_boxed(&h.cfg, Owner::Guest).unwrap();
     let mut perms = ProcessPerms::new(&h.cfg);
     for i in h.cfg.policy().dynamic.indices() {
-        perms.request(&h.cfg, PermKind::Guest, i, |_| true).unwrap();
+        perms
+            .request(&h.cfg, PermKind::Guest, i.into(), |_| true)
+            .unwrap();
     }
     let first = h.cfg.policy().dynamic.indices().next().unwrap();
     fp = fp.grow_boxed(&h.cfg, &perms, first).unwrap();

@@ -10,7 +10,7 @@ use std::error::Error;
 use testkit::{Rng, dumps, load};
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
-use xstate::cpuid::{CpuidResult, CpuidSource, RecordedCpuid};
+use xstate::cpuid::{CpuidResult, CpuidSource, NoVendor, RecordedCpuid};
 use xstate::enumerate::{EnumError, Enumeration, MXCSR_MASK_MIN, MxcsrMaskSource};
 use xstate::error::ForeignFpstate;
 use xstate::fpstate::{BoxedArea, Fpstate, FpstateError, Mode, Owner, swap};
@@ -73,8 +73,10 @@ fn an_fpstate_from_other_configs_is_refused_everywhere() {
             assert_eq!(fp.check_configs(&b), Err(ForeignFpstate), "{why}");
 
             // The instruction layer: the model stands in for the CPU and
-            // would execute anything it is handed.
-            let mut m = XsaveMachine::new(b.enumeration(), Quirks::for_cpu(&NoCpuid));
+            // would execute anything it is handed. Without a vendor the quirks
+            // are not guessed: the test names them.
+            assert_eq!(Quirks::for_cpu(&NoCpuid), Err(NoVendor));
+            let mut m = XsaveMachine::new(b.enumeration(), Quirks::INTEL);
             let mode = Mode::User;
             let foreign = Err(FpstateError::Foreign(ForeignFpstate));
             assert_eq!(fp.save(&mut m, &b, mode), foreign, "{why}: save");
@@ -182,13 +184,14 @@ fn mxcsr_mask_comes_from_the_source_the_vendor_or_the_baseline() {
     let mut seen = [0usize; 3];
     for (name, cpu) in dumps() {
         let e = Enumeration::from_cpuid(cpu).unwrap();
-        let src = match &cpu.cpuid(0, 0).ebx.to_le_bytes() {
-            b"Auth" | b"Hygo" => (0x2_ffff, MxcsrMaskSource::Vendor),
-            [0, 0, 0, 0] => (0xffff, MxcsrMaskSource::Baseline),
-            _ => (0xffff, MxcsrMaskSource::Vendor),
+        let src = match (cpu.mxcsr_mask(), &cpu.cpuid(0, 0).ebx.to_le_bytes()) {
+            (Some(m), _) => (m, MxcsrMaskSource::Measured),
+            (None, b"Auth" | b"Hygo") => (0x2_ffff, MxcsrMaskSource::Vendor),
+            (None, [0, 0, 0, 0]) => (0xffff, MxcsrMaskSource::Baseline),
+            (None, _) => (0xffff, MxcsrMaskSource::Vendor),
         };
         assert_eq!((e.mxcsr_mask(), e.mxcsr_source()), src, "{name}");
-        seen[usize::from(src.1 == MxcsrMaskSource::Vendor)] += 1;
+        seen[usize::from(src.1 != MxcsrMaskSource::Baseline)] += 1;
         let set = e.clone().with_mxcsr_mask(0xffbf).unwrap();
         assert_eq!(
             (set.mxcsr_mask(), set.mxcsr_source()),
@@ -216,7 +219,7 @@ fn mxcsr_mask_comes_from_the_source_the_vendor_or_the_baseline() {
         seen[2] += 1;
     }
     println!(
-        "MXCSR_MASK: {} dumps name a vendor, {} take the baseline 0xffff, {} synthesized vendors",
+        "MXCSR_MASK: {} dumps name a vendor or record the mask, {} take the baseline 0xffff, {} synthesized vendors",
         seen[1], seen[0], seen[2]
     );
     assert!(seen[0] > 0 && seen[1] > 0);
@@ -272,11 +275,17 @@ fn import_checks_mxcsr_against_the_enumerations_mask() {
         std::fs::read_to_string(testkit::layouts_dir().join("amd-zen4-ryzen-9-7950x.txt")).unwrap();
     let amd = Enumeration::from_cpuid(&with_vendor(&zen4, b"AuthenticAMD")).unwrap();
     let (_, spr) = load("intel-sapphire-rapids-xeon-w9-3475x.txt");
-    for (e, accepted) in [(amd, true), (spr, false)] {
+    // The recorded build hosts, by their `# mxcsr_mask` lines (Zen 4: 0x2ffff,
+    // the Intel Xeon: 0xffff), as the kernels there wrote in ptrace exports.
+    let (_, zen4_vm) = load("amd-zen4-epyc-kvm-guest-this-build-host.txt");
+    let (_, xeon_vm) = load("intel-xeon-amx-kvm-guest-this-build-host.txt");
+    for (e, accepted) in [(amd, true), (spr, false), (zen4_vm, true), (xeon_vm, false)] {
         let cfg = linux(&e);
         let mut fp = Fpstate::<BoxedArea>::new_boxed(&cfg, Owner::Host).unwrap();
         let mut buf = vec![0u8; cfg.user().max_size as usize];
         uabi::export(&cfg, &fp, XFeatures::all(), &mut buf).unwrap();
+        let exported = u32::from_le_bytes(buf[28..32].try_into().unwrap());
+        assert_eq!(exported, if accepted { 0x2_ffff } else { 0xffff });
         buf[24..28].copy_from_slice(&(0x1f80u32 | 1 << 17).to_le_bytes());
         buf[512] = 0b10; // SSE live
         let r = uabi::import(&cfg, &mut fp, &buf);

@@ -68,6 +68,15 @@ impl Table {
         t
     }
 
+    /// This table with feature leaves that clear every catalogued component's
+    /// flag (leaf 1 with only FPU, CPUID.1:EDX[0]): no extended component is
+    /// usable, so none is size-checked and the structural checks are reached
+    /// whatever the sizes.
+    fn with_flags_clear(mut self) -> Self {
+        self.0.insert((1, 0), regs(0, 0, 0, 1));
+        self
+    }
+
     fn get(&self, sub: u32) -> CpuidResult {
         self.cpuid(0xd, sub)
     }
@@ -152,12 +161,34 @@ fn dumps() -> &'static [(String, String)] {
     })
 }
 
+/// Every dump's leaf 0xD, alone; a dump whose leaf 0xD alone is refused for a
+/// size the fail-closed rule cannot excuse (a flag-clear component such as Zen
+/// 2's 64-byte PKRU) keeps its feature leaves, said on stderr, and that
+/// component must be the flag-clear one.
 fn dump_tables() -> &'static [(String, Table)] {
     static TABLES: OnceLock<Vec<(String, Table)>> = OnceLock::new();
     TABLES.get_or_init(|| {
         dumps()
             .iter()
-            .map(|(n, t)| (n.clone(), Table::from_dump(t)))
+            .map(|(n, text)| {
+                let t = Table::from_dump(text);
+                let Err(EnumError::ArchSizeMismatch {
+                    index,
+                    flags_known: false,
+                    ..
+                }) = Enumeration::from_cpuid(&t)
+                else {
+                    return (n.clone(), t);
+                };
+                let flagged = Table::with_feature_leaves(text);
+                let e = accepted(&flagged);
+                assert!(!e.usable().has_index(index), "{n}: component {index}");
+                eprintln!(
+                    "NOTE hostile_cpuid: {n}: leaf 0xD alone is refused (component {index}'s \
+                     flag is clear, its size not architectural): its table keeps leaves 1, 6, 7"
+                );
+                (n.clone(), flagged)
+            })
             .collect()
     })
 }
@@ -295,8 +326,8 @@ fn absurd_size() {
         }
     );
 
-    // Exactly the limit is accepted.
-    let mut t = legacy_only();
+    // Exactly the limit is accepted (AVX's flag clear: no architectural size).
+    let mut t = legacy_only().with_flags_clear();
     t.set_xcr0(0b111);
     t.set_comp(2, MAX_COMPONENT_SIZE, EXTENDED_START, 0);
     t.set_max_standard(EXTENDED_START + MAX_COMPONENT_SIZE);
@@ -322,7 +353,8 @@ fn end_overflows() {
     t.edit(7, |r| r.ebx = u32::MAX - 0xff); // size 0x400
     assert_eq!(refused(&t), EnumError::EndOverflows { index: 7 });
 
-    let mut t = spr();
+    // AVX's flag clear, so its size is not the architecture's concern.
+    let mut t = spr().with_flags_clear();
     t.edit(2, |r| {
         r.eax = MAX_COMPONENT_SIZE;
         r.ebx = u32::MAX;
@@ -572,7 +604,8 @@ fn compacted_too_large_is_unreachable() {
         let ext: u64 = ((1 << 63) - 1) & !0b11; // bits 2..=62
         let xcr0 = 0b11 | (ext & user_share);
         let xss = ext & !user_share;
-        let mut t = legacy_only();
+        // Every flag clear: no component has to have its architectural size.
+        let mut t = legacy_only().with_flags_clear();
         t.set_xcr0(xcr0);
         t.set_xss(xss);
         let mut off = EXTENDED_START;
@@ -1106,10 +1139,11 @@ fn arb_plausible() -> impl Strategy<Value = Table> {
             let mut off = EXTENDED_START;
             for i in order {
                 let (size, gap, align, xfd) = facts[i as usize - 2];
-                // A plausible CPU gives a catalogued component at least its
-                // architectural size (more is accepted without feature flags).
+                // A plausible CPU gives a catalogued component its
+                // architectural size (without feature flags, anything else is
+                // refused: fail closed).
                 let arch = CATALOG.get(i as usize).and_then(|f| f.arch_size);
-                let size = arch.map_or(size, |a| size.max(a));
+                let size = arch.unwrap_or(size);
                 let ecx = (u32::from(align) << 1) | (u32::from(xfd) << 2);
                 if xcr0 & bit(i) != 0 {
                     off += gap;
@@ -1254,28 +1288,40 @@ fn flagged(name: &str) -> Table {
         .1
 }
 
+/// `t` is refused for component `index` at `size` bytes against `arch_size`;
+/// without feature leaves the message says which leaves to record.
+fn size_refused(t: &Table, index: u32, size: u32, arch_size: u32, flags_known: bool) -> String {
+    let err = refused(t);
+    let want = EnumError::ArchSizeMismatch {
+        index,
+        size,
+        arch_size,
+        flags_known,
+    };
+    assert_eq!(err, want);
+    let text = err.to_string();
+    assert_eq!(
+        text.contains("record leaves 1 and 7"),
+        !flags_known,
+        "{text}"
+    );
+    text
+}
+
 #[test]
 fn avx_of_16_bytes_is_refused() {
     let mut t = flagged("intel-sapphire-rapids-xeon-w9-3475x");
     assert!(accepted(&t).flags_known());
     t.edit(2, |r| r.eax = 16);
-    let err = refused(&t);
     assert_eq!(
-        err,
-        EnumError::ArchSizeMismatch {
-            index: 2,
-            size: 16,
-            arch_size: 256
-        }
-    );
-    assert_eq!(
-        err.to_string(),
+        size_refused(&t, 2, 16, 256, true),
         "component 2 claims 16 bytes; the architecture fixes 256"
     );
-    // The same lie from a table of leaf 0xD alone: undersized is refused too.
+    // The same lie from a table of leaf 0xD alone: refused too, and the message
+    // says which leaves would tell a flag-clear component from a lie.
     let mut bare = spr();
     bare.edit(2, |r| r.eax = 16);
-    assert_eq!(refused(&bare), err);
+    size_refused(&bare, 2, 16, 256, false);
     // With AVX's flag (CPUID.1:ECX[28]) clear, AVX is neither checked nor usable,
     // as Linux would not enable it.
     t.0.entry((1, 0)).and_modify(|r| r.ecx &= !(1 << 28));
@@ -1300,33 +1346,27 @@ fn every_fixed_size_is_enforced_on_every_dump() {
             for size in [arch - 1, arch + 64] {
                 let mut bad = t.clone();
                 bad.edit(i, |r| r.eax = size);
-                let want = EnumError::ArchSizeMismatch {
+                let want = |flags_known| EnumError::ArchSizeMismatch {
                     index: i,
                     size,
                     arch_size: arch,
+                    flags_known,
                 };
-                let ok_without_flags = e.flags_known() && size > arch;
                 let r = Enumeration::from_cpuid(&bad).err();
-                if e.flags_known() || size < arch {
-                    assert_eq!(r, Some(want), "{name}: component {i} at {size} bytes");
-                    cases += 1;
-                } else {
-                    // A dump without feature leaves: oversized is not refused.
-                    assert!(
-                        !matches!(r, Some(EnumError::ArchSizeMismatch { .. })),
-                        "{name}: {i}: {r:?}"
-                    );
-                }
-                // Without feature leaves the size check lets an oversized
-                // component through (other checks may still refuse its end).
-                if ok_without_flags {
+                assert_eq!(
+                    r,
+                    Some(want(e.flags_known())),
+                    "{name}: component {i} at {size} bytes"
+                );
+                cases += 1;
+                // Without feature leaves the size check fails closed: an
+                // undersized or an oversized component is refused alike.
+                if e.flags_known() {
                     let mut bare = bad.clone();
                     bare.0.retain(|&(leaf, _), _| leaf == 0xd);
-                    let r = Enumeration::from_cpuid(&bare);
-                    assert!(
-                        !matches!(r, Err(EnumError::ArchSizeMismatch { .. })),
-                        "{name}: {i}: {r:?}"
-                    );
+                    let r = Enumeration::from_cpuid(&bare).err();
+                    assert_eq!(r, Some(want(false)), "{name}: {i} without flags");
+                    cases += 1;
                 }
             }
             components |= XFeatures::from_index(i).unwrap();
@@ -1361,14 +1401,12 @@ fn a_flag_clear_component_is_not_size_checked() {
     // Were PKU set, that PKRU would be a 64-byte lie about an 8-byte state.
     let mut pku = t.clone();
     pku.0.entry((7, 0)).and_modify(|r| r.ecx |= 1 << 3);
-    assert_eq!(
-        refused(&pku),
-        EnumError::ArchSizeMismatch {
-            index: 9,
-            size: 64,
-            arch_size: 8
-        }
-    );
+    size_refused(&pku, 9, 64, 8, true);
+    // Recorded as leaf 0xD alone, the dump cannot say PKU is clear: refused,
+    // with the advice to record leaves 1 and 7 (fail closed).
+    let mut bare = t.clone();
+    bare.0.retain(|&(leaf, _), _| leaf == 0xd);
+    size_refused(&bare, 9, 64, 8, false);
 }
 
 /// `xstate-report --cpuid FILE` on a hostile dump: one error line, exit status 2.
@@ -1457,7 +1495,8 @@ fn apx_flag_is_read_only_where_leaf_7_1_exists() {
         EnumError::ArchSizeMismatch {
             index: 19,
             size: 64,
-            arch_size: 128
+            arch_size: 128,
+            flags_known: true,
         }
     );
     // Not read (7.0.EAX = 0): APX is not usable and its size is not Linux's concern.

@@ -1,13 +1,18 @@
 //! Builds `examples/kernel` (a bootable ring-0 kernel), boots it under QEMU's TCG
-//! and reads its report: the crate's XSETBV rules against the CPU's #GP, tasks
-//! preempted by a timer whose fpstates the crate switches, and no register value
-//! of one task ever seen by another.
+//! and reads its report: the crate's XSETBV rules against the CPU's #GP, user
+//! tasks and kernel threads preempted by a timer, their fpstates run by the
+//! crate's lifecycle layer (saves on the switch, loads on the return to task
+//! code, skipped where the CPU still holds the task's registers, a kernel SIMD
+//! section in the timer interrupt), and no register value of one task, or of a
+//! section, ever seen by another task.
 //!
 //! Five boots: `-cpu max` (XSAVEOPT, XGETBV1, AVX, MPX, PKU), `-cpu Haswell-v4`
 //! (no XGETBV1, no MPX, no PKU: other choices), `-cpu max,-xsaveopt` (plain
-//! XSAVE), `-cpu max` with lazy restore (CR0.TS and #NM), and `-cpu max` with
-//! restores sabotaged, which the checks must catch. Without `qemu-system-x86_64` each test
-//! prints a SKIP line naming what is missing.
+//! XSAVE), `-cpu max,-avx2` (the kernel's SIMD sections over XMM with SSE2
+//! instead of YMM), and `-cpu max` with the layer's section invalidation dropped
+//! (`-append sabotage`), which the checks must catch. Without
+//! `qemu-system-x86_64`, or without the kernel's target (`x86_64-unknown-none`), each
+//! test prints a SKIP line naming what is missing.
 
 mod testkit;
 
@@ -43,6 +48,21 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
+/// The kernel's target, `examples/kernel/.cargo/config.toml`'s.
+const KERNEL_TARGET: &str = "x86_64-unknown-none";
+
+/// Whether the toolchain running this test has the kernel's target
+/// (`rustup target add x86_64-unknown-none`): its library directory exists.
+fn kernel_target_installed() -> bool {
+    Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", KERNEL_TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|d| d.is_dir())
+}
+
 /// The kernel image, built once per test binary.
 fn kernel() -> &'static Path {
     static KERNEL: OnceLock<PathBuf> = OnceLock::new();
@@ -63,7 +83,7 @@ fn kernel() -> &'static Path {
             .status()
             .expect("cargo runs");
         assert!(status.success(), "examples/kernel must build");
-        target.join("debug/xstate-kernel")
+        target.join(KERNEL_TARGET).join("debug/xstate-kernel")
     })
 }
 
@@ -76,6 +96,10 @@ struct Boot {
     bleeds: u64,
     mode: String,
     xcr0: u64,
+    /// `kernel: elided E of R restores, K kernel SIMD sections`.
+    elided: u64,
+    restores: u64,
+    sections: u64,
 }
 
 impl Boot {
@@ -110,6 +134,25 @@ fn parse_final(out: &str) -> (u64, u64, u64, String, u64) {
     (num(w[1]), num(w[3]), num(w[5]), w[8].to_string(), xcr0)
 }
 
+/// The lifecycle line: `kernel: elided E of R restores, K kernel SIMD sections`.
+fn parse_lifecycle(out: &str) -> (u64, u64, u64) {
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("kernel: elided "))
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one lifecycle line:\n{out}");
+    let w: Vec<&str> = lines[0]
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .collect();
+    let shape = w.len() == 10
+        && [w[1], w[3], w[5], w[7], w[8], w[9]]
+            == ["elided", "of", "restores", "kernel", "SIMD", "sections"];
+    assert!(shape, "lifecycle line shape: {}", lines[0]);
+    let num = |s: &str| s.parse::<u64>().expect("a number");
+    (num(w[2]), num(w[4]), num(w[6]))
+}
+
 /// Boot the kernel on QEMU CPU model `cpu` with command line `append`; `None`
 /// (after a SKIP line) without QEMU.
 fn boot(test: &str, cpu: &str, append: &str) -> Option<Boot> {
@@ -117,6 +160,13 @@ fn boot(test: &str, cpu: &str, append: &str) -> Option<Boot> {
         loud!("SKIP {test}: {QEMU} not found on PATH (Debian: apt-get install qemu-system-x86)");
         return None;
     };
+    if !kernel_target_installed() {
+        loud!(
+            "SKIP {test}: the {KERNEL_TARGET} target is not installed for this toolchain \
+             (rustup target add {KERNEL_TARGET})"
+        );
+        return None;
+    }
     let kernel = kernel();
     let mut child = Command::new(qemu)
         .args(["-accel", "tcg", "-cpu", cpu, "-m", "64", "-display", "none"])
@@ -167,10 +217,13 @@ fn boot(test: &str, cpu: &str, append: &str) -> Option<Boot> {
         loud!("{test}: QEMU stderr: {}", err.trim());
     }
     let (tasks, switches, bleeds, mode, xcr0) = parse_final(&out);
-    loud!(
-        "{test}: {}",
-        out.lines().rfind(|l| l.contains(" tasks, ")).unwrap_or("")
-    );
+    let (elided, restores, sections) = parse_lifecycle(&out);
+    for line in out
+        .lines()
+        .filter(|l| l.starts_with("kernel: elided ") || l.contains(" tasks, "))
+    {
+        loud!("{test}: {line}");
+    }
     Some(Boot {
         status: status.code(),
         out,
@@ -179,6 +232,9 @@ fn boot(test: &str, cpu: &str, append: &str) -> Option<Boot> {
         bleeds,
         mode,
         xcr0,
+        elided,
+        restores,
+        sections,
     })
 }
 
@@ -217,10 +273,25 @@ fn assert_clean(test: &str, b: &Boot) {
     let w: Vec<&str> = verdicts.split(' ').collect();
     assert!(w.len() > 3 && w[1] == w[3], "{test}: {verdicts}");
     assert!(w[3].parse::<u32>().unwrap_or(0) >= 6, "{test}: {verdicts}");
-    // Every task checked many times, and many checks spanned a switch.
+    // Every task checked many times, and many checks spanned a switch; the
+    // kernel threads ran.
     let tasks: Vec<&str> = b.out.lines().filter(|l| l.starts_with("task ")).collect();
     assert_eq!(tasks.len() as u64, b.tasks, "{test}: one line per task");
-    for t in tasks {
+    let (kthreads, user): (Vec<&str>, Vec<&str>) = tasks
+        .into_iter()
+        .partition(|t| t.contains("(kernel thread)"));
+    assert!(user.len() >= 3, "{test}: user tasks: {user:?}");
+    assert!(!kthreads.is_empty(), "{test}: no kernel thread:\n{}", b.out);
+    for k in kthreads {
+        let slices: u64 = k
+            .split(' ')
+            .nth(4)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{test}: slices in {k}"));
+        assert!(slices >= 1_000, "{test}: {k}");
+        assert!(k.ends_with("no fpstate"), "{test}: {k}");
+    }
+    for t in user {
         let n = |key: &str| -> u64 {
             let i = t.find(key).unwrap_or_else(|| panic!("{key} in {t}"));
             let head = t[..i].trim_end();
@@ -233,6 +304,30 @@ fn assert_clean(test: &str, b: &Boot) {
         assert_eq!(n(" bleeds"), 0, "{test}: {t}");
         assert_eq!(n(" wrong"), 0, "{test}: {t}");
     }
+    // The lifecycle: sections computed, restores skipped, and exactly the
+    // ones the scheduler's own one-CPU account allows.
+    assert!(b.sections >= 1_000, "{test}: K = {}", b.sections);
+    assert!(
+        b.elided >= 1 && b.elided < b.restores,
+        "{test}: E = {} of R = {}",
+        b.elided,
+        b.restores
+    );
+    let account = b
+        .out
+        .lines()
+        .find(|l| l.starts_with("lifecycle: "))
+        .expect("a lifecycle account line");
+    assert!(account.ends_with(": agree"), "{test}: {account}");
+    let simd = b
+        .out
+        .lines()
+        .find(|l| l.starts_with("simd: "))
+        .expect("a simd line");
+    assert!(
+        simd.contains(&format!("{} sums right, 0 wrong", b.sections)),
+        "{test}: {simd}"
+    );
 }
 
 fn max() -> Option<&'static Boot> {
@@ -245,6 +340,8 @@ fn max() -> Option<&'static Boot> {
 fn requires_qemu_kernel_switches_fpstates_without_bleeds_on_tcg_max() {
     let Some(b) = max() else { return };
     assert_clean("tcg max", b);
+    // The sections computed over YMM registers (TCG max has AVX2).
+    assert!(b.out.contains("sums right") && b.out.contains("over ymm (AVX2 vpaddq)"));
     // QEMU 7.2's TCG max: XSAVEOPT and XGETBV1, and PKRU and MPX in XCR0.
     assert!(b.flag("xgetbv1"), "max has XGETBV1:\n{}", b.out);
     assert!(b.xcr0 & (1 << 9) != 0, "PKRU enabled: {:#x}", b.xcr0);
@@ -288,6 +385,7 @@ fn requires_qemu_kernel_makes_other_choices_on_haswell() {
         return;
     };
     assert_clean("Haswell-v4", &h);
+    assert!(h.out.contains("over ymm (AVX2 vpaddq)"), "AVX2 sections");
     let Some(m) = max() else { return };
     // Fewer features, other choices: no XGETBV1, a smaller XCR0 (no MPX, no
     // PKRU), a smaller fpstate.
@@ -299,40 +397,32 @@ fn requires_qemu_kernel_makes_other_choices_on_haswell() {
 }
 
 #[test]
-fn requires_qemu_kernel_restores_lazily_in_nm() {
-    // Switches set CR0.TS; the first FPU-class instruction after one raises #NM,
-    // whose handler saves the registers' owner and restores the running task.
-    let Some(b) = boot("kernel_boot lazy", "max", "lazy") else {
-        return;
-    };
-    assert_clean("lazy", &b);
-    let line = b
-        .out
-        .lines()
-        .find(|l| l.starts_with("lazy: ") && l.contains(" restores in #NM"))
-        .expect("a lazy summary line");
-    let restores: u64 = line["lazy: ".len()..]
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("a restore count");
-    assert!(
-        restores > 0 && restores <= b.switches,
-        "{restores} #NM restores for {} switches",
-        b.switches
-    );
-}
-
-#[test]
 fn requires_qemu_kernel_catches_a_sabotaged_switch() {
-    // The same kernel with every restore skipped: each task then runs on the
-    // previous task's registers, and the checks must say so.
+    // The same kernel on a layer that drops one invalidation: a kernel SIMD
+    // section leaves the owner record to the task it interrupted, so that
+    // task's next load is skipped over the section's values, and the checks
+    // must say so.
     let Some(b) = boot("kernel_boot sabotage", "max", "sabotage") else {
         return;
     };
     assert_eq!(b.status, Some(FAIL), "a sabotaged run fails:\n{}", b.out);
     assert!(b.bleeds > 0, "bleeds seen: {}", b.bleeds);
     assert!(b.out.contains("bleed: task "), "the first bleed is named");
+    assert!(
+        b.out.contains("Rule::SectionDropsOwner"),
+        "the rule dropped"
+    );
+    // The sections ran, and the layer skipped loads the one-CPU account forbids.
+    assert!(b.sections >= 1_000, "K = {}", b.sections);
+    let Some(m) = max() else { return };
+    assert_eq!(b.restores, m.restores, "the same returns needed a load");
+    assert!(b.elided > m.elided, "E {} vs {} clean", b.elided, m.elided);
+    let account = b
+        .out
+        .lines()
+        .find(|l| l.starts_with("lifecycle: "))
+        .expect("a lifecycle account line");
+    assert!(account.ends_with("FAIL differ"), "{account}");
 }
 
 /// A CPU with XSAVE but no XSAVEOPT (`-cpu max,-xsaveopt`): the crate must
@@ -346,4 +436,19 @@ fn requires_qemu_kernel_uses_plain_xsave_without_xsaveopt() {
     assert!(!b.flag("xsaveopt"), "XSAVEOPT still enumerated:\n{}", b.out);
     assert_clean("max,-xsaveopt", &b);
     assert_eq!(b.mode, "xsave/xrstor");
+}
+
+/// A CPU with AVX but no AVX2 (`-cpu max,-avx2`): the kernel SIMD sections
+/// compute with SSE2 over XMM registers instead, and the run is as clean.
+#[test]
+fn requires_qemu_kernel_sections_over_xmm_without_avx2() {
+    let Some(b) = boot("kernel_boot no-avx2", "max,-avx2", "") else {
+        return;
+    };
+    assert_clean("max,-avx2", &b);
+    assert!(
+        b.out.contains("over xmm (SSE2 paddq)"),
+        "SSE2 sections:\n{}",
+        b.out
+    );
 }

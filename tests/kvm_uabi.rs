@@ -93,7 +93,7 @@ impl Ours {
             let mut perms = ProcessPerms::new(&cfg);
             for i in dynamic.indices() {
                 perms
-                    .request(&cfg, PermKind::Guest, i, |_| true)
+                    .request(&cfg, PermKind::Guest, i.into(), |_| true)
                     .expect("guest permission");
             }
             fp = fp.grow_boxed(&cfg, &perms, i).expect("grow");
@@ -116,6 +116,9 @@ impl Ours {
 
 /// `_IOW(KVMIO, 0xa5, struct kvm_xsave)` (Linux's `include/uapi/linux/kvm.h`).
 const KVM_SET_XSAVE: libc::c_ulong = 0x5000_aea5;
+/// `_IOR(KVMIO, 0xcf, struct kvm_xsave)`: KVM_GET_XSAVE2 (the size in the
+/// number is the fixed part's; KVM writes its vCPU's whole uabi size).
+const KVM_GET_XSAVE2: libc::c_ulong = 0x9000_aecf;
 
 /// Readable, writable bytes followed by an inaccessible page: where
 /// [`Vcpu::set`] puts the buffers it hands KVM.
@@ -231,8 +234,7 @@ impl Vcpu {
         x.xcrs[0].xcr = 0;
         x.xcrs[0].value = guest_xcr0;
         vcpu.set_xcrs(&x).expect("KVM_SET_XCRS");
-        let cap = vm.check_extension_int(Cap::Xsave2);
-        let size = (cap.max(0) as usize).max(REGION);
+        let size = xstate::guest::kvm_xsave_size(vm.check_extension_int(Cap::Xsave2));
         let xs = Xsave::new((size - REGION).div_ceil(4)).expect("Xsave");
         Some(Self {
             _kvm: kvm,
@@ -266,6 +268,25 @@ impl Vcpu {
         } else {
             Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
         }
+    }
+
+    /// KVM_GET_XSAVE2 into a buffer of `len` bytes that ends where the
+    /// inaccessible page starts: the bytes it wrote, or the errno (EFAULT when
+    /// KVM writes more than `len`).
+    fn get_guarded(&mut self, len: usize) -> Result<Vec<u8>, i32> {
+        let g = &mut self.guarded;
+        assert!(len <= g.room, "buffer of {len} bytes");
+        let at = g.room - len;
+        // SAFETY: `g.base + at .. g.base + g.room` is the readable, writable
+        // part of the mapping; KVM writes its uabi size from there, and what
+        // lies past `g.room` is the inaccessible page, where its copy faults
+        // (EFAULT) instead of writing our memory.
+        let r = unsafe { libc::ioctl(self.vcpu.as_raw_fd(), KVM_GET_XSAVE2, g.base.add(at)) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        }
+        // SAFETY: the same `len` readable bytes, which KVM just wrote.
+        Ok(unsafe { std::slice::from_raw_parts(g.base.add(at), len) }.to_vec())
     }
 
     /// KVM_GET_XSAVE2 into `out` (`self.size` bytes).
@@ -892,5 +913,50 @@ fn export_writes_every_byte_of_its_range_and_nothing_else() {
         } else {
             ", CET_S never exported and kept by import"
         }
+    );
+}
+
+/// `guest::kvm_xsave_size` is the buffer KVM moves, to the byte: a buffer of
+/// that size ending at an inaccessible page is read and written by
+/// `KVM_GET_XSAVE2` and `KVM_SET_XSAVE`; one byte less, or the guest's XSAVE
+/// size (`guest::required_size` of its XCR0, what `GuestXsave::max_standard_size`
+/// gives), faults with EFAULT (the kvm-ioctls #310 class of bug, where
+/// ordinary memory would have been overwritten instead).
+#[test]
+fn requires_kvm_xsave_buffer_size_is_kvms() {
+    const EFAULT: i32 = 14;
+    let Some(mut v) = Vcpu::open(!0) else { return };
+    let e = Enumeration::from_cpuid(&LiveCpuid).expect("live enumeration");
+    let xcr0 = XFeatures::from_bits_retain(v.guest_xcr0);
+    let guest_size = xstate::guest::required_size(&e, xcr0, xcr0).expect("guest XCR0") as usize;
+    let size = v.size;
+    let full = v
+        .get_guarded(size)
+        .expect("KVM_GET_XSAVE2 into the helper's size");
+    assert_eq!(full.len(), size);
+    assert_eq!(v.set(&full), Ok(()), "KVM_SET_XSAVE of the helper's size");
+    let mut faults = 0;
+    for len in [size - 1, guest_size] {
+        if len >= size {
+            loud!("NOTE kvm_uabi: the guest's XSAVE size {len} is KVM's buffer size {size}");
+            continue;
+        }
+        assert_eq!(
+            v.get_guarded(len).err(),
+            Some(EFAULT),
+            "KVM_GET_XSAVE2, {len} bytes"
+        );
+        assert_eq!(
+            v.set(&full[..len]),
+            Err(EFAULT),
+            "KVM_SET_XSAVE, {len} bytes"
+        );
+        faults += 2;
+    }
+    loud!(
+        "kvm buffer size: kvm_xsave_size {size} (KVM_CAP_XSAVE2 {}) read and written at a guard \
+         page; {faults} shorter buffers (one byte less; the guest's XSAVE size {guest_size}) fault \
+         with EFAULT",
+        v._vm.check_extension_int(Cap::Xsave2)
     );
 }

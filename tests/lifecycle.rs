@@ -28,7 +28,7 @@ use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi;
 
 mod testkit;
-use testkit::Rng;
+use testkit::{Rng, loud};
 
 const TILECFG: u32 = 17;
 const TILEDATA: u32 = 18;
@@ -523,7 +523,7 @@ impl<'c, const D: u32> World<'c, D> {
         rng: &mut Rng,
         cfg: &Configs,
         fp: &xstate::fpstate::Fpstate<BoxedArea>,
-    ) -> (Vec<u8>, [u8; 16]) {
+    ) -> (Vec<u8>, [u8; 16], u32) {
         let mut buf = vec![0u8; fp.info().user_size as usize];
         uabi::export(cfg, fp, XFeatures::all(), &mut buf).unwrap();
         let mut x = [0u8; 16];
@@ -531,41 +531,41 @@ impl<'c, const D: u32> World<'c, D> {
         buf[160..176].copy_from_slice(&x);
         let bv = testkit::get_u64(&buf, 512) | 2;
         testkit::put_u64(&mut buf, 512, bv);
-        (buf, x)
+        let mxcsr = testkit::get_u32(&buf, 24);
+        (buf, x, mxcsr)
     }
 
-    fn ptrace(&mut self) -> Result<(), Failure> {
-        let Some(i) = self.pick(|s| s.on.is_none() && s.expected.is_some() && !s.t.in_guest())
-        else {
+    /// A write into a stopped context's buffer: `PTRACE_SETREGSET` into a
+    /// task, or `KVM_SET_XSAVE` into a guest outside guest mode. XMM0 changes,
+    /// and MXCSR is what the write sends (the exported value).
+    fn buffer_write(&mut self, kvm: bool) -> Result<(), Failure> {
+        let pick = if kvm {
+            self.pick(|s| s.guest_expected.is_some() && !s.t.in_guest())
+        } else {
+            self.pick(|s| s.on.is_none() && s.expected.is_some() && !s.t.in_guest())
+        };
+        let Some(i) = pick else {
             return Ok(());
         };
         let cfg = &self.s.cfg;
         let slot = self.slots[i].as_mut().unwrap();
-        let mut w = match self.lc.ptrace_write(&mut slot.t) {
-            Ok(w) => w,
-            Err(e) => return Err(Failure::Refused(format!("ptrace_write: {e}"))),
+        let w = if kvm {
+            self.lc.kvm_write(&mut slot.t)
+        } else {
+            self.lc.ptrace_write(&mut slot.t)
         };
-        let (buf, x) = Self::rewritten(&mut self.rng, cfg, &w);
+        let mut w = w.map_err(|e| Failure::Refused(format!("buffer write: {e}")))?;
+        let (buf, x, mxcsr) = Self::rewritten(&mut self.rng, cfg, &w);
         uabi::import(cfg, &mut w, &buf).unwrap();
-        slot.expected.as_mut().unwrap().set(1, 0, &x);
-        self.note(format!("ptrace write slot {i}"));
-        Ok(())
-    }
-
-    fn kvm(&mut self) -> Result<(), Failure> {
-        let Some(i) = self.pick(|s| s.guest_expected.is_some() && !s.t.in_guest()) else {
-            return Ok(());
+        let exp = if kvm {
+            slot.guest_expected.as_mut()
+        } else {
+            slot.expected.as_mut()
         };
-        let cfg = &self.s.cfg;
-        let slot = self.slots[i].as_mut().unwrap();
-        let mut w = match self.lc.kvm_write(&mut slot.t) {
-            Ok(w) => w,
-            Err(e) => return Err(Failure::Refused(format!("kvm_write: {e}"))),
-        };
-        let (buf, x) = Self::rewritten(&mut self.rng, cfg, &w);
-        uabi::import(cfg, &mut w, &buf).unwrap();
-        slot.guest_expected.as_mut().unwrap().set(1, 0, &x);
-        self.note(format!("KVM_SET_XSAVE slot {i}"));
+        let exp = exp.unwrap();
+        exp.set(1, 0, &x);
+        exp.mxcsr = mxcsr;
+        self.note(format!("buffer write (kvm {kvm}) slot {i}"));
         Ok(())
     }
 
@@ -658,7 +658,7 @@ impl<'c, const D: u32> World<'c, D> {
             return;
         }
         let p = self.rng.below(self.procs.len() as u64) as usize;
-        let _ = self.procs[p].request(&self.s.cfg, PermKind::Task, TILEDATA, |_| true);
+        let _ = self.procs[p].request(&self.s.cfg, PermKind::Task, TILEDATA.into(), |_| true);
     }
 
     fn guest(&mut self, c: usize) -> Result<(), Failure> {
@@ -713,8 +713,8 @@ impl<'c, const D: u32> World<'c, D> {
             6 => self.section(c),
             7 => self.signal(c),
             8 => self.sigreturn(c),
-            9 => self.ptrace(),
-            10 => self.kvm(),
+            9 => self.buffer_write(false),
+            10 => self.buffer_write(true),
             11 => self.clone_task(c),
             12 => {
                 if self.rng.below(2) == 0 {
@@ -837,7 +837,7 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
                 example = first;
             }
         }
-        eprintln!(
+        loud!(
             "dropped rule {name}: caught in {caught} of {tried} sequences{}",
             example
                 .as_deref()
@@ -849,11 +849,11 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
         }
     }
     let n = per * setups.len() as u64;
-    eprintln!(
+    loud!(
         "lifecycle: {n} sequences, {violations} violations; dropped rules caught: {caught_rules} of {}",
         Rule::ALL.len()
     );
-    eprintln!("lifecycle: {restores} restores, {elided} elided, {sections} kernel SIMD sections");
+    loud!("lifecycle: {restores} restores, {elided} elided, {sections} kernel SIMD sections");
     assert_eq!(violations, 0);
     assert_eq!(
         caught_rules,
@@ -950,4 +950,73 @@ fn misuse_is_refused() {
     let texts: std::collections::HashSet<String> = errs.iter().map(|e| e.to_string()).collect();
     assert_eq!(texts.len(), errs.len());
     let _ = <XsaveMachine as FpuUnit>::write_xfd;
+}
+
+/// A compacted save writes MXCSR only with SSE state: with AVX live and SSE in
+/// its init state the buffer's MXCSR field is an earlier save's, which
+/// `uabi::export` (like Linux's ptrace export) reports. A signal frame written
+/// through the buffer must still carry the MXCSR the registers have, so the
+/// sigreturn gives the task its own value back.
+#[test]
+fn a_buffered_signal_frame_carries_the_registers_mxcsr() {
+    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    m.set_xfd(cfg.policy().dynamic).unwrap();
+    let mut cpu = CpuFpu::new(0, cfg.policy().dynamic);
+    let mut t = lc
+        .user_task(BoxedArea::zeroed(cfg.kernel().default_size as usize))
+        .unwrap();
+    lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap();
+    m.set_mxcsr(0x7f80).unwrap();
+    m.write_reg(1, 0, &[1; 16]).unwrap();
+    lc.switch_out(&mut cpu, &mut m, &mut t).unwrap();
+    assert_eq!(
+        lc.return_to_user(&mut cpu, &mut m, &mut t),
+        Ok(Restore::Elided)
+    );
+    // The task's own XRSTOR: AVX live, SSE init, MXCSR default.
+    let mut img = testkit::Area::new(
+        e.standard_size(XFeatures::LEGACY | XFeatures::AVX) as usize,
+        0,
+    );
+    testkit::put_u32(img.bytes_mut(), 24, 0x1f80);
+    testkit::put_u64(img.bytes_mut(), 512, XFeatures::AVX.bits());
+    img.bytes_mut()[576] = 9;
+    xstate::insn::XsaveUnit::restore(
+        &mut m,
+        xstate::insn::Insn::Xrstor,
+        img.bytes(),
+        XFeatures::LEGACY | XFeatures::AVX,
+    )
+    .unwrap();
+    assert_eq!(m.mxcsr(), 0x1f80);
+    lc.sync(&mut cpu, &mut m, &mut t).unwrap();
+    let fp = t.fpstate().unwrap();
+    assert!(!fp.xstate_bv().contains(XFeatures::SSE));
+    let mut out = vec![0u8; cfg.user().max_size as usize];
+    uabi::export(&cfg, fp, XFeatures::all(), &mut out).unwrap();
+    assert_eq!(
+        testkit::get_u32(&out, 24),
+        0x7f80,
+        "the premise: the export (Linux's rule) reports the stale field"
+    );
+    lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap();
+    let mut frame = BoxedArea::zeroed(cfg.user().max_size as usize + 4);
+    lc.deliver_signal_by(
+        &mut cpu,
+        &mut m,
+        &mut t,
+        frame.bytes_mut(),
+        SignalPath::Buffered,
+    )
+    .unwrap();
+    assert_eq!(testkit::get_u32(frame.bytes(), 24), 0x1f80);
+    m.set_mxcsr(0x3f80).unwrap(); // the handler's own
+    lc.sigreturn_by(&mut cpu, &mut m, &mut t, frame.bytes(), false)
+        .unwrap();
+    lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap();
+    assert_eq!(m.mxcsr(), 0x1f80);
+    assert_eq!(m.reg(2).unwrap()[0], 9);
 }

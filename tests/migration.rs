@@ -14,7 +14,7 @@ mod testkit;
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use testkit::{Rng, XSTATE_BV, bits, dumps, loud, put_u64, std_size_raw};
+use testkit::{Rng, dumps, loud, std_buffer, std_size_raw};
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::{CpuidSource, RecordedCpuid};
@@ -49,19 +49,6 @@ fn full_guest(e: &Enumeration) -> GuestXsave {
     g.set_xcr0(e.xcr0_supported()).unwrap();
     g.set_xss(xss).unwrap();
     g
-}
-
-/// A standard-form buffer for `xstate_bv` laid out from the raw dump.
-fn make_buffer(cpu: &impl CpuidSource, xstate_bv: u64, seed: u64) -> Vec<u8> {
-    let mut rng = Rng(seed | 1);
-    let mut b = vec![0u8; std_size_raw(cpu, xstate_bv) as usize];
-    rng.fill(&mut b[..512]);
-    put_u64(&mut b, XSTATE_BV, xstate_bv);
-    for i in bits(xstate_bv).filter(|&i| i >= 2) {
-        let r = cpu.cpuid(0xd, i);
-        rng.fill(&mut b[r.ebx as usize..(r.ebx + r.eax) as usize]);
-    }
-    b
 }
 
 fn reason(e: &GuestError) -> &'static str {
@@ -148,7 +135,7 @@ fn every_pair_of_dumps_migrates_losslessly_or_is_refused_with_the_reason() {
     for (na, ca, a) in &all {
         let g = full_guest(a);
         let xcr0 = g.xcr0_allowed();
-        let buf = make_buffer(*ca, xcr0.bits(), rng.next());
+        let buf = std_buffer(*ca, xcr0.bits(), rng.next());
         for (nb, cb, b) in &all {
             pairs += 1;
             let what = format!("{na} -> {nb}");
@@ -377,7 +364,7 @@ fn amx_size_and_pkru_width_are_refused() {
                     dst: t18[0]
                 }
             );
-            let buf = make_buffer(&spr_cpu, g.xcr0().bits(), 7);
+            let buf = std_buffer(&spr_cpu, g.xcr0().bits(), 7);
             let mut out = vec![0u8; big.standard_max_size() as usize];
             assert_eq!(translate(&spr, &big, &buf, &mut out), Err(err));
             loud!("amx: {err}");

@@ -399,7 +399,7 @@ fn fresh_and_grown_fpstates() {
                 Owner::Host => PermKind::Task,
                 _ => PermKind::Guest,
             };
-            perms.request(&cfg, kind, i, |_| true).unwrap();
+            perms.request(&cfg, kind, i.into(), |_| true).unwrap();
             let g = fp.grow_boxed(&cfg, &perms, i).unwrap();
             let size = g.info().size as usize;
             assert_eq!(g.area().len(), size);

@@ -1067,7 +1067,7 @@ fn model_matches_this_cpu() {
     let buf = std_size.max(compacted).next_multiple_of(64);
 
     let mxcsr_mask = xstate::insn::read_mxcsr_mask();
-    let quirks = Quirks::for_cpu(&LiveCpuid);
+    let quirks = Quirks::for_cpu(&LiveCpuid).expect("the live CPU names its vendor in leaf 0");
     // What a recording of this CPU would get (the vendor's MXCSR_MASK) is what
     // its FXSAVE says, or the vendor rule is wrong for it.
     struct CpuidOnly;

@@ -70,7 +70,7 @@ fn sets_from_the_running_kernels_values() {
     let mut asked = ProcessPerms::new(&cfg);
     for (kind, value) in [(PermKind::Task, task), (PermKind::Guest, guest)] {
         for i in (value & cfg.policy().dynamic).indices() {
-            asked.request(&cfg, kind, i, |_| true).unwrap();
+            asked.request(&cfg, kind, i.into(), |_| true).unwrap();
         }
     }
     assert_eq!(p, asked);

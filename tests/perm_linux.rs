@@ -1,5 +1,6 @@
-//! `ProcessPerms::request` against the running kernel: for every index 0..=63 and
-//! both kinds (`ARCH_REQ_XCOMP_PERM` for tasks, `ARCH_REQ_XCOMP_GUEST_PERM` for
+//! `ProcessPerms::request` against the running kernel: for every index 0..=63,
+//! indices past 2^32 (arch_prctl takes an `unsigned long`: 0x1_0000_0012 must not
+//! be read as 18) and both kinds (`ARCH_REQ_XCOMP_PERM` for tasks, `ARCH_REQ_XCOMP_GUEST_PERM` for
 //! KVM guests), the crate's answer on this CPU's enumeration and `Policy::linux`
 //! must be the kernel's: 0, or the same errno.
 //!
@@ -49,7 +50,7 @@ mod linux {
     }
 
     /// The kernel's answer to one request, made in a forked child: 0 or the errno.
-    fn kernel_answer(code: libc::c_int, index: u32) -> i32 {
+    fn kernel_answer(code: libc::c_int, index: u64) -> i32 {
         // SAFETY: fork has no memory-safety preconditions; the child below calls
         // only async-signal-safe functions (syscall, _exit) before it exits.
         let pid = unsafe { libc::fork() };
@@ -57,8 +58,7 @@ mod linux {
         if pid == 0 {
             // SAFETY: arch_prctl with a request code takes an integer and touches
             // no memory of ours.
-            let r =
-                unsafe { libc::syscall(libc::SYS_arch_prctl, code, libc::c_ulong::from(index)) };
+            let r = unsafe { libc::syscall(libc::SYS_arch_prctl, code, index as libc::c_ulong) };
             // SAFETY: __errno_location returns this thread's errno, always valid.
             let errno = if r == 0 {
                 0
@@ -95,6 +95,17 @@ mod linux {
             "ARCH_GET_XCOMP_SUPP {supp:#x}, crate user config {:#x}",
             cfg.user().max_features.bits()
         );
+        // Every component number, then numbers whose low 32 bits are one
+        // (TILEDATA's 18 among them) at the syscall's full width.
+        let wide = [
+            1 << 32,
+            0x1_0000_0012,
+            0x1_0000_0001,
+            0xffff_ffff_0000_0012,
+            1 << 63 | 18,
+            u64::MAX,
+        ];
+        let indices: Vec<u64> = (0..64).chain(wide).collect();
         let mut agree = 0;
         let mut disagree = Vec::new();
         let mut granted = 0;
@@ -106,7 +117,7 @@ mod linux {
                 "ARCH_REQ_XCOMP_GUEST_PERM",
             ),
         ] {
-            for index in 0..64u32 {
+            for &index in &indices {
                 let kernel = kernel_answer(code, index);
                 let ours = match ProcessPerms::new(&cfg).request(&cfg, kind, index, |_| true) {
                     Ok(_) => 0,
@@ -118,12 +129,14 @@ mod linux {
                 if kernel == ours {
                     agree += 1;
                 } else {
-                    disagree.push(format!("{name}({index}): kernel {kernel}, crate {ours}"));
+                    disagree.push(format!("{name}({index:#x}): kernel {kernel}, crate {ours}"));
                 }
             }
         }
         loud!(
-            "arch_prctl: 64 indices x 2 kinds, {agree} agree, {} disagree ({granted} granted)",
+            "arch_prctl: {} indices (64 components, {} past 2^32) x 2 kinds, {agree} agree, {} disagree ({granted} granted)",
+            indices.len(),
+            wide.len(),
             disagree.len()
         );
         assert!(disagree.is_empty(), "\n{}", disagree.join("\n"));

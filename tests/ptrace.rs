@@ -27,9 +27,9 @@
 mod testkit;
 
 use testkit::{
-    Area, LOADED, MXCSR, MXCSR_MASK, Rng, XCOMP_BV, XSTATE_BV, XTILEDATA, get_u32, get_u64,
-    load_then_tgkill, loud, mutate_header, pkru_keeping_key0, put_u32, put_u64, request_xcomp_perm,
-    std_range, tilecfg_image, x87_image,
+    Area, LOADED, MXCSR, MXCSR_MASK, NT_X86_XSTATE, Rng, XCOMP_BV, XSTATE_BV, XTILEDATA, get_u32,
+    get_u64, getregset, load_then_tgkill, loud, mutate_header, pkru_keeping_key0, put_u32, put_u64,
+    request_xcomp_perm, std_range, tilecfg_image, x87_image,
 };
 use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
@@ -40,8 +40,6 @@ use xstate::insn::read_xcr0;
 use xstate::perm::{PermKind, ProcessPerms};
 use xstate::uabi::{UabiError, UserAbi, export, import, import_abi};
 
-/// `NT_X86_XSTATE` (Linux's `include/uapi/linux/elf.h`).
-const NT_X86_XSTATE: libc::c_int = 0x202;
 /// Random register states the child loads.
 const STATES: usize = 400;
 /// Mutated buffers in all, shared by the verdict children (issue 12 asks for
@@ -75,7 +73,7 @@ impl Live {
             request_xcomp_perm(i, false)
                 .unwrap_or_else(|err| panic!("ARCH_REQ_XCOMP_PERM({i}): errno {err}"));
             perms
-                .request(&cfg, PermKind::Task, i, |_| true)
+                .request(&cfg, PermKind::Task, i.into(), |_| true)
                 .expect("permission");
         }
         if (all & cfg.policy().dynamic).is_empty() {
@@ -164,26 +162,6 @@ fn random_image(rng: &mut Rng, l: &Live, size: usize) -> Area {
     }
     put_u64(b, XSTATE_BV, bv.bits());
     a
-}
-
-/// `ptrace(PTRACE_GETREGSET, pid, NT_X86_XSTATE)` into `len` bytes.
-fn getregset(pid: libc::pid_t, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    // SAFETY: `iov` describes `buf`, `len` writable bytes; the child is stopped
-    // and traced by this thread.
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE, &mut iov) };
-    assert_eq!(
-        r,
-        0,
-        "PTRACE_GETREGSET: {}",
-        std::io::Error::last_os_error()
-    );
-    assert_eq!(iov.iov_len, len, "PTRACE_GETREGSET length");
-    buf
 }
 
 /// `ptrace(PTRACE_SETREGSET, pid, NT_X86_XSTATE)` of all of `buf`; the errno

@@ -569,7 +569,7 @@ fn sigframe_matches_kernel() {
             request_xcomp_perm(i, false)
                 .unwrap_or_else(|err| panic!("ARCH_REQ_XCOMP_PERM({i}): errno {err}"));
             perms
-                .request(cfg, PermKind::Task, i, |_| true)
+                .request(cfg, PermKind::Task, i.into(), |_| true)
                 .expect("permission");
         }
         let first = dynamic.indices().next().unwrap_or(XTILEDATA);
@@ -838,7 +838,7 @@ fn fresh_like(cfg: &Configs, like: &Fpstate<BoxedArea>) -> Fpstate<BoxedArea> {
     let mut perms = ProcessPerms::new(cfg);
     for i in (like.info().features & cfg.policy().dynamic).indices() {
         perms
-            .request(cfg, PermKind::Task, i, |_| true)
+            .request(cfg, PermKind::Task, i.into(), |_| true)
             .expect("permission");
     }
     let first = (like.info().features & cfg.policy().dynamic)

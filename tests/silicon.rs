@@ -57,7 +57,7 @@ impl Machine {
         let text = fs::read_to_string(dir.join("cpuid.txt")).unwrap();
         let cpu = RecordedCpuid::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let e = Enumeration::from_cpuid(&cpu).unwrap_or_else(|err| panic!("{name}: {err}"));
-        let quirks = Quirks::for_cpu(&cpu);
+        let quirks = Quirks::for_cpu(&cpu).unwrap_or_else(|err| panic!("{name}: {err}"));
         let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
         let mut unwritten = BTreeMap::new();
         for line in fs::read_to_string(dir.join("unwritten.txt"))
@@ -302,8 +302,11 @@ fn probes(m: &Machine, t: &mut Tally) {
             continue;
         };
         let mut cpu = m.model();
-        if field("amx_permission") == Some("0") {
-            // No permission asked: the kernel keeps TILEDATA's XFD bit set.
+        if field("amx_permission") == Some("0") && m.e.xfd() && m.e.supported().has_index(TILEDATA)
+        {
+            // No permission asked: the kernel keeps TILEDATA's XFD bit set
+            // (only where the recorded CPU has XFD and TILEDATA; elsewhere
+            // `amx_permission 0` means nothing was asked and nothing is armed).
             cpu.set_cpl0(true);
             cpu.set_xfd(XFeatures::XTILE_DATA).unwrap();
             cpu.set_cpl0(false);
@@ -343,7 +346,7 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
     if bv >> TILEDATA & 1 != 0 {
         let mut perms = ProcessPerms::new(cfg);
         perms
-            .request(cfg, PermKind::Task, TILEDATA, |_| true)
+            .request(cfg, PermKind::Task, TILEDATA.into(), |_| true)
             .unwrap();
         fp = fp.grow_boxed(cfg, &perms, TILEDATA).unwrap();
     }
@@ -399,7 +402,7 @@ fn kernel(m: &Machine, v: &str, bv: u64, frame_len: usize, t: &mut Tally) {
     if fp.info().features != back.info().features {
         let mut perms = ProcessPerms::new(cfg);
         perms
-            .request(cfg, PermKind::Task, TILEDATA, |_| true)
+            .request(cfg, PermKind::Task, TILEDATA.into(), |_| true)
             .unwrap();
         back = back.grow_boxed(cfg, &perms, TILEDATA).unwrap();
     }

@@ -133,3 +133,97 @@ fn init_components_export_as_init_whatever_the_kernel_buffer_kept() {
     assert!(checked >= 10, "only {checked} CPUs");
     eprintln!("{checked} CPUs: init components export as zeros over the kernel buffer's old bytes");
 }
+
+/// A whole image (every user component live, the state a task that used them
+/// all leaves) goes through the configs' precomputed copies: its export must
+/// be the image itself with the standard form's rules applied, written here
+/// from the SDM and Linux independently of the crate: the legacy region and
+/// every component as given, the bytes between components zero, bytes
+/// 416..576 zero but the software bytes (the user feature mask at 464) and
+/// XSTATE_BV, PKRU's reserved bytes 4..8 zero. Its import must leave each
+/// component at its kernel offset and keep the fpstate's own bytes 416..576
+/// but XSTATE_BV.
+#[test]
+fn whole_images_round_trip_through_the_precomputed_copies() {
+    let mut rng = Rng(0x0a11_11fe_5eed);
+    let mut checked = 0;
+    for (name, cpu) in dumps() {
+        let e = Enumeration::from_cpuid(cpu).unwrap();
+        let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+        for owner in [Owner::Host, Owner::Guest] {
+            let mut fp = Fpstate::new_boxed(&cfg, owner).unwrap();
+            let user = fp.info().user_features;
+            let size = e.standard_size(user) as usize;
+            let mut img = vec![0u8; size];
+            rng.fill(&mut img[..]);
+            img[512..576].fill(0);
+            put_u64(&mut img, XSTATE_BV, user.bits());
+            put_u32(&mut img, MXCSR, 0x1f80 | (rng.next() as u32 & 0x7f));
+            let before = fp.area()[416..576].to_vec();
+            let bv_before = fp.xstate_bv();
+            assert_eq!(uabi::import(&cfg, &mut fp, &img).unwrap(), user, "{name}");
+            // The import: each component at its kernel offset, the fpstate's
+            // own 416..576 kept but XSTATE_BV.
+            let k = fp.area();
+            assert_eq!(k[..416], img[..416], "{name}: legacy region");
+            let mut want_hdr = before.clone();
+            let bv = (bv_before - user) | user;
+            want_hdr[96..104].copy_from_slice(&bv.bits().to_le_bytes());
+            assert_eq!(k[416..576], want_hdr[..], "{name}: bytes 416..576");
+            let features = fp.info().features;
+            let mut off = 576usize;
+            for i in features.indices().filter(|&i| i >= 2) {
+                let c = e.component(i).unwrap();
+                if c.align64 && fp.info().form == xstate::layout::Form::Compacted {
+                    off = off.next_multiple_of(64);
+                }
+                let at = if fp.info().form == xstate::layout::Form::Compacted {
+                    off
+                } else {
+                    c.std_offset as usize
+                };
+                let len = c.size as usize;
+                if user.has_index(i) {
+                    let s = c.std_offset as usize;
+                    assert_eq!(k[at..at + len], img[s..s + len], "{name}: component {i}");
+                }
+                off += len;
+            }
+            // The export.
+            let mut want = img.clone();
+            let mut covered = vec![false; size];
+            covered[..416].fill(true);
+            for i in user.indices().filter(|&i| i >= 2) {
+                let c = e.component(i).unwrap();
+                let s = c.std_offset as usize;
+                covered[s..s + c.size as usize].fill(true);
+            }
+            for (b, &c) in want.iter_mut().zip(&covered) {
+                if !c {
+                    *b = 0;
+                }
+            }
+            put_u64(&mut want, 464, cfg.user().max_features.bits());
+            put_u64(&mut want, XSTATE_BV, user.bits());
+            if user.contains(XFeatures::PKRU) {
+                let s = e.component(9).unwrap().std_offset as usize;
+                want[s + 4..s + 8].fill(0);
+            }
+            let mut out = vec![0xa5u8; size + 64];
+            let n = uabi::export(&cfg, &fp, user, &mut out).unwrap();
+            assert_eq!(n, size, "{name}");
+            assert_eq!(
+                out[..n],
+                want[..],
+                "{name} {owner:?}: export of a whole image"
+            );
+            assert!(
+                out[n..].iter().all(|&b| b == 0xa5),
+                "{name}: past the image"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} fpstates");
+    eprintln!("{checked} fpstates: whole images round-trip through the precomputed copies");
+}

@@ -554,3 +554,43 @@ pub fn exported(cfg: &Configs, fp: &Fpstate<BoxedArea>) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// A standard-form buffer for `xstate_bv` laid out from the raw dump, every
+/// component's bytes and the legacy region random.
+pub fn std_buffer(cpu: &impl CpuidSource, xstate_bv: u64, seed: u64) -> Vec<u8> {
+    let mut rng = Rng(seed | 1);
+    let mut b = vec![0u8; std_size_raw(cpu, xstate_bv) as usize];
+    rng.fill(&mut b[..512]);
+    put_u64(&mut b, XSTATE_BV, xstate_bv);
+    for i in bits(xstate_bv).filter(|&i| i >= 2) {
+        let r = cpu.cpuid(0xd, i);
+        rng.fill(&mut b[r.ebx as usize..(r.ebx + r.eax) as usize]);
+    }
+    b
+}
+
+/// `NT_X86_XSTATE` (Linux's `include/uapi/linux/elf.h`).
+#[cfg(target_os = "linux")]
+pub const NT_X86_XSTATE: libc::c_int = 0x202;
+
+/// `ptrace(PTRACE_GETREGSET, pid, NT_X86_XSTATE)` into `len` bytes (the
+/// stopped tracee's XSAVE state in the user-ABI format).
+#[cfg(target_os = "linux")]
+pub fn getregset(pid: libc::pid_t, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: `iov` describes `buf`, `len` writable bytes; the tracee is
+    // stopped and traced by this thread.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE, &mut iov) };
+    assert_eq!(
+        r,
+        0,
+        "PTRACE_GETREGSET: {}",
+        std::io::Error::last_os_error()
+    );
+    assert_eq!(iov.iov_len, len, "PTRACE_GETREGSET length");
+    buf
+}

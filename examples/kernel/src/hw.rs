@@ -158,16 +158,6 @@ pub unsafe fn write_cr4(v: u64) {
     unsafe { asm!("mov cr4, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
 }
 
-/// Set CR0.TS: the next x87/SSE/AVX/XSAVE instruction raises #NM (lazy restore).
-pub fn set_ts() {
-    // SAFETY: CR0.TS only makes FPU-class instructions raise #NM, which the #NM
-    // stub handles (CLTS, then the lazy restore in `sched::device_not_available`).
-    unsafe {
-        asm!("mov {t}, cr0", "or {t}, 8", "mov cr0, {t}", t = out(reg) _,
-             options(nomem, nostack));
-    }
-}
-
 /// CR4.OSXSAVE: XSAVE and XGETBV/XSETBV enabled.
 pub const CR4_OSXSAVE: u64 = 1 << 18;
 /// CR4.PKE: protection keys for user-mode pages, RDPKRU/WRPKRU enabled.
@@ -236,8 +226,9 @@ unsafe extern "C" {
 
 /// Load a GDT with a TSS whose IST1/IST2 point at the interrupt stacks, and an
 /// IDT sending every vector below [`STUBS`] to its stub on an IST stack. With
-/// every interrupt on an IST stack the red zone of the interrupted code (the
-/// host target keeps one, also in the precompiled `core`) is never written.
+/// every interrupt on an IST stack the interrupted code's stack is never written
+/// (the bare-metal target keeps no red zone, but a fault in a handler still
+/// gets a stack of its own).
 pub fn tables_init() {
     // SAFETY: called once at boot, interrupts off, before any handler can run:
     // no other reference to these statics exists.
@@ -408,16 +399,11 @@ global_asm!(
     "push \\v",
     "jmp isr_common",
     ".endm",
-    ".irp v, 0,1,2,3,4,5,6,9,15,16,18,19,20,22,23,24,25,26,27,28,31",
+    // #NM (7) included: this kernel never sets CR0.TS (no lazy restore, see
+    // README.md), so one is a failure like any other exception.
+    ".irp v, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31",
     "isr_noerr \\v",
     ".endr",
-    // #NM: in this kernel only CR0.TS raises it (CR0.EM is clear). Clear TS
-    // before the common path, whose first instructions are SSE stores.
-    "isr_7:",
-    "clts",
-    "push 0",
-    "push 7",
-    "jmp isr_common",
     ".irp v, 8,10,11,12,13,14,17,21,29,30",
     "isr_err \\v",
     ".endr",

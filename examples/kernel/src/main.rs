@@ -1,10 +1,12 @@
 //! A ring-0 x86-64 kernel that uses `xstate` the way a kernel does: it enables
 //! XSAVE (CR4.OSXSAVE, CR4.PKE where PKU exists), enumerates the CPU through the
 //! crate's live CPUID source, derives the configs with Linux's policy, checks the
-//! crate's XSETBV rules against the CPU's #GP, writes XCR0, and runs tasks that a
-//! PIT timer interrupt preempts, switching their fpstates with the crate's
-//! `swap` (eagerly in the timer, or lazily in #NM after CR0.TS with `-append
-//! lazy`). Every task checks, many times, that its registers hold its own values.
+//! crate's XSETBV rules against the CPU's #GP, writes XCR0, and runs user tasks
+//! and kernel threads that a PIT timer interrupt preempts, on the crate's
+//! lifecycle layer (`xstate::lifecycle`): saves on the switch, loads deferred
+//! to the return to task code and skipped where the CPU still holds the
+//! task's registers, a kernel SIMD section in the timer interrupt. Every task
+//! checks, many times, that its registers hold its own values.
 //!
 //! Booted by QEMU through the PVH entry note (`-kernel`); it reports on COM1 and
 //! ends QEMU through isa-debug-exit: status 33 when every check held, 35 when one
@@ -19,9 +21,9 @@
 
 mod boot;
 mod hw;
-mod rt;
 mod rules;
 mod sched;
+mod simd;
 mod tasks;
 
 use core::arch::asm;
@@ -36,7 +38,7 @@ use xstate::feature::name_of;
 use xstate::insn::{read_xcr0, read_xinuse};
 
 use hw::{EXIT_FAILURE, EXIT_SUCCESS, Frame, exit};
-use tasks::{CAPS, FIRST_BLEED, QUIET, REGISTER_NAMES, STATS, TASKS};
+use tasks::{CAPS, FIRST_BLEED, KLOOPS, KTHREADS, QUIET, REGISTER_NAMES, STATS, TASKS};
 
 /// Switches per run (boot -> first task and last task -> boot included).
 const SWITCHES: u64 = 20_000;
@@ -46,6 +48,8 @@ const PIT_DIVISOR: u16 = 119;
 /// count.
 const MIN_CHECKS: u64 = 1_000;
 const MIN_SPANNED: u64 = 100;
+/// Kernel SIMD sections a run must have computed in.
+const MIN_SECTIONS: u64 = 1_000;
 
 /// IA32_BNDCFGS: MPX configuration for CPL 0.
 const MSR_BNDCFGS: u32 = 0xd90;
@@ -216,29 +220,51 @@ extern "C" fn kmain() -> ! {
     }
 
     // SAFETY: CR4.OSXSAVE is set, and the unit only ever sees the fpstates the
-    // crate sized (sched::init); restores run in the timer handler, where the
-    // interrupted code's XMM registers are on the stack (hw.rs) and no other
-    // vector value is live in compiled code.
+    // crate sized (sched::init); restores and section preparations run in
+    // interrupt handlers, where the interrupted code's XMM registers are on the
+    // stack (hw.rs) and no other vector value is live in compiled code, or in
+    // the boot code before the tasks run, where none is either.
     let unit = match unsafe { sched::Unit::new(&e) } {
         Ok(unit) => unit,
         Err(err) => fail(format_args!("no XSAVE unit for this CPU: {err}")),
     };
+    let cmdline = boot::cmdline();
+    let sabotage = cmdline.split(|&b| b == b' ').any(|w| w == b"sabotage");
+    let width = simd::Width::detect(xcr0, leaf7.ebx);
     // SAFETY: once, interrupts off.
-    if let Err(err) = unsafe { sched::init(cfg.clone(), unit, tasks::task_main, SWITCHES) } {
+    let built = unsafe {
+        sched::init(
+            cfg.clone(),
+            unit,
+            sabotage,
+            width,
+            tasks::task_main,
+            tasks::kthread_main,
+            SWITCHES,
+        )
+    };
+    if let Err(err) = built {
         fail(format_args!("the crate refused fpstate storage: {err}"));
     }
     kprintln!(
-        "fpstate: {} contexts of {} bytes, {:?} form, xstate_bv 0 (init)",
+        "fpstate: {} contexts of {} bytes, {:?} form, xstate_bv 0 (init); {KTHREADS} kernel threads without one",
         TASKS + 1,
         cfg.kernel().default_size,
         cfg.kernel().form
     );
+    if sabotage {
+        kprintln!(
+            "sabotage: the layer drops one invalidation (Rule::SectionDropsOwner): a kernel SIMD section leaves the owner record to the task it interrupted (negative control)"
+        );
+    }
 
     // Which components XINUSE tracks here: those it reports as init right after
     // an all-init restore. QEMU's TCG tracks only BNDREGS and reports the others
     // as always in use; hardware tracks them.
-    if let Err(err) = sched::restore_boot_init() {
-        fail(format_args!("the crate refused the init restore: {err}"));
+    if let Err(err) = sched::load_boot() {
+        fail(format_args!(
+            "the layer refused the boot context's load: {err}"
+        ));
     }
     let (tracked, xinuse_line) = match read_xinuse() {
         Some(x) => (cfg.xcr0() - x, x),
@@ -262,21 +288,16 @@ extern "C" fn kmain() -> ! {
         Names(quiet_tracked)
     );
 
-    let cmdline = boot::cmdline();
-    if cmdline.split(|&b| b == b' ').any(|w| w == b"sabotage") {
-        sched::SABOTAGE.store(true, Relaxed);
-        kprintln!("sabotage: switches save but skip the restore (negative control)");
-    }
-    if cmdline.split(|&b| b == b' ').any(|w| w == b"lazy") {
-        sched::LAZY.store(true, Relaxed);
-        kprintln!("lazy: switches set CR0.TS; #NM saves the owner and restores");
-    }
-
     hw::pit_init(PIT_DIVISOR);
     hw::pic_timer(true);
     kprintln!(
-        "timer: PIT at {} Hz, {SWITCHES} switches",
-        hw::PIT_HZ / u32::from(PIT_DIVISOR)
+        "timer: PIT at {} Hz, {SWITCHES} switches, schedule {:?} (kernel threads {}..={}), a kernel SIMD section every {} ticks over {}",
+        hw::PIT_HZ / u32::from(PIT_DIVISOR),
+        sched::SCHEDULE,
+        TASKS,
+        sched::RUNNABLE - 1,
+        sched::SECTION_EVERY,
+        width.name()
     );
     loop {
         // SAFETY: interrupts off while the flag is read; STI's one-instruction
@@ -295,9 +316,10 @@ extern "C" fn kmain() -> ! {
 
 fn report(cfg: &Configs) -> ! {
     // SAFETY: the timer is masked and interrupts are off: nothing else holds SCHED.
-    let Some(s) = (unsafe { sched::SCHED.get() }).as_ref() else {
+    let Some(sched) = (unsafe { sched::SCHED.get() }).as_ref() else {
         fail(format_args!("no scheduler"));
     };
+    let s = &sched.st;
     let mut ok = true;
     let mut bleeds = 0;
     for (i, st) in STATS.iter().enumerate() {
@@ -320,6 +342,16 @@ fn report(cfg: &Configs) -> ! {
         );
         ok &= checks >= MIN_CHECKS && spanned >= MIN_SPANNED && xbad == 0 && bv_ok;
     }
+    for (k, loops) in KLOOPS.iter().enumerate() {
+        let i = TASKS + k;
+        let slices = sched::SLICES[i].load(Relaxed);
+        let loops = loops.load(Relaxed);
+        kprintln!(
+            "task {i} (kernel thread): {slices} slices, {loops} integer loops, no fpstate{}",
+            if slices > 0 && loops > 0 { "" } else { " FAIL" }
+        );
+        ok &= slices > 0 && loops > 0;
+    }
     if FIRST_BLEED.is_set() {
         let reg = FIRST_BLEED.reg.load(Relaxed) as usize;
         kprintln!(
@@ -335,18 +367,49 @@ fn report(cfg: &Configs) -> ! {
             kprintln!("unit: {name} {} times", s.unit.counts[i]);
         }
     }
-    if sched::LAZY.load(Relaxed) {
-        kprintln!(
-            "lazy: {} restores in #NM for {} switches",
-            s.lazy_restores,
-            s.switches
-        );
-        ok &= s.lazy_restores > 0;
-    }
+    // The layer's counts, and the scheduler's own account of what one CPU must
+    // do: they agree unless the layer skips a load the rule forbids (or runs
+    // one it could skip, or saves a kernel thread).
+    let st = s.stats();
+    let sh = &s.shadow;
+    let agree = st.restores == sh.restores && st.elided == sh.elided && st.saves == sh.saves;
+    kprintln!(
+        "lifecycle: {} restores, {} elided, {} saves, {} sections; the scheduler's account: {} restores, {} elided, {} saves: {}",
+        st.restores,
+        st.elided,
+        st.saves,
+        st.sections,
+        sh.restores,
+        sh.elided,
+        sh.saves,
+        if agree { "agree" } else { "FAIL differ" }
+    );
+    let sections_ok = st.sections == s.sums_ok + s.sums_wrong;
+    kprintln!(
+        "simd: {} sections over {}, {} sums right, {} wrong{}",
+        st.sections,
+        s.width().name(),
+        s.sums_ok,
+        s.sums_wrong,
+        if sections_ok && s.sums_wrong == 0 {
+            ""
+        } else {
+            " FAIL"
+        }
+    );
+    ok &= agree && sections_ok && s.sums_wrong == 0;
+    ok &= st.sections >= MIN_SECTIONS && st.elided > 0;
     let xcr0 = read_xcr0().unwrap_or(XFeatures::empty());
     ok &= bleeds == 0 && xcr0 == cfg.xcr0() && s.switches >= SWITCHES;
     kprintln!(
-        "kernel: {TASKS} tasks, {} switches, {bleeds} bleeds, mode {}, xcr0 {:#x}",
+        "kernel: elided {} of {} restores, {} kernel SIMD sections",
+        st.elided,
+        st.elided + st.restores,
+        st.sections
+    );
+    kprintln!(
+        "kernel: {} tasks, {} switches, {bleeds} bleeds, mode {}, xcr0 {:#x}",
+        sched::RUNNABLE,
         s.switches,
         s.unit.mode(),
         xcr0.bits()
@@ -362,8 +425,6 @@ extern "C" fn dispatch(frame: &mut Frame) {
             hw::pic_eoi();
             sched::tick(frame);
         }
-        // #NM: CR0.TS after a lazy switch (the stub already ran CLTS).
-        7 => sched::device_not_available(),
         // The master PIC's spurious IRQ 7: no EOI.
         39 => {}
         13 if rules::handle_gp(frame) => {}
@@ -377,6 +438,8 @@ extern "C" fn dispatch(frame: &mut Frame) {
             exit(EXIT_FAILURE)
         }
     }
+    // Last, on the way back to the interrupted or the next context's code.
+    sched::exit_to_task();
 }
 
 #[panic_handler]

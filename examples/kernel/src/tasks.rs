@@ -23,8 +23,10 @@ use xstate::XFeatures;
 
 use crate::sched::SLICES;
 
-/// Number of tasks.
+/// Number of user tasks (they have an fpstate).
 pub const TASKS: usize = 4;
+/// Number of kernel threads (no fpstate: the layer never saves or loads them).
+pub const KTHREADS: usize = 2;
 /// The task that never writes AVX or MPX state.
 pub const QUIET: usize = TASKS - 1;
 
@@ -354,6 +356,40 @@ fn bleed(task: usize, reg: usize, got: u64, want: u64) {
 fn compare(task: usize, reg: usize, got: u64, want: u64) {
     if got != want {
         bleed(task, reg, got, want);
+    }
+}
+
+/// Loops each kernel thread ran, by kernel-thread number.
+pub static KLOOPS: [AtomicU64; KTHREADS] = [const { AtomicU64::new(0) }; KTHREADS];
+
+/// The body of every kernel thread; `id` (`TASKS..TASKS + KTHREADS`) comes in
+/// RDI from its first frame. It computes in general registers only: no x87,
+/// no MXCSR, no AVX, no PKRU or bound registers, nothing an fpstate holds
+/// beyond XMM0-15's low halves, which compiled code may use and the interrupt
+/// stubs keep per context in the frame. That is what lets the layer skip the
+/// restore of the task that ran before it, and the tasks' checks would see it
+/// otherwise.
+pub extern "C" fn kthread_main(id: u64) -> ! {
+    let k = (id as usize).wrapping_sub(TASKS) % KTHREADS;
+    let mut x = 0x2545_f491_4f6c_dd1du64 ^ id;
+    loop {
+        // SAFETY: general registers only (xorshift steps and a counter), no
+        // memory, no stack.
+        unsafe {
+            asm!(
+                "2:",
+                "mov {t}, {x}", "shl {t}, 13", "xor {x}, {t}",
+                "mov {t}, {x}", "shr {t}, 7", "xor {x}, {t}",
+                "mov {t}, {x}", "shl {t}, 17", "xor {x}, {t}",
+                "dec {n}",
+                "jnz 2b",
+                x = inout(reg) x,
+                t = out(reg) _,
+                n = inout(reg) 1000u64 => _,
+                options(nomem, nostack),
+            )
+        };
+        KLOOPS[k].fetch_add(1, Relaxed);
     }
 }
 
