@@ -819,6 +819,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     }
 
     /// Save `ctx`'s registers if they are live, and mark it needs-load.
+    #[inline(always)]
     fn save_live<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
@@ -845,6 +846,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
 
     /// Make `ctx`'s registers live on `cpu`: skip the restore if the CPU still
     /// holds them, else set XFD and restore.
+    #[inline(always)]
     fn load<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
@@ -888,6 +890,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// The save's [`FpstateError`] (a model fault, a foreign fpstate).
+    #[inline(always)]
     pub fn switch_out<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
@@ -907,6 +910,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
     ///
     /// # Errors
     /// [`LifecycleError::KernelThread`], or the restore's.
+    #[inline(always)]
     pub fn return_to_user<S: StableStorage, U: FpuUnit>(
         &self,
         cpu: &mut CpuFpu,
