@@ -166,10 +166,10 @@ impl FpuUnit for crate::insn::Cpu {
         if !self.is_supervisor() || !e.xfd() || !capable {
             return Err(Fault::Gp);
         }
+        // The components armed are those the fpstate about to be restored has
+        // no space for: its owner has not used them.
         // SAFETY: a supervisor unit runs at CPL 0 (`Cpu::supervisor`'s
-        // contract), the CPU enumerates XFD and every bit is XFD-capable; the
-        // components armed are those of the fpstate about to be restored, which
-        // has no space for them (its owner has not used them).
+        // contract); the CPU enumerates XFD and every bit is XFD-capable.
         unsafe { crate::insn::write_xfd(xfd) };
         Ok(())
     }
