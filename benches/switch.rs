@@ -60,7 +60,7 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, MXCSR_DEFAULT, Mode, Owner, Storage, swap};
 use xstate::insn::{self, Cpu};
 use xstate::layout::Layout;
-use xstate::lifecycle::{CpuFpu, Lifecycle, SectionInit, TaskFpu};
+use xstate::lifecycle::{CpuFpu, Lifecycle, SectionInit, TaskFpu, UserMode};
 
 /// The masks: x87|SSE, +AVX, +AVX-512, +AMX.
 const MASKS: [u64; 4] = [0x3, 0x7, 0xe7, 0x600e7];
@@ -231,7 +231,7 @@ struct SwapSide<'c> {
 
 /// The lifecycle layer side.
 struct LayerSide<'c> {
-    lc: Lifecycle<'c>,
+    lc: Lifecycle<'c, UserMode>,
     cpu: CpuFpu,
     unit: Cpu,
     tasks: Vec<TaskFpu<BoxedArea>>,
@@ -435,7 +435,7 @@ fn bench_row(
     assert_eq!(sw.fps[0].info().features, mask);
 
     // The layer side: one CPU record, the tasks and a kernel thread.
-    let lc: Lifecycle<'_> = Lifecycle::new(cfg, Mode::User);
+    let lc = Lifecycle::new(cfg, UserMode);
     let area = || BoxedArea::zeroed(cfg.kernel().default_size as usize);
     let tasks: Vec<TaskFpu<BoxedArea>> = (0..n)
         .map(|_| lc.user_task(area()).expect("user task"))

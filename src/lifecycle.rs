@@ -94,9 +94,12 @@ use crate::uabi::{self, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET, Uab
 pub trait StableStorage: Storage + sealed::Sealed {}
 
 mod sealed {
-    /// Only the crate's own stable storages.
+    /// Only the crate's own stable storages and layer modes.
     pub trait Sealed {}
     impl Sealed for &mut [u8] {}
+    impl Sealed for crate::fpstate::Mode {}
+    impl Sealed for super::UserMode {}
+    impl Sealed for super::SupervisorMode {}
     #[cfg(feature = "alloc")]
     impl Sealed for crate::fpstate::BoxedArea {}
 }
@@ -104,6 +107,47 @@ mod sealed {
 impl StableStorage for &mut [u8] {}
 #[cfg(feature = "alloc")]
 impl StableStorage for crate::fpstate::BoxedArea {}
+
+/// The save/restore mode of a [`Lifecycle`]: fixed in its type by a marker
+/// ([`UserMode`], [`SupervisorMode`]), so every event's save and restore is
+/// compiled for its instruction alone, or chosen at run time ([`Mode`]), which
+/// costs a test and a branch on every save and restore of the context switch
+/// (measured in BENCHMARKS.md section 6).
+pub trait LayerMode: Copy + core::fmt::Debug + sealed::Sealed {
+    /// The mode.
+    fn get(self) -> Mode;
+}
+
+impl LayerMode for Mode {
+    #[inline(always)]
+    fn get(self) -> Mode {
+        self
+    }
+}
+
+/// [`Mode::User`] fixed at compile time: XSAVEC (XSAVEOPT or XSAVE for a
+/// standard-form config) and XRSTOR, in user space or in a kernel that keeps
+/// no supervisor state in its fpstates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UserMode;
+
+impl LayerMode for UserMode {
+    #[inline(always)]
+    fn get(self) -> Mode {
+        Mode::User
+    }
+}
+
+/// [`Mode::Supervisor`] fixed at compile time: XSAVES and XRSTORS, in ring 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SupervisorMode;
+
+impl LayerMode for SupervisorMode {
+    #[inline(always)]
+    fn get(self) -> Mode {
+        Mode::Supervisor
+    }
+}
 
 /// The legacy region and header: the smallest XSAVE area.
 const AREA_HEAD: usize = 576;
@@ -452,17 +496,35 @@ pub enum SignalPath {
 #[derive(Clone, Copy, Debug)]
 struct Ctx {
     id: CtxId,
-    last_cpu: Option<u32>,
+    /// The CPU whose registers last held this context's state, or [`NO_CPU`]:
+    /// a CPU number widened to 64 bits, so "none" is a value no CPU has and
+    /// the check on every return to user mode is one compare.
+    last_cpu: u64,
     needs_load: bool,
 }
+
+/// [`Ctx::last_cpu`] of a context no CPU may hold.
+const NO_CPU: u64 = u64::MAX;
 
 impl Ctx {
     const fn new(id: CtxId) -> Self {
         Self {
             id,
-            last_cpu: None,
+            last_cpu: NO_CPU,
             needs_load: true,
         }
+    }
+
+    /// Whether `cpu` was the last to hold this context's registers.
+    #[inline(always)]
+    const fn last_on(&self, cpu: &CpuFpu) -> bool {
+        self.last_cpu == cpu.cpu as u64
+    }
+
+    /// Forget the last CPU: no record can skip the next load.
+    #[inline(always)]
+    const fn forget_cpu(&mut self) {
+        self.last_cpu = NO_CPU;
     }
 }
 
@@ -508,8 +570,11 @@ pub enum TaskKind {
 #[derive(Debug)]
 pub struct TaskFpu<S: StableStorage> {
     ctx: Ctx,
+    /// The host fpstate in use: the default one, or the grown one after an
+    /// XFD first use (one field, so the switch finds it with one test).
     fp: Option<Fpstate<S>>,
-    grown: Option<Fpstate<S>>,
+    /// The default fpstate, kept here while a grown one is in use.
+    default: Option<Fpstate<S>>,
     guest: Option<GuestFpu<S>>,
     in_guest: bool,
 }
@@ -544,7 +609,12 @@ impl<S: StableStorage> TaskFpu<S> {
     /// The CPU whose registers last held the task's state, if they may still.
     #[inline]
     pub const fn last_cpu(&self) -> Option<u32> {
-        self.ctx.last_cpu
+        let c = self.ctx.last_cpu;
+        if c > u32::MAX as u64 {
+            None
+        } else {
+            Some(c as u32)
+        }
     }
 
     /// Whether the task is in guest mode.
@@ -593,27 +663,23 @@ impl<S: StableStorage> TaskFpu<S> {
     }
 
     fn host(&self) -> Option<&Fpstate<S>> {
-        self.grown.as_ref().or(self.fp.as_ref())
+        self.fp.as_ref()
     }
 
     fn host_mut(&mut self) -> Option<&mut Fpstate<S>> {
-        self.grown.as_mut().or(self.fp.as_mut())
+        self.fp.as_mut()
     }
 
     /// The context whose registers the task runs with: the guest's in guest
     /// mode, else the task's own; none for a kernel thread.
-    #[inline]
+    #[inline(always)]
     fn active(&mut self) -> Option<(&mut Ctx, &mut Fpstate<S>)> {
-        if self.in_guest {
-            if let Some(g) = &mut self.guest {
-                return Some((&mut g.ctx, &mut g.fp));
-            }
+        if self.in_guest
+            && let Some(g) = &mut self.guest
+        {
+            return Some((&mut g.ctx, &mut g.fp));
         }
-        let fp = match &mut self.grown {
-            Some(g) => g,
-            None => self.fp.as_mut()?,
-        };
-        Some((&mut self.ctx, fp))
+        Some((&mut self.ctx, self.fp.as_mut()?))
     }
 }
 
@@ -734,18 +800,20 @@ pub struct Released<S: StableStorage> {
 /// default) in every real use. The proofs build copies with one rule dropped and
 /// show each of them letting a task read state that is not its own.
 #[derive(Debug)]
-pub struct Lifecycle<'c, const DROPPED: u32 = 0> {
+pub struct Lifecycle<'c, M: LayerMode = Mode, const DROPPED: u32 = 0> {
     cfg: &'c Configs,
-    mode: Mode,
+    mode: M,
     /// Whether any component is dynamic: only then can an fpstate's XFD value
     /// differ from the CPU's.
     dynamic: bool,
     next_id: AtomicU64,
 }
 
-impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
-    /// The layer for fpstates of `cfg`, saved and restored in `mode`.
-    pub const fn new(cfg: &'c Configs, mode: Mode) -> Self {
+impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
+    /// The layer for fpstates of `cfg`, saved and restored in `mode`: a
+    /// [`Mode`] chosen at run time, or [`UserMode`] / [`SupervisorMode`] to
+    /// compile the events for one mode (what a kernel's context switch wants).
+    pub const fn new(cfg: &'c Configs, mode: M) -> Self {
         Self {
             cfg,
             mode,
@@ -762,8 +830,8 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
 
     /// The save/restore mode.
     #[inline]
-    pub const fn mode(&self) -> Mode {
-        self.mode
+    pub fn mode(&self) -> Mode {
+        self.mode.get()
     }
 
     #[inline(always)]
@@ -788,7 +856,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         Ok(TaskFpu {
             ctx: Ctx::new(self.mint()),
             fp: Some(fp),
-            grown: None,
+            default: None,
             guest: None,
             in_guest: false,
         })
@@ -800,7 +868,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         TaskFpu {
             ctx: Ctx::new(self.mint()),
             fp: None,
-            grown: None,
+            default: None,
             guest: None,
             in_guest: false,
         }
@@ -832,12 +900,12 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         }
         // One arm per mode, so each inlined save picks its instruction at
         // compile time.
-        match self.mode {
+        match self.mode.get() {
             Mode::User => fp.save(unit, self.cfg, Mode::User)?,
             Mode::Supervisor => fp.save(unit, self.cfg, Mode::Supervisor)?,
         }
         cpu.stats.saves += 1;
-        ctx.last_cpu = Some(cpu.cpu);
+        ctx.last_cpu = cpu.cpu as u64;
         if Self::keeps(Rule::NeedsLoad) {
             ctx.needs_load = true;
         }
@@ -857,18 +925,15 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         if !ctx.needs_load {
             return Ok(Restore::Live);
         }
-        let owner_ok = !Self::keeps(Rule::OwnerCheck) || cpu.owner == Some(ctx.id);
-        let cpu_ok = !Self::keeps(Rule::CpuCheck) || ctx.last_cpu == Some(cpu.cpu);
-        if self.dynamic && Self::keeps(Rule::XfdSwitch) && cpu.xfd != fp.info().xfd {
-            let xfd = fp.info().xfd;
-            unit.write_xfd(xfd)?;
-            cpu.xfd = xfd;
+        if self.dynamic && Self::keeps(Rule::XfdSwitch) {
+            Self::set_xfd(cpu, unit, fp.info().xfd)?;
         }
-        let done = if owner_ok && cpu_ok {
+        let owner_ok = !Self::keeps(Rule::OwnerCheck) || cpu.owner == Some(ctx.id);
+        let done = if owner_ok && (!Self::keeps(Rule::CpuCheck) || ctx.last_on(cpu)) {
             cpu.stats.elided += 1;
             Restore::Elided
         } else {
-            match self.mode {
+            match self.mode.get() {
                 Mode::User => fp.restore(unit, self.cfg, Mode::User)?,
                 Mode::Supervisor => fp.restore(unit, self.cfg, Mode::Supervisor)?,
             }
@@ -878,9 +943,24 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
             }
             Restore::Loaded
         };
-        ctx.last_cpu = Some(cpu.cpu);
+        ctx.last_cpu = cpu.cpu as u64;
         ctx.needs_load = false;
         Ok(done)
+    }
+
+    /// IA32_XFD = `xfd` on `cpu` unless it is already (only configs with a
+    /// dynamic component can make two contexts' values differ).
+    #[inline]
+    fn set_xfd<U: FpuUnit>(
+        cpu: &mut CpuFpu,
+        unit: &mut U,
+        xfd: XFeatures,
+    ) -> Result<(), LifecycleError> {
+        if cpu.xfd != xfd {
+            unit.write_xfd(xfd)?;
+            cpu.xfd = xfd;
+        }
+        Ok(())
     }
 
     /// The scheduler switches away from `task` on `cpu` (Linux's
@@ -1018,11 +1098,19 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         if task.in_guest {
             return Err(LifecycleError::InGuest);
         }
-        let fp = task.fp.as_mut().ok_or(LifecycleError::KernelThread)?;
-        fp.reset_init()?;
-        let grown = task.grown.take().map(Fpstate::into_storage);
+        if task.fp.is_none() {
+            return Err(LifecycleError::KernelThread);
+        }
+        // Back to the default fpstate; the grown one's storage is returned.
+        let grown = match task.default.take() {
+            Some(d) => task.fp.replace(d).map(Fpstate::into_storage),
+            None => None,
+        };
+        if let Some(fp) = task.fp.as_mut() {
+            fp.reset_init()?;
+        }
         if Self::keeps(Rule::ExecInvalidates) {
-            task.ctx.last_cpu = None;
+            task.ctx.forget_cpu();
         }
         task.ctx.needs_load = true;
         Ok(grown)
@@ -1034,9 +1122,13 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         if cpu.owner == Some(task.ctx.id) {
             cpu.owner = None;
         }
+        let (default, grown) = match task.default {
+            Some(d) => (Some(d), task.fp),
+            None => (task.fp, None),
+        };
         Released {
-            default: task.fp.map(Fpstate::into_storage),
-            grown: task.grown.map(Fpstate::into_storage),
+            default: default.map(Fpstate::into_storage),
+            grown: grown.map(Fpstate::into_storage),
             guest: task.guest,
         }
     }
@@ -1059,7 +1151,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
             return Err(LifecycleError::Live);
         }
         if Self::keeps(Rule::PtraceInvalidates) {
-            task.ctx.last_cpu = None;
+            task.ctx.forget_cpu();
         }
         let fp = task.host_mut().ok_or(LifecycleError::KernelThread)?;
         Ok(BufferWrite { fp })
@@ -1079,7 +1171,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         }
         let g = task.guest.as_mut().ok_or(LifecycleError::NoGuest)?;
         if Self::keeps(Rule::KvmInvalidates) {
-            g.ctx.last_cpu = None;
+            g.ctx.forget_cpu();
         }
         Ok(BufferWrite { fp: &mut g.fp })
     }
@@ -1116,7 +1208,12 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         }
         let grown = grown?;
         let xfd = grown.info().xfd;
-        task.grown = Some(grown);
+        // The default is kept until exec or exit; a grown one replaced by a
+        // larger one is dropped here.
+        let old = task.fp.replace(grown);
+        if task.default.is_none() {
+            task.default = old;
+        }
         if live && cpu.xfd != xfd {
             // Disarm XFD for what the task now has space for.
             unit.write_xfd(xfd)?;
@@ -1335,7 +1432,7 @@ impl<'c, const DROPPED: u32> Lifecycle<'c, DROPPED> {
         // then write it, which drops the task's last CPU.
         self.sync(cpu, unit, task)?;
         if Self::keeps(Rule::SigreturnInvalidates) {
-            task.ctx.last_cpu = None;
+            task.ctx.forget_cpu();
         }
         let fp = task.host_mut().ok_or(LifecycleError::KernelThread)?;
         uabi::import_sigframe(self.cfg, fp, frame)?;

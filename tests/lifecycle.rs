@@ -7,7 +7,7 @@
 //! (init state for the handler), a sigreturn, a clone or an exec made of it.
 //!
 //! The same driver then runs copies of the layer with one rule dropped each
-//! (`Lifecycle<'_, DROPPED>`), and each copy must be caught letting a context
+//! (`Lifecycle<'_, Mode, DROPPED>`; the clean layer runs with the mode fixed in its type, [`UserMode`] or [`SupervisorMode`], as a kernel builds it), and each copy must be caught letting a context
 //! see state that is not its own.
 //!
 //! `XSTATE_LIFECYCLE_SEQUENCES=N` sets the number of sequences for the layer
@@ -21,7 +21,8 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Mode, Storage};
 use xstate::insn::Fault;
 use xstate::lifecycle::{
-    CpuFpu, FpuUnit, Lifecycle, LifecycleError, Restore, Rule, SectionInit, SignalPath, TaskFpu,
+    CpuFpu, FpuUnit, LayerMode, Lifecycle, LifecycleError, Restore, Rule, SectionInit, SignalPath,
+    SupervisorMode, TaskFpu, UserMode,
 };
 use xstate::model::{Quirks, XsaveMachine};
 use xstate::perm::{PermKind, ProcessPerms};
@@ -168,9 +169,9 @@ enum Failure {
     Refused(String),
 }
 
-struct World<'c, const D: u32> {
+struct World<'c, M: LayerMode, const D: u32> {
     s: &'c Setup,
-    lc: Lifecycle<'c, D>,
+    lc: Lifecycle<'c, M, D>,
     cpus: Vec<(CpuFpu, XsaveMachine)>,
     running: Vec<Option<usize>>,
     slots: Vec<Option<Slot>>,
@@ -189,8 +190,11 @@ fn size_of(cfg: &Configs, features: XFeatures) -> usize {
     }
 }
 
-impl<'c, const D: u32> World<'c, D> {
-    fn new(s: &'c Setup, seed: u64) -> Self {
+impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
+    /// The world of setup `s` with the layer in `mode`, which must be
+    /// `s.mode` (at compile time or at run time).
+    fn new(s: &'c Setup, seed: u64, mode: M) -> Self {
+        assert_eq!(mode.get(), s.mode);
         let cfg = &s.cfg;
         let xfd = cfg.policy().dynamic;
         let cpus = (0..s.cpus)
@@ -206,7 +210,7 @@ impl<'c, const D: u32> World<'c, D> {
         let init = Snap::of(&cpus[0].1, user);
         let mut w = Self {
             s,
-            lc: Lifecycle::new(cfg, s.mode),
+            lc: Lifecycle::new(cfg, mode),
             cpus,
             running: vec![None; s.cpus],
             slots: Vec::new(),
@@ -746,13 +750,23 @@ impl<'c, const D: u32> World<'c, D> {
     }
 }
 
-/// Sequences of the layer with rules `D` dropped on setup `s`: how many saw a
+/// One sequence of `w`: its verdict, its counts and its last events.
+fn clean_run<M: LayerMode>(
+    mut w: World<'_, M, 0>,
+) -> (Result<(), Failure>, (u64, u64, u64), VecDeque<String>) {
+    let r = w.run();
+    (r, w.stats(), w.log)
+}
+
+/// Sequences of the layer with rules `D` dropped on setup `s` (the mode
+/// chosen at run time, [`Mode`]): how many saw a
 /// violation, and the first one's text.
 fn run_copy<const D: u32>(s: &Setup, seeds: std::ops::Range<u64>) -> (u64, Option<String>) {
     let mut caught = 0;
     let mut first = None;
     for seed in seeds {
-        let mut w = World::<D>::new(s, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xabcd);
+        let seed_w = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xabcd;
+        let mut w = World::<Mode, D>::new(s, seed_w, s.mode);
         if let Err(f) = w.run() {
             caught += 1;
             if first.is_none() {
@@ -783,18 +797,20 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
     for s in &setups {
         let mut first = None;
         for seed in 0..per {
-            let mut w = World::<0>::new(s, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234);
-            let r = w.run();
-            let (a, b, k) = w.stats();
+            let seed_w = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234;
+            // The layer as kernels build it: the mode fixed in its type.
+            let (r, (a, b, k), log) = match s.mode {
+                Mode::User => clean_run(World::<UserMode, 0>::new(s, seed_w, UserMode)),
+                Mode::Supervisor => {
+                    clean_run(World::<SupervisorMode, 0>::new(s, seed_w, SupervisorMode))
+                }
+            };
             restores += a;
             elided += b;
             sections += k;
             if let Err(f) = r {
                 violations += 1;
-                first.get_or_insert(format!(
-                    "{} seed {seed}: {f:?}\n  last: {:?}",
-                    s.name, w.log
-                ));
+                first.get_or_insert(format!("{} seed {seed}: {f:?}\n  last: {log:?}", s.name));
             }
         }
         assert!(first.is_none(), "the layer failed: {}", first.unwrap());

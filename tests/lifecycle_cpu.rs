@@ -26,9 +26,9 @@ use xstate::XFeatures;
 use xstate::config::{Configs, Policy};
 use xstate::cpuid::LiveCpuid;
 use xstate::enumerate::Enumeration;
-use xstate::fpstate::{BoxedArea, Mode, Storage};
+use xstate::fpstate::{BoxedArea, Storage};
 use xstate::insn::{Cpu, read_xcr0};
-use xstate::lifecycle::{CpuFpu, FpuUnit, Lifecycle, SectionInit, SignalPath, TaskFpu};
+use xstate::lifecycle::{CpuFpu, FpuUnit, Lifecycle, SectionInit, SignalPath, TaskFpu, UserMode};
 use xstate::model::{Quirks, XsaveMachine};
 use xstate::uabi;
 
@@ -135,7 +135,7 @@ struct Side<U: FpuUnit> {
 /// Both sides, driven by one random sequence.
 struct Run<'c> {
     cfg: &'c Configs,
-    lc: Lifecycle<'c>,
+    lc: Lifecycle<'c, UserMode>,
     live: Side<Cpu>,
     model: Side<XsaveMachine>,
     expected: Vec<Option<Vec<Vec<u8>>>>,
@@ -521,7 +521,7 @@ fn child() {
     let xfd = cfg.policy().dynamic;
     let (mut checks, mut elided, mut restores) = (0, 0, 0);
     for seed in 0..SEQUENCES {
-        let lc = Lifecycle::new(&cfg, Mode::User);
+        let lc = Lifecycle::new(&cfg, UserMode);
         // SAFETY of the unit: restores run between events, where this code
         // holds no values in the registers the sequences compare.
         let unit = unsafe { Cpu::user() }.unwrap();

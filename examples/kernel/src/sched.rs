@@ -33,6 +33,7 @@ use xstate::fpstate::Mode;
 use xstate::insn::{Cpu, CpuError, Fault, Insn, XsaveUnit};
 use xstate::lifecycle::{
     CpuFpu, CpuStats, FpuUnit, Lifecycle, LifecycleError, Rule, SectionInit, TaskFpu, TaskKind,
+    UserMode,
 };
 
 use crate::hw::{Frame, GPR_RDI, Global, KERNEL_CS, KERNEL_DS};
@@ -189,8 +190,8 @@ impl core::fmt::Display for ModeName<'_> {
 
 /// The layer as booted: every rule kept, or the sabotage copy.
 enum Life {
-    Clean(Lifecycle<'static>),
-    Sabotage(Lifecycle<'static, SABOTAGE_DROPS>),
+    Clean(Lifecycle<'static, UserMode>),
+    Sabotage(Lifecycle<'static, UserMode, SABOTAGE_DROPS>),
 }
 
 /// What one CPU must do, kept by the scheduler from the rule itself (Linux's
@@ -304,11 +305,11 @@ pub unsafe fn init(
     let (areas, stacks, configs) = unsafe { (AREAS.get(), STACKS.get(), CONFIGS.get()) };
     let cfg: &'static Configs = configs.insert(cfg);
     let life = if sabotage {
-        Life::Sabotage(Lifecycle::new(cfg, Mode::User))
+        Life::Sabotage(Lifecycle::new(cfg, UserMode))
     } else {
         // Mode::User: the crate's name for XSAVE(OPT/C) + XRSTOR, what a kernel
         // on a CPU without XSAVES uses in ring 0 too.
-        Life::Clean(Lifecycle::new(cfg, Mode::User))
+        Life::Clean(Lifecycle::new(cfg, UserMode))
     };
     let tasks = match &life {
         Life::Clean(l) => contexts(l, areas)?,
@@ -356,7 +357,7 @@ pub unsafe fn init(
 /// The contexts in index order: the user tasks, the kernel threads, the boot
 /// context (a user context: it has an fpstate).
 fn contexts<const D: u32>(
-    life: &Lifecycle<'static, D>,
+    life: &Lifecycle<'static, UserMode, D>,
     areas: &'static mut [Area; AREAS_N],
 ) -> Result<[TaskFpu<&'static mut [u8]>; CONTEXTS], LifecycleError> {
     let mut areas = areas.iter_mut();
@@ -443,7 +444,7 @@ impl Sched {
 impl State {
     fn switch<const D: u32>(
         &mut self,
-        life: &Lifecycle<'static, D>,
+        life: &Lifecycle<'static, UserMode, D>,
         frame: &mut Frame,
     ) -> Result<(), LifecycleError> {
         let cur = self.current;
@@ -487,7 +488,7 @@ impl State {
 
     fn return_to_task<const D: u32>(
         &mut self,
-        life: &Lifecycle<'static, D>,
+        life: &Lifecycle<'static, UserMode, D>,
     ) -> Result<(), LifecycleError> {
         let cur = self.current;
         let task = &mut self.tasks[cur];
