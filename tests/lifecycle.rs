@@ -160,6 +160,22 @@ struct Slot {
     in_user: bool,
 }
 
+impl Slot {
+    /// A task not yet scheduled, of `process`, expected to hold `expected`
+    /// (none for a kernel thread).
+    fn new(t: TaskFpu<BoxedArea>, process: usize, expected: Option<Snap>) -> Self {
+        Self {
+            t,
+            process,
+            expected,
+            guest_expected: None,
+            frames: Vec::new(),
+            on: None,
+            in_user: false,
+        }
+    }
+}
+
 /// Why a sequence failed: a context saw state not its own, or the layer
 /// refused an event it should take.
 #[derive(Debug)]
@@ -224,15 +240,7 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
             w.spawn();
         }
         let k = w.lc.kernel_thread();
-        w.slots.push(Some(Slot {
-            t: k,
-            process: 0,
-            expected: None,
-            guest_expected: None,
-            frames: Vec::new(),
-            on: None,
-            in_user: false,
-        }));
+        w.slots.push(Some(Slot::new(k, 0, None)));
         w
     }
 
@@ -252,15 +260,7 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
         self.procs.push(ProcessPerms::new(&self.s.cfg));
         let process = self.procs.len() - 1;
         let init = self.init.clone();
-        self.slots.push(Some(Slot {
-            t,
-            process,
-            expected: Some(init),
-            guest_expected: None,
-            frames: Vec::new(),
-            on: None,
-            in_user: false,
-        }));
+        self.slots.push(Some(Slot::new(t, process, Some(init))));
     }
 
     fn live_slots(&self) -> usize {
@@ -583,15 +583,7 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
         let kind = self.rng.below(3);
         if kind == 2 {
             let k = self.lc.kernel_thread();
-            self.slots.push(Some(Slot {
-                t: k,
-                process: 0,
-                expected: None,
-                guest_expected: None,
-                frames: Vec::new(),
-                on: None,
-                in_user: false,
-            }));
+            self.slots.push(Some(Slot::new(k, 0, None)));
             return Ok(());
         }
         let area = self.default_area();
@@ -612,15 +604,8 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
         } else {
             slot.process
         };
-        self.slots.push(Some(Slot {
-            t: child,
-            process,
-            expected: Some(expected),
-            guest_expected: None,
-            frames: Vec::new(),
-            on: None,
-            in_user: false,
-        }));
+        self.slots
+            .push(Some(Slot::new(child, process, Some(expected))));
         self.note(format!("cpu {c}: slot {i} clones"));
         self.back_to_user(c)
     }

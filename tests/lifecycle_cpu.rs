@@ -150,6 +150,34 @@ struct Run<'c> {
     log: Vec<String>,
 }
 
+/// `$body` once on each side of `$run`, with `$s` naming the side: the live
+/// CPU's (`Side<Cpu>`) first, then the model's (`Side<XsaveMachine>`). The
+/// two results, in that order.
+macro_rules! each_side {
+    ($run:expr, $s:ident => $body:expr) => {
+        (
+            {
+                let $s = &mut $run.live;
+                $body
+            },
+            {
+                let $s = &mut $run.model;
+                $body
+            },
+        )
+    };
+}
+
+/// Both sides' results as one, naming the side that failed.
+fn both<T, E: std::fmt::Display>(
+    what: &str,
+    r: (Result<T, E>, Result<T, E>),
+) -> Result<(), String> {
+    r.0.map_err(|e| format!("live {what}: {e}"))?;
+    r.1.map_err(|e| format!("model {what}: {e}"))?;
+    Ok(())
+}
+
 impl Run<'_> {
     fn area(&self) -> BoxedArea {
         BoxedArea::zeroed(self.cfg.kernel().default_size as usize)
@@ -266,13 +294,10 @@ impl Run<'_> {
 
     fn schedule(&mut self) -> Result<(), String> {
         if let Some(i) = self.running.take() {
-            let (l, m) = (&mut self.live, &mut self.model);
-            self.lc
-                .switch_out(&mut l.cpu, &mut l.unit, l.tasks[i].as_mut().unwrap())
-                .map_err(|e| e.to_string())?;
-            self.lc
-                .switch_out(&mut m.cpu, &mut m.unit, m.tasks[i].as_mut().unwrap())
-                .map_err(|e| e.to_string())?;
+            let r = each_side!(self, s => {
+                self.lc.switch_out(&mut s.cpu, &mut s.unit, s.tasks[i].as_mut().unwrap())
+            });
+            both("switch out", r)?;
         }
         let ok: Vec<usize> = (0..self.live.tasks.len())
             .filter(|&i| self.live.tasks[i].is_some())
@@ -295,34 +320,19 @@ impl Run<'_> {
             _ => (0, SignalPath::Direct),
         };
         let size = self.cfg.user().max_size as usize + 4 + 64;
-        for live in [true, false] {
+        let r = each_side!(self, s => {
             let mut frame = BoxedArea::zeroed(size);
-            let r = if live {
-                let s = &mut self.live;
-                self.lc.deliver_signal_by(
-                    &mut s.cpu,
-                    &mut s.unit,
-                    s.tasks[i].as_mut().unwrap(),
-                    &mut frame.bytes_mut()[off..],
-                    path,
-                )
-            } else {
-                let s = &mut self.model;
-                self.lc.deliver_signal_by(
-                    &mut s.cpu,
-                    &mut s.unit,
-                    s.tasks[i].as_mut().unwrap(),
-                    &mut frame.bytes_mut()[off..],
-                    path,
-                )
-            };
-            r.map_err(|e| format!("signal: {e}"))?;
-            if live {
-                self.live.frames[i].push((frame, off));
-            } else {
-                self.model.frames[i].push((frame, off));
-            }
-        }
+            let r = self.lc.deliver_signal_by(
+                &mut s.cpu,
+                &mut s.unit,
+                s.tasks[i].as_mut().unwrap(),
+                &mut frame.bytes_mut()[off..],
+                path,
+            );
+            s.frames[i].push((frame, off));
+            r
+        });
+        both("signal", r)?;
         self.saved[i].push(exp);
         let init = self.init_snap();
         self.expected[i] = Some(init);
@@ -340,28 +350,17 @@ impl Run<'_> {
             return Ok(());
         };
         let direct = self.rng.below(2) == 0;
-        let (f, off) = self.live.frames[i].pop().unwrap();
-        let s = &mut self.live;
-        self.lc
-            .sigreturn_by(
+        let r = each_side!(self, s => {
+            let (f, off) = s.frames[i].pop().unwrap();
+            self.lc.sigreturn_by(
                 &mut s.cpu,
                 &mut s.unit,
                 s.tasks[i].as_mut().unwrap(),
                 &f.bytes()[off..],
                 direct,
             )
-            .map_err(|e| format!("live sigreturn: {e}"))?;
-        let (f, off) = self.model.frames[i].pop().unwrap();
-        let s = &mut self.model;
-        self.lc
-            .sigreturn_by(
-                &mut s.cpu,
-                &mut s.unit,
-                s.tasks[i].as_mut().unwrap(),
-                &f.bytes()[off..],
-                direct,
-            )
-            .map_err(|e| format!("model sigreturn: {e}"))?;
+        });
+        both("sigreturn", r)?;
         self.expected[i] = Some(saved);
         self.check("after sigreturn")
     }
@@ -415,19 +414,15 @@ impl Run<'_> {
                 let Some(slot) = (0..TASKS + 1).find(|&k| self.live.tasks[k].is_none()) else {
                     return Ok(());
                 };
-                let (a, b) = (self.area(), self.area());
-                let l = &mut self.live;
-                let child = self
-                    .lc
-                    .clone_task(&mut l.cpu, &mut l.unit, l.tasks[i].as_mut().unwrap(), a)
-                    .map_err(|e| e.to_string())?;
-                l.tasks[slot] = Some(child);
-                let m = &mut self.model;
-                let child = self
-                    .lc
-                    .clone_task(&mut m.cpu, &mut m.unit, m.tasks[i].as_mut().unwrap(), b)
-                    .map_err(|e| e.to_string())?;
-                m.tasks[slot] = Some(child);
+                let size = self.cfg.kernel().default_size as usize;
+                let r = each_side!(self, s => {
+                    let parent = s.tasks[i].as_mut().unwrap();
+                    let area = BoxedArea::zeroed(size);
+                    self.lc
+                        .clone_task(&mut s.cpu, &mut s.unit, parent, area)
+                        .map(|child| s.tasks[slot] = Some(child))
+                });
+                both("clone", r)?;
                 self.expected[slot] = self.expected[i].clone();
                 self.check("after clone")
             }
@@ -442,14 +437,13 @@ impl Run<'_> {
                 self.check("after exec")
             }
             _ => {
-                let t = self.live.tasks[i].take().unwrap();
-                let _ = self.lc.exit(&mut self.live.cpu, t);
-                let t = self.model.tasks[i].take().unwrap();
-                let _ = self.lc.exit(&mut self.model.cpu, t);
+                each_side!(self, s => {
+                    let t = s.tasks[i].take().unwrap();
+                    let _ = self.lc.exit(&mut s.cpu, t);
+                    s.frames[i].clear();
+                });
                 self.expected[i] = None;
                 self.saved[i].clear();
-                self.live.frames[i].clear();
-                self.model.frames[i].clear();
                 self.running = None;
                 Ok(())
             }
