@@ -1098,17 +1098,17 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         if task.in_guest {
             return Err(LifecycleError::InGuest);
         }
-        if task.fp.is_none() {
-            return Err(LifecycleError::KernelThread);
-        }
-        // Back to the default fpstate; the grown one's storage is returned.
+        // The default fpstate reset (kept aside while a grown one is in use),
+        // then back in use; the grown one's storage is returned.
+        let default = match task.default.as_mut() {
+            Some(d) => d,
+            None => task.fp.as_mut().ok_or(LifecycleError::KernelThread)?,
+        };
+        default.reset_init()?;
         let grown = match task.default.take() {
             Some(d) => task.fp.replace(d).map(Fpstate::into_storage),
             None => None,
         };
-        if let Some(fp) = task.fp.as_mut() {
-            fp.reset_init()?;
-        }
         if Self::keeps(Rule::ExecInvalidates) {
             task.ctx.forget_cpu();
         }

@@ -22,7 +22,7 @@ use xstate::fpstate::{BoxedArea, Mode, Storage};
 use xstate::insn::Fault;
 use xstate::lifecycle::{
     CpuFpu, FpuUnit, LayerMode, Lifecycle, LifecycleError, Restore, Rule, SectionInit, SignalPath,
-    SupervisorMode, TaskFpu, UserMode,
+    SupervisorMode, TaskFpu, TaskKind, UserMode,
 };
 use xstate::model::{Quirks, XsaveMachine};
 use xstate::perm::{PermKind, ProcessPerms};
@@ -158,6 +158,8 @@ struct Slot {
     on: Option<usize>,
     /// Running user (or guest) code: the only time it computes.
     in_user: bool,
+    /// Grown after an XFD first use (until exec).
+    grown: bool,
 }
 
 impl Slot {
@@ -172,6 +174,7 @@ impl Slot {
             frames: Vec::new(),
             on: None,
             in_user: false,
+            grown: false,
         }
     }
 }
@@ -366,6 +369,7 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
                 let (cpu, m) = &mut self.cpus[c];
                 match self.lc.handle_xfd(cpu, m, &mut slot.t, perms, idx, grown) {
                     Ok(()) => {
+                        slot.grown = true;
                         self.log
                             .push_back(format!("slot {i} grew for {idx} on cpu {c}"));
                         // Back to user mode, where the instruction runs again.
@@ -615,8 +619,23 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
             return Ok(());
         };
         let slot = self.slots[i].as_mut().unwrap();
-        if let Err(e) = self.lc.exec(&mut slot.t) {
-            return Err(Failure::Refused(format!("exec: {e}")));
+        let default = self.s.cfg.kernel().default_size as usize;
+        match self.lc.exec(&mut slot.t) {
+            Err(e) => return Err(Failure::Refused(format!("exec: {e}"))),
+            // A grown buffer comes back; the task is on its default one.
+            Ok(grown) => {
+                let size = slot.t.fpstate().map(|f| f.info().size as usize);
+                let back = grown.map(|g| g.bytes().len());
+                let was_grown = std::mem::take(&mut slot.grown);
+                if size != Ok(default)
+                    || back.is_some() != was_grown
+                    || back.is_some_and(|n| n <= default)
+                {
+                    return Err(Failure::Refused(format!(
+                        "exec left an fpstate of {size:?} bytes (default {default}) and gave back {back:?}"
+                    )));
+                }
+            }
         }
         slot.expected = Some(self.init.clone());
         slot.frames.clear();
@@ -634,7 +653,27 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
         }
         let slot = self.slots[i].take().unwrap();
         self.running[c] = None;
-        let _ = self.lc.exit(&mut self.cpus[c].0, slot.t);
+        let (user, was_grown) = (slot.t.kind() == TaskKind::User, slot.grown);
+        let r = self.lc.exit(&mut self.cpus[c].0, slot.t);
+        // A user task's default storage and, after a growth, the larger one
+        // come back; a kernel thread has none.
+        let default = self.s.cfg.kernel().default_size as usize;
+        let sizes = (
+            r.default.as_ref().map(|d| d.bytes().len()),
+            r.grown.as_ref().map(|g| g.bytes().len()),
+        );
+        let ok = if user {
+            sizes.0 == Some(default)
+                && sizes.1.is_some() == was_grown
+                && sizes.1.is_none_or(|n| n > default)
+        } else {
+            sizes == (None, None)
+        };
+        if !ok {
+            return Err(Failure::Refused(format!(
+                "exit gave back {sizes:?} (default {default})"
+            )));
+        }
         self.note(format!("cpu {c}: slot {i} exits"));
         if self.live_slots() < 3 {
             self.spawn();
