@@ -88,7 +88,7 @@ use crate::uabi::{self, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SW_BYTES_OFFSET, Uab
 ///     fn bytes(&self) -> &[u8] { &self.0 }
 ///     fn bytes_mut(&mut self) -> &mut [u8] { &mut self.0 }
 /// }
-/// let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+/// let lc = Lifecycle::new(&cfg, Mode::Supervisor);
 /// let task = lc.user_task(Inline([0; 4096])); // moves with the task: refused
 /// ```
 pub trait StableStorage: Storage + sealed::Sealed {}
@@ -716,7 +716,7 @@ impl<S: StableStorage> DerefMut for BufferWrite<'_, S> {
 /// # use xstate::model::{Quirks, XsaveMachine};
 /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
 /// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-/// # let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+/// # let lc = Lifecycle::new(&cfg, Mode::Supervisor);
 /// # let mut m = XsaveMachine::new(&e, Quirks::AMD_ZEN);
 /// # let mut cpu = CpuFpu::new(0, cfg.policy().dynamic);
 /// # let mut t = lc.user_task(BoxedArea::zeroed(cfg.kernel().default_size as usize)).unwrap();
@@ -731,7 +731,7 @@ impl<S: StableStorage> DerefMut for BufferWrite<'_, S> {
 /// # use xstate::model::{Quirks, XsaveMachine};
 /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
 /// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-/// # let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+/// # let lc = Lifecycle::new(&cfg, Mode::Supervisor);
 /// # let mut m = XsaveMachine::new(&e, Quirks::AMD_ZEN);
 /// let escaped: KernelFpuSection<'_, XsaveMachine>;
 /// {
@@ -748,7 +748,7 @@ impl<S: StableStorage> DerefMut for BufferWrite<'_, S> {
 /// # use xstate::{fpstate::{BoxedArea, Mode}, lifecycle::Lifecycle, uabi};
 /// # let e = Enumeration::from_cpuid(&RecordedCpuid::parse(include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt")).unwrap()).unwrap();
 /// # let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-/// # let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+/// # let lc = Lifecycle::new(&cfg, Mode::Supervisor);
 /// # let mut t = lc.user_task(BoxedArea::zeroed(cfg.kernel().default_size as usize)).unwrap();
 /// # let buf = vec![0u8; 4096];
 /// uabi::import(&cfg, t.fpstate_mut(), &buf).unwrap(); // no such method: ptrace_write invalidates first
@@ -809,11 +809,19 @@ pub struct Lifecycle<'c, M: LayerMode = Mode, const DROPPED: u32 = 0> {
     next_id: AtomicU64,
 }
 
-impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
+impl<'c, M: LayerMode> Lifecycle<'c, M> {
     /// The layer for fpstates of `cfg`, saved and restored in `mode`: a
     /// [`Mode`] chosen at run time, or [`UserMode`] / [`SupervisorMode`] to
     /// compile the events for one mode (what a kernel's context switch wants).
     pub const fn new(cfg: &'c Configs, mode: M) -> Self {
+        Lifecycle::with_rules_dropped(cfg, mode)
+    }
+}
+
+impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
+    /// [`Lifecycle::new`] for a copy that does not keep the [`Rule`]s in
+    /// `DROPPED`: for proofs that each rule is needed, never for a kernel.
+    pub const fn with_rules_dropped(cfg: &'c Configs, mode: M) -> Self {
         Self {
             cfg,
             mode,

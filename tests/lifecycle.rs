@@ -229,7 +229,7 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
         let init = Snap::of(&cpus[0].1, user);
         let mut w = Self {
             s,
-            lc: Lifecycle::new(cfg, mode),
+            lc: Lifecycle::with_rules_dropped(cfg, mode),
             cpus,
             running: vec![None; s.cpus],
             slots: Vec::new(),
@@ -908,7 +908,7 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
 fn misuse_is_refused() {
     let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+    let lc = Lifecycle::new(&cfg, Mode::Supervisor);
     let mut m = XsaveMachine::new(&e, Quirks::INTEL);
     m.set_xfd(cfg.policy().dynamic).unwrap();
     let mut cpu = CpuFpu::new(0, cfg.policy().dynamic);
@@ -1001,7 +1001,7 @@ fn misuse_is_refused() {
 fn a_buffered_signal_frame_carries_the_registers_mxcsr() {
     let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
     let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
-    let lc: Lifecycle<'_> = Lifecycle::new(&cfg, Mode::Supervisor);
+    let lc = Lifecycle::new(&cfg, Mode::Supervisor);
     let mut m = XsaveMachine::new(&e, Quirks::INTEL);
     m.set_xfd(cfg.policy().dynamic).unwrap();
     let mut cpu = CpuFpu::new(0, cfg.policy().dynamic);

@@ -187,7 +187,7 @@ fn diff(a: &[u8], b: &[u8]) -> Vec<(usize, usize)> {
 #[test]
 fn fork_child_gets_what_clone_task_gives() {
     let Some(l) = live() else { return };
-    let lc: Lifecycle<'_> = Lifecycle::new(&l.cfg, Mode::Supervisor);
+    let lc = Lifecycle::new(&l.cfg, Mode::Supervisor);
     let len = l.cfg.user().max_size as usize;
     let mut rng = Rng(0x5eed_f0e4);
     for n in 0..STATES {
@@ -261,7 +261,7 @@ fn fork_child_gets_what_clone_task_gives() {
 #[test]
 fn exec_gives_what_exec_gives() {
     let Some(l) = live() else { return };
-    let lc: Lifecycle<'_> = Lifecycle::new(&l.cfg, Mode::Supervisor);
+    let lc = Lifecycle::new(&l.cfg, Mode::Supervisor);
     let len = l.cfg.user().max_size as usize;
     let mut rng = Rng(0xe8ec);
     let path = CString::new("/bin/true").unwrap();

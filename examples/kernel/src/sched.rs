@@ -305,7 +305,7 @@ pub unsafe fn init(
     let (areas, stacks, configs) = unsafe { (AREAS.get(), STACKS.get(), CONFIGS.get()) };
     let cfg: &'static Configs = configs.insert(cfg);
     let life = if sabotage {
-        Life::Sabotage(Lifecycle::new(cfg, UserMode))
+        Life::Sabotage(Lifecycle::with_rules_dropped(cfg, UserMode))
     } else {
         // Mode::User: the crate's name for XSAVE(OPT/C) + XRSTOR, what a kernel
         // on a CPU without XSAVES uses in ring 0 too.
