@@ -312,6 +312,13 @@ impl<'c, M: LayerMode, const D: u32> World<'c, M, D> {
         };
         let got = Snap::of(m, self.user);
         slot.in_user = true;
+        // The task's record names this CPU (the guest's own, in guest mode).
+        if !slot.t.in_guest() && slot.t.last_cpu() != Some(c as u32) {
+            return Err(Failure::Saw(format!(
+                "slot {i} runs on cpu {c}, its last CPU reads {:?}",
+                slot.t.last_cpu()
+            )));
+        }
         if &got != want {
             return Err(Failure::Saw(format!(
                 "slot {i} ({}) on cpu {c} after {how:?}: {}",
@@ -932,7 +939,10 @@ fn misuse_is_refused() {
     assert_eq!(t.fpstate().err(), Some(LifecycleError::Live));
     lc.sync(&mut cpu, &mut m, &mut t).unwrap();
     assert!(t.fpstate().is_ok());
+    assert_eq!(t.last_cpu(), Some(cpu.cpu()));
     assert!(lc.ptrace_write(&mut t).is_ok());
+    // The write drops the last CPU: the next return loads.
+    assert_eq!(t.last_cpu(), None);
     assert_eq!(lc.kvm_write(&mut t).err(), Some(LifecycleError::NoGuest));
     assert_eq!(
         lc.exit_guest(&mut cpu, &mut m, &mut t),
