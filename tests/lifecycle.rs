@@ -911,6 +911,32 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
     assert!(elided > 0 && restores > 0 && sections > 0);
 }
 
+/// Every `u32` is a CPU number, the last one included: a task that ran there
+/// reads it back and is elided there, and one that never ran reads none.
+#[test]
+fn the_highest_cpu_number_is_a_cpu() {
+    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let lc = Lifecycle::new(&cfg, SupervisorMode);
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    m.set_xfd(cfg.policy().dynamic).unwrap();
+    let mut cpu = CpuFpu::new(u32::MAX, cfg.policy().dynamic);
+    let mut t = lc
+        .user_task(BoxedArea::zeroed(cfg.kernel().default_size as usize))
+        .unwrap();
+    assert_eq!(t.last_cpu(), None);
+    assert_eq!(
+        lc.return_to_user(&mut cpu, &mut m, &mut t),
+        Ok(Restore::Loaded)
+    );
+    assert_eq!(t.last_cpu(), Some(u32::MAX));
+    lc.switch_out(&mut cpu, &mut m, &mut t).unwrap();
+    assert_eq!(
+        lc.return_to_user(&mut cpu, &mut m, &mut t),
+        Ok(Restore::Elided)
+    );
+}
+
 #[test]
 fn misuse_is_refused() {
     let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
