@@ -935,6 +935,24 @@ fn the_highest_cpu_number_is_a_cpu() {
         lc.return_to_user(&mut cpu, &mut m, &mut t),
         Ok(Restore::Elided)
     );
+    lc.switch_out(&mut cpu, &mut m, &mut t).unwrap();
+    // Two saves, one restore done and one skipped, no section.
+    let st = *cpu.stats();
+    assert_eq!(
+        (st.saves, st.restores, st.elided, st.sections),
+        (2, 1, 1, 0)
+    );
+    drop(
+        lc.kernel_fpu_begin(&mut cpu, &mut m, Some(&mut t), SectionInit::Mxcsr)
+            .unwrap(),
+    );
+    let again = lc.return_to_user(&mut cpu, &mut m, &mut t);
+    assert_eq!(again, Ok(Restore::Loaded));
+    let st = *cpu.stats();
+    assert_eq!(
+        (st.saves, st.restores, st.elided, st.sections),
+        (2, 2, 1, 1)
+    );
 }
 
 #[test]
