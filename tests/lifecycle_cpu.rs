@@ -629,3 +629,69 @@ fn lifecycle_on_this_cpu_agrees_with_the_model() {
     );
     assert!(f[1] > f[0] && f[3] > 0);
 }
+
+/// MXCSR and the x87 control word, read with STMXCSR and FNSTCW.
+fn fp_modes() -> (u32, u16) {
+    let mut mxcsr = 0u32;
+    let mut fcw = 0u16;
+    // SAFETY: both store into locals of their size.
+    unsafe {
+        asm!("stmxcsr [{}]", in(reg) &mut mxcsr, options(nostack));
+        asm!("fnstcw [{}]", in(reg) &mut fcw, options(nostack));
+    }
+    (mxcsr, fcw)
+}
+
+/// Non-default modes: MXCSR rounding toward zero, x87 single precision.
+fn set_odd_modes() {
+    let (mxcsr, fcw) = (0x7f80u32, 0x007fu16);
+    // SAFETY: valid MXCSR (within every MXCSR_MASK) and FCW values; this test
+    // computes no floating-point value until `section_init` resets them.
+    unsafe {
+        asm!("ldmxcsr [{}]", in(reg) &mxcsr, options(nostack));
+        asm!("fldcw [{}]", in(reg) &fcw, options(nostack));
+    }
+}
+
+/// The live unit's hooks of `FpuUnit`: a section starts with MXCSR 0x1f80
+/// (and with FNINIT's control word 0x37f only when x87 is asked for); a user
+/// unit cannot write IA32_XFD (ring 0 only), whatever the value.
+#[test]
+fn the_cpu_units_section_and_xfd_hooks() {
+    if read_xcr0().is_none() {
+        loud!("SKIP lifecycle_cpu hooks: XSAVE not enabled (CR4.OSXSAVE clear)");
+        return;
+    }
+    // SAFETY: the restores and mode changes below run where this test holds
+    // no floating-point values.
+    let mut unit = unsafe { Cpu::user() }.unwrap();
+    set_odd_modes();
+    unit.section_init(SectionInit::Mxcsr).unwrap();
+    let after_mxcsr = fp_modes();
+    set_odd_modes();
+    unit.section_init(SectionInit::MxcsrAndX87).unwrap();
+    let after_both = fp_modes();
+    // Back to the defaults before any assertion can unwind.
+    unit.section_init(SectionInit::MxcsrAndX87).unwrap();
+    assert_eq!(after_mxcsr, (0x1f80, 0x007f), "Mxcsr leaves x87 alone");
+    assert_eq!(after_both, (0x1f80, 0x037f), "MxcsrAndX87 runs FNINIT too");
+    let e = unit.enumeration().clone();
+    let xfd_capable = e
+        .supported()
+        .indices()
+        .filter(|&i| e.component(i).is_some_and(|c| c.xfd))
+        .fold(XFeatures::empty(), |m, i| {
+            m | XFeatures::from_bits_retain(1 << i)
+        });
+    for x in [
+        XFeatures::empty(),
+        xfd_capable,
+        XFeatures::from_bits_retain(1 << 1),
+    ] {
+        assert!(
+            unit.write_xfd(x).is_err(),
+            "a user unit wrote IA32_XFD = {:#x}",
+            x.bits()
+        );
+    }
+}
