@@ -48,7 +48,7 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, Owner, Storage};
 use xstate::insn;
 use xstate::layout::Layout;
-use xstate::uabi::{UserAbi, export, import, import_abi};
+use xstate::uabi::{UserAbi, check_import, export, import, import_abi};
 
 const SPR: &str = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
 /// x87 and SSE: KVM always exports them, whatever the guest's CPUID says.
@@ -201,6 +201,15 @@ fn bench_copy(
             let t = Instant::now();
             for _ in 0..n {
                 import(cfg, black_box(&mut **fp), black_box(buf.bytes())).expect("import");
+            }
+            t.elapsed()
+        }),
+        Side::new("checks", |n| {
+            let c = cell.borrow();
+            let (fp, buf, _) = &*c;
+            let t = Instant::now();
+            for _ in 0..n {
+                check_import(cfg, black_box(&**fp), black_box(buf.bytes())).expect("checks");
             }
             t.elapsed()
         }),
