@@ -17,13 +17,20 @@
 //! - `xcr0-live`: every user component of this CPU's XCR0 (TILEDATA
 //!   allocated), where that is neither 0xe7 nor 0x600e7 (e.g. with PKRU).
 //!
-//! Each row times four sides in alternation (see `common::interleaved`), so
+//! Each row times its sides in alternation (see `common::interleaved`), so
 //! the ratios memcpy / export and memcpy / import come from batches
 //! microseconds apart: `memcpy` (`copy_from_slice` of the standard size),
 //! `export` (compacted fpstate -> standard user buffer), `import` (standard
-//! user buffer -> fpstate, every check included) and `memcpy-largest` (the
-//! largest component alone, from its compacted offset in the fpstate to its
-//! standard offset: the one copy export cannot split).
+//! user buffer -> fpstate, every check included), `runs-out` and `runs-in`
+//! (the stretches contiguous in both forms, worked out here from the public
+//! layouts, copied one call each with no handle, plan or check: fpstate ->
+//! user buffer with the gaps zeroed, and user buffer -> a kernel-size buffer
+//! of the bench's own, as the fpstate's area is not writable from outside the
+//! crate), `checks` (`uabi::check_import`: what import checks, nothing
+//! written) and `memcpy-largest` (the largest component alone, from its
+//! compacted offset in the fpstate to its standard offset: the one copy
+//! export cannot split). So import - runs-in - checks and export - runs-out
+//! are the rest of the crate's per-call work.
 //!
 //! Row `uabi/kvm/guest`: a vCPU with what KVM offers guests on this host
 //! (`common::KvmGuest`: KVM_GET_SUPPORTED_CPUID after guest permission, the
