@@ -1005,10 +1005,12 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
              once (export: zero but the software bytes and XSTATE_BV, stored whole; import: the \
              fpstate's own bytes kept around the new XSTATE_BV). Two costs are left, each \
              measured by a side timed with the others. The copies: `runs-out` and `runs-in` \
-             are the per-run copies alone, no handle, plan or checks; memcpy / runs is the best \
-             any per-run copy can reach, and a copy's time is not proportional to its bytes (a \
-             call costs a few ns, and glibc picks vector loops or `rep movsb` by size). The \
-             per-call work: export - runs-out is the handle check, the plan's lookup and the \
+             are the per-run copies alone, no handle, plan or checks, in the bench's own loop \
+             over the runs; a copy's time is not proportional to its bytes (a call costs a few \
+             ns, and glibc picks vector loops or `rep movsb` by size, so split copies can beat \
+             one memcpy). Where there is one run, runs-out - memcpy is what that loop alone \
+             (a few dozen instructions: slice bounds, the run table) adds to an 832-byte copy \
+             here, the scale of any per-call work beside a copy this small. The per-call work: export - runs-out is the handle check, the plan's lookup and the \
              header and PKRU fix-ups; import - runs-in is that plus the checks Linux makes of a \
              user buffer (XSTATE_BV within the user features, XCOMP_BV and the reserved header \
              bytes zero, MXCSR within the CPU's mask), which `checks` times alone. Per row \
@@ -1025,12 +1027,13 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
             let _ = writeln!(
                 out,
                 "- {name} ({} run(s)): memcpy / runs-out {}, memcpy / runs-in {}; \
-                 export - runs-out {} ns, import - runs-in {} ns; `checks` alone {} ns; \
+                 runs-out - memcpy {} ns; export - runs-out {} ns, import - runs-in {} ns; `checks` alone {} ns; \
                  export - memcpy {} ns, import - memcpy {} ns. The largest component ({}, {} \
                  bytes) copied alone takes {} (memcpy of the whole image {}).",
                 row.show("runs"),
                 q("runs-out"),
                 q("runs-in"),
+                d("runs-out", "memcpy"),
                 d("export", "runs-out"),
                 d("import", "runs-in"),
                 t("checks"),
