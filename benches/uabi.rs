@@ -17,13 +17,20 @@
 //! - `xcr0-live`: every user component of this CPU's XCR0 (TILEDATA
 //!   allocated), where that is neither 0xe7 nor 0x600e7 (e.g. with PKRU).
 //!
-//! Each row times four sides in alternation (see `common::interleaved`), so
+//! Each row times its sides in alternation (see `common::interleaved`), so
 //! the ratios memcpy / export and memcpy / import come from batches
 //! microseconds apart: `memcpy` (`copy_from_slice` of the standard size),
 //! `export` (compacted fpstate -> standard user buffer), `import` (standard
-//! user buffer -> fpstate, every check included) and `memcpy-largest` (the
-//! largest component alone, from its compacted offset in the fpstate to its
-//! standard offset: the one copy export cannot split).
+//! user buffer -> fpstate, every check included), `runs-out` and `runs-in`
+//! (the stretches contiguous in both forms, worked out here from the public
+//! layouts, copied one call each with no handle, plan or check: fpstate ->
+//! user buffer with the gaps zeroed, and user buffer -> a kernel-size buffer
+//! of the bench's own, as the fpstate's area is not writable from outside the
+//! crate), `checks` (`uabi::check_import`: what import checks, nothing
+//! written) and `memcpy-largest` (the largest component alone, from its
+//! compacted offset in the fpstate to its standard offset: the one copy
+//! export cannot split). So import - runs-in - checks and export - runs-out
+//! are the rest of the crate's per-call work.
 //!
 //! Row `uabi/kvm/guest`: a vCPU with what KVM offers guests on this host
 //! (`common::KvmGuest`: KVM_GET_SUPPORTED_CPUID after guest permission, the
@@ -48,7 +55,7 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, Owner, Storage};
 use xstate::insn;
 use xstate::layout::Layout;
-use xstate::uabi::{UserAbi, export, import, import_abi};
+use xstate::uabi::{UserAbi, check_import, export, import, import_abi};
 
 const SPR: &str = include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt");
 /// x87 and SSE: KVM always exports them, whatever the guest's CPUID says.
@@ -113,6 +120,28 @@ impl Case {
         Self::new(e, p, Owner::Host, mxcsr_mask)
     }
 
+    /// The stretches contiguous in both the fpstate and the standard form
+    /// (kernel start, standard start, length), from the legacy region and
+    /// header on, worked out here from the layouts: the fewest copies any
+    /// export or import of this state can make.
+    fn runs(&self) -> Vec<(usize, usize, usize)> {
+        let e = self.cfg.enumeration();
+        let kernel = Layout::compacted(e, self.fp.info().features).expect("compacted layout");
+        let mut runs = vec![(0, 0, 576)];
+        for i in self.user.indices().filter(|&i| i >= 2) {
+            let k = kernel.offset_of(i).expect("component in the fpstate") as usize;
+            let c = e.components()[i as usize];
+            let (s, len) = (c.std_offset as usize, c.size as usize);
+            let last = runs.last_mut().expect("the legacy run");
+            if last.0 + last.2 == k && last.1 + last.2 == s {
+                last.2 += len;
+            } else {
+                runs.push((k, s, len));
+            }
+        }
+        runs
+    }
+
     /// The largest extended component: its index, compacted range in the
     /// fpstate and standard range in the user buffer.
     fn largest(&self) -> (u32, Range<usize>, Range<usize>) {
@@ -140,6 +169,7 @@ fn bench_copy(
     case: &mut Case,
 ) {
     let (li, src, dst) = case.largest();
+    let runs = case.runs();
     let Case {
         cfg,
         fp,
@@ -171,7 +201,13 @@ fn bench_copy(
         .with("forms", if coincide { "coincide" } else { "differ" })
         .with("bytes", buf.bytes().len())
         .with("largest", xstate::feature::name_of(li))
-        .with("largest.bytes", dst.len());
+        .with("largest.bytes", dst.len())
+        .with("runs", runs.len());
+    // The runs copied into a kernel-size buffer of its own (the fpstate's
+    // area cannot be written from outside the crate): import's copies alone.
+    let kernel = std::cell::RefCell::new(BoxedArea::zeroed(fp.area().len()));
+    kernel.borrow_mut().bytes_mut().copy_from_slice(fp.area());
+    let runs = &runs;
     // The sides share the fpstate and the buffers; each borrows them only
     // while it runs.
     let cell = std::cell::RefCell::new((fp, buf, out));
@@ -201,6 +237,45 @@ fn bench_copy(
             let t = Instant::now();
             for _ in 0..n {
                 import(cfg, black_box(&mut **fp), black_box(buf.bytes())).expect("import");
+            }
+            t.elapsed()
+        }),
+        Side::new("runs-out", |n| {
+            let mut c = cell.borrow_mut();
+            let (fp, _, out) = &mut *c;
+            let t = Instant::now();
+            for _ in 0..n {
+                let (src, out) = (black_box(fp.area()), black_box(out.bytes_mut()));
+                let mut end = 0;
+                for &(k, s, len) in runs {
+                    if end < s {
+                        out[end..s].fill(0);
+                    }
+                    out[s..s + len].copy_from_slice(&src[k..k + len]);
+                    end = s + len;
+                }
+            }
+            t.elapsed()
+        }),
+        Side::new("runs-in", |n| {
+            let c = cell.borrow();
+            let mut kernel = kernel.borrow_mut();
+            let (_, buf, _) = &*c;
+            let t = Instant::now();
+            for _ in 0..n {
+                let (dst, buf) = (black_box(kernel.bytes_mut()), black_box(buf.bytes()));
+                for &(k, s, len) in runs {
+                    dst[k..k + len].copy_from_slice(&buf[s..s + len]);
+                }
+            }
+            t.elapsed()
+        }),
+        Side::new("checks", |n| {
+            let c = cell.borrow();
+            let (fp, buf, _) = &*c;
+            let t = Instant::now();
+            for _ in 0..n {
+                check_import(cfg, black_box(&**fp), black_box(buf.bytes())).expect("checks");
             }
             t.elapsed()
         }),

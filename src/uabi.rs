@@ -238,7 +238,6 @@ pub fn export<S: Storage>(
     out: &mut [u8],
 ) -> Result<usize, UabiError> {
     fp.check_configs(cfg).map_err(UabiError::Foreign)?;
-    let e = cfg.enumeration();
     let user = mask & fp.info().user_features;
     // Every user component live (a task that used them all since its last
     // context switch): the precomputed runs alone, no walk over components.
@@ -247,6 +246,20 @@ pub fn export<S: Storage>(
             return export_whole(cfg, layout, plan, fp, out);
         }
     }
+    export_components(cfg, fp, user, out)
+}
+
+/// [`export`] of `user` (some user components in their init state, or an
+/// fpstate without a precomputed plan), component by component. Out of line,
+/// so that [`export`]'s whole-image path keeps a small frame.
+#[inline(never)]
+fn export_components<S: Storage>(
+    cfg: &Configs,
+    fp: &Fpstate<S>,
+    user: XFeatures,
+    out: &mut [u8],
+) -> Result<usize, UabiError> {
+    let e = cfg.enumeration();
     let size = e.standard_size(user) as usize;
     let got = out.len();
     let out = BufferTooSmall::prefix_mut(out, size)?;
@@ -303,12 +316,12 @@ pub fn export<S: Storage>(
     Ok(size)
 }
 
-/// [`export`] of every user component of `fp`, each live: the plan's runs
-/// copied, the standard form's gaps zeroed between them, then the bytes the
-/// first run brought from the kernel header fixed up once: 416..576 zero but
-/// the software bytes and XSTATE_BV, and PKRU's slot as [`write_pkru`] writes
-/// it. The same bytes as the per-component path (x87, SSE and AVX live, so the
-/// legacy region, MXCSR and MXCSR_MASK are the fpstate's).
+/// [`export`] of every user component of `fp`, each live: one copy per run
+/// of the plan, the standard form's gaps between runs zeroed, then the bytes
+/// the first run brought from the kernel header written once: 416..576 zero
+/// but the software bytes and XSTATE_BV, and PKRU's reserved half. The same
+/// bytes as the per-component path (x87, SSE and AVX live, so the legacy
+/// region, MXCSR and MXCSR_MASK are the fpstate's).
 #[expect(
     clippy::arithmetic_side_effects,
     reason = "run starts and lengths are u32 values of one enumeration whose ends were \
@@ -331,7 +344,7 @@ fn export_whole<S: Storage>(
         // A gap only where the standard form has one: no call for nothing.
         if end < s {
             if let Some(gap) = out.get_mut(end..s) {
-                gap.fill(0);
+                zero(gap);
             }
         }
         // The plan's runs end within the standard size (= `out.len()`) and
@@ -341,15 +354,54 @@ fn export_whole<S: Storage>(
         }
         end = s + len;
     }
-    if let Some(h) = out.get_mut(SSE_RANGE.end..EXTENDED_START as usize) {
-        h.fill(0);
-    }
+    put_header_tail(out, cfg.user().max_features, plan.user());
     if plan.user().contains(XFeatures::PKRU) {
-        write_pkru(cfg.enumeration(), layout, fp, out);
+        let e = cfg.enumeration();
+        match e.component(XFeatures::PKRU.bits().trailing_zeros()) {
+            // The register came with its run (PKRU is live); its reserved
+            // half is zero, as Linux's `struct pkru_state` writes it.
+            Some(c) if c.size == 8 => put_u32(out, c.std_offset as usize + 4, 0),
+            _ => write_pkru(e, layout, fp, out),
+        }
     }
-    put_u64(out, SW_BYTES_OFFSET, cfg.user().max_features.bits());
-    put_u64(out, XSTATE_BV_OFFSET, plan.user().bits());
     Ok(size)
+}
+
+/// Bytes 416..576 of an export: zero but the software bytes' first word, the
+/// user feature mask (ptrace's NT_X86_XSTATE and KVM_GET_XSAVE carry it:
+/// Linux's USER_XSTATE_XCR0_WORD), and XSTATE_BV. Built in registers and
+/// stored whole: a fixed-size store, no call.
+fn put_header_tail(out: &mut [u8], user_max: XFeatures, xstate_bv: XFeatures) {
+    let mut v = [0u8; KEPT];
+    put_u64(&mut v, SW_BYTES_OFFSET - SSE_RANGE.end, user_max.bits());
+    put_u64(&mut v, XSTATE_BV_OFFSET - SSE_RANGE.end, xstate_bv.bits());
+    if let Some(h) = out
+        .get_mut(SSE_RANGE.end..)
+        .and_then(|t| t.first_chunk_mut::<KEPT>())
+    {
+        *h = v;
+    }
+}
+
+/// Zero `d`: up to 64 bytes (the padding before a 64-byte aligned component)
+/// with a few overlapping 16-byte stores, no call; more with one `fill`.
+fn zero(d: &mut [u8]) {
+    const PIECE: usize = 16;
+    let n = d.len();
+    if (PIECE..=4 * PIECE).contains(&n) {
+        // The last piece ends at `n`; the others start at 0, 16, 32 and stop
+        // before it: every byte is covered, none past `n`.
+        for at in [0, PIECE, 2 * PIECE, n.saturating_sub(PIECE)] {
+            if let Some(p) = d
+                .get_mut(at.min(n.saturating_sub(PIECE))..)
+                .and_then(|t| t.first_chunk_mut::<PIECE>())
+            {
+                *p = [0; PIECE];
+            }
+        }
+    } else {
+        d.fill(0);
+    }
 }
 
 /// Bytes 0..416 of a standard-form export: x87 state from the buffer or its
@@ -621,17 +673,47 @@ fn import_own<S: Storage>(
     fp: &mut Fpstate<S>,
     buf: &[u8],
 ) -> Result<XFeatures, UabiError> {
-    let e = cfg.enumeration();
-    let hdr = validate(e, cfg, fp, buf)?;
+    let hdr = validate(cfg, fp, buf)?;
     if let Some((layout, plan)) = cfg.copy_plan(fp.info().features) {
         if hdr == plan.user() && buf.len() >= plan.std_size() as usize {
             return import_whole(layout, plan, fp, buf).map(|()| hdr);
         }
     }
+    import_components(cfg, fp, buf, hdr)
+}
+
+/// [`import_own`] of a validated buffer that leaves some user components in
+/// their init state (or of an fpstate without a precomputed plan), component
+/// by component. Out of line, so that the whole-image path keeps a small frame.
+#[inline(never)]
+fn import_components<S: Storage>(
+    cfg: &Configs,
+    fp: &mut Fpstate<S>,
+    buf: &[u8],
+    hdr: XFeatures,
+) -> Result<XFeatures, UabiError> {
+    let e = cfg.enumeration();
     let mut spare = None;
     let layout = kernel_layout(e, cfg, fp, &mut spare)?;
     write_validated(e, layout, fp, buf, hdr)?;
     Ok(hdr)
+}
+
+/// Every check [`import`] makes of a standard-form user buffer, without
+/// writing anything: Linux's `validate_user_xstate_header` (XSTATE_BV within
+/// the fpstate's user features, XCOMP_BV and the reserved header bytes zero),
+/// MXCSR within the CPU's mask whenever x87, SSE or AVX is set, and a buffer
+/// that holds every component XSTATE_BV names. Returns XSTATE_BV.
+///
+/// # Errors
+/// The [`UabiError`] [`import`] would return.
+pub fn check_import<S: Storage>(
+    cfg: &Configs,
+    fp: &Fpstate<S>,
+    buf: &[u8],
+) -> Result<XFeatures, UabiError> {
+    fp.check_configs(cfg).map_err(UabiError::Foreign)?;
+    validate(cfg, fp, buf)
 }
 
 /// The user ABI a standard-form buffer comes through: how many bytes the
@@ -996,7 +1078,6 @@ fn check_mxcsr(cfg: &Configs, value: u32) -> Result<(), UabiError> {
 }
 
 fn validate<S: Storage>(
-    e: &Enumeration,
     cfg: &Configs,
     fp: &Fpstate<S>,
     buf: &[u8],
@@ -1011,7 +1092,7 @@ fn validate<S: Storage>(
     // Every component the header claims must be inside the buffer; a buffer
     // of the user size holds every subset of the user features.
     if buf.len() < fp.info().user_size as usize {
-        let needed = e.standard_size(xstate_bv) as usize;
+        let needed = cfg.enumeration().standard_size(xstate_bv) as usize;
         BufferTooSmall::check(buf.len(), needed)?;
     }
     Ok(xstate_bv)
@@ -1021,10 +1102,10 @@ fn validate<S: Storage>(
 const KEPT: usize = EXTENDED_START as usize - SSE_RANGE.end;
 
 /// [`write_validated`] of a buffer whose XSTATE_BV names every user component
-/// of `fp` and which holds their whole standard image: the plan's runs copied,
-/// then the fpstate's own bytes 416..576 (reserved, software bytes, header),
-/// which the first run covers, put back, and XSTATE_BV set once. The same
-/// bytes as the per-component path.
+/// of `fp` and which holds their whole standard image: one copy per run of the
+/// plan, then the fpstate's own bytes 416..576 (reserved, software bytes,
+/// header), which the first run covers, put back around the new XSTATE_BV.
+/// The same bytes as the per-component path.
 #[expect(
     clippy::arithmetic_side_effects,
     reason = "run starts and lengths are u32 values of one enumeration whose ends were \
@@ -1036,13 +1117,22 @@ fn import_whole<S: Storage>(
     fp: &mut Fpstate<S>,
     buf: &[u8],
 ) -> Result<(), UabiError> {
+    // The kept bytes either side of XSTATE_BV, which is written on its own:
+    // each byte is stored once, by a store as wide as the load that reads it
+    // next (a wider load over a narrower store waits for it to reach the cache).
+    const HEAD: usize = XSTATE_BV_OFFSET - SSE_RANGE.end;
+    const TAIL: usize = EXTENDED_START as usize - XCOMP_BV_OFFSET;
     let new_bv = fp.xstate_bv().difference(fp.info().user_features) | plan.user();
     let dst = fp.area_mut();
     check_area(dst, layout)?;
-    // A fixed-size copy: a few vector moves, no call.
-    let kept: Option<[u8; KEPT]> = dst
+    // Fixed-size copies: a few vector moves, no call.
+    let head = dst
         .get(SSE_RANGE.end..)
-        .and_then(|t| t.first_chunk::<KEPT>())
+        .and_then(|t| t.first_chunk::<HEAD>())
+        .copied();
+    let tail = dst
+        .get(XCOMP_BV_OFFSET..)
+        .and_then(|t| t.first_chunk::<TAIL>())
         .copied();
     for r in plan.runs() {
         let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
@@ -1053,14 +1143,21 @@ fn import_whole<S: Storage>(
             d.copy_from_slice(from);
         }
     }
-    if let (Some(k), Some(d)) = (
-        kept,
+    if let (Some(h), Some(d)) = (
+        head,
         dst.get_mut(SSE_RANGE.end..)
-            .and_then(|t| t.first_chunk_mut::<KEPT>()),
+            .and_then(|t| t.first_chunk_mut::<HEAD>()),
     ) {
-        *d = k;
+        *d = h;
     }
     put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
+    if let (Some(t), Some(d)) = (
+        tail,
+        dst.get_mut(XCOMP_BV_OFFSET..)
+            .and_then(|t| t.first_chunk_mut::<TAIL>()),
+    ) {
+        *d = t;
+    }
     Ok(())
 }
 
