@@ -955,6 +955,42 @@ fn the_highest_cpu_number_is_a_cpu() {
     );
 }
 
+/// A section on the model starts with MXCSR 0x1f80 and, only when x87 is
+/// asked for, FNINIT's control word 0x37f; contexts get distinct non-zero ids.
+#[test]
+fn sections_start_from_clean_modes_and_ids_are_distinct() {
+    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let lc = Lifecycle::new(&cfg, SupervisorMode);
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    let mut cpu = CpuFpu::new(0, XFeatures::empty());
+    let modes = |m: &XsaveMachine| (m.mxcsr(), m.reg(0).unwrap()[..2].to_vec());
+    for (init, fcw) in [
+        (SectionInit::Mxcsr, 0x007fu16),
+        (SectionInit::MxcsrAndX87, 0x037f),
+    ] {
+        m.set_mxcsr(0x7f80).unwrap();
+        m.write_reg(0, 0, &0x007fu16.to_le_bytes()).unwrap();
+        let mut sec = lc
+            .kernel_fpu_begin::<BoxedArea, _>(&mut cpu, &mut m, None, init)
+            .unwrap();
+        assert_eq!(
+            modes(sec.unit()),
+            (0x1f80, fcw.to_le_bytes().to_vec()),
+            "{init:?}"
+        );
+    }
+    let area = || BoxedArea::zeroed(cfg.kernel().default_size as usize);
+    let (a, b) = (lc.user_task(area()).unwrap(), lc.user_task(area()).unwrap());
+    let k: TaskFpu<BoxedArea> = lc.kernel_thread();
+    let ids = [a.id().get(), b.id().get(), k.id().get()];
+    assert!(ids.iter().all(|&i| i != 0), "{ids:?}");
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+}
+
 #[test]
 fn misuse_is_refused() {
     let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
