@@ -930,6 +930,11 @@ fn the_highest_cpu_number_is_a_cpu() {
         Ok(Restore::Loaded)
     );
     assert_eq!(t.last_cpu(), Some(u32::MAX));
+    // The record: its number, the task as owner, XFD as it was built.
+    assert_eq!(
+        (cpu.cpu(), cpu.owner(), cpu.xfd(), cpu.can_borrow()),
+        (u32::MAX, Some(t.id()), cfg.policy().dynamic, true)
+    );
     lc.switch_out(&mut cpu, &mut m, &mut t).unwrap();
     assert_eq!(
         lc.return_to_user(&mut cpu, &mut m, &mut t),
