@@ -280,13 +280,20 @@ pub struct CpuStats {
 }
 
 /// One CPU's record (Linux's per-CPU `fpu_fpregs_owner_ctx` and XFD cache).
+///
+/// One cache line of its own (64-byte aligned, as kernels align per-CPU data),
+/// the owner and the counts a switch writes side by side: left to share lines
+/// with whatever the kernel keeps next to it, the record cost the two-task
+/// ping-pong up to 4 ns more per switch on some placements (BENCHMARKS.md
+/// section 6).
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 pub struct CpuFpu {
-    cpu: u32,
     owner: Option<CtxId>,
-    xfd: XFeatures,
-    in_section: bool,
     stats: CpuStats,
+    xfd: XFeatures,
+    cpu: u32,
+    in_section: bool,
 }
 
 impl CpuFpu {
@@ -906,16 +913,23 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         if ctx.needs_load {
             return Ok(());
         }
-        // One arm per mode, so each inlined save picks its instruction at
-        // compile time.
-        match self.mode.get() {
-            Mode::User => fp.save(unit, self.cfg, Mode::User)?,
-            Mode::Supervisor => fp.save(unit, self.cfg, Mode::Supervisor)?,
-        }
+        // The records first, the save last (undone if it fails): no store of
+        // the layer's then sits between the save and the restore that follows
+        // it (measured: BENCHMARKS.md section 6).
+        let last_cpu = ctx.last_cpu;
         cpu.stats.saves += 1;
         ctx.last_cpu = cpu.cpu as u64;
         if Self::keeps(Rule::NeedsLoad) {
             ctx.needs_load = true;
+        }
+        // One arm per mode, so each inlined save picks its instruction at
+        // compile time.
+        let r = match self.mode.get() {
+            Mode::User => fp.save(unit, self.cfg, Mode::User),
+            Mode::Supervisor => fp.save(unit, self.cfg, Mode::Supervisor),
+        };
+        if let Err(e) = r {
+            return Err(Self::save_failed(cpu, ctx, last_cpu, e));
         }
         Ok(())
     }
@@ -941,19 +955,61 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
             cpu.stats.elided += 1;
             Restore::Elided
         } else {
-            match self.mode.get() {
-                Mode::User => fp.restore(unit, self.cfg, Mode::User)?,
-                Mode::Supervisor => fp.restore(unit, self.cfg, Mode::Supervisor)?,
-            }
+            // The records first, the restore last (undone if it fails), as in
+            // `save_live`.
+            let (owner, last_cpu) = (cpu.owner, ctx.last_cpu);
             cpu.stats.restores += 1;
             if Self::keeps(Rule::LoadTakesOwner) || cpu.owner.is_none() {
                 cpu.owner = Some(ctx.id);
             }
-            Restore::Loaded
+            ctx.last_cpu = cpu.cpu as u64;
+            ctx.needs_load = false;
+            let r = match self.mode.get() {
+                Mode::User => fp.restore(unit, self.cfg, Mode::User),
+                Mode::Supervisor => fp.restore(unit, self.cfg, Mode::Supervisor),
+            };
+            if let Err(e) = r {
+                return Err(Self::restore_failed(cpu, ctx, owner, last_cpu, e));
+            }
+            return Ok(Restore::Loaded);
         };
         ctx.last_cpu = cpu.cpu as u64;
         ctx.needs_load = false;
         Ok(done)
+    }
+
+    /// A save failed after `save_live` recorded it: the registers are still
+    /// live, the records back as they were (out of the switch's path).
+    #[cold]
+    #[inline(never)]
+    fn save_failed(
+        cpu: &mut CpuFpu,
+        ctx: &mut Ctx,
+        last_cpu: u64,
+        e: FpstateError,
+    ) -> LifecycleError {
+        cpu.stats.saves -= 1;
+        ctx.last_cpu = last_cpu;
+        ctx.needs_load = false;
+        e.into()
+    }
+
+    /// A restore failed after `load` recorded it: the records back as they
+    /// were (out of the switch's path).
+    #[cold]
+    #[inline(never)]
+    fn restore_failed(
+        cpu: &mut CpuFpu,
+        ctx: &mut Ctx,
+        owner: Option<CtxId>,
+        last_cpu: u64,
+        e: FpstateError,
+    ) -> LifecycleError {
+        cpu.owner = owner;
+        cpu.stats.restores -= 1;
+        ctx.last_cpu = last_cpu;
+        ctx.needs_load = true;
+        e.into()
     }
 
     /// IA32_XFD = `xfd` on `cpu` unless it is already (only configs with a

@@ -996,6 +996,56 @@ fn sections_start_from_clean_modes_and_ids_are_distinct() {
     );
 }
 
+/// A save or restore that fails (here: a task made by a layer of other
+/// configs, a foreign fpstate) leaves the CPU record and the task as they
+/// were: the registers still live after a failed save, still to be loaded
+/// after a failed restore, nothing counted.
+#[test]
+fn a_failed_save_or_restore_changes_no_record() {
+    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let other = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let lc = Lifecycle::new(&cfg, SupervisorMode);
+    let foreign = Lifecycle::new(&other, SupervisorMode);
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    m.set_xfd(cfg.policy().dynamic).unwrap();
+    let mut cpu = CpuFpu::new(3, cfg.policy().dynamic);
+    let area = || BoxedArea::zeroed(cfg.kernel().default_size as usize);
+    let mut t = lc.user_task(area()).unwrap();
+    let record = |cpu: &CpuFpu, t: &TaskFpu<BoxedArea>| {
+        let st = *cpu.stats();
+        (
+            cpu.owner(),
+            st.saves,
+            st.restores,
+            st.elided,
+            t.last_cpu(),
+            t.registers_live(),
+        )
+    };
+    let before = record(&cpu, &t);
+    let r = foreign.return_to_user(&mut cpu, &mut m, &mut t);
+    assert!(matches!(r, Err(LifecycleError::Fpstate(_))), "{r:?}");
+    assert_eq!(
+        record(&cpu, &t),
+        before,
+        "a failed restore changed the records"
+    );
+    assert_eq!(
+        lc.return_to_user(&mut cpu, &mut m, &mut t),
+        Ok(Restore::Loaded)
+    );
+    let live = record(&cpu, &t);
+    let r = foreign.switch_out(&mut cpu, &mut m, &mut t);
+    assert!(matches!(r, Err(LifecycleError::Fpstate(_))), "{r:?}");
+    assert_eq!(record(&cpu, &t), live, "a failed save changed the records");
+    lc.switch_out(&mut cpu, &mut m, &mut t).unwrap();
+    assert_eq!(
+        lc.return_to_user(&mut cpu, &mut m, &mut t),
+        Ok(Restore::Elided)
+    );
+}
+
 #[test]
 fn misuse_is_refused() {
     let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
