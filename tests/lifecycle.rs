@@ -947,10 +947,11 @@ fn the_highest_cpu_number_is_a_cpu() {
         (st.saves, st.restores, st.elided, st.sections),
         (2, 1, 1, 0)
     );
-    drop(
-        lc.kernel_fpu_begin(&mut cpu, &mut m, Some(&mut t), SectionInit::Mxcsr)
-            .unwrap(),
-    );
+    let sec = lc
+        .kernel_fpu_begin(&mut cpu, &mut m, Some(&mut t), SectionInit::Mxcsr)
+        .unwrap();
+    assert_eq!(sec.cpu(), u32::MAX, "the section names its CPU");
+    drop(sec);
     let again = lc.return_to_user(&mut cpu, &mut m, &mut t);
     assert_eq!(again, Ok(Restore::Loaded));
     let st = *cpu.stats();
@@ -1102,6 +1103,8 @@ fn misuse_is_refused() {
     let g = k.attach_guest(g).unwrap_err();
     t.attach_guest(g).unwrap();
     lc.enter_guest(&mut cpu, &mut m, &mut t).unwrap();
+    // In guest mode the guest's registers are the live ones.
+    assert!(t.registers_live() && t.in_guest());
     assert_eq!(
         lc.enter_guest(&mut cpu, &mut m, &mut t),
         Err(LifecycleError::InGuest)
@@ -1109,6 +1112,13 @@ fn misuse_is_refused() {
     assert!(t.detach_guest().is_none());
     assert_eq!(lc.exec(&mut t).err(), Some(LifecycleError::InGuest));
     lc.exit_guest(&mut cpu, &mut m, &mut t).unwrap();
+    // Out of it, the guest saved and the task not yet loaded: nothing live.
+    assert!(!t.registers_live() && !t.in_guest());
+    assert!(t.guest().is_some());
+    // Detached and attached again outside guest mode.
+    let g = t.detach_guest().expect("the attached guest");
+    assert!(t.guest().is_none());
+    t.attach_guest(g).unwrap();
     assert!(t.guest().is_some());
     // No permission for TILEDATA: the first use is refused (SIGILL).
     let perms = ProcessPerms::new(&cfg);
