@@ -911,12 +911,19 @@ fn lifecycle_keeps_every_context_its_own_state_and_every_rule_is_needed() {
     assert!(elided > 0 && restores > 0 && sections > 0);
 }
 
+/// The recorded Sapphire Rapids (AMX, XFD, XSAVES) and Linux's configs for it:
+/// the unit tests' machine.
+fn sapphire_rapids() -> (Enumeration, Configs) {
+    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
+    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    (e, cfg)
+}
+
 /// Every `u32` is a CPU number, the last one included: a task that ran there
 /// reads it back and is elided there, and one that never ran reads none.
 #[test]
 fn the_highest_cpu_number_is_a_cpu() {
-    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
-    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let (e, cfg) = sapphire_rapids();
     let lc = Lifecycle::new(&cfg, SupervisorMode);
     let mut m = XsaveMachine::new(&e, Quirks::INTEL);
     m.set_xfd(cfg.policy().dynamic).unwrap();
@@ -965,8 +972,7 @@ fn the_highest_cpu_number_is_a_cpu() {
 /// asked for, FNINIT's control word 0x37f; contexts get distinct non-zero ids.
 #[test]
 fn sections_start_from_clean_modes_and_ids_are_distinct() {
-    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
-    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let (e, cfg) = sapphire_rapids();
     let lc = Lifecycle::new(&cfg, SupervisorMode);
     let mut m = XsaveMachine::new(&e, Quirks::INTEL);
     let mut cpu = CpuFpu::new(0, XFeatures::empty());
@@ -1003,8 +1009,7 @@ fn sections_start_from_clean_modes_and_ids_are_distinct() {
 /// after a failed restore, nothing counted.
 #[test]
 fn a_failed_save_or_restore_changes_no_record() {
-    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
-    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let (e, cfg) = sapphire_rapids();
     let other = Configs::new(&e, &Policy::linux(&e)).unwrap();
     let lc = Lifecycle::new(&cfg, SupervisorMode);
     let foreign = Lifecycle::new(&other, SupervisorMode);
@@ -1049,8 +1054,7 @@ fn a_failed_save_or_restore_changes_no_record() {
 
 #[test]
 fn misuse_is_refused() {
-    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
-    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let (e, cfg) = sapphire_rapids();
     let lc = Lifecycle::new(&cfg, Mode::Supervisor);
     let mut m = XsaveMachine::new(&e, Quirks::INTEL);
     m.set_xfd(cfg.policy().dynamic).unwrap();
@@ -1154,8 +1158,7 @@ fn misuse_is_refused() {
 /// sigreturn gives the task its own value back.
 #[test]
 fn a_buffered_signal_frame_carries_the_registers_mxcsr() {
-    let (_, e) = testkit::load("intel-sapphire-rapids-xeon-w9-3475x.txt");
-    let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+    let (e, cfg) = sapphire_rapids();
     let lc = Lifecycle::new(&cfg, Mode::Supervisor);
     let mut m = XsaveMachine::new(&e, Quirks::INTEL);
     m.set_xfd(cfg.policy().dynamic).unwrap();
