@@ -241,7 +241,7 @@ pub fn export<S: Storage>(
     let user = mask & fp.info().user_features;
     // Every user component live (a task that used them all since its last
     // context switch): the precomputed runs alone, no walk over components.
-    if let Some((layout, plan)) = cfg.copy_plan(fp.info().features) {
+    if let Some((layout, plan)) = fp.plan().and_then(|i| cfg.copy_plan(i)) {
         if user == plan.user() && fp.xstate_bv().contains(user) {
             return export_whole(cfg, layout, plan, fp, out);
         }
@@ -674,7 +674,7 @@ fn import_own<S: Storage>(
     buf: &[u8],
 ) -> Result<XFeatures, UabiError> {
     let hdr = validate(cfg, fp, buf)?;
-    if let Some((layout, plan)) = cfg.copy_plan(fp.info().features) {
+    if let Some((layout, plan)) = fp.plan().and_then(|i| cfg.copy_plan(i)) {
         if hdr == plan.user() && buf.len() >= plan.std_size() as usize {
             return import_whole(layout, plan, fp, buf).map(|()| hdr);
         }
