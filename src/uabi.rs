@@ -384,11 +384,14 @@ fn put_header_tail(out: &mut [u8], user_max: XFeatures, xstate_bv: XFeatures) {
 }
 
 /// Zero `d`: up to 64 bytes (the padding before a 64-byte aligned component)
-/// with a few overlapping 16-byte stores, no call; more with one `fill`.
+/// with a few overlapping 16-byte stores; up to 256 (the standard form's MPX
+/// hole) 64 bytes a step and one overlapping last step; no call for either.
+/// More with one `fill`.
 fn zero(d: &mut [u8]) {
     const PIECE: usize = 16;
+    const STEP: usize = 4 * PIECE;
     let n = d.len();
-    if (PIECE..=4 * PIECE).contains(&n) {
+    if (PIECE..=STEP).contains(&n) {
         // The last piece ends at `n`; the others start at 0, 16, 32 and stop
         // before it: every byte is covered, none past `n`.
         for at in [0, PIECE, 2 * PIECE, n.saturating_sub(PIECE)] {
@@ -397,6 +400,18 @@ fn zero(d: &mut [u8]) {
                 .and_then(|t| t.first_chunk_mut::<PIECE>())
             {
                 *p = [0; PIECE];
+            }
+        }
+    } else if (STEP..=4 * STEP).contains(&n) {
+        // Steps at 0, 64, 128 while they end before `n`, then one ending at
+        // `n`: every byte covered, none past `n`.
+        let last = n.saturating_sub(STEP);
+        for at in [0, STEP, 2 * STEP, last] {
+            if let Some(p) = d
+                .get_mut(at.min(last)..)
+                .and_then(|t| t.first_chunk_mut::<STEP>())
+            {
+                *p = [0; STEP];
             }
         }
     } else {
