@@ -1132,25 +1132,27 @@ fn import_whole<S: Storage>(
     fp: &mut Fpstate<S>,
     buf: &[u8],
 ) -> Result<(), UabiError> {
-    // The kept bytes either side of XSTATE_BV, which is written on its own:
-    // each byte is stored once, by a store as wide as the load that reads it
-    // next (a wider load over a narrower store waits for it to reach the cache).
-    const HEAD: usize = XSTATE_BV_OFFSET - SSE_RANGE.end;
-    const TAIL: usize = EXTENDED_START as usize - XCOMP_BV_OFFSET;
     let new_bv = fp.xstate_bv().difference(fp.info().user_features) | plan.user();
     let dst = fp.area_mut();
     check_area(dst, layout)?;
-    // Fixed-size copies: a few vector moves, no call.
-    let head = dst
-        .get(SSE_RANGE.end..)
-        .and_then(|t| t.first_chunk::<HEAD>())
-        .copied();
-    let tail = dst
-        .get(XCOMP_BV_OFFSET..)
-        .and_then(|t| t.first_chunk::<TAIL>())
-        .copied();
     for r in plan.runs() {
         let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
+        // The first run (the legacy region and header at the same offset in
+        // both forms, and what follows them in both) goes around bytes
+        // 416..576, which stay the fpstate's: two copies, where saving those
+        // bytes and putting them back cost more (section 4).
+        let (k, s, len) = if k == 0 && s == 0 {
+            if let (Some(d), Some(from)) = (
+                dst.first_chunk_mut::<{ SSE_RANGE.end }>(),
+                buf.first_chunk::<{ SSE_RANGE.end }>(),
+            ) {
+                *d = *from;
+            }
+            let from = SSE_RANGE.end + KEPT;
+            (from, from, len.saturating_sub(from))
+        } else {
+            (k, s, len)
+        };
         // The runs end within the standard size, which the caller found `buf`
         // to hold, and within the layout's size, which check_area() found
         // `dst` to hold.
@@ -1158,21 +1160,7 @@ fn import_whole<S: Storage>(
             d.copy_from_slice(from);
         }
     }
-    if let (Some(h), Some(d)) = (
-        head,
-        dst.get_mut(SSE_RANGE.end..)
-            .and_then(|t| t.first_chunk_mut::<HEAD>()),
-    ) {
-        *d = h;
-    }
     put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
-    if let (Some(t), Some(d)) = (
-        tail,
-        dst.get_mut(XCOMP_BV_OFFSET..)
-            .and_then(|t| t.first_chunk_mut::<TAIL>()),
-    ) {
-        *d = t;
-    }
     Ok(())
 }
 
