@@ -1118,9 +1118,9 @@ const KEPT: usize = EXTENDED_START as usize - SSE_RANGE.end;
 
 /// [`write_validated`] of a buffer whose XSTATE_BV names every user component
 /// of `fp` and which holds their whole standard image: one copy per run of the
-/// plan, then the fpstate's own bytes 416..576 (reserved, software bytes,
-/// header), which the first run covers, put back around the new XSTATE_BV.
-/// The same bytes as the per-component path.
+/// plan, the first around bytes 416..576 (reserved, software bytes, header),
+/// which keep the fpstate's own values, then the new XSTATE_BV. The same bytes
+/// as the per-component path.
 #[expect(
     clippy::arithmetic_side_effects,
     reason = "run starts and lengths are u32 values of one enumeration whose ends were \
