@@ -69,15 +69,49 @@ const AMX_ROW: XFeatures = AVX512_ROW.union(XFeatures::XTILE);
 /// tens of microseconds like the others.
 const KVM_BATCH: u64 = 4;
 
+/// A page.
+const PAGE: usize = 4096;
+
+/// `len` bytes starting on a page boundary. The copies' speed depends on
+/// where source and destination sit relative to each other modulo 4 KiB (a
+/// load that matches a pending store's low 12 address bits waits for it: 4K
+/// aliasing), so every buffer of a row starts on a page: the same relative
+/// placement from run to run, where the heap's placement moved it (and
+/// export and import by up to 8 ns on amx-spr) with every change to the
+/// process's allocations.
+struct Paged {
+    area: BoxedArea,
+    at: usize,
+    len: usize,
+}
+
+impl Paged {
+    fn zeroed(len: usize) -> Self {
+        let area = BoxedArea::zeroed(len + PAGE);
+        let at = area.bytes().as_ptr().align_offset(PAGE);
+        Self { area, at, len }
+    }
+}
+
+impl Storage for Paged {
+    fn bytes(&self) -> &[u8] {
+        &self.area.bytes()[self.at..self.at + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.area.bytes_mut()[self.at..self.at + self.len]
+    }
+}
+
 /// One state to copy: enumeration, configs, a host fpstate holding it.
 struct Case {
     cfg: Configs,
-    fp: Fpstate<BoxedArea>,
+    fp: Fpstate<Paged>,
     user: XFeatures,
-    /// The user buffer, 64-byte aligned like the fpstate (so memcpy and our
+    /// The user buffer, page-aligned like the fpstate (so memcpy and our
     /// copies see the same alignment).
-    buf: BoxedArea,
-    out: BoxedArea,
+    buf: Paged,
+    out: Paged,
 }
 
 impl Case {
@@ -87,19 +121,25 @@ impl Case {
             None => e,
         };
         let cfg = Configs::new(&e, &p).expect("configs");
-        let mut fp = Fpstate::new_boxed(&cfg, owner).expect("fpstate");
+        let size = match owner {
+            Owner::Host => cfg.kernel().default_size,
+            _ => cfg.guest().default_size,
+        };
+        let mut fp = Fpstate::new_in(&cfg, owner, Paged::zeroed(size as usize)).expect("fpstate");
         let user = fp.info().user_features;
         // Every user component in a non-init state (valid for import: MXCSR
         // default, PKRU key 0 usable, header zero but XSTATE_BV).
         let std = Layout::standard(&e, user).expect("standard layout");
-        let mut buf = dirty_image(&std, user);
+        let image = dirty_image(&std, user);
+        let mut buf = Paged::zeroed(image.bytes().len());
+        buf.bytes_mut().copy_from_slice(image.bytes());
         assert_eq!(buf.bytes().len(), fp.info().user_size as usize);
         let got = import(&cfg, &mut fp, buf.bytes()).expect("import of the dirty buffer");
         assert_eq!(got, user);
         // From here on the buffer is what export writes (MXCSR_MASK, software
         // bytes included), so import and export move the same bytes.
         export(&cfg, &fp, user, buf.bytes_mut()).expect("export");
-        let out = BoxedArea::zeroed(buf.bytes().len());
+        let out = Paged::zeroed(buf.bytes().len());
         Self {
             cfg,
             fp,
@@ -205,7 +245,7 @@ fn bench_copy(
         .with("runs", runs.len());
     // The runs copied into a kernel-size buffer of its own (the fpstate's
     // area cannot be written from outside the crate): import's copies alone.
-    let kernel = std::cell::RefCell::new(BoxedArea::zeroed(fp.area().len()));
+    let kernel = std::cell::RefCell::new(Paged::zeroed(fp.area().len()));
     kernel.borrow_mut().bytes_mut().copy_from_slice(fp.area());
     let runs = &runs;
     // The sides share the fpstate and the buffers; each borrows them only

@@ -885,7 +885,9 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
          alone (`runs-out`: the fpstate's runs into the user buffer, its gaps zeroed; `runs-in`: \
          the buffer's runs into a kernel-size buffer of the bench's own) and import's checks \
          alone (`checks`: `uabi::check_import`) are timed in alternation; the copy ratios are \
-         per sample. `forms`: whether every component of the \
+         per sample. Every buffer of a row (the fpstate's area, the user buffer, the \
+         destination) starts on a page, so source and destination sit at the same offsets \
+         modulo 4 KiB from run to run (a copy's speed depends on them: 4K aliasing). `forms`: whether every component of the \
          row sits at the same offset in the fpstate and in the standard form (`coincide`: the \
          copy is one run) or not (`differ`). Goal: memcpy time / our time at the median >= \
          {COINCIDE_GOAL} where the forms coincide, >= {DIFFER_GOAL} where they differ.\n"
@@ -1001,9 +1003,10 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
             "Why the missed copies miss: a whole image goes through the runs precomputed per \
              kernel layout in the configs (the legacy region, header and every component merged \
              wherever the two forms run side by side): one copy call per run, the standard \
-             form's gaps between runs zeroed (inline up to 64 bytes), bytes 416..576 written \
+             form's gaps between runs zeroed (inline up to 256 bytes), bytes 416..576 written \
              once (export: zero but the software bytes and XSTATE_BV, stored whole; import: the \
-             fpstate's own bytes kept around the new XSTATE_BV). Two costs are left, each \
+             first run copied around them, so the fpstate's own bytes stay, and XSTATE_BV \
+             stored), the plan found through the index each fpstate keeps. Two costs are left, each \
              measured by a side timed with the others. The copies: `runs-out` and `runs-in` \
              are the per-run copies alone, no handle, plan or checks, in the bench's own loop \
              over the runs; a copy's time is not proportional to its bytes (a call costs a few \
@@ -1011,7 +1014,7 @@ fn uabi(out: &mut String, r: &Results) -> Vec<String> {
              one memcpy). Where there is one run, runs-out - memcpy is what that loop alone \
              (a few dozen instructions: slice bounds, the run table) adds to an 832-byte copy \
              here, the scale of any per-call work beside a copy this small. The per-call work: export - runs-out is the handle check, the plan's lookup and the \
-             header and PKRU fix-ups; import - runs-in is that plus the checks Linux makes of a \
+             header and PKRU fix-ups, and the loop over the plan's runs; import - runs-in is that plus the checks Linux makes of a \
              user buffer (XSTATE_BV within the user features, XCOMP_BV and the reserved header \
              bytes zero, MXCSR within the CPU's mask), which `checks` times alone. Per row \
              (per-sample differences and ratios, median [interquartile range]):"

@@ -428,15 +428,28 @@ impl Configs {
         self.layouts.iter().find(|l| l.mask() == features)
     }
 
-    /// The precomputed copies between a kernel buffer holding `features` and
-    /// the standard form of its user components, where `features` is one of
-    /// the usual sets ([`Configs::layout_of`]).
+    /// Which precomputed copy plan serves a kernel buffer holding `features`,
+    /// where `features` is one of the usual sets ([`Configs::layout_of`]) and
+    /// the plan exists: looked up once, when an fpstate is made, and kept in
+    /// it ([`Configs::copy_plan`] takes it back).
+    pub(crate) fn plan_index(&self, features: XFeatures) -> Option<PlanIndex> {
+        let i = self.layouts.iter().position(|l| l.mask() == features)?;
+        self.plans.get(i)?.as_ref()?;
+        Some(PlanIndex(u8::try_from(i).ok()?))
+    }
+
+    /// The kernel-form layout and copy plan of [`Configs::plan_index`]: one
+    /// bounds check, no comparison of feature sets. The index is only
+    /// meaningful for the handle it came from (and its clones); callers have
+    /// checked that the fpstate carrying it belongs to this handle.
     #[inline]
-    pub(crate) fn copy_plan(&self, features: XFeatures) -> Option<(&Layout, &CopyPlan)> {
-        self.layouts
-            .iter()
-            .zip(&self.plans)
-            .find(|(l, _)| l.mask() == features)
-            .and_then(|(l, p)| Some((l, p.as_ref()?)))
+    pub(crate) fn copy_plan(&self, i: PlanIndex) -> Option<(&Layout, &CopyPlan)> {
+        let i = usize::from(i.0);
+        Some((self.layouts.get(i)?, self.plans.get(i)?.as_ref()?))
     }
 }
+
+/// A position in [`Configs`]' precomputed layouts whose copy plan exists
+/// (kept by each fpstate made under those configs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PlanIndex(u8);

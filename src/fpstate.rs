@@ -23,7 +23,7 @@ use core::ops::Range;
 use memoffset::offset_of;
 use static_assertions::const_assert_eq;
 
-use crate::config::Configs;
+use crate::config::{Configs, PlanIndex};
 use crate::error::{BufferTooSmall, ForeignFpstate};
 use crate::feature::XFeatures;
 use crate::insn::{BoundArea, Cpu, Fault, Insn, XsaveUnit};
@@ -315,6 +315,9 @@ pub struct Fpstate<S: Storage> {
     info: FpstateInfo,
     /// [`Configs`]' stamp: the handle this fpstate was made under.
     stamp: u64,
+    /// The handle's copy plan for `info.features` (the user ABI's whole-image
+    /// copies), found once here instead of on every export and import.
+    plan: Option<PlanIndex>,
     storage: S,
 }
 
@@ -364,6 +367,7 @@ impl<S: Storage> Fpstate<S> {
         let mut fp = Self {
             info,
             stamp: cfg.stamp(),
+            plan: cfg.plan_index(features),
             storage,
         };
         fp.reset_init()?;
@@ -399,6 +403,12 @@ impl<S: Storage> Fpstate<S> {
         } else {
             Err(ForeignFpstate)
         }
+    }
+
+    /// The copy plan of its handle that serves this fpstate, if any.
+    #[inline]
+    pub(crate) const fn plan(&self) -> Option<PlanIndex> {
+        self.plan
     }
 
     /// What the fpstate holds.

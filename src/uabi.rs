@@ -241,7 +241,7 @@ pub fn export<S: Storage>(
     let user = mask & fp.info().user_features;
     // Every user component live (a task that used them all since its last
     // context switch): the precomputed runs alone, no walk over components.
-    if let Some((layout, plan)) = cfg.copy_plan(fp.info().features) {
+    if let Some((layout, plan)) = fp.plan().and_then(|i| cfg.copy_plan(i)) {
         if user == plan.user() && fp.xstate_bv().contains(user) {
             return export_whole(cfg, layout, plan, fp, out);
         }
@@ -384,11 +384,14 @@ fn put_header_tail(out: &mut [u8], user_max: XFeatures, xstate_bv: XFeatures) {
 }
 
 /// Zero `d`: up to 64 bytes (the padding before a 64-byte aligned component)
-/// with a few overlapping 16-byte stores, no call; more with one `fill`.
+/// with a few overlapping 16-byte stores; up to 256 (the standard form's MPX
+/// hole) 64 bytes a step and one overlapping last step; no call for either.
+/// More with one `fill`.
 fn zero(d: &mut [u8]) {
     const PIECE: usize = 16;
+    const STEP: usize = 4 * PIECE;
     let n = d.len();
-    if (PIECE..=4 * PIECE).contains(&n) {
+    if (PIECE..=STEP).contains(&n) {
         // The last piece ends at `n`; the others start at 0, 16, 32 and stop
         // before it: every byte is covered, none past `n`.
         for at in [0, PIECE, 2 * PIECE, n.saturating_sub(PIECE)] {
@@ -397,6 +400,18 @@ fn zero(d: &mut [u8]) {
                 .and_then(|t| t.first_chunk_mut::<PIECE>())
             {
                 *p = [0; PIECE];
+            }
+        }
+    } else if (STEP..=4 * STEP).contains(&n) {
+        // Steps at 0, 64, 128 while they end before `n`, then one ending at
+        // `n`: every byte covered, none past `n`.
+        let last = n.saturating_sub(STEP);
+        for at in [0, STEP, 2 * STEP, last] {
+            if let Some(p) = d
+                .get_mut(at.min(last)..)
+                .and_then(|t| t.first_chunk_mut::<STEP>())
+            {
+                *p = [0; STEP];
             }
         }
     } else {
@@ -674,7 +689,7 @@ fn import_own<S: Storage>(
     buf: &[u8],
 ) -> Result<XFeatures, UabiError> {
     let hdr = validate(cfg, fp, buf)?;
-    if let Some((layout, plan)) = cfg.copy_plan(fp.info().features) {
+    if let Some((layout, plan)) = fp.plan().and_then(|i| cfg.copy_plan(i)) {
         if hdr == plan.user() && buf.len() >= plan.std_size() as usize {
             return import_whole(layout, plan, fp, buf).map(|()| hdr);
         }
@@ -1103,9 +1118,9 @@ const KEPT: usize = EXTENDED_START as usize - SSE_RANGE.end;
 
 /// [`write_validated`] of a buffer whose XSTATE_BV names every user component
 /// of `fp` and which holds their whole standard image: one copy per run of the
-/// plan, then the fpstate's own bytes 416..576 (reserved, software bytes,
-/// header), which the first run covers, put back around the new XSTATE_BV.
-/// The same bytes as the per-component path.
+/// plan, the first around bytes 416..576 (reserved, software bytes, header),
+/// which keep the fpstate's own values, then the new XSTATE_BV. The same bytes
+/// as the per-component path.
 #[expect(
     clippy::arithmetic_side_effects,
     reason = "run starts and lengths are u32 values of one enumeration whose ends were \
@@ -1117,25 +1132,27 @@ fn import_whole<S: Storage>(
     fp: &mut Fpstate<S>,
     buf: &[u8],
 ) -> Result<(), UabiError> {
-    // The kept bytes either side of XSTATE_BV, which is written on its own:
-    // each byte is stored once, by a store as wide as the load that reads it
-    // next (a wider load over a narrower store waits for it to reach the cache).
-    const HEAD: usize = XSTATE_BV_OFFSET - SSE_RANGE.end;
-    const TAIL: usize = EXTENDED_START as usize - XCOMP_BV_OFFSET;
     let new_bv = fp.xstate_bv().difference(fp.info().user_features) | plan.user();
     let dst = fp.area_mut();
     check_area(dst, layout)?;
-    // Fixed-size copies: a few vector moves, no call.
-    let head = dst
-        .get(SSE_RANGE.end..)
-        .and_then(|t| t.first_chunk::<HEAD>())
-        .copied();
-    let tail = dst
-        .get(XCOMP_BV_OFFSET..)
-        .and_then(|t| t.first_chunk::<TAIL>())
-        .copied();
     for r in plan.runs() {
         let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
+        // The first run (the legacy region and header at the same offset in
+        // both forms, and what follows them in both) goes around bytes
+        // 416..576, which stay the fpstate's: two copies, where saving those
+        // bytes and putting them back cost more (section 4).
+        let (k, s, len) = if k == 0 && s == 0 {
+            if let (Some(d), Some(from)) = (
+                dst.first_chunk_mut::<{ SSE_RANGE.end }>(),
+                buf.first_chunk::<{ SSE_RANGE.end }>(),
+            ) {
+                *d = *from;
+            }
+            let from = SSE_RANGE.end + KEPT;
+            (from, from, len.saturating_sub(from))
+        } else {
+            (k, s, len)
+        };
         // The runs end within the standard size, which the caller found `buf`
         // to hold, and within the layout's size, which check_area() found
         // `dst` to hold.
@@ -1143,21 +1160,7 @@ fn import_whole<S: Storage>(
             d.copy_from_slice(from);
         }
     }
-    if let (Some(h), Some(d)) = (
-        head,
-        dst.get_mut(SSE_RANGE.end..)
-            .and_then(|t| t.first_chunk_mut::<HEAD>()),
-    ) {
-        *d = h;
-    }
     put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
-    if let (Some(t), Some(d)) = (
-        tail,
-        dst.get_mut(XCOMP_BV_OFFSET..)
-            .and_then(|t| t.first_chunk_mut::<TAIL>()),
-    ) {
-        *d = t;
-    }
     Ok(())
 }
 
