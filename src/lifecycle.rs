@@ -681,10 +681,10 @@ impl<S: StableStorage> TaskFpu<S> {
     /// mode, else the task's own; none for a kernel thread.
     #[inline(always)]
     fn active(&mut self) -> Option<(&mut Ctx, &mut Fpstate<S>)> {
-        if self.in_guest
-            && let Some(g) = &mut self.guest
-        {
-            return Some((&mut g.ctx, &mut g.fp));
+        if self.in_guest {
+            if let Some(g) = &mut self.guest {
+                return Some((&mut g.ctx, &mut g.fp));
+            }
         }
         Some((&mut self.ctx, self.fp.as_mut()?))
     }
