@@ -307,6 +307,11 @@ pub struct FpstateInfo {
     pub form: Form,
     /// Host or guest.
     pub owner: Owner,
+    /// The handle's copy plan for `features` (the user ABI's whole-image
+    /// copies), found once when the fpstate is made instead of on every
+    /// export and import. Kept here, in the padding after `owner`, so an
+    /// [`Fpstate`] stays one 64-byte line of fields (asserted below).
+    pub(crate) plan: Option<PlanIndex>,
 }
 
 /// An fpstate: [`FpstateInfo`] plus its XSAVE area in `S`.
@@ -315,11 +320,16 @@ pub struct Fpstate<S: Storage> {
     info: FpstateInfo,
     /// [`Configs`]' stamp: the handle this fpstate was made under.
     stamp: u64,
-    /// The handle's copy plan for `info.features` (the user ABI's whole-image
-    /// copies), found once here instead of on every export and import.
-    plan: Option<PlanIndex>,
     storage: S,
 }
+
+// The fields before the storage take 48 bytes: with a slice as storage an
+// fpstate is one 64-byte line of fields (a `BoxedArea` adds its 24). A word
+// more (the copy plan as a field of its own) made the lifecycle's ping-pong
+// ~1.2 ns per switch slower (BENCHMARKS.md section 6).
+const_assert_eq!(size_of::<Fpstate<&mut [u8]>>(), 64);
+#[cfg(feature = "alloc")]
+const_assert_eq!(size_of::<Fpstate<BoxedArea>>(), 72);
 
 impl<S: Storage> Fpstate<S> {
     /// A fresh fpstate in `storage`, holding the owner's default features (host:
@@ -360,6 +370,7 @@ impl<S: Storage> Fpstate<S> {
             user_size: e.standard_size(user_features),
             form,
             owner,
+            plan: cfg.plan_index(features),
         };
         // `check_storage` measured `bytes()`; a `Storage` whose `bytes_mut()` is
         // shorter gets the same error rather than a panic.
@@ -367,7 +378,6 @@ impl<S: Storage> Fpstate<S> {
         let mut fp = Self {
             info,
             stamp: cfg.stamp(),
-            plan: cfg.plan_index(features),
             storage,
         };
         fp.reset_init()?;
@@ -408,7 +418,7 @@ impl<S: Storage> Fpstate<S> {
     /// The copy plan of its handle that serves this fpstate, if any.
     #[inline]
     pub(crate) const fn plan(&self) -> Option<PlanIndex> {
-        self.plan
+        self.info.plan
     }
 
     /// What the fpstate holds.
