@@ -1218,3 +1218,66 @@ fn a_buffered_signal_frame_carries_the_registers_mxcsr() {
     assert_eq!(m.mxcsr(), 0x1f80);
     assert_eq!(m.reg(2).unwrap()[0], 9);
 }
+
+/// The events' smaller decisions: `deliver_signal` writes a 64-byte aligned
+/// frame straight from the registers (one save counted) and takes the buffer
+/// for any other; `exit` drops the record only for its own task; an XFD
+/// growth of a task whose registers are not live leaves the CPU's IA32_XFD to
+/// the next load.
+#[test]
+fn signal_path_exit_and_growth_records() {
+    let (e, cfg) = sapphire_rapids();
+    let lc = Lifecycle::new(&cfg, SupervisorMode);
+    let mut m = XsaveMachine::new(&e, Quirks::INTEL);
+    let armed = cfg.policy().dynamic;
+    m.set_xfd(armed).unwrap();
+    let mut cpu = CpuFpu::new(0, armed);
+    let area = || BoxedArea::zeroed(cfg.kernel().default_size as usize);
+    let mut t = lc.user_task(area()).unwrap();
+    let mut u = lc.user_task(area()).unwrap();
+    // Signals: an aligned frame goes direct, a misaligned one buffered.
+    let size = cfg.user().max_size as usize + 4 + 64;
+    let mut frame = BoxedArea::zeroed(size);
+    lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap();
+    let saves = cpu.stats().saves;
+    let (_, path) = lc
+        .deliver_signal(
+            &mut cpu,
+            &mut m,
+            &mut t,
+            &mut frame.bytes_mut()[..size - 64],
+        )
+        .unwrap();
+    assert_eq!(path, SignalPath::Direct);
+    assert_eq!(cpu.stats().saves, saves + 1, "the direct save is counted");
+    let (_, path) = lc
+        .deliver_signal(&mut cpu, &mut m, &mut t, &mut frame.bytes_mut()[8..])
+        .unwrap();
+    assert_eq!(path, SignalPath::Buffered);
+    // Exit: u never ran here, so t keeps the record; t's exit drops it.
+    lc.return_to_user(&mut cpu, &mut m, &mut t).unwrap();
+    assert_eq!(cpu.owner(), Some(t.id()));
+    let _ = lc.exit(&mut cpu, lc.user_task(area()).unwrap());
+    assert_eq!(
+        cpu.owner(),
+        Some(t.id()),
+        "another task's exit kept the record"
+    );
+    lc.switch_out(&mut cpu, &mut m, &mut t).unwrap();
+    let _ = lc.exit(&mut cpu, t);
+    assert_eq!(cpu.owner(), None, "the owner's exit dropped the record");
+    // Growth while not live: the CPU keeps XFD armed until u's next load.
+    let mut perms = ProcessPerms::new(&cfg);
+    perms
+        .request(&cfg, PermKind::Task, TILEDATA.into(), |_| true)
+        .unwrap();
+    lc.return_to_user(&mut cpu, &mut m, &mut u).unwrap();
+    lc.switch_out(&mut cpu, &mut m, &mut u).unwrap();
+    let big = BoxedArea::zeroed(cfg.kernel().max_size as usize);
+    lc.handle_xfd(&mut cpu, &mut m, &mut u, &perms, TILEDATA, big)
+        .unwrap();
+    assert_eq!(cpu.xfd(), armed, "no XFD write for registers not live");
+    lc.return_to_user(&mut cpu, &mut m, &mut u).unwrap();
+    // The grown fpstate has space for every dynamic component: XFD disarmed.
+    assert_eq!(cpu.xfd(), XFeatures::empty());
+}
