@@ -765,8 +765,36 @@ fn put_u16(b: &mut [u8], off: usize, v: u16) {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is how a test reports failure"
+)]
 mod tests {
     use super::*;
+
+    /// Every fpstate of Linux's usual sets carries the index of its copy plan,
+    /// and the index finds the layout of its features (the user ABI's
+    /// whole-image copies rely on it; without it they take the per-component
+    /// path, which gives the same bytes slower).
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn fpstates_carry_their_copy_plan() {
+        use crate::config::Policy;
+        use crate::cpuid::RecordedCpuid;
+        use crate::enumerate::Enumeration;
+        for dump in [
+            include_str!("../layouts/intel-sapphire-rapids-xeon-w9-3475x.txt"),
+            include_str!("../layouts/amd-zen4-ryzen-9-7950x.txt"),
+        ] {
+            let e = Enumeration::from_cpuid(&RecordedCpuid::parse(dump).unwrap()).unwrap();
+            let cfg = Configs::new(&e, &Policy::linux(&e)).unwrap();
+            let fp = Fpstate::new_boxed(&cfg, Owner::Host).unwrap();
+            let i = fp.plan().expect("a host fpstate's plan index");
+            let (layout, _) = cfg.copy_plan(i).expect("the plan it names");
+            assert_eq!(layout.mask(), fp.info().features);
+        }
+    }
 
     #[test]
     fn field_helpers_read_zero_and_write_nothing_past_the_end() {

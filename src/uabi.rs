@@ -389,7 +389,10 @@ fn put_header_tail(out: &mut [u8], user_max: XFeatures, xstate_bv: XFeatures) {
 /// More with one `fill`.
 fn zero(d: &mut [u8]) {
     const PIECE: usize = 16;
-    const STEP: usize = 4 * PIECE;
+    // Four pieces: one 64-byte line.
+    const STEP: usize = 64;
+    // Four steps: the largest gap written without a call.
+    const MOST: usize = 256;
     let n = d.len();
     if (PIECE..=STEP).contains(&n) {
         // The last piece ends at `n`; the others start at 0, 16, 32 and stop
@@ -402,7 +405,7 @@ fn zero(d: &mut [u8]) {
                 *p = [0; PIECE];
             }
         }
-    } else if (STEP..=4 * STEP).contains(&n) {
+    } else if (STEP..=MOST).contains(&n) {
         // Steps at 0, 64, 128 while they end before `n`, then one ending at
         // `n`: every byte covered, none past `n`.
         let last = n.saturating_sub(STEP);

@@ -48,6 +48,11 @@ fn frame(s: &Setup) -> Vec<u8> {
     put_u32(&mut b, MXCSR, 0x9fc0);
     b[XSTATE_BV..XSTATE_BV + 64].fill(0);
     put_u64(&mut b, XSTATE_BV, other.info().user_features.bits());
+    // The checks alone take it and name its XSTATE_BV.
+    assert_eq!(
+        uabi::check_import(&s.cfg, &other, &b),
+        Ok(other.info().user_features)
+    );
     uabi::import(&s.cfg, &mut other, &b).expect("frame source");
     let mut f = vec![0u8; size + 4];
     let n = uabi::export_sigframe(&s.cfg, &other, other.info().user_features, &mut f)
@@ -56,8 +61,9 @@ fn frame(s: &Setup) -> Vec<u8> {
     f
 }
 
-/// `import` and `import_sigframe` of `buf` both refuse it with `want` (`None`:
-/// that path takes it), and the fpstate is unchanged.
+/// `import` (and `check_import`, its checks alone) and `import_sigframe` of
+/// `buf` refuse it with `want` (`None`: that path takes it), and the fpstate is
+/// unchanged.
 fn refused(s: &Setup, buf: &[u8], want: Option<UabiError>, want_sig: Option<UabiError>) {
     for sig in [false, true] {
         let want = if sig { want_sig } else { want };
@@ -67,6 +73,8 @@ fn refused(s: &Setup, buf: &[u8], want: Option<UabiError>, want_sig: Option<Uabi
         let got = if sig {
             uabi::import_sigframe(&s.cfg, &mut fp, buf).map(|r| r.features)
         } else {
+            // The checks alone refuse it the same way.
+            assert_eq!(uabi::check_import(&s.cfg, &fp, buf), Err(want));
             uabi::import(&s.cfg, &mut fp, buf)
         };
         assert_eq!(got, Err(want), "sigframe path: {sig}");
