@@ -136,13 +136,23 @@ impl ProcessPerms {
         }
     }
 
-    /// The current set of one kind (`ARCH_GET_XCOMP_PERM` returns its features).
+    /// The current set of one kind: every component it grants, the
+    /// supervisor ones of its config included (see [`ProcessPerms::reported`]
+    /// for what Linux tells user space).
     #[inline]
     pub const fn get(&self, kind: PermKind) -> &PermSet {
         match kind {
             PermKind::Task => &self.task,
             PermKind::Guest => &self.guest,
         }
+    }
+
+    /// What Linux reports of a set: `ARCH_GET_XCOMP_PERM` (task) and
+    /// `ARCH_GET_XCOMP_GUEST_PERM` (guest) return its user components only, so
+    /// a Zen 4's CET_U, in every host fpstate, is not among them.
+    #[inline]
+    pub fn reported(&self, kind: PermKind) -> XFeatures {
+        self.get(kind).features & XFeatures::USER
     }
 
     /// Whether the guest set is locked.

@@ -220,6 +220,18 @@ fn permission_requests_follow_linux() {
         cfg.kernel().default_features
     );
     assert!(p.get(PermKind::Guest).features.contains(XFeatures::CET_S));
+    // What ARCH_GET_XCOMP_PERM / _GUEST_PERM report: the user components only.
+    assert_eq!(
+        p.reported(PermKind::Guest),
+        p.get(PermKind::Guest).features & XFeatures::USER
+    );
+    assert!(!p.reported(PermKind::Guest).contains(XFeatures::CET_S));
+    let zen4 = dump("amd-zen4-ryzen-9-7950x.txt");
+    let zcfg = Configs::new(&zen4, &Policy::linux(&zen4)).unwrap();
+    let zp = ProcessPerms::new(&zcfg);
+    assert!(zp.get(PermKind::Task).features.contains(XFeatures::CET_U));
+    assert_eq!(zp.reported(PermKind::Task), zcfg.user().default_features);
+    assert!(!zp.reported(PermKind::Task).contains(XFeatures::CET_U));
     let before = p;
     // Past the catalog (Linux: idx >= XFEATURE_MAX): EINVAL.
     // At the syscall's width: a number past 2^32 is not truncated to a

@@ -260,8 +260,32 @@ fn a_bound_fpstate_checks_once_what_save_and_restore_check_each_call() {
     use xstate::fpstate::{Fpstate, FpstateError, Mode, Owner};
     let Some(mut cpu) = unit() else { return };
     let e = cpu.enumeration().clone();
-    let cfg = Configs::new(&e, &Policy::linux(&e)).expect("configs");
-    let other = Configs::new(&e, &Policy::linux(&e)).expect("configs");
+    let linux = Policy::linux(&e);
+    // Linux's host fpstates hold its supervisor components where the CPU has
+    // them (CET_U on a Zen 4): user mode cannot save those, bound or not.
+    let supervisor = linux.enabled & XFeatures::SUPERVISOR;
+    if !supervisor.is_empty() {
+        let cfg = Configs::new(&e, &linux).expect("configs");
+        let mut fp = Fpstate::new_boxed(&cfg, Owner::Host).expect("fpstate");
+        let kernel = fp.info().features & XFeatures::SUPERVISOR;
+        if !kernel.is_empty() {
+            let want = Some(FpstateError::NeedsSupervisor {
+                mask: kernel.bits(),
+            });
+            assert_eq!(fp.bind(&cpu, &cfg, Mode::User).err(), want);
+            assert_eq!(fp.save(&mut cpu, &cfg, Mode::User).err(), want);
+        }
+    }
+    // The rest in user mode: Linux's user components, none dynamic (no XFD
+    // handling in a test process).
+    let user = Policy {
+        enabled: linux.enabled & XFeatures::USER & !XFeatures::DYNAMIC,
+        dynamic: XFeatures::empty(),
+        independent: XFeatures::empty(),
+        guest_only: XFeatures::empty(),
+    };
+    let cfg = Configs::new(&e, &user).expect("configs");
+    let other = Configs::new(&e, &user).expect("configs");
     let mut fp = Fpstate::new_boxed(&cfg, Owner::Host).expect("fpstate");
     // Another handle: refused before the area is lent.
     assert_eq!(

@@ -330,11 +330,9 @@ fn permissions_are_copied_shared_and_reset_as_linux_does() {
         return;
     }
     let Some(l) = live() else { return };
-    let ours = l.perms.get(PermKind::Task).features.bits();
-    let fresh = ProcessPerms::new(&l.cfg)
-        .get(PermKind::Task)
-        .features
-        .bits();
+    // What Linux reports: the sets' user components (`ProcessPerms::reported`).
+    let ours = l.perms.reported(PermKind::Task).bits();
+    let fresh = ProcessPerms::new(&l.cfg).reported(PermKind::Task).bits();
     assert_eq!(get_perm(), ours, "this process");
     // fork: a new process with a copy.
     let mut fds = [0; 2];
