@@ -36,7 +36,7 @@ use crate::fpstate::{
     FCW_OFFSET, Fpstate, MXCSR_DEFAULT, MXCSR_MASK_OFFSET, MXCSR_OFFSET, Storage, XCOMP_BV_OFFSET,
     XSTATE_BV_OFFSET, get_u32, get_u64, put_u32, put_u64,
 };
-use crate::layout::{CopyPlan, Form, Layout, LayoutError};
+use crate::layout::{self, CopyPlan, Form, Layout, LayoutError};
 
 /// `fx_sw_reserved.magic1`: the frame carries an extended XSAVE area.
 pub const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
@@ -340,19 +340,20 @@ fn export_whole<S: Storage>(
     check_area(src, layout)?;
     let mut end = 0;
     for r in plan.runs() {
-        let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
         // A gap only where the standard form has one: no call for nothing.
-        if end < s {
-            if let Some(gap) = out.get_mut(end..s) {
+        if end < r.std as usize {
+            if let Some(gap) = out.get_mut(end..r.std as usize) {
                 zero(gap);
             }
         }
+        end = (r.std + r.len) as usize;
+        // Bytes 416..576 are written whole after the runs: not copied first.
+        let (k, s, len) = around_header(r, out, src);
         // The plan's runs end within the standard size (= `out.len()`) and
         // within the layout's size, which check_area() found `src` to hold.
         if let (Some(d), Some(from)) = (out.get_mut(s..s + len), src.get(k..k + len)) {
             d.copy_from_slice(from);
         }
-        end = s + len;
     }
     put_header_tail(out, cfg.user().max_features, plan.user());
     if plan.user().contains(XFeatures::PKRU) {
@@ -1139,23 +1140,10 @@ fn import_whole<S: Storage>(
     let dst = fp.area_mut();
     check_area(dst, layout)?;
     for r in plan.runs() {
-        let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
-        // The first run (the legacy region and header at the same offset in
-        // both forms, and what follows them in both) goes around bytes
-        // 416..576, which stay the fpstate's: two copies, where saving those
-        // bytes and putting them back cost more (section 4).
-        let (k, s, len) = if k == 0 && s == 0 {
-            if let (Some(d), Some(from)) = (
-                dst.first_chunk_mut::<{ SSE_RANGE.end }>(),
-                buf.first_chunk::<{ SSE_RANGE.end }>(),
-            ) {
-                *d = *from;
-            }
-            let from = SSE_RANGE.end + KEPT;
-            (from, from, len.saturating_sub(from))
-        } else {
-            (k, s, len)
-        };
+        // Bytes 416..576 stay the fpstate's: the first run goes around them
+        // (two copies, where saving those bytes and putting them back cost
+        // more: section 4).
+        let (k, s, len) = around_header(r, dst, buf);
         // The runs end within the standard size, which the caller found `buf`
         // to hold, and within the layout's size, which check_area() found
         // `dst` to hold.
@@ -1165,6 +1153,31 @@ fn import_whole<S: Storage>(
     }
     put_u64(dst, XSTATE_BV_OFFSET, new_bv.bits());
     Ok(())
+}
+
+/// Run `r` as (kernel offset, standard offset, length) for a copy from
+/// `from` to `to` in either direction, with the first run (the legacy region
+/// and the header, at offset 0 in both forms, and whatever follows them in
+/// both) split around bytes 416..576 (reserved, software bytes, header),
+/// which neither an export nor an import takes from the other side: its bytes
+/// 0..416 are copied here, in one fixed-size copy, and what is returned
+/// starts at 576. Fewer bytes moved, and each piece a copy of its own (a
+/// 2432-byte image as 416 + 1856 bytes copies faster than as one on a Zen 4:
+/// section 4).
+#[inline(always)]
+fn around_header(r: &layout::Run, to: &mut [u8], from: &[u8]) -> (usize, usize, usize) {
+    let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
+    if k != 0 || s != 0 {
+        return (k, s, len);
+    }
+    if let (Some(d), Some(f)) = (
+        to.first_chunk_mut::<{ SSE_RANGE.end }>(),
+        from.first_chunk::<{ SSE_RANGE.end }>(),
+    ) {
+        *d = *f;
+    }
+    let after = SSE_RANGE.end + KEPT;
+    (after, after, len.saturating_sub(after))
 }
 
 fn write_validated<S: Storage>(
