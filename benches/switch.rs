@@ -40,9 +40,10 @@
 //! also drops the CPU's owner record: criterion's own code runs in between);
 //! then XSTATE_BV of every task's fpstate is checked against the intended state
 //! (the mask for `touch`; for `idle` no component but SSE, see `check`; a
-//! `WARN` the first time it differs, and the row file counts those batches). The layer side's `CpuFpu::stats()` over
-//! its timed loops (warm-up included) go to the row file: saves, restores,
-//! elided restores and sections per iteration.
+//! `WARN` the first time it differs, and the row file counts those batches). After each timed batch the
+//! layer side runs the same loop 128 iterations more, untimed, counting what
+//! its events report (saves, restores) and what `CpuFpu::stats()` counts
+//! (elided restores, sections): per iteration, to the row file.
 
 mod common;
 
@@ -60,7 +61,7 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::{BoxedArea, Fpstate, MXCSR_DEFAULT, Mode, Owner, Storage, swap};
 use xstate::insn::{self, Cpu};
 use xstate::layout::Layout;
-use xstate::lifecycle::{CpuFpu, Lifecycle, SectionInit, TaskFpu, UserMode};
+use xstate::lifecycle::{CpuFpu, Lifecycle, Restore, Save, SectionInit, TaskFpu, UserMode};
 
 /// The masks: x87|SSE, +AVX, +AVX-512, +AMX.
 const MASKS: [u64; 4] = [0x3, 0x7, 0xe7, 0x600e7];
@@ -78,6 +79,13 @@ enum Pattern {
 
 impl Pattern {
     const ALL: [Self; 3] = [Self::PingPong, Self::KernelThread, Self::RoundRobin];
+
+    /// The pattern a loop is specialized for (`ALL`'s order): each loop is
+    /// compiled once per pattern, so neither side's timed code carries the
+    /// others' branches and registers.
+    const fn of(p: u8) -> Self {
+        Self::ALL[p as usize]
+    }
 
     const fn name(self) -> &'static str {
         match self {
@@ -155,6 +163,16 @@ fn touch(img: &[u8], mask: XFeatures) {
     unsafe { insn::xrstor(img.as_ptr(), mask) };
 }
 
+/// An image of `layout` in its init state (XSTATE_BV = 0, MXCSR 0x1f80):
+/// `touch` with it puts every component of the mask in its init state.
+fn init_image(layout: &Layout) -> BoxedArea {
+    let mut a = BoxedArea::zeroed(layout.size() as usize);
+    let b = a.bytes_mut();
+    b[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    b[520..528].copy_from_slice(&((1u64 << 63) | layout.mask().bits()).to_le_bytes());
+    a
+}
+
 /// The kernel SIMD section's work: fold 64 bytes with SSE2 (PXOR of four
 /// 16-byte lanes), the same instructions on both sides.
 #[inline(never)]
@@ -210,7 +228,22 @@ fn pair<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
     }
 }
 
-/// What the layer side counted over its timed loops.
+/// `v[a]` and `v[b]`, both writable.
+fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b);
+    if a < b {
+        let (l, r) = v.split_at_mut(b);
+        (&mut l[a], &mut r[0])
+    } else {
+        let (l, r) = v.split_at_mut(a);
+        (&mut r[0], &mut l[b])
+    }
+}
+
+/// Iterations of the counted (untimed) layer loop after each timed batch.
+const COUNTED: u64 = 128;
+
+/// What the layer side counted over its counted loops.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
     iters: u64,
@@ -241,14 +274,14 @@ struct LayerSide<'c> {
 
 /// `iters` iterations of `pat` on the swap side.
 #[inline(never)]
-fn swap_loop(
+fn swap_loop<const P: u8>(
     s: &mut SwapSide<'_>,
-    pat: Pattern,
     imgs: Option<&[BoxedArea]>,
     mask: XFeatures,
     data: &[u8; 64],
     iters: u64,
 ) -> Duration {
+    let pat = Pattern::of(P);
     let cfg = s.cfg;
     let unit = &mut s.unit;
     let n = pat.tasks();
@@ -290,17 +323,24 @@ fn swap_loop(
     d
 }
 
-/// `iters` iterations of `pat` on the layer side.
+/// `iters` iterations of `pat` on the layer side; with `COUNT`, the saves
+/// and restores its events report (the layer keeps no per-switch counter,
+/// `CpuStats`), else none: the timed loops count nothing, as the swap side's
+/// do not (counting there, in registers, moved the ping-pong rows by 3 ns
+/// per switch on the Zen 4).
 #[inline(never)]
-fn layer_loop(
+fn layer_loop<const P: u8, const COUNT: bool>(
     s: &mut LayerSide<'_>,
-    pat: Pattern,
     imgs: Option<&[BoxedArea]>,
     mask: XFeatures,
     data: &[u8; 64],
     iters: u64,
-) -> Duration {
+) -> (Duration, (u64, u64)) {
+    let pat = Pattern::of(P);
     let lc = &s.lc;
+    let (mut saves, mut restores) = (0u64, 0u64);
+    let saved = |r: Save| u64::from(COUNT && r == Save::Saved);
+    let loaded = |r: Restore| u64::from(COUNT && r == Restore::Loaded);
     let (cpu, unit) = (&mut s.cpu, &mut s.unit);
     let n = pat.tasks();
     let mut acc = 0u64;
@@ -317,14 +357,16 @@ fn layer_loop(
                         let sec = lc
                             .kernel_fpu_begin(cpu, unit, Some(&mut s.tasks[c]), SectionInit::Mxcsr)
                             .expect("kernel_fpu_begin");
+                        saves += saved(sec.saved());
                         acc ^= section_work(data);
                         drop(sec);
                     }
-                    lc.switch_out(cpu, unit, &mut s.tasks[c])
-                        .expect("switch_out");
+                    // Both tasks found first, as the swap side finds its
+                    // pair of fpstates before `swap`.
                     let next = (c + 1) % n;
-                    lc.return_to_user(cpu, unit, &mut s.tasks[next])
-                        .expect("return_to_user");
+                    let (out, inc) = pair_mut(&mut s.tasks, c, next);
+                    saves += saved(lc.switch_out(cpu, unit, out).expect("switch_out"));
+                    restores += loaded(lc.return_to_user(cpu, unit, inc).expect("return_to_user"));
                     s.cur = next;
                 }
             }
@@ -332,19 +374,25 @@ fn layer_loop(
                 if let Some(i) = imgs {
                     touch(i[0].bytes(), mask);
                 }
-                lc.switch_out(cpu, unit, &mut s.tasks[0])
-                    .expect("switch_out");
+                saves += saved(
+                    lc.switch_out(cpu, unit, &mut s.tasks[0])
+                        .expect("switch_out"),
+                );
                 // The kernel thread runs, then is switched away from.
-                lc.switch_out(cpu, unit, &mut s.kthread)
-                    .expect("switch_out kernel thread");
-                lc.return_to_user(cpu, unit, &mut s.tasks[0])
-                    .expect("return_to_user");
+                saves += saved(
+                    lc.switch_out(cpu, unit, &mut s.kthread)
+                        .expect("switch_out kernel thread"),
+                );
+                restores += loaded(
+                    lc.return_to_user(cpu, unit, &mut s.tasks[0])
+                        .expect("return_to_user"),
+                );
             }
         }
     }
     let d = start.elapsed();
     std::hint::black_box(acc);
-    d
+    (d, (saves, restores))
 }
 
 /// Warnings already printed, one per row and side.
@@ -451,13 +499,30 @@ fn bench_row(
         cur: 0,
     };
 
+    // `idle`: every task starts each batch with the same state on both sides,
+    // all init (SSE too): the XMM registers that compiled code between the
+    // batches leaves behind would otherwise stay in whichever fpstates
+    // happened to be saved then, and an SSE image saved and loaded on one
+    // side only is bytes the other side does not move.
+    let init = init_image(&layout);
+    let idle = (!touching).then_some(init.bytes());
     let counts = Cell::new(Counts::default());
     let swap_side = Side::checked("swap", |iters| {
+        if let Some(init) = idle {
+            for fp in &mut sw.fps {
+                touch(init, mask);
+                fp.save(&mut sw.unit, cfg, Mode::User).expect("idle reset");
+            }
+        }
         let c = sw.cur;
         sw.fps[c]
             .restore(&mut sw.unit, cfg, Mode::User)
             .expect("batch start");
-        let d = swap_loop(&mut sw, pat, imgs, mask, &data, iters);
+        let d = match pat {
+            Pattern::PingPong => swap_loop::<0>(&mut sw, imgs, mask, &data, iters),
+            Pattern::KernelThread => swap_loop::<1>(&mut sw, imgs, mask, &data, iters),
+            Pattern::RoundRobin => swap_loop::<2>(&mut sw, imgs, mask, &data, iters),
+        };
         let c = sw.cur;
         sw.fps[c]
             .save(&mut sw.unit, cfg, Mode::User)
@@ -466,17 +531,38 @@ fn bench_row(
         (d, check(&label, "swap", &bvs, mask, want))
     });
     let layer_side = Side::checked("lifecycle", |iters| {
+        if let Some(init) = idle {
+            for t in &mut ly.tasks {
+                ly.lc
+                    .return_to_user(&mut ly.cpu, &mut ly.unit, t)
+                    .expect("idle reset");
+                touch(init, mask);
+                ly.lc
+                    .switch_out(&mut ly.cpu, &mut ly.unit, t)
+                    .expect("idle reset");
+            }
+        }
         let c = ly.cur;
         ly.lc
             .return_to_user(&mut ly.cpu, &mut ly.unit, &mut ly.tasks[c])
             .expect("batch start");
+        let (d, _) = match pat {
+            Pattern::PingPong => layer_loop::<0, false>(&mut ly, imgs, mask, &data, iters),
+            Pattern::KernelThread => layer_loop::<1, false>(&mut ly, imgs, mask, &data, iters),
+            Pattern::RoundRobin => layer_loop::<2, false>(&mut ly, imgs, mask, &data, iters),
+        };
+        // The counts: the same loop again, untimed, counting.
         let before = *ly.cpu.stats();
-        let d = layer_loop(&mut ly, pat, imgs, mask, &data, iters);
+        let (_, (saves, restores)) = match pat {
+            Pattern::PingPong => layer_loop::<0, true>(&mut ly, imgs, mask, &data, COUNTED),
+            Pattern::KernelThread => layer_loop::<1, true>(&mut ly, imgs, mask, &data, COUNTED),
+            Pattern::RoundRobin => layer_loop::<2, true>(&mut ly, imgs, mask, &data, COUNTED),
+        };
         let after = *ly.cpu.stats();
         let mut k = counts.get();
-        k.iters += iters;
-        k.saves += after.saves - before.saves;
-        k.restores += after.restores - before.restores;
+        k.iters += COUNTED;
+        k.saves += saves;
+        k.restores += restores;
         k.elided += after.elided - before.elided;
         k.sections += after.sections - before.sections;
         counts.set(k);

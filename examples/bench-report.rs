@@ -1216,8 +1216,10 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
          the timed loops, clock reads and batch set-up, writes XMM registers, and a task saved \
          once with SSE in use keeps it, on both sides alike). The two sides of a row are timed \
          in alternation (batches of 128 iterations, 64 for `rr4-simd`); lifecycle / swap is the \
-         per-sample ratio, median [interquartile range] (min–max). Layer counts: \
-         `CpuFpu::stats()` over the layer side's timed loops (warm-up included), per iteration; \
+         per-sample ratio, median [interquartile range] (min–max). Layer counts, per \
+         iteration: a run of the same loop after each timed batch, untimed (128 iterations), \
+         counting the saves and restores its events report (`Save`, `Restore`; the layer keeps \
+         no per-switch counter) and the elided restores and sections of `CpuFpu::stats()`; \
          `elided` = restores skipped of those needed (elided + done). Goals: lifecycle / swap \
          <= 1.02 at the median on every row, and <= 0.5 (2x faster) on `kthread`.\n"
     );

@@ -265,24 +265,38 @@ impl CtxId {
     }
 }
 
-/// Counts a CPU record keeps.
+/// Counts a CPU record keeps: what happens off the switch's own path.
+///
+/// Saves and restores are not counted here: a per-CPU counter written on
+/// every switch, read back across the next XSAVEC or XRSTOR, cost the
+/// two-task ping-pong about 2 ns per switch on an AMD Zen 4 (BENCHMARKS.md
+/// section 7). The events say what they did instead: [`Restore`] from a
+/// return to user mode or a guest entry, [`Save`] from a switch away, and
+/// [`KernelFpuSection::saved`] from a section.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CpuStats {
-    /// Restores run (return to user mode, guest entry).
-    pub restores: u64,
     /// Restores skipped because the registers were still the context's own.
     pub elided: u64,
-    /// Saves run (switches, sections, signals, guest exits).
-    pub saves: u64,
     /// Kernel SIMD sections begun.
     pub sections: u64,
+}
+
+/// What a switch away from a task did ([`Lifecycle::switch_out`],
+/// [`Lifecycle::sync`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Save {
+    /// The registers were the task's live state: saved into its fpstate.
+    Saved,
+    /// Nothing to save: the fpstate is current already (the task needs a
+    /// load), or the task is a kernel thread.
+    NotLive,
 }
 
 /// One CPU's record (Linux's per-CPU `fpu_fpregs_owner_ctx` and XFD cache).
 ///
 /// One cache line of its own (64-byte aligned, as kernels align per-CPU data),
-/// the owner and the counts a switch writes side by side: left to share lines
+/// the owner a switch writes and the counts side by side: left to share lines
 /// with whatever the kernel keeps next to it, the record cost the two-task
 /// ping-pong up to 4 ns more per switch on some placements (BENCHMARKS.md
 /// section 6).
@@ -306,9 +320,7 @@ impl CpuFpu {
             xfd,
             in_section: false,
             stats: CpuStats {
-                restores: 0,
                 elided: 0,
-                saves: 0,
                 sections: 0,
             },
         }
@@ -765,9 +777,16 @@ impl<S: StableStorage> DerefMut for BufferWrite<'_, S> {
 pub struct KernelFpuSection<'a, U> {
     cpu: &'a mut CpuFpu,
     unit: &'a mut U,
+    saved: Save,
 }
 
 impl<U> KernelFpuSection<'_, U> {
+    /// Whether beginning the section saved the interrupted task's registers.
+    #[inline]
+    pub const fn saved(&self) -> Save {
+        self.saved
+    }
+
     /// The unit, for the section's own instructions (the model's register
     /// writes, in tests; a kernel runs its SIMD code directly).
     #[inline]
@@ -901,7 +920,8 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         })
     }
 
-    /// Save `ctx`'s registers if they are live, and mark it needs-load.
+    /// Save `ctx`'s registers if they are live, and mark it needs-load;
+    /// whether it saved.
     #[inline(always)]
     fn save_live<S: StableStorage, U: FpuUnit>(
         &self,
@@ -909,15 +929,15 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         unit: &mut U,
         ctx: &mut Ctx,
         fp: &mut Fpstate<S>,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<Save, LifecycleError> {
         if ctx.needs_load {
-            return Ok(());
+            return Ok(Save::NotLive);
         }
-        // The records first, the save last (undone if it fails): no store of
-        // the layer's then sits between the save and the restore that follows
-        // it (measured: BENCHMARKS.md section 6).
+        // The records first, the save last (undone if it fails), and the
+        // restore's records after the restore (`load`): no store of the
+        // layer's then sits between a save and the restore that follows it
+        // (measured: BENCHMARKS.md sections 6 and 7).
         let last_cpu = ctx.last_cpu;
-        cpu.stats.saves += 1;
         ctx.last_cpu = cpu.cpu as u64;
         if Self::keeps(Rule::NeedsLoad) {
             ctx.needs_load = true;
@@ -929,9 +949,9 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
             Mode::Supervisor => fp.save(unit, self.cfg, Mode::Supervisor),
         };
         if let Err(e) = r {
-            return Err(Self::save_failed(cpu, ctx, last_cpu, e));
+            return Err(Self::save_failed(ctx, last_cpu, e));
         }
-        Ok(())
+        Ok(Save::Saved)
     }
 
     /// Make `ctx`'s registers live on `cpu`: skip the restore if the CPU still
@@ -955,22 +975,20 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
             cpu.stats.elided += 1;
             Restore::Elided
         } else {
-            // The records first, the restore last (undone if it fails), as in
-            // `save_live`.
-            let (owner, last_cpu) = (cpu.owner, ctx.last_cpu);
-            cpu.stats.restores += 1;
-            if Self::keeps(Rule::LoadTakesOwner) || cpu.owner.is_none() {
-                cpu.owner = Some(ctx.id);
-            }
-            ctx.last_cpu = cpu.cpu as u64;
-            ctx.needs_load = false;
+            // The restore first, the records after it succeeded: nothing to
+            // undo on an error (see `save_live`).
             let r = match self.mode.get() {
                 Mode::User => fp.restore(unit, self.cfg, Mode::User),
                 Mode::Supervisor => fp.restore(unit, self.cfg, Mode::Supervisor),
             };
             if let Err(e) = r {
-                return Err(Self::restore_failed(cpu, ctx, owner, last_cpu, e));
+                return Err(Self::failed(e));
             }
+            if Self::keeps(Rule::LoadTakesOwner) || cpu.owner.is_none() {
+                cpu.owner = Some(ctx.id);
+            }
+            ctx.last_cpu = cpu.cpu as u64;
+            ctx.needs_load = false;
             return Ok(Restore::Loaded);
         };
         ctx.last_cpu = cpu.cpu as u64;
@@ -982,33 +1000,17 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
     /// live, the records back as they were (out of the switch's path).
     #[cold]
     #[inline(never)]
-    fn save_failed(
-        cpu: &mut CpuFpu,
-        ctx: &mut Ctx,
-        last_cpu: u64,
-        e: FpstateError,
-    ) -> LifecycleError {
-        cpu.stats.saves -= 1;
+    fn save_failed(ctx: &mut Ctx, last_cpu: u64, e: FpstateError) -> LifecycleError {
         ctx.last_cpu = last_cpu;
         ctx.needs_load = false;
         e.into()
     }
 
-    /// A restore failed after `load` recorded it: the records back as they
-    /// were (out of the switch's path).
+    /// A restore failed before `load` recorded anything (out of the switch's
+    /// path).
     #[cold]
     #[inline(never)]
-    fn restore_failed(
-        cpu: &mut CpuFpu,
-        ctx: &mut Ctx,
-        owner: Option<CtxId>,
-        last_cpu: u64,
-        e: FpstateError,
-    ) -> LifecycleError {
-        cpu.owner = owner;
-        cpu.stats.restores -= 1;
-        ctx.last_cpu = last_cpu;
-        ctx.needs_load = true;
+    fn failed(e: FpstateError) -> LifecycleError {
         e.into()
     }
 
@@ -1030,7 +1032,8 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
     /// The scheduler switches away from `task` on `cpu` (Linux's
     /// `switch_fpu_prepare()`): its live registers are saved, the CPU keeps
     /// them (the owner record stays), and the task needs a load before it runs
-    /// user code again. A kernel thread has nothing to save.
+    /// user code again. A kernel thread has nothing to save. Returns whether
+    /// it saved.
     ///
     /// # Errors
     /// The save's [`FpstateError`] (a model fault, a foreign fpstate).
@@ -1040,10 +1043,10 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         cpu: &mut CpuFpu,
         unit: &mut U,
         task: &mut TaskFpu<S>,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<Save, LifecycleError> {
         match task.active() {
             Some((ctx, fp)) => self.save_live(cpu, unit, ctx, fp),
-            None => Ok(()),
+            None => Ok(Save::NotLive),
         }
     }
 
@@ -1076,7 +1079,7 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         cpu: &mut CpuFpu,
         unit: &mut U,
         task: &mut TaskFpu<S>,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<Save, LifecycleError> {
         self.switch_out(cpu, unit, task)
     }
 
@@ -1099,9 +1102,10 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         if cpu.in_section {
             return Err(LifecycleError::SectionOpen);
         }
+        let mut saved = Save::NotLive;
         if Self::keeps(Rule::SectionSaves) {
             if let Some((ctx, fp)) = current.and_then(TaskFpu::active) {
-                self.save_live(cpu, unit, ctx, fp)?;
+                saved = self.save_live(cpu, unit, ctx, fp)?;
             }
         }
         if Self::keeps(Rule::SectionDropsOwner) {
@@ -1110,7 +1114,7 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         unit.section_init(init)?;
         cpu.in_section = true;
         cpu.stats.sections += 1;
-        Ok(KernelFpuSection { cpu, unit })
+        Ok(KernelFpuSection { cpu, unit, saved })
     }
 
     /// `parent` (running on `cpu`) clones a user task into `storage` (Linux's
@@ -1400,7 +1404,6 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
                     h.fill(0);
                 }
                 unit.save(Insn::Xsave, out, user)?;
-                cpu.stats.saves += 1;
                 write_sw_bytes(out, user, size);
                 needed
             }
@@ -1489,7 +1492,6 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
             // only the user part.
             self.return_to_user(cpu, unit, task)?;
             unit.restore(Insn::Xrstor, frame, user)?;
-            cpu.stats.restores += 1;
             return Ok(SignalPath::Direct);
         }
         // Through the buffer: make it current (supervisor state included),

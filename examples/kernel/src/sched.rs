@@ -32,7 +32,7 @@ use xstate::enumerate::Enumeration;
 use xstate::fpstate::Mode;
 use xstate::insn::{Cpu, CpuError, Fault, Insn, XsaveUnit};
 use xstate::lifecycle::{
-    CpuFpu, CpuStats, FpuUnit, Lifecycle, LifecycleError, Rule, SectionInit, TaskFpu, TaskKind,
+    CpuFpu, FpuUnit, Lifecycle, LifecycleError, Restore, Rule, Save, SectionInit, TaskFpu, TaskKind,
     UserMode,
 };
 
@@ -238,6 +238,21 @@ impl Shadow {
     }
 }
 
+/// The layer's account of one CPU: restores and saves as its events
+/// returned them ([`Restore`], [`Save`]), skipped restores and sections from
+/// its CPU record.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    /// Restores run.
+    pub restores: u64,
+    /// Restores skipped.
+    pub elided: u64,
+    /// Saves run.
+    pub saves: u64,
+    /// Kernel SIMD sections begun.
+    pub sections: u64,
+}
+
 /// Everything a switch needs but the layer. Lives in [`SCHED`]; touched by the
 /// interrupt handlers (interrupts off) and by the boot code only while the
 /// timer is masked.
@@ -256,6 +271,8 @@ pub struct State {
     pub running: bool,
     /// The scheduler's own account.
     pub shadow: Shadow,
+    /// What the layer's events said they did.
+    said: Counts,
     /// Kernel SIMD sections whose vector sum matched the scalar one, and those
     /// whose did not.
     pub sums_ok: u64,
@@ -347,6 +364,7 @@ pub unsafe fn init(
             switches: 0,
             running: true,
             shadow: Shadow::default(),
+            said: Counts::default(),
             sums_ok: 0,
             sums_wrong: 0,
         },
@@ -463,6 +481,7 @@ impl State {
                 Some(&mut self.tasks[cur]),
                 SectionInit::Mxcsr,
             )?;
+            self.said.saves += u64::from(section.saved() == Save::Saved);
             let block = simd::block(t);
             let sum = simd::vector_sum(&mut section, &block, self.width);
             drop(section);
@@ -473,7 +492,8 @@ impl State {
             }
         }
         self.shadow.save(cur);
-        life.switch_out(&mut self.cpu, &mut self.unit, &mut self.tasks[cur])?;
+        let saved = life.switch_out(&mut self.cpu, &mut self.unit, &mut self.tasks[cur])?;
+        self.said.saves += u64::from(saved == Save::Saved);
         *frame = self.ctx[next];
         self.current = next;
         self.switches += 1;
@@ -497,7 +517,8 @@ impl State {
             return Ok(());
         }
         self.shadow.load(cur);
-        life.return_to_user(&mut self.cpu, &mut self.unit, task)?;
+        let r = life.return_to_user(&mut self.cpu, &mut self.unit, task)?;
+        self.said.restores += u64::from(r == Restore::Loaded);
         Ok(())
     }
 
@@ -511,8 +532,13 @@ impl State {
     }
 
     /// The layer's counts for this CPU.
-    pub fn stats(&self) -> &CpuStats {
-        self.cpu.stats()
+    pub fn stats(&self) -> Counts {
+        let st = self.cpu.stats();
+        Counts {
+            elided: st.elided,
+            sections: st.sections,
+            ..self.said
+        }
     }
 
     /// The registers the sections computed with.
