@@ -925,7 +925,6 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
     #[inline(always)]
     fn save_live<S: StableStorage, U: FpuUnit>(
         &self,
-        cpu: &mut CpuFpu,
         unit: &mut U,
         ctx: &mut Ctx,
         fp: &mut Fpstate<S>,
@@ -937,8 +936,6 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         // restore's records after the restore (`load`): no store of the
         // layer's then sits between a save and the restore that follows it
         // (measured: BENCHMARKS.md sections 6 and 7).
-        let last_cpu = ctx.last_cpu;
-        ctx.last_cpu = cpu.cpu as u64;
         if Self::keeps(Rule::NeedsLoad) {
             ctx.needs_load = true;
         }
@@ -949,7 +946,7 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
             Mode::Supervisor => fp.save(unit, self.cfg, Mode::Supervisor),
         };
         if let Err(e) = r {
-            return Err(Self::save_failed(ctx, last_cpu, e));
+            return Err(Self::save_failed(ctx, e));
         }
         Ok(Save::Saved)
     }
@@ -1000,8 +997,7 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
     /// live, the records back as they were (out of the switch's path).
     #[cold]
     #[inline(never)]
-    fn save_failed(ctx: &mut Ctx, last_cpu: u64, e: FpstateError) -> LifecycleError {
-        ctx.last_cpu = last_cpu;
+    fn save_failed(ctx: &mut Ctx, e: FpstateError) -> LifecycleError {
         ctx.needs_load = false;
         e.into()
     }
@@ -1044,8 +1040,12 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         unit: &mut U,
         task: &mut TaskFpu<S>,
     ) -> Result<Save, LifecycleError> {
+        // A save leaves the CPU record as it is: the owner stays, and the
+        // context's last CPU is this one already (set when its registers
+        // were loaded here, and kept while they are live).
+        let _ = cpu;
         match task.active() {
-            Some((ctx, fp)) => self.save_live(cpu, unit, ctx, fp),
+            Some((ctx, fp)) => self.save_live(unit, ctx, fp),
             None => Ok(Save::NotLive),
         }
     }
@@ -1105,7 +1105,7 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         let mut saved = Save::NotLive;
         if Self::keeps(Rule::SectionSaves) {
             if let Some((ctx, fp)) = current.and_then(TaskFpu::active) {
-                saved = self.save_live(cpu, unit, ctx, fp)?;
+                saved = self.save_live(unit, ctx, fp)?;
             }
         }
         if Self::keeps(Rule::SectionDropsOwner) {
@@ -1139,8 +1139,12 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         if parent.in_guest {
             return Err(LifecycleError::InGuest);
         }
+        // A save leaves the CPU record as it is: the owner stays, and the
+        // context's last CPU is this one already (set when its registers
+        // were loaded here, and kept while they are live).
+        let _ = cpu;
         let (ctx, fp) = parent.active().ok_or(LifecycleError::KernelThread)?;
-        self.save_live(cpu, unit, ctx, fp)?;
+        self.save_live(unit, ctx, fp)?;
         let mut child = self.user_task(storage)?;
         let from = parent.host().ok_or(LifecycleError::KernelThread)?;
         if let Some(c) = child.fp.as_mut() {
@@ -1269,7 +1273,7 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         let (ctx, fp) = task.active().ok_or(LifecycleError::KernelThread)?;
         // Save first, so the grown copy is current. The registers stay the
         // task's own whether or not the growth succeeds: they stay live.
-        self.save_live(cpu, unit, ctx, fp)?;
+        self.save_live(unit, ctx, fp)?;
         let grown = fp.grow(self.cfg, perms, index, storage);
         if live {
             ctx.needs_load = false;
@@ -1310,7 +1314,7 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
             return Err(LifecycleError::NoGuest);
         }
         if let Some((ctx, fp)) = task.active() {
-            self.save_live(cpu, unit, ctx, fp)?;
+            self.save_live(unit, ctx, fp)?;
         }
         task.in_guest = true;
         self.return_to_user(cpu, unit, task)
@@ -1331,8 +1335,10 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
         if !task.in_guest {
             return Err(LifecycleError::NoGuest);
         }
+        // The guest stays this CPU's owner: its registers are still here.
+        let _ = cpu;
         if let Some((ctx, fp)) = task.active() {
-            self.save_live(cpu, unit, ctx, fp)?;
+            self.save_live(unit, ctx, fp)?;
         }
         task.in_guest = false;
         Ok(())
@@ -1409,7 +1415,7 @@ impl<'c, M: LayerMode, const DROPPED: u32> Lifecycle<'c, M, DROPPED> {
             }
             SignalPath::Buffered => {
                 BufferTooSmall::check(frame.len(), needed)?;
-                self.save_live(cpu, unit, ctx, fp)?;
+                self.save_live(unit, ctx, fp)?;
                 let n = uabi::export_sigframe(self.cfg, fp, user, frame)?;
                 // The export takes MXCSR from the buffer whenever SSE or AVX is
                 // live there, as Linux's does; but a compacted save (XSAVEC,
