@@ -30,10 +30,10 @@
 //! `touch`: before every switch away from it, the running task writes its
 //! registers: XRSTOR (RFBM = the mask) from a compacted image of its own with
 //! every component of the mask non-init, identical on both sides (so saves see
-//! every component in use). `idle`: nothing runs between switches; the tasks
-//! never write their registers, so their state stays init but for SSE (XSAVEC's
-//! init optimization applies, as for a task that does not use the FPU; the
-//! user-space code around the timed loops puts SSE in use, see `check`).
+//! every component in use). `idle`: every task of both sides is put in its
+//! init state before each batch (SSE included) and nothing runs between
+//! switches, so their state stays init (XSAVEC's init optimization applies, as
+//! for a task that does not use the FPU).
 //!
 //! Outside the timing: at the start of each batch the running task's state is
 //! loaded; at its end it is saved (on the layer side by a kernel section, which
@@ -401,12 +401,10 @@ static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// Whether every fpstate's XSTATE_BV, within `mask`, is `want` (for an idle
 /// row, SSE aside); a WARN the first time a row's side finds otherwise.
 fn check(label: &str, side: &str, bvs: &[u64], mask: XFeatures, want: u64) -> Held {
-    // An idle task's SSE bit is free: user-space code that runs between an
-    // XRSTOR and the next XSAVEC outside the switch code (the clock reads
-    // around the timed loop, the batch set-up; Rust built with SSE2) writes
-    // XMM registers, and a task saved once with SSE in use keeps it, on both
-    // sides alike (a kernel built without SSE does not do that). A bare
-    // XRSTOR + XSAVEC pair keeps SSE init on this machine.
+    // An idle task's SSE bit is free here: the batch's last save (the task
+    // running when the timed loop ends) comes after the clock reads, which
+    // write XMM registers (Rust built with SSE2); every task is put back in
+    // its init state before the next batch (`init_image`), on both sides.
     let free = if want == 0 { XFeatures::SSE.bits() } else { 0 };
     let bad = bvs
         .iter()

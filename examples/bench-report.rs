@@ -1211,10 +1211,11 @@ fn switch(out: &mut String, r: &Results, number: bool) -> Vec<String> {
          thread -> task (2 switches); `rr4-simd` four ticks of four tasks round robin, each tick \
          a kernel SIMD section (SSE2 over 64 bytes) then a switch. `touch`: before each switch \
          away from it the task writes every component of the mask (XRSTOR from its own \
-         non-init image, identical on both sides, inside the timing); `idle`: nothing runs \
-         between switches and the tasks' state stays init but for SSE (user-space code around \
-         the timed loops, clock reads and batch set-up, writes XMM registers, and a task saved \
-         once with SSE in use keeps it, on both sides alike). The two sides of a row are timed \
+         non-init image, identical on both sides, inside the timing); `idle`: every task of \
+         both sides is put in its init state (SSE included) before each batch, and nothing runs \
+         between switches (without the reset, the XMM registers that the code between batches \
+         leaves behind stayed in whichever fpstates were saved then, and the two sides moved \
+         different bytes). The two sides of a row are timed \
          in alternation (batches of 128 iterations, 64 for `rr4-simd`); lifecycle / swap is the \
          per-sample ratio, median [interquartile range] (min–max). Layer counts, per \
          iteration: a run of the same loop after each timed batch, untimed (128 iterations), \
