@@ -270,7 +270,7 @@ impl CtxId {
 /// Saves and restores are not counted here: a per-CPU counter written on
 /// every switch, read back across the next XSAVEC or XRSTOR, cost the
 /// two-task ping-pong about 2 ns per switch on an AMD Zen 4 (BENCHMARKS.md
-/// section 7). The events say what they did instead: [`Restore`] from a
+/// section 6). The events say what they did instead: [`Restore`] from a
 /// return to user mode or a guest entry, [`Save`] from a switch away, and
 /// [`KernelFpuSection::saved`] from a section.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
