@@ -216,19 +216,8 @@ fn section_mxcsr() {
     unsafe { insn::ldmxcsr(MXCSR_DEFAULT) };
 }
 
-/// `(&mut v[a], &v[b])` for `a != b`.
-fn pair<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
-    assert_ne!(a, b);
-    if a < b {
-        let (l, r) = v.split_at_mut(b);
-        (&mut l[a], &r[0])
-    } else {
-        let (l, r) = v.split_at_mut(a);
-        (&mut r[0], &l[b])
-    }
-}
-
-/// `v[a]` and `v[b]`, both writable.
+/// `(&mut v[a], &mut v[b])` for `a != b`: the swap side's pair (the incoming
+/// one read only) and the layer side's.
 fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     assert_ne!(a, b);
     if a < b {
@@ -302,7 +291,7 @@ fn swap_loop<const P: u8>(
                         s.fps[c].restore(unit, cfg, Mode::User).expect("restore");
                     }
                     let next = (c + 1) % n;
-                    let (out, inc) = pair(&mut s.fps, c, next);
+                    let (out, inc) = pair_mut(&mut s.fps, c, next);
                     swap(unit, cfg, Mode::User, out, inc).expect("swap");
                     s.cur = next;
                 }
@@ -311,9 +300,9 @@ fn swap_loop<const P: u8>(
                 if let Some(i) = imgs {
                     touch(i[0].bytes(), mask);
                 }
-                let (out, inc) = pair(&mut s.fps, 0, 1);
+                let (out, inc) = pair_mut(&mut s.fps, 0, 1);
                 swap(unit, cfg, Mode::User, out, inc).expect("swap to the kernel thread");
-                let (out, inc) = pair(&mut s.fps, 1, 0);
+                let (out, inc) = pair_mut(&mut s.fps, 1, 0);
                 swap(unit, cfg, Mode::User, out, inc).expect("swap back");
             }
         }
