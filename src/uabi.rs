@@ -1163,7 +1163,7 @@ fn import_whole<S: Storage>(
 /// 0..416 are copied here, in one fixed-size copy, and what is returned
 /// starts at 576. Fewer bytes moved, and each piece a copy of its own (a
 /// 2432-byte image as 416 + 1856 bytes copies faster than as one on a Zen 4:
-/// section 4).
+/// BENCHMARKS.md section 7).
 #[inline(always)]
 fn around_header(r: &layout::Run, to: &mut [u8], from: &[u8]) -> (usize, usize, usize) {
     let (k, s, len) = (r.kernel as usize, r.std as usize, r.len as usize);
